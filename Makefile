@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both (re)create .venv as needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup bench screenshots clean package package-test
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing below can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/glassbox
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/probe_overhead.py
+	$(BIN)/python bench/app_throughput.py
+
+screenshots: $(STAMP)
+	bash scripts/screenshots.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,193 @@
+"""Immutable values that cross from the training thread to whoever watches it.
+
+Everything here is plain Python or numpy: no torch tensors, so a consumer (the Qt app, a test,
+a script) never touches the device and never races the training loop. Heavy tensors are reduced
+to display size in the engine before they land here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+import numpy as np
+
+__all__ = [
+    "STAT_NAMES",
+    "LayerInfo",
+    "StatsFrame",
+    "TensorViews",
+    "NetworkView",
+    "BoundaryView",
+    "PhaseInfo",
+    "Metrics",
+    "Hyper",
+    "Snapshot",
+    "ErrorEvent",
+]
+
+# Columns of StatsFrame.values, one row per layer. NaN where a statistic does not apply
+# (e.g. gradient statistics of a ReLU, which owns no parameters).
+STAT_NAMES: tuple[str, ...] = (
+    "weight_norm",  # L2 norm of the parameters the module owns directly
+    "weight_mean",
+    "weight_std",
+    "grad_norm",  # L2 norm of their gradients as backward left them (before clipping)
+    "grad_mean",
+    "grad_std",
+    "update_ratio",  # ||w_after - w_before|| / ||w_before||
+    "act_mean",  # statistics of the module's output over the whole batch
+    "act_std",
+    "act_min",
+    "act_max",
+    "dead_fraction",  # ReLU family: units zero for every example of the batch
+    "saturated_fraction",  # sigmoid/tanh: outputs within 1 % of their bounds
+    "grad_output_norm",  # ||dL/d(output)||, the error signal arriving at the module
+    "nan_weights",
+    "inf_weights",
+    "nan_grads",
+    "inf_grads",
+    "nan_acts",
+    "inf_acts",
+)
+STAT_INDEX: dict[str, int] = {name: i for i, name in enumerate(STAT_NAMES)}
+
+LayerRole = Literal["param", "activation", "attention"]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """One measured layer: a module named as ``model.named_modules()`` names it."""
+
+    index: int
+    name: str
+    type_name: str
+    role: LayerRole
+    params: int  # number of parameters owned directly (recurse=False)
+    weight_shape: tuple[int, ...] | None = None
+    activation: str | None = None  # 'relu', 'sigmoid', ... for activation modules
+    called: bool = True  # False for modules that own parameters but are never called
+
+
+@dataclass(frozen=True, slots=True)
+class StatsFrame:
+    """Per-layer statistics of one captured step."""
+
+    step: int
+    loss: float
+    layer_names: tuple[str, ...]
+    values: np.ndarray  # (n_layers, len(STAT_NAMES)) float64
+    histograms: np.ndarray  # (n_layers, bins) float32, fraction of outputs per bin
+    hist_edges: np.ndarray  # (bins + 1,) float32
+
+    def stat(self, name: str) -> np.ndarray:
+        """One statistic for every layer, shape (n_layers,)."""
+        return self.values[:, STAT_INDEX[name]]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorViews:
+    """Display-sized tensors of the focused layer and example, captured on request."""
+
+    step: int
+    layer: str
+    example: int
+    weight: np.ndarray | None = None  # 2-D view of the weight tensor
+    weight_grad: np.ndarray | None = None
+    weight_update: np.ndarray | None = None  # w_after - w_before of the last update
+    activation: np.ndarray | None = None  # the example's output, 1-D or 2-D
+    output_grad: np.ndarray | None = None  # dL/d(output) for the example, same shape
+    feature_maps: np.ndarray | None = None  # (channels, H, W) for conv layers
+    kernels: np.ndarray | None = None  # (n, kh, kw) conv kernels
+    attention: np.ndarray | None = None  # (heads, T, T)
+    tokens: tuple[str, ...] | None = None  # labels for attention axes
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkView:
+    """Columns of units for the network graph: input, then each layer with parameters."""
+
+    step: int
+    column_names: tuple[str, ...]
+    column_sizes: tuple[int, ...]
+    activations: tuple[np.ndarray | None, ...]  # per column, per unit (None when collapsed)
+    gradients: tuple[np.ndarray | None, ...]  # dL/d(unit) per column (None when unknown)
+    weights: tuple[np.ndarray | None, ...]  # between column i and i+1: (out, in) or None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryView:
+    """The model's prediction over the 2-D input plane."""
+
+    step: int
+    extent: tuple[float, float, float, float]  # x0, x1, y0, y1
+    prediction: np.ndarray  # (H, W) in [0, 1] (binary prob) or class index (multi-class)
+    n_classes: int
+    points: np.ndarray  # (N, 2)
+    labels: np.ndarray  # (N,)
+    hidden: np.ndarray | None = None  # (units, h, w) first hidden layer's responses
+    hidden_layer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseInfo:
+    """Where a phase-by-phase step stands, with the tensors of that very moment."""
+
+    index: int
+    total: int
+    kind: Literal["forward", "loss", "backward", "update"]
+    module: str | None
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # the labels of every phase of this step, for a timeline
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    train_loss: float
+    train_acc: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+    val_step: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hyper:
+    """Hyperparameters that can change while training runs."""
+
+    optimizer: Literal["sgd", "momentum", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    batch_size: int = 64
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the worker publishes: the newest state of one run."""
+
+    run_id: int
+    step: int
+    state: Literal["running", "paused", "stepping"]
+    scenario: str
+    device: str
+    layers: tuple[LayerInfo, ...]
+    metrics: Metrics
+    hyper: Hyper
+    stats: StatsFrame | None = None
+    tensors: TensorViews | None = None
+    network: NetworkView | None = None
+    boundary: BoundaryView | None = None
+    phase: PhaseInfo | None = None
+    steps_per_s: float = 0.0
+    probe_overhead: float = 0.0  # fractional extra time of captured steps, e.g. 0.12
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """An exception from user code or the loop, caught in the worker."""
+
+    message: str
+    module: str | None = None
+    phase: str | None = None
+    step: int | None = None
+    run_id: int = 0
