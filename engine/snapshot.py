@@ -23,6 +23,8 @@ __all__ = [
     "Hyper",
     "Snapshot",
     "ErrorEvent",
+    "SeriesData",
+    "ViewData",
 ]
 
 # Columns of StatsFrame.values, one row per layer. NaN where a statistic does not apply
@@ -77,7 +79,10 @@ class StatsFrame:
     layer_names: tuple[str, ...]
     values: np.ndarray  # (n_layers, len(STAT_NAMES)) float64
     histograms: np.ndarray  # (n_layers, bins) float32, fraction of outputs per bin
-    hist_edges: np.ndarray  # (bins + 1,) float32
+    hist_edges: np.ndarray  # (bins + 1,) float32, the default range's edges
+    # (n_layers, 2): each row's own [lo, hi] (sigmoid rows span [0, 1], tanh [-1, 1]); None means
+    # every row uses hist_edges.
+    hist_ranges: np.ndarray | None = None
 
     def stat(self, name: str) -> np.ndarray:
         """One statistic for every layer, shape (n_layers,)."""
@@ -191,3 +196,27 @@ class ErrorEvent:
     phase: str | None = None
     step: int | None = None
     run_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesData:
+    """One scalar series over the run, possibly decimated: lo/hi bound each point's bucket."""
+
+    steps: np.ndarray  # (n,) float64, step of each point (bucket centre when decimated)
+    values: np.ndarray  # (n,) mean over the bucket
+    lo: np.ndarray | None = None  # (n,) min over the bucket
+    hi: np.ndarray | None = None  # (n,) max over the bucket
+
+
+@dataclass(frozen=True, slots=True)
+class ViewData:
+    """Everything a view may draw in one frame; built by the app's bridge on the GUI thread."""
+
+    snapshot: Snapshot
+    # Recent captured frames, oldest first, ending with the one shown (bounded, ~256).
+    frames: tuple[StatsFrame, ...] = ()
+    # Run-long scalar series, decimated: "loss", "val_loss", "train_acc", "val_acc",
+    # and per layer "<stat>/<layer name>" for stat in STAT_NAMES.
+    series: Mapping[str, SeriesData] = field(default_factory=dict)
+    selected_layer: str | None = None
+    selected_unit: int | None = None

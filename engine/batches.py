@@ -1,0 +1,91 @@
+"""Where training batches come from: tensors held on the device, or any iterable of (x, y)."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Protocol
+
+import torch
+
+__all__ = ["BatchSource", "TensorBatches", "LoaderBatches"]
+
+
+class BatchSource(Protocol):
+    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def reseed(self, seed: int) -> None: ...
+
+    def to(self, device: torch.device) -> None: ...
+
+
+class TensorBatches:
+    """Shuffled mini-batches of in-memory tensors: a fresh permutation each epoch.
+
+    The data moves to the device once; each epoch's permutation is drawn from the source's own
+    generator (so two trainers never share a random stream) and moved once per epoch.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0, shuffle: bool = True) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} examples but {len(y)} targets")
+        if len(x) == 0:
+            raise ValueError("the training set is empty")
+        self.x, self.y = x, y
+        self.shuffle = shuffle
+        self._generator = torch.Generator().manual_seed(seed)
+        self._perm: torch.Tensor | None = None
+        self._cursor = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def reseed(self, seed: int) -> None:
+        self._generator.manual_seed(seed)
+        self._perm = None
+        self._cursor = 0
+
+    def to(self, device: torch.device) -> None:
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        self._perm = None if self._perm is None else self._perm.to(device)
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.x)
+        size = max(1, min(batch_size, n))
+        if self._perm is None or self._cursor + size > n:
+            order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+            self._perm = order.to(self.x.device)
+            self._cursor = 0
+        index = self._perm[self._cursor:self._cursor + size]
+        self._cursor += size
+        return self.x[index], self.y[index]
+
+
+class LoaderBatches:
+    """Batches from a user's iterable (e.g. a DataLoader), restarted when exhausted.
+
+    The loader decides the batch size; ``batch_size`` passed to ``next`` is ignored.
+    """
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self._iterator: Iterator | None = None
+        self._device: torch.device | None = None
+
+    def reseed(self, seed: int) -> None:
+        self._iterator = None
+
+    def to(self, device: torch.device) -> None:
+        self._device = device
+
+    def next(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(2):
+            if self._iterator is None:
+                self._iterator = iter(self.loader)
+            try:
+                x, y = next(self._iterator)
+                break
+            except StopIteration:
+                self._iterator = None
+        else:
+            raise ValueError("the data loader yields no batches")
+        if self._device is not None:
+            x, y = x.to(self._device), y.to(self._device)
+        return x, y

@@ -1,0 +1,616 @@
+"""The probe: per-layer measurements of any ``nn.Module`` through hooks.
+
+One object owns every hook; ``attach``/``detach`` are idempotent and ``detach`` runs in ``finally``
+blocks of its callers. During a captured step each hook *appends device tensors* to a list; at the
+end of the step they are concatenated and copied to the host in one transfer (asynchronously on
+CUDA, read a step later), so the training thread never synchronises per layer.
+
+Definitions (documented once, here):
+
+- *dead fraction* (ReLU family): the fraction of units whose output is <= 0 for every example of
+  the batch. A unit is a feature (dim 1) of a 2-D output, a channel (dim 1) of a 4-D conv output
+  (over every position), the last dimension of a 3-D sequence output (over every position).
+- *saturated fraction* (sigmoid, tanh, hardtanh): the fraction of outputs within
+  ``saturation_margin`` (0.01, i.e. 1 % of the unit scale) of a bound, where the derivative is ~0.
+- *histogram*: ``hist_bins`` equal bins over the activation's natural range (sigmoid/softmax
+  [0, 1], tanh [-1, 1]) or [-hist_range, hist_range]; outliers are clamped into the edge bins.
+- *std* is the population standard deviation (numpy's default).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
+from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
+
+__all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
+
+log = logging.getLogger(__name__)
+
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU)
+SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Hardsigmoid: (0.0, 1.0)}
+ACTIVATIONS = RELU_FAMILY + tuple(SATURATING) + (
+    nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Hardswish,
+    nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Tanhshrink,
+)
+BOUNDED_RANGE = {nn.Softmax: (0.0, 1.0), nn.Softmin: (0.0, 1.0)}
+
+# Layout of one activation piece: 8 statistics, then the histogram.
+_ACT_FIELDS = 8  # mean, var, min, max, nan, inf, dead, saturated
+_PARAM_FIELDS = 5  # norm, mean, var, nan, inf  (numel is known on the host)
+# Largest column (units) the network graph draws unit by unit; beyond it values aren't shipped.
+MAX_GRAPH_UNITS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """How the probe measures."""
+
+    hist_bins: int = 48
+    hist_range: float = 4.0
+    saturation_margin: float = 0.01
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a module's output (LSTM returns (output, (h, c)))."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass
+class _Layer:
+    index: int
+    name: str
+    module: nn.Module
+    role: str
+    params: list[torch.nn.Parameter]
+    activation: str | None
+    bounds: tuple[float, float] | None
+    relu_like: bool
+    saturating: bool
+    called: bool = False
+    main_weight: torch.nn.Parameter | None = None
+
+    def info(self) -> LayerInfo:
+        shape = tuple(self.main_weight.shape) if self.main_weight is not None else None
+        return LayerInfo(
+            index=self.index, name=self.name or "<model>", type_name=type(self.module).__name__,
+            role=self.role, params=sum(p.numel() for p in self.params), weight_shape=shape,
+            activation=self.activation, called=self.called,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseRecord:
+    """One forward or backward event of a recorded step, with display-sized tensors."""
+
+    kind: str  # 'forward' | 'backward'
+    module: str
+    tensors: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A captured step, on the host."""
+
+    frame: StatsFrame
+    tensors: TensorViews | None
+    unit_values: dict[str, np.ndarray]  # layer -> the focus example's output, for small layers
+    unit_grads: dict[str, np.ndarray]
+    losses: np.ndarray  # the per-step losses handed to ``finish`` (in order)
+    graph_weights: dict[str, np.ndarray] = field(default_factory=dict)  # small Linear layers
+
+
+class PendingCapture:
+    """The result of a captured step whose single host copy may still be in flight (CUDA)."""
+
+    def __init__(self, parse: Callable[[np.ndarray], Capture], host: torch.Tensor, event: Any) -> None:
+        self._parse = parse
+        self._host = host
+        self._event = event
+        self._result: Capture | None = None
+
+    def ready(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def get(self) -> Capture:
+        if self._result is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._result = self._parse(self._host.numpy())
+        return self._result
+
+
+def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
+    named = dict(module.named_parameters(recurse=False))
+    for key in ("weight", "in_proj_weight", "weight_ih_l0"):
+        if key in named:
+            return named[key]
+    matrices = [p for p in named.values() if p.dim() >= 2]
+    if matrices:
+        return matrices[0]
+    return next(iter(named.values()), None)
+
+
+def _unit_axis_view(x: torch.Tensor) -> torch.Tensor:
+    """Arrange an output as (examples*positions, units) for the dead-unit test."""
+    if x.dim() <= 1:
+        return x.reshape(1, -1)
+    if x.dim() == 2:
+        return x
+    if x.dim() == 3:
+        return x.reshape(-1, x.shape[-1])
+    return x.transpose(0, 1).reshape(x.shape[1], -1).T  # channels as units
+
+
+class Probe:
+    """Hooks into a model and measures each layer at captured steps.
+
+    The trainer drives it: ``begin_step`` before the forward, ``after_backward`` once gradients
+    exist, ``before_update``/``after_update`` around the optimizer step, then ``finish``.
+    """
+
+    def __init__(self, model: nn.Module, config: ProbeConfig | None = None) -> None:
+        self.model = model
+        self.config = config or ProbeConfig()
+        self._handles: list[Any] = []
+        self._layers = self._discover(model)
+        self._by_module = {id(layer.module): layer for layer in self._layers}
+        self._order_fixed = False
+        self._forward_order: list[int] = []
+        self.focus_layer: str | None = None
+        self.focus_example: int = 0
+        self._capturing = False
+        self._want_tensors = False
+        self._recording = False
+        self._reset_step()
+
+    # --- layers --------------------------------------------------------------------------
+    def _discover(self, model: nn.Module) -> list[_Layer]:
+        layers: list[_Layer] = []
+        for name, module in model.named_modules():
+            params = [p for p in module.parameters(recurse=False)]
+            if isinstance(module, nn.MultiheadAttention):
+                role = "attention"
+            elif params:
+                role = "param"
+            elif isinstance(module, ACTIVATIONS):
+                role = "activation"
+            else:
+                continue
+            bounds = None
+            for kind, rng in {**SATURATING, **BOUNDED_RANGE}.items():
+                if isinstance(module, kind):
+                    bounds = rng
+            layers.append(_Layer(
+                index=len(layers), name=name, module=module, role=role, params=params,
+                activation=type(module).__name__.lower() if isinstance(module, ACTIVATIONS) else None,
+                bounds=bounds, relu_like=isinstance(module, RELU_FAMILY),
+                saturating=isinstance(module, tuple(SATURATING)), main_weight=_main_weight(module),
+            ))
+        return layers
+
+    @property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        return tuple(layer.info() for layer in self._layers)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name or "<model>" for layer in self._layers)
+
+    def _fix_order(self) -> None:
+        """Reorder layers by first forward call; uncalled ones follow their parent (out_proj)."""
+        called = [self._layers[i] for i in dict.fromkeys(self._forward_order)]
+        rest = [layer for layer in self._layers if not layer.called]
+        ordered = list(called)
+        for layer in rest:
+            parent = max((i for i, c in enumerate(ordered) if layer.name.startswith(c.name + ".")),
+                         default=None)
+            if parent is None:
+                ordered.append(layer)
+            else:
+                ordered.insert(parent + 1, layer)
+        for index, layer in enumerate(ordered):
+            layer.index = index
+        self._layers = ordered
+        self._order_fixed = True
+
+    # --- hooks ---------------------------------------------------------------------------
+    def attach(self) -> "Probe":
+        if self._handles:
+            return self
+        try:
+            for layer in self._layers:
+                module = layer.module
+                if layer.role == "attention":
+                    hook = self._make_attention_hook(layer)
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                else:
+                    self._handles.append(module.register_forward_hook(self._make_hook(layer)))
+        except Exception:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "Probe":
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _make_hook(self, layer: _Layer) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self._on_forward(layer, args, output)
+        return hook
+
+    def _make_attention_hook(self, layer: _Layer) -> Callable:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            self._on_forward(layer, args, output)
+            if self._capturing and self._want_tensors and self._is_focus(layer):
+                self._capture_attention(layer, args, kwargs)
+        return hook
+
+    # --- per step ------------------------------------------------------------------------
+    def _reset_step(self) -> None:
+        self._pieces: list[torch.Tensor] = []
+        self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
+        self._act_calls: dict[int, list[int]] = {}  # layer -> numel per call
+        self._act_units: dict[int, list[int]] = {}
+        self._before: dict[int, list[torch.Tensor]] = {}
+        self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
+        self._calls: dict[int, int] = {}
+        self._focus_weight_before: torch.Tensor | None = None
+
+    def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
+        """Arm the hooks for the coming forward/backward."""
+        self._reset_step()
+        self._capturing = capture or record
+        self._want_tensors = tensors and self._capturing
+        self._recording = record
+        self._forward_order = []
+
+    @property
+    def capturing(self) -> bool:
+        return self._capturing
+
+    def _is_focus(self, layer: _Layer) -> bool:
+        return self.focus_layer is not None and layer.name == self.focus_layer
+
+    def _push(self, kind: str, layer: int, key: str, tensor: torch.Tensor) -> None:
+        self._pieces.append(tensor.detach().reshape(-1).float())
+        self._layout.append((kind, layer, key, tuple(tensor.shape)))
+
+    def _example(self, x: torch.Tensor) -> torch.Tensor:
+        return x[min(self.focus_example, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
+
+    def _on_forward(self, layer: _Layer, args: tuple, output: Any) -> None:
+        if not layer.called:
+            layer.called = True
+        if not self._capturing:
+            return
+        self._forward_order.append(layer.index)
+        out = first_tensor(output)
+        if out is None or not out.is_floating_point():
+            return
+        call = self._calls.get(layer.index, 0)
+        self._calls[layer.index] = call + 1
+        self._push("act", layer.index, "stats", self._activation_stats(layer, out))
+        self._act_calls.setdefault(layer.index, []).append(out.numel())
+        units = _unit_axis_view(out).shape[1] if out.dim() >= 1 else 1
+        self._act_units.setdefault(layer.index, []).append(units)
+        if out.requires_grad:
+            out.register_hook(self._make_grad_hook(layer, call))
+        if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
+            example = self._example(out)
+            if example.numel() <= MAX_GRAPH_UNITS:
+                self._push("tensor", layer.index, "unit_value", example.reshape(-1))
+            if self._is_focus(layer):
+                self._push("tensor", layer.index, "activation", shrink_2d(as_matrix(example)))
+                if example.dim() == 3:
+                    self._push("tensor", layer.index, "feature_maps", shrink_maps(example))
+        if self._recording:
+            inp = first_tensor(args)
+            tensors = {"output": out}
+            if inp is not None and inp.is_floating_point():
+                tensors["input"] = inp
+            self._phase_events.append(("forward", self._call_name(layer, call), self._display(tensors)))
+
+    def _call_name(self, layer: _Layer, call: int) -> str:
+        name = layer.name or "<model>"
+        return name if call == 0 else f"{name} (call {call + 1})"
+
+    def _display(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The focus example's slice of each tensor, shrunk, still on the device."""
+        shown = {}
+        for key, value in tensors.items():
+            if value.dim() >= 1 and value.shape[0] > 0:
+                value = self._example(value)
+            shown[key] = shrink_2d(as_matrix(value.detach())).clone()
+        return shown
+
+    def _make_grad_hook(self, layer: _Layer, call: int) -> Callable:
+        def on_grad(grad: torch.Tensor) -> None:
+            if not self._capturing:
+                return
+            self._push("gout", layer.index, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
+            if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
+                example = self._example(grad)
+                if example.numel() <= MAX_GRAPH_UNITS:
+                    self._push("tensor", layer.index, "unit_grad", example.reshape(-1))
+                if self._is_focus(layer):
+                    self._push("tensor", layer.index, "output_grad", shrink_2d(as_matrix(example)))
+            if self._recording:
+                self._phase_events.append(
+                    ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
+        return on_grad
+
+    def _activation_stats(self, layer: _Layer, out: torch.Tensor) -> torch.Tensor:
+        x = out.detach().float()
+        flat = x.reshape(-1)
+        var, mean = torch.var_mean(flat, correction=0)
+        low, high = torch.aminmax(flat)
+        nan = torch.isnan(flat).sum(dtype=torch.float32)
+        inf = torch.isinf(flat).sum(dtype=torch.float32)
+        if layer.relu_like and x.dim() >= 1:
+            dead = (_unit_axis_view(x) <= 0).all(dim=0).sum(dtype=torch.float32)
+        else:
+            dead = torch.zeros((), device=x.device)
+        if layer.saturating and layer.bounds is not None:
+            lo, hi = layer.bounds
+            margin = self.config.saturation_margin
+            saturated = ((flat < lo + margin) | (flat > hi - margin)).sum(dtype=torch.float32)
+        else:
+            saturated = torch.zeros((), device=x.device)
+        lo, hi = self.hist_range(layer)
+        clean = torch.nan_to_num(flat.clamp(lo, hi), nan=lo - 1.0)
+        hist = torch.histc(clean, bins=self.config.hist_bins, min=lo, max=hi)
+        return torch.cat([torch.stack([mean, var, low, high, nan, inf, dead, saturated]), hist])
+
+    def hist_range(self, layer: _Layer) -> tuple[float, float]:
+        if layer.bounds is not None:
+            return layer.bounds
+        return (-self.config.hist_range, self.config.hist_range)
+
+    def _capture_attention(self, layer: _Layer, args: tuple, kwargs: dict) -> None:
+        """Recompute the focus example's attention weights (heads, T, S) from the layer's inputs.
+
+        Works whatever ``need_weights`` the model passed; runs the module's own forward on one
+        example, in eval mode (no dropout, so the training RNG is untouched), without grad.
+        """
+        module: nn.MultiheadAttention = layer.module  # type: ignore[assignment]
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        e = self.focus_example
+        bdim = 0 if module.batch_first else 1
+        q, k, v = (t.narrow(bdim, min(e, t.shape[bdim] - 1), 1) if t.dim() == 3 else t
+                   for t in (a["query"], a["key"], a["value"]))
+        kpm = a.get("key_padding_mask")
+        if kpm is not None and kpm.dim() == 2:
+            kpm = kpm[min(e, kpm.shape[0] - 1):][:1]
+        mask = a.get("attn_mask")
+        if mask is not None and mask.dim() == 3:
+            h = module.num_heads
+            mask = mask[e * h:(e + 1) * h]
+        was_training = module.training
+        module.training = False
+        try:
+            with torch.no_grad():
+                _, weights = module.forward(q, k, v, key_padding_mask=kpm, need_weights=True,
+                                            attn_mask=mask, average_attn_weights=False,
+                                            is_causal=bool(a.get("is_causal", False)) and mask is not None)
+        finally:
+            module.training = was_training
+        if weights is not None:
+            maps = weights[0] if weights.dim() == 4 else weights
+            self._push("tensor", layer.index, "attention", shrink_maps(maps, max_count=64, max_side=512))
+
+    def _param_stats(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) if len(tensors) > 1 \
+            else tensors[0].detach().reshape(-1).float()
+        var, mean = torch.var_mean(flat, correction=0)
+        return torch.stack([torch.linalg.vector_norm(flat), mean, var,
+                            torch.isnan(flat).sum(dtype=torch.float32),
+                            torch.isinf(flat).sum(dtype=torch.float32)])
+
+    def after_backward(self) -> None:
+        """Weights and gradients as backward left them (before clipping and the update)."""
+        if not self._capturing:
+            return
+        for layer in self._layers:
+            if not layer.params:
+                continue
+            self._push("weight", layer.index, "stats", self._param_stats(layer.params))
+            grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in layer.params]
+            self._push("grad", layer.index, "stats", self._param_stats(grads))
+            w = layer.main_weight
+            if self._want_tensors and w is not None and w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
+                self._push("tensor", layer.index, "graph_weight", w)
+            if self._want_tensors and self._is_focus(layer) and w is not None:
+                self._push("tensor", layer.index, "weight", shrink_2d(as_matrix(w)))
+                if w.grad is not None:
+                    self._push("tensor", layer.index, "weight_grad", shrink_2d(as_matrix(w.grad)))
+                if w.dim() == 4:
+                    self._push("tensor", layer.index, "kernels",
+                               shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
+        if self._recording:
+            self._record_param_grads()
+
+    def _record_param_grads(self) -> None:
+        """Attach each module's parameter gradients to its backward phase."""
+        for index, (kind, name, tensors) in enumerate(self._phase_events):
+            if kind != "backward":
+                continue
+            layer = next((l for l in self._layers if (l.name or "<model>") == name), None)
+            if layer is None:
+                continue
+            for pname, p in layer.module.named_parameters(recurse=False):
+                if p.grad is not None:
+                    tensors[f"grad:{pname}"] = shrink_2d(as_matrix(p.grad.detach())).clone()
+                    tensors[pname] = shrink_2d(as_matrix(p.detach())).clone()
+
+    def before_update(self) -> None:
+        if not self._capturing:
+            return
+        for layer in self._layers:
+            if layer.params:
+                self._before[layer.index] = [p.detach().clone() for p in layer.params]
+
+    def after_update(self) -> None:
+        if not self._capturing:
+            return
+        for layer in self._layers:
+            before = self._before.get(layer.index)
+            if before is None:
+                continue
+            delta = torch.cat([(p.detach() - b).reshape(-1).float() for p, b in zip(layer.params, before)])
+            base = torch.cat([b.reshape(-1).float() for b in before])
+            self._push("update", layer.index, "norms",
+                        torch.stack([torch.linalg.vector_norm(delta), torch.linalg.vector_norm(base)]))
+            if self._want_tensors and self._is_focus(layer) and layer.main_weight is not None:
+                position = next(i for i, p in enumerate(layer.params) if p is layer.main_weight)
+                change = layer.main_weight.detach() - before[position]
+                self._push("tensor", layer.index, "weight_update", shrink_2d(as_matrix(change)))
+        self._before = {}
+
+    def phase_events(self) -> list[PhaseRecord]:
+        """The recorded step's forward/backward events, on the host."""
+        return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()})
+                for kind, name, tensors in self._phase_events]
+
+    def finish(self, step: int, losses: torch.Tensor) -> PendingCapture | None:
+        """Gather the step's measurements into one tensor and start its single host copy."""
+        if not self._capturing:
+            return None
+        if not self._order_fixed:
+            self._fix_order()
+        self._capturing = False
+        losses = losses.detach().reshape(-1).float()
+        flat = torch.cat(self._pieces + [losses]) if self._pieces else losses
+        layout = list(self._layout) + [("loss", -1, "losses", tuple(losses.shape))]
+        act_calls = dict(self._act_calls)
+        act_units = dict(self._act_units)
+        layers = list(self._layers)
+        names = self.layer_names
+        config = self.config
+        focus = self.focus_layer if self._want_tensors else None
+        example = self.focus_example
+        ranges = {layer.index: self.hist_range(layer) for layer in layers}
+
+        def parse(host: np.ndarray) -> Capture:
+            return _parse_capture(host, layout, layers, names, act_calls, act_units, ranges,
+                                  config, step, focus, example)
+
+        if flat.is_cuda:
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return PendingCapture(parse, host, event)
+        return PendingCapture(parse, flat, None)
+
+
+def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: tuple[str, ...],
+                   act_calls: dict[int, list[int]], act_units: dict[int, list[int]],
+                   ranges: dict[int, tuple[float, float]], config: ProbeConfig, step: int,
+                   focus: str | None, example: int) -> Capture:
+    """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
+    n_layers = len(layers)
+    values = np.full((n_layers, len(STAT_NAMES)), np.nan)
+    bins = config.hist_bins
+    hist = np.zeros((n_layers, bins), np.float32)
+    act_pieces: dict[int, list[np.ndarray]] = {}
+    gout: dict[int, float] = {}
+    tensors: dict[tuple[int, str], np.ndarray] = {}
+    losses = np.zeros(0)
+    offset = 0
+    for kind, index, key, shape in layout:
+        size = int(np.prod(shape)) if shape else 1
+        chunk = host[offset:offset + size].astype(np.float64)
+        offset += size
+        if kind == "act":
+            act_pieces.setdefault(index, []).append(chunk)
+        elif kind == "gout":
+            gout[index] = gout.get(index, 0.0) + float(chunk[0])
+        elif kind in ("weight", "grad"):
+            norm, mean, var, nan, inf = chunk
+            prefix = "weight" if kind == "weight" else "grad"
+            values[index, STAT_INDEX[f"{prefix}_norm"]] = norm
+            values[index, STAT_INDEX[f"{prefix}_mean"]] = mean
+            values[index, STAT_INDEX[f"{prefix}_std"]] = np.sqrt(max(var, 0.0))
+            suffix = "weights" if kind == "weight" else "grads"
+            values[index, STAT_INDEX[f"nan_{suffix}"]] = nan
+            values[index, STAT_INDEX[f"inf_{suffix}"]] = inf
+        elif kind == "update":
+            delta, base = chunk
+            values[index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
+        elif kind == "tensor":
+            tensors[(index, key)] = chunk.astype(np.float32).reshape(shape)
+        elif kind == "loss":
+            losses = chunk
+    for index, pieces in act_pieces.items():
+        layer = layers[index]
+        counts = np.asarray(act_calls[index][:len(pieces)], np.float64)
+        stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
+        total = counts.sum()
+        mean = float((counts * stats[:, 0]).sum() / total)
+        var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
+        row = values[index]
+        row[STAT_INDEX["act_mean"]] = mean
+        row[STAT_INDEX["act_std"]] = np.sqrt(max(var, 0.0))
+        row[STAT_INDEX["act_min"]] = stats[:, 2].min()
+        row[STAT_INDEX["act_max"]] = stats[:, 3].max()
+        row[STAT_INDEX["nan_acts"]] = stats[:, 4].sum()
+        row[STAT_INDEX["inf_acts"]] = stats[:, 5].sum()
+        if layer.relu_like:
+            units = np.asarray(act_units[index][:len(pieces)], np.float64)
+            row[STAT_INDEX["dead_fraction"]] = stats[:, 6].sum() / units.sum()
+        if layer.saturating:
+            row[STAT_INDEX["saturated_fraction"]] = stats[:, 7].sum() / total
+        hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / total).astype(np.float32)
+    for index, sumsq in gout.items():
+        values[index, STAT_INDEX["grad_output_norm"]] = np.sqrt(sumsq)
+    # Histograms of different layers share bin *count*; each row's edges come from its range.
+    lo, hi = -config.hist_range, config.hist_range
+    frame = StatsFrame(step=step, loss=float(losses[-1]) if losses.size else float("nan"),
+                       layer_names=names, values=values, histograms=hist,
+                       hist_edges=np.linspace(lo, hi, bins + 1, dtype=np.float32),
+                       hist_ranges=np.array([ranges[layer.index] for layer in layers], np.float32))
+    views = None
+    if focus is not None:
+        focus_index = names.index(focus) if focus in names else None
+        if focus_index is not None:
+            get = lambda key: tensors.get((focus_index, key))  # noqa: E731
+            views = TensorViews(
+                step=step, layer=focus, example=example, weight=get("weight"),
+                weight_grad=get("weight_grad"), weight_update=get("weight_update"),
+                activation=get("activation"), output_grad=get("output_grad"),
+                feature_maps=get("feature_maps"), kernels=get("kernels"), attention=get("attention"),
+            )
+    unit_values = {names[i]: v for (i, key), v in tensors.items() if key == "unit_value"}
+    unit_grads = {names[i]: v for (i, key), v in tensors.items() if key == "unit_grad"}
+    graph_weights = {names[i]: v for (i, key), v in tensors.items() if key == "graph_weight"}
+    return Capture(frame=frame, tensors=views, unit_values=unit_values, unit_grads=unit_grads,
+                   losses=losses, graph_weights=graph_weights)

@@ -1,0 +1,430 @@
+"""The training loop: one optimizer step at a time, or one phase at a time.
+
+A phase-by-phase step runs the very same forward, loss and backward as an ordinary step, with the
+probe recording each module's tensors as autograd produces them; the phases are then handed out
+one by one and the optimizer update is applied only when the last phase is reached. Parameters
+end bit-identical to an uninterrupted step, and every tensor shown is that step's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.batches import BatchSource
+from engine.probe import PendingCapture, PhaseRecord, Probe, ProbeConfig
+from engine.snapshot import Hyper, PhaseInfo
+
+__all__ = [
+    "TrainerConfig", "Trainer", "StepResult", "StepError", "loss_for_task", "accuracy",
+    "make_optimizer", "OPTIMIZERS",
+]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    """Fixed settings of one trainer."""
+
+    seed: int = 0
+    device: str = "cpu"
+    val_every: int = 50  # steps between validation passes (0 = never)
+    capture_every: int | None = 1  # None: adaptive, keeping the probe's overhead near 5 %
+    val_max_examples: int = 2048
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+class StepError(RuntimeError):
+    """An exception raised inside the model, the loss or the update, located for the user."""
+
+    def __init__(self, message: str, module: str | None, phase: str, step: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.module = module
+        self.phase = phase
+        self.step = step
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: int
+    capture: PendingCapture | None
+    seconds: float
+
+
+def loss_for_task(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a built-in task: cross-entropy per example or per token, MSE for regression."""
+    if task == "regression":
+        return F.mse_loss
+    if task == "tokens":
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return F.cross_entropy
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """Fraction of arg-max predictions equal to integer targets; None when that makes no sense."""
+    if y.dtype in (torch.int64, torch.int32, torch.long) and out.dim() == y.dim() + 1 \
+            and out.shape[:-1] == y.shape and out.shape[-1] > 1:
+        return (out.detach().argmax(-1) == y).float().mean()
+    return None
+
+
+def make_optimizer(params: list[torch.nn.Parameter], hyper: Hyper) -> torch.optim.Optimizer:
+    name = hyper.optimizer
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=hyper.lr, momentum=hyper.momentum, weight_decay=hyper.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=hyper.lr, weight_decay=hyper.weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class _PhasedStep:
+    """A step whose forward/backward ran with recording and whose update is still pending."""
+
+    phases: list[PhaseInfo]
+    cursor: int = 0
+    started: float = 0.0
+
+
+class Trainer:
+    """Owns model, data, loss and optimizer; steps on the caller's thread.
+
+    Args:
+        model: any ``nn.Module``.
+        loss_fn: ``loss_fn(output, target) -> scalar tensor``.
+        batches: the training batch source.
+        hyper: hyperparameters that may change live (``set_hyper``).
+        config: fixed settings (seed, device, capture interval, validation).
+        val_data: optional held-out ``(x, y)``.
+        reinit: re-initialises the model's weights (default: ``reset_parameters`` everywhere).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches: BatchSource, *,
+                 hyper: Hyper | None = None, config: TrainerConfig | None = None,
+                 val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 reinit: Callable[[nn.Module], None] | None = None) -> None:
+        self.config = config or TrainerConfig()
+        self.hyper = hyper or Hyper()
+        self.device = torch.device(self.config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.batches = batches
+        self.batches.to(self.device)
+        self.val_data = None if val_data is None else tuple(t[: self.config.val_max_examples].to(self.device)
+                                                            for t in val_data)
+        self._reinit = reinit or _reset_all_parameters
+        self.seed = self.config.seed
+        self._cpu_rng = _seeded_state(self.seed)
+        self.step_count = 0
+        self.probe = Probe(self.model, self.config.probe).attach()
+        self.optimizer = make_optimizer(list(self.model.parameters()), self.hyper)
+        self._pending_scalars: list[torch.Tensor] = []
+        self._phased: _PhasedStep | None = None
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.capture_every = self.config.capture_every or 1
+        self._time_bare: float | None = None
+        self._time_captured: float | None = None
+        self.last_val: tuple[float, float | None, int] | None = None  # (loss, acc, step)
+        self.last_result: StepResult | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every hook. Safe to call twice."""
+        self.probe.detach()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- hyperparameters -----------------------------------------------------------------
+    def set_hyper(self, **changes: Any) -> Hyper:
+        """Change hyperparameters; they take effect at the next update, the model is untouched."""
+        new = replace(self.hyper, **changes)
+        if new.lr <= 0 or not math.isfinite(new.lr):
+            raise ValueError(f"learning rate must be a positive number, got {new.lr}")
+        if new.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {new.batch_size}")
+        if new.optimizer != self.hyper.optimizer:
+            self.optimizer = make_optimizer(list(self.model.parameters()), new)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = new.lr
+                group["weight_decay"] = new.weight_decay
+                if "momentum" in group and new.optimizer == "momentum":
+                    group["momentum"] = new.momentum
+        self.hyper = new
+        return new
+
+    # --- steps ---------------------------------------------------------------------------
+    def should_capture(self) -> bool:
+        return (self.step_count + 1) % max(1, self.capture_every) == 0
+
+    def step(self, capture: bool | None = None, tensors: bool = False) -> StepResult:
+        """One optimizer step (finishing a phase-by-phase step first if one is pending)."""
+        if self._phased is not None:
+            return self._finish_phased()
+        capture = self.should_capture() if capture is None else capture
+        started = time.perf_counter()
+        with self._rng_scope():
+            x, y = self._next_batch()
+            self.probe.begin_step(capture, tensors=tensors)
+            self._forward_backward(x, y)
+            self._update()
+        return self._end_step(started, capture)
+
+    def next_phase(self) -> PhaseInfo:
+        """Advance one phase: forward module by module, loss, backward in autograd's order, update."""
+        if self._phased is None:
+            self._phased = self._begin_phased()
+        phased = self._phased
+        phase = phased.phases[phased.cursor]
+        phased.cursor += 1
+        if phase.kind == "update":
+            self._finish_phased()
+        return phase
+
+    @property
+    def in_phased_step(self) -> bool:
+        return self._phased is not None
+
+    def _begin_phased(self) -> _PhasedStep:
+        started = time.perf_counter()
+        with self._rng_scope():
+            x, y = self._next_batch()
+            self.probe.begin_step(True, tensors=True, record=True)
+            loss = self._forward_backward(x, y)
+        records = self.probe.phase_events()
+        forward = [r for r in records if r.kind == "forward"]
+        backward = [r for r in records if r.kind == "backward"]
+        loss_tensors = {"loss": np.array([[float(loss.detach())]], np.float32)}
+        items: list[tuple[str, str | None, dict]] = [("forward", r.module, r.tensors) for r in forward]
+        items.append(("loss", None, loss_tensors))
+        items += [("backward", r.module, r.tensors) for r in backward]
+        items.append(("update", None, {}))
+        names = tuple(f"{kind} {module}" if module else kind for kind, module, _ in items)
+        phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names)
+                  for i, (kind, module, tensors) in enumerate(items)]
+        return _PhasedStep(phases=phases, started=started)
+
+    def _finish_phased(self) -> StepResult:
+        phased, self._phased = self._phased, None
+        assert phased is not None
+        with self._rng_scope():
+            self._update()
+        return self._end_step(phased.started, True)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batches.next(self.hyper.batch_size)
+        self._last_batch = (x, y)
+        return x, y
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._located("forward"):
+            out = self.model(x)
+        with self._located("loss"):
+            loss = self.loss_fn(out, y)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(f"the loss returned {shape}, expected a scalar tensor")
+        with self._located("backward"):
+            loss.backward()
+        acc = accuracy(out, y)
+        nan = torch.full((), float("nan"), device=loss.device)
+        self._pending_scalars.append(torch.stack([loss.detach().float(), nan if acc is None else acc]))
+        self.probe.after_backward()
+        return loss
+
+    def _update(self) -> None:
+        with self._located("update"):
+            if self.hyper.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.hyper.clip_norm)
+            self.probe.before_update()
+            self.optimizer.step()
+            self.probe.after_update()
+
+    def _end_step(self, started: float, captured: bool) -> StepResult:
+        self.step_count += 1
+        capture = None
+        if captured:
+            scalars = torch.stack(self._pending_scalars).reshape(-1)
+            self._pending_scalars = []
+            capture = self.probe.finish(self.step_count, scalars)
+        seconds = time.perf_counter() - started
+        self._note_timing(seconds, captured)
+        if self.config.val_every and self.step_count % self.config.val_every == 0:
+            self.validate()
+        self.last_result = StepResult(self.step_count, capture, seconds)
+        return self.last_result
+
+    def inspect(self) -> PendingCapture | None:
+        """Measure the current state (e.g. a newly focused layer while paused) without training.
+
+        Re-runs forward and backward on the last batch with the probe capturing tensors, then
+        restores everything a forward may touch (random stream, normalisation buffers), so the
+        next real step is exactly what it would have been. Not available mid phase-step.
+        """
+        if self._last_batch is None or self._phased is not None:
+            return None
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        saved_rng = self._cpu_rng.clone()
+        pending = list(self._pending_scalars)
+        try:
+            with self._rng_scope():
+                self.probe.begin_step(True, tensors=True)
+                self._forward_backward(*self._last_batch)
+            scalars = torch.stack(self._pending_scalars[len(pending):]).reshape(-1)
+            return self.probe.finish(self.step_count, scalars)
+        finally:
+            self._pending_scalars = pending
+            self._cpu_rng = saved_rng
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    b.copy_(buffers[name])
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def flush_scalars(self) -> np.ndarray:
+        """(k, 2) losses and accuracies of the steps not yet shipped with a capture (syncs)."""
+        if not self._pending_scalars:
+            return np.zeros((0, 2))
+        host = torch.stack(self._pending_scalars).detach().cpu().double().numpy()
+        self._pending_scalars = []
+        return host
+
+    # --- overhead ------------------------------------------------------------------------
+    def _note_timing(self, seconds: float, captured: bool) -> None:
+        attr = "_time_captured" if captured else "_time_bare"
+        old = getattr(self, attr)
+        setattr(self, attr, seconds if old is None else 0.9 * old + 0.1 * seconds)
+        if self.config.capture_every is None and self.overhead is not None:
+            # Capture often enough to see, rarely enough that the probe costs ~5 % on average.
+            self.capture_every = int(min(64, max(1, math.ceil(self.overhead / 0.05))))
+
+    @property
+    def overhead(self) -> float | None:
+        """Measured extra time of a captured step relative to a bare one (0.1 = 10 %)."""
+        if self._time_bare is None or self._time_captured is None or self._time_bare <= 0:
+            return None
+        return max(0.0, self._time_captured / self._time_bare - 1.0)
+
+    # --- validation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float | None] | None:
+        """Loss and accuracy on the held-out set (the probe does not capture it)."""
+        if self.val_data is None:
+            return None
+        x, y = self.val_data
+        self.probe.begin_step(False)
+        self.model.eval()
+        try:
+            out = self.model(x)
+            loss = float(self.loss_fn(out, y))
+            acc = accuracy(out, y)
+        finally:
+            self.model.train()
+        result = (loss, None if acc is None else float(acc))
+        self.last_val = (result[0], result[1], self.step_count)
+        return result
+
+    # --- reinitialise --------------------------------------------------------------------
+    def reinitialize(self, seed: int | None = None) -> None:
+        """Fresh weights, optimizer state and data order; the step counter restarts."""
+        if seed is not None:
+            self.seed = seed
+        self._phased = None
+        self._cpu_rng = _seeded_state(self.seed)
+        with self._rng_scope():
+            self._reinit(self.model)
+        self.model.to(self.device)
+        self.batches.reseed(self.seed)
+        self.optimizer = make_optimizer(list(self.model.parameters()), self.hyper)
+        self.step_count = 0
+        self._pending_scalars = []
+        self.last_val = None
+
+    def reseed(self, seed: int) -> None:
+        """New data order and dropout stream from ``seed``, keeping the weights."""
+        self.seed = seed
+        self._cpu_rng = _seeded_state(seed)
+        self.batches.reseed(seed)
+
+    # --- helpers -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _rng_scope(self) -> Iterator[None]:
+        """Run with this trainer's own CPU random stream (dropout, init), leaving the global one."""
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._cpu_rng)
+        try:
+            yield
+        finally:
+            self._cpu_rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    @contextlib.contextmanager
+    def _located(self, phase: str) -> Iterator[None]:
+        try:
+            yield
+        except StepError:
+            raise
+        except Exception as exc:  # user code can raise anything: locate it, never crash the loop
+            module = _innermost_module(exc.__traceback__, self.model)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            where = f" in {module}" if module else ""
+            message = f"{type(exc).__name__} during {phase}{where}: {first_line}"
+            if _is_out_of_memory(exc):
+                message = f"out of memory during {phase}{where}: try a smaller batch size or model"
+            raise StepError(message, module, phase, self.step_count + 1) from exc
+
+    @property
+    def last_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._last_batch
+
+
+def _seeded_state(seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return generator.get_state()
+
+
+def _reset_all_parameters(model: nn.Module) -> None:
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _innermost_module(tb: Any, model: nn.Module) -> str | None:
+    """Name of the deepest module of ``model`` whose forward is on the traceback."""
+    names = {id(m): name for name, m in model.named_modules()}
+    found = None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in names:
+            found = names[id(owner)] or type(owner).__name__
+        tb = tb.tb_next
+    return found

@@ -1,0 +1,395 @@
+"""The one place that owns the training thread.
+
+Commands arrive through a thread-safe queue; the worker publishes immutable snapshots through a
+plain callback and never waits on whoever consumes them. The callback must be cheap (store the
+value and return): it runs on the training thread.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.history import History
+from engine.probe import Capture, PendingCapture
+from engine.run import Run
+from engine.snapshot import STAT_NAMES, ErrorEvent, Metrics, PhaseInfo, Snapshot
+from engine.trainer import StepError
+from engine.views import boundary_view, network_view
+
+__all__ = [
+    "Worker", "Play", "Pause", "Step", "PhaseStep", "SetHyper", "SetSpeed", "Reinitialize",
+    "Reseed", "Focus", "Replace", "Stop", "history_columns",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One optimizer step (finishes a phase-by-phase step if one is under way)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseStep:
+    """One phase: forward module by module, loss, backward, update."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetHyper:
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SetSpeed:
+    steps_per_s: float | None  # None: full speed
+
+
+@dataclass(frozen=True, slots=True)
+class Reinitialize:
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reseed:
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Focus:
+    layer: str | None
+    example: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """Swap in a new run, built on the training thread by ``factory``."""
+
+    factory: Callable[[], Run]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+Command = Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | Reinitialize | Reseed | Focus | Replace | Stop
+
+
+def history_columns(layer_names: tuple[str, ...]) -> list[str]:
+    """Column names of a run's history: run-level scalars, then every statistic of every layer."""
+    columns = ["loss", "train_acc", "val_loss", "val_acc"]
+    columns += [f"{stat}/{name}" for name in layer_names for stat in STAT_NAMES]
+    return columns
+
+
+class Worker:
+    """Runs a :class:`Run`'s trainer on a background thread.
+
+    Args:
+        publish: called with each :class:`Snapshot` or :class:`ErrorEvent` (on the worker thread).
+        publish_hz: most snapshots per second while running (thinning at the source).
+        boundary_hz: most decision-boundary refreshes per second (it costs a forward pass).
+    """
+
+    def __init__(self, publish: Callable[[Snapshot | ErrorEvent], None], publish_hz: float = 30.0,
+                 boundary_hz: float = 4.0) -> None:
+        self._publish = publish
+        self._commands: queue.Queue[Command] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._publish_interval = 1.0 / publish_hz
+        self._boundary_interval = 1.0 / boundary_hz
+        self.run: Run | None = None
+        self.history: History | None = None
+        self._history_lock = threading.Lock()
+        self._running = False
+        self._speed: float | None = None
+        self._run_id = 0
+        self._pending: list[PendingCapture] = []
+        self._last_capture: Capture | None = None
+        self._last_phase: PhaseInfo | None = None
+        self._last_publish = 0.0
+        self._last_boundary = 0.0
+        self._boundary = None
+        self._rate = _Rate()
+        self._next_allowed = 0.0
+        self._layers: tuple = ()
+
+    # --- control from any thread ---------------------------------------------------------
+    def start(self, factory: Callable[[], Run] | None = None) -> None:
+        if self._thread is not None:
+            raise RuntimeError("worker already started")
+        if factory is not None:
+            self._commands.put(Replace(factory))
+        self._thread = threading.Thread(target=self._main, name="glassbox-trainer", daemon=True)
+        self._thread.start()
+
+    def send(self, command: Command) -> None:
+        self._commands.put(command)
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Ask the loop to stop and wait for it; True when the thread has ended."""
+        if self._thread is None:
+            return True
+        self._commands.put(Stop())
+        self._thread.join(timeout)
+        alive = self._thread.is_alive()
+        if not alive:
+            self._thread = None
+        return not alive
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def current_history(self) -> History | None:
+        with self._history_lock:
+            return self.history
+
+    # --- the loop ------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            while True:
+                command = self._next_command()
+                if isinstance(command, Stop):
+                    break
+                if command is not None:
+                    self._handle_guarded(command)
+                    continue
+                if self._running and self.run is not None:
+                    self._guarded(self._train_one)
+        finally:
+            self._close_run()
+
+    def _next_command(self) -> Command | None:
+        """A queued command; blocks only while paused or while the speed limit says wait."""
+        try:
+            if self._running and self.run is not None:
+                wait = self._next_allowed - time.perf_counter()
+                if wait > 0:
+                    return self._commands.get(timeout=min(wait, 0.05))
+                return self._commands.get_nowait()
+            return self._commands.get(timeout=0.05)
+        except queue.Empty:
+            return None
+
+    def _handle_guarded(self, command: Command) -> None:
+        self._guarded(lambda: self._handle(command))
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except StepError as exc:
+            self._fail(exc.message, exc.module, exc.phase, exc.step)
+        except Exception as exc:  # the loop must survive anything user code does
+            log.exception("worker command failed")
+            self._fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                       None, None, self.run.trainer.step_count if self.run else None)
+
+    def _fail(self, message: str, module: str | None, phase: str | None, step: int | None) -> None:
+        self._running = False
+        self._publish(ErrorEvent(message=message, module=module, phase=phase, step=step, run_id=self._run_id))
+        self._publish_snapshot(force=True)
+
+    def _handle(self, command: Command) -> None:
+        if isinstance(command, Replace):
+            self._close_run()
+            self._running = False
+            run = command.factory()
+            self._run_id += 1
+            self.run = run
+            with self._history_lock:
+                self.history = None
+            self._last_capture = None
+            self._last_phase = None
+            self._boundary = None
+            self._rate = _Rate()
+            # A first captured step of zero length would skew nothing: measure layers by a
+            # validation-free dry look at the probe's layer list instead.
+            self._layers = run.trainer.probe.layers
+            self._publish_snapshot(force=True)
+            return
+        if self.run is None:
+            return
+        trainer = self.run.trainer
+        if isinstance(command, Play):
+            self._running = True
+            self._next_allowed = 0.0
+        elif isinstance(command, Pause):
+            self._running = False
+            self._publish_snapshot(force=True)
+        elif isinstance(command, Step):
+            self._running = False
+            self._train_one(force_publish=True)
+        elif isinstance(command, PhaseStep):
+            self._running = False
+            phase = trainer.next_phase()
+            self._last_phase = phase
+            if phase.kind == "update":
+                self._collect(self._take_finished_capture())
+            self._publish_snapshot(force=True)
+        elif isinstance(command, SetHyper):
+            trainer.set_hyper(**command.changes)
+            self._publish_snapshot(force=True)
+        elif isinstance(command, SetSpeed):
+            self._speed = command.steps_per_s
+        elif isinstance(command, Reinitialize):
+            trainer.reinitialize(command.seed)
+            self._restart_history()
+        elif isinstance(command, Reseed):
+            trainer.reseed(command.seed)
+        elif isinstance(command, Focus):
+            trainer.probe.focus_layer = command.layer
+            trainer.probe.focus_example = max(0, command.example)
+            if not self._running:
+                self._refresh_focus()
+
+    def _restart_history(self) -> None:
+        self._run_id += 1
+        with self._history_lock:
+            self.history = None
+        self._last_capture = None
+        self._last_phase = None
+        self._pending = []
+        self._rate = _Rate()
+        self._publish_snapshot(force=True)
+
+    def _refresh_focus(self) -> None:
+        """While paused, show the newly focused layer's tensors of the current state."""
+        pending = self.run.trainer.inspect() if self.run else None
+        if pending is not None:
+            capture = pending.get()
+            previous = self._last_capture
+            self._last_capture = capture if previous is None else replace(
+                capture, frame=previous.frame, losses=previous.losses)
+        self._publish_snapshot(force=True)
+
+    def _close_run(self) -> None:
+        if self.run is not None:
+            self.run.trainer.close()
+
+    # --- training ------------------------------------------------------------------------
+    def _train_one(self, force_publish: bool = False) -> None:
+        run = self.run
+        assert run is not None
+        trainer = run.trainer
+        now = time.perf_counter()
+        want_tensors = force_publish or (now - self._last_publish) >= self._publish_interval
+        capture = trainer.should_capture() or want_tensors
+        result = trainer.step(capture=capture, tensors=want_tensors)
+        self._last_phase = None
+        self._rate.tick()
+        if self._speed:
+            self._next_allowed = max(now, self._next_allowed) + 1.0 / self._speed
+        if result.capture is not None:
+            self._pending.append(result.capture)
+        self._drain(block=force_publish or trainer.device.type == "cpu")
+        if force_publish or want_tensors:
+            self._publish_snapshot(force=force_publish)
+
+    def _take_finished_capture(self) -> PendingCapture | None:
+        """The capture of the step that the last phase (the update) completed."""
+        result = self.run.trainer.last_result if self.run else None
+        return result.capture if result else None
+
+    def _collect(self, capture: PendingCapture | None) -> None:
+        if capture is not None:
+            self._pending.append(capture)
+        self._drain(block=True)
+
+    def _drain(self, block: bool) -> None:
+        """Move finished captures into the history (on CUDA they finish a step later)."""
+        while self._pending and (block or self._pending[0].ready()):
+            capture = self._pending.pop(0).get()
+            self._append(capture)
+
+    def _append(self, capture: Capture) -> None:
+        frame = capture.frame
+        history = self.current_history()
+        if history is None:
+            self._layers = self.run.trainer.probe.layers if self.run else ()
+            history = History(history_columns(frame.layer_names))
+            with self._history_lock:
+                self.history = history
+        scalars = capture.losses.reshape(-1, 2)
+        k = len(scalars)
+        steps = np.arange(frame.step - k + 1, frame.step + 1)
+        rows = np.full((k, len(history.columns)), np.nan)
+        rows[:, 0] = scalars[:, 0]
+        rows[:, 1] = scalars[:, 1]
+        last_val = self.run.trainer.last_val if self.run else None
+        if last_val is not None and last_val[2] == frame.step:
+            rows[-1, 2] = last_val[0]
+            rows[-1, 3] = np.nan if last_val[1] is None else last_val[1]
+        rows[-1, 4:] = frame.values.reshape(-1)
+        history.append_many(steps, rows)
+        previous = self._last_capture
+        if capture.tensors is None and previous is not None and previous.tensors is not None:
+            # A capture without tensors updates the statistics; the views keep the last tensors.
+            capture = replace(previous, frame=frame, losses=capture.losses)
+        self._last_capture = capture
+
+    # --- publishing ----------------------------------------------------------------------
+    def _publish_snapshot(self, force: bool = False) -> None:
+        run = self.run
+        if run is None:
+            return
+        now = time.perf_counter()
+        trainer = run.trainer
+        capture = self._last_capture
+        if run.boundary_data is not None and (force or now - self._last_boundary >= self._boundary_interval):
+            self._boundary = boundary_view(run, trainer.step_count)
+            self._last_boundary = now
+        loss = float(capture.losses.reshape(-1, 2)[-1, 0]) if capture is not None else math.nan
+        acc = float(capture.losses.reshape(-1, 2)[-1, 1]) if capture is not None else math.nan
+        val = trainer.last_val
+        metrics = Metrics(train_loss=loss, train_acc=None if math.isnan(acc) else acc,
+                          val_loss=val[0] if val else None, val_acc=val[1] if val else None,
+                          val_step=val[2] if val else None)
+        state = "running" if self._running else ("stepping" if trainer.in_phased_step else "paused")
+        snapshot = Snapshot(
+            run_id=self._run_id, step=trainer.step_count, state=state, scenario=run.name,
+            device=str(trainer.device), layers=trainer.probe.layers, metrics=metrics, hyper=trainer.hyper,
+            stats=capture.frame if capture else None, tensors=capture.tensors if capture else None,
+            network=network_view(run, capture) if capture else None, boundary=self._boundary,
+            phase=self._last_phase, steps_per_s=self._rate.per_second(),
+            probe_overhead=trainer.overhead or 0.0,
+        )
+        self._last_publish = now
+        self._publish(snapshot)
+
+
+class _Rate:
+    """Steps per second over the last couple of seconds."""
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self._times.append(now)
+        cutoff = now - 2.0
+        while self._times and self._times[0] < cutoff:
+            self._times.pop(0)
+
+    def per_second(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0

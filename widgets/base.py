@@ -1,0 +1,83 @@
+"""What every Glassbox view shares: a title, a hover readout and layer/unit selection signals."""
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import ViewData
+
+__all__ = ["View"]
+
+pg.setConfigOptions(antialias=False, imageAxisOrder="row-major", background="#15171c", foreground="#d6d9e0")
+
+
+class View(QtWidgets.QWidget):
+    """Base of every view: a thin QWidget around pyqtgraph items.
+
+    Subclasses create their pyqtgraph items once in ``__init__`` and only update them in
+    ``render`` (``setImage``/``setData``); they know nothing of torch.
+    """
+
+    #: Title of the dock that holds the view.
+    title: str = "View"
+    #: Emitted when the user picks a layer in this view (by name).
+    layer_selected = QtCore.Signal(str)
+    #: Emitted when the user picks a unit (layer name, unit index).
+    unit_selected = QtCore.Signal(str, int)
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layout = QtWidgets.QVBoxLayout(self)
+        self._layout.setContentsMargins(2, 2, 2, 2)
+        self._layout.setSpacing(2)
+        self.readout = QtWidgets.QLabel(" ", self)
+        self.readout.setObjectName("readout")
+        self.readout.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.selected_layer: str | None = None
+        self.selected_unit: int | None = None
+        self._last: ViewData | None = None
+
+    def finish_layout(self) -> None:
+        """Put the readout line under the subclass's content."""
+        self._layout.addWidget(self.readout)
+
+    # --- driven by the app -------------------------------------------------------------
+    def render(self, data: ViewData) -> None:
+        """Draw one frame. Subclasses override ``draw`` and keep this bookkeeping."""
+        self._last = data
+        self.draw(data)
+
+    def draw(self, data: ViewData) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set_selection(self, layer: str | None, unit: int | None = None) -> None:
+        """Show a selection made anywhere in the app (does not emit)."""
+        self.selected_layer = layer
+        self.selected_unit = unit
+        if self._last is not None:
+            self.draw(self._last)
+
+    # --- hover readout ---------------------------------------------------------------
+    def hover_at(self, x: float, y: float) -> str:
+        """Readout for the data coordinates (x, y) of the main plot; sets and returns it."""
+        text = self.describe_point(x, y)
+        self.readout.setText(text or " ")
+        return text
+
+    def describe_point(self, x: float, y: float) -> str:
+        """Text for the value under (x, y); subclasses override."""
+        return ""
+
+    def readout_text(self) -> str:
+        return self.readout.text().strip()
+
+    def connect_hover(self, plot_item: pg.PlotItem) -> None:
+        """Route mouse moves over ``plot_item`` to ``hover_at`` in its data coordinates."""
+        view_box = plot_item.getViewBox()
+
+        def moved(pos: QtCore.QPointF) -> None:
+            if plot_item.sceneBoundingRect().contains(pos):
+                point = view_box.mapSceneToView(pos)
+                self.hover_at(point.x(), point.y())
+
+        plot_item.scene().sigMouseMoved.connect(moved)

@@ -1,0 +1,330 @@
+"""Where a phase-by-phase training step stands, and the tensors of that very moment."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from engine.snapshot import PhaseInfo, ViewData
+from widgets import colormaps
+from widgets.base import View
+
+__all__ = ["StepInspector", "DIRECTION_TEXT", "DIRECTION_COLOURS"]
+
+#: What the big badge says for each kind of phase; arrows show which way data flows.
+DIRECTION_TEXT: dict[str, str] = {
+    "forward": "FORWARD \u2192",
+    "backward": "\u2190 BACKWARD",
+    "loss": "LOSS",
+    "update": "UPDATE",
+}
+#: One colour per direction, shared by the badge and the highlighted phase in the list.
+DIRECTION_COLOURS: dict[str, str] = {
+    "forward": "#3fa66a",
+    "backward": "#e0663a",
+    "loss": "#d8b13a",
+    "update": "#5b8fd9",
+}
+_HINT = "Press Shift+\u2192 to step through one training step phase by phase"
+_MAX_PANELS = 4
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _display_array(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """Reduce a tensor to at most 2-D for drawing; returns it and a note on what was kept."""
+    note = ""
+    if array.ndim > 2:
+        # The leading indices are batch/channel: show the first slice, say so in the caption.
+        leading = array.ndim - 2
+        array = array[(0,) * leading]
+        note = ", showing [" + ", ".join(["0"] * leading) + "]"
+    if array.ndim == 0:
+        array = array.reshape(1)
+    return array, note
+
+
+class _TensorPanel(QtWidgets.QWidget):
+    """One tensor: a caption, and a heatmap (2-D) or bars (1-D) created once and reused."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(1)
+        self.caption = QtWidgets.QLabel(" ", self)
+        self.caption.setObjectName("tensorCaption")
+        self.caption.setWordWrap(True)
+        self.plot = pg.PlotWidget(self)
+        self.plot.setMinimumSize(80, 60)
+        item = self.plot.getPlotItem()
+        item.setMenuEnabled(False)
+        item.hideButtons()
+        item.showGrid(x=False, y=False)
+        item.getAxis("bottom").setStyle(tickLength=-3)
+        item.getAxis("left").setStyle(tickLength=-3)
+        self.image = pg.ImageItem()
+        self.image.setLookupTable(colormaps.DIVERGING_LUT)
+        self.bars = pg.PlotCurveItem(x=np.zeros(1), y=np.zeros(0), stepMode="center", fillLevel=0.0,
+                                     pen=pg.mkPen("#8fb8e8", width=1), brush=pg.mkBrush(143, 184, 232, 120))
+        item.addItem(self.image)
+        item.addItem(self.bars)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.plot, 1)
+        self.name: str | None = None
+        self.array: np.ndarray | None = None  # what is drawn, at most 2-D
+        self._mode: str = ""
+
+    def show_tensor(self, name: str, tensor: np.ndarray) -> None:
+        raw = np.asarray(tensor)
+        array, note = _display_array(raw)
+        array = array.astype(np.float32, copy=False)
+        finite = array[np.isfinite(array)]
+        shape = tuple(int(n) for n in raw.shape)
+        if finite.size:
+            stats = f"min {_fmt(finite.min())}  mean {_fmt(finite.mean())}  max {_fmt(finite.max())}"
+        else:
+            stats = "no finite values"
+        self.caption.setText(f"<b>{name}</b>  {shape}{note}<br>{stats}")
+        self.name = name
+        self.array = array
+        view_box = self.plot.getPlotItem().getViewBox()
+        if array.ndim == 2:
+            low, high = colormaps.symmetric_levels(array)
+            self.image.setImage(array, levels=(low, high), autoLevels=False)
+            self.image.setRect(QtCore.QRectF(0, 0, array.shape[1], array.shape[0]))
+            self.image.setVisible(True)
+            self.bars.setVisible(False)
+            if self._mode != "image":
+                # Matrices read top-down: row 0 at the top.
+                view_box.invertY(True)
+            self._mode = "image"
+            view_box.setRange(xRange=(0, array.shape[1]), yRange=(0, array.shape[0]), padding=0)
+        else:
+            values = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+            self.bars.setData(np.arange(values.size + 1, dtype=np.float32), values)
+            self.bars.setVisible(True)
+            self.image.setVisible(False)
+            if self._mode != "bars":
+                view_box.invertY(False)
+            self._mode = "bars"
+            low = min(float(values.min()), 0.0)
+            high = max(float(values.max()), 0.0)
+            if high == low:
+                high = low + 1.0
+            view_box.setRange(xRange=(0, values.size), yRange=(low, high), padding=0.05)
+
+    def describe(self, x: float, y: float) -> str:
+        """Readout for data coordinates (x, y) of this panel."""
+        if self.array is None or self.name is None:
+            return ""
+        array = self.array
+        if array.ndim == 2:
+            row, col = int(np.floor(y)), int(np.floor(x))
+            if 0 <= row < array.shape[0] and 0 <= col < array.shape[1]:
+                return f"{self.name}[{row}, {col}] = {_fmt(float(array[row, col]))}"
+            return ""
+        index = int(np.floor(x))
+        if 0 <= index < array.size:
+            return f"{self.name}[{index}] = {_fmt(float(array[index]))}"
+        return ""
+
+
+class StepInspector(View):
+    """The current phase of a step: direction, module, position, all phases, and its tensors.
+
+    ``PhaseInfo.index`` is 0-based (it indexes ``PhaseInfo.names``); the counter shows it
+    1-based, "phase 7 of 23". Up to four tensors are drawn, in the order the engine gives.
+    """
+
+    title = "Step inspector"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self.hint = QtWidgets.QLabel(_HINT, self)
+        self.hint.setObjectName("hint")
+        self.hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.hint.setWordWrap(True)
+
+        content = QtWidgets.QWidget(self)
+        content_layout = QtWidgets.QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        header = QtWidgets.QHBoxLayout()
+        self.direction_label = QtWidgets.QLabel(" ", content)
+        self.direction_label.setObjectName("phaseDirection")
+        font = self.direction_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.5)
+        font.setBold(True)
+        self.direction_label.setFont(font)
+        self.direction_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.direction_label.setMinimumWidth(
+            QtGui.QFontMetrics(font).horizontalAdvance(DIRECTION_TEXT["backward"]) + 24)
+        self.module_label = QtWidgets.QLabel(" ", content)
+        self.module_label.setObjectName("phaseModule")
+        module_font = self.module_label.font()
+        module_font.setPointSizeF(module_font.pointSizeF() * 1.2)
+        module_font.setBold(True)
+        self.module_label.setFont(module_font)
+        self.counter_label = QtWidgets.QLabel(" ", content)
+        self.counter_label.setObjectName("phaseCounter")
+        header.addWidget(self.direction_label)
+        header.addWidget(self.module_label, 1)
+        header.addWidget(self.counter_label)
+        content_layout.addLayout(header)
+
+        splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal, content)
+        self.phase_list = QtWidgets.QListWidget(splitter)
+        self.phase_list.setObjectName("phaseList")
+        # The list follows the engine; clicking must not suggest the user can jump phases.
+        self.phase_list.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
+        self.phase_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        self.phase_list.setMinimumWidth(120)
+        tensors = QtWidgets.QWidget(splitter)
+        grid = QtWidgets.QGridLayout(tensors)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(4)
+        self.panels: list[_TensorPanel] = []
+        for i in range(_MAX_PANELS):
+            panel = _TensorPanel(tensors)
+            panel.setVisible(False)
+            grid.addWidget(panel, i // 2, i % 2)
+            self._connect_panel_hover(panel)
+            self.panels.append(panel)
+        self.more_label = QtWidgets.QLabel("", tensors)
+        grid.addWidget(self.more_label, 2, 0, 1, 2)
+        self.no_tensors = QtWidgets.QLabel("no tensors captured in this phase", tensors)
+        self.no_tensors.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        grid.addWidget(self.no_tensors, 0, 0, 2, 2)
+        splitter.addWidget(self.phase_list)
+        splitter.addWidget(tensors)
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([180, 600])
+        content_layout.addWidget(splitter, 1)
+
+        self._stack.addWidget(content)
+        self._stack.addWidget(self.hint)
+        self._stack.setCurrentWidget(self.hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+
+        self._drawn: PhaseInfo | None = None
+        self._drawn_tensors: Mapping[str, np.ndarray] | None = None
+        self._drawn_names: tuple[str, ...] | None = None
+        self._highlighted = -1
+        self._kind: str | None = None
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        phase = data.snapshot.phase
+        if phase is None:
+            self._show_hint()
+            return
+        if phase is self._drawn:
+            return  # the same moment redrawn at display rate: nothing changed
+        self._drawn = phase
+        self._stack.setCurrentIndex(0)
+        kind = phase.kind if phase.kind in DIRECTION_TEXT else "forward"
+        colour = DIRECTION_COLOURS[kind]
+        self._kind = phase.kind
+        self.direction_label.setText(DIRECTION_TEXT.get(phase.kind, str(phase.kind).upper()))
+        self.direction_label.setStyleSheet(
+            f"QLabel {{ background: {colour}; color: #101215; border-radius: 4px; padding: 4px 10px; }}")
+        self.module_label.setText(phase.module or "\u2014")
+        total = max(int(phase.total), len(phase.names))
+        self.counter_label.setText(f"phase {int(phase.index) + 1} of {total}")
+        self._update_list(phase, colour)
+        if phase.tensors is not self._drawn_tensors:
+            self._drawn_tensors = phase.tensors
+            self._update_tensors(phase.tensors)
+
+    def _show_hint(self) -> None:
+        self._drawn = None
+        self._drawn_tensors = None
+        self._stack.setCurrentWidget(self.hint)
+
+    def _update_list(self, phase: PhaseInfo, colour: str) -> None:
+        names = tuple(phase.names)
+        if names != self._drawn_names:
+            self._drawn_names = names
+            self._highlighted = -1
+            while self.phase_list.count() > len(names):
+                self.phase_list.takeItem(self.phase_list.count() - 1)
+            while self.phase_list.count() < len(names):
+                self.phase_list.addItem(QtWidgets.QListWidgetItem())
+            for row, name in enumerate(names):
+                item = self.phase_list.item(row)
+                text = f"{row + 1:>3}  {name}"
+                if item.text() != text:
+                    item.setText(text)
+                self._plain(item)
+        index = int(phase.index)
+        if 0 <= self._highlighted < self.phase_list.count():
+            self._plain(self.phase_list.item(self._highlighted))
+        self._highlighted = -1
+        if 0 <= index < self.phase_list.count():
+            item = self.phase_list.item(index)
+            item.setBackground(QtGui.QBrush(QtGui.QColor(colour)))
+            item.setForeground(QtGui.QBrush(QtGui.QColor("#101215")))
+            font = item.font()
+            font.setBold(True)
+            item.setFont(font)
+            self.phase_list.setCurrentRow(index)
+            self.phase_list.scrollToItem(item, QtWidgets.QAbstractItemView.ScrollHint.PositionAtCenter)
+            self._highlighted = index
+
+    @staticmethod
+    def _plain(item: QtWidgets.QListWidgetItem) -> None:
+        item.setData(QtCore.Qt.ItemDataRole.BackgroundRole, None)
+        item.setData(QtCore.Qt.ItemDataRole.ForegroundRole, None)
+        font = item.font()
+        font.setBold(False)
+        item.setFont(font)
+
+    def _update_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        shown = [(name, array) for name, array in tensors.items() if array is not None][:_MAX_PANELS]
+        for panel, (name, array) in zip(self.panels, shown):
+            try:
+                panel.show_tensor(name, array)
+                panel.setVisible(True)
+            except (TypeError, ValueError):
+                # A tensor that is not numeric (or is empty) must not take the view down.
+                panel.setVisible(False)
+        for panel in self.panels[len(shown):]:
+            panel.setVisible(False)
+        extra = len([a for a in tensors.values() if a is not None]) - len(shown)
+        self.more_label.setText(f"+{extra} more tensor(s) not shown" if extra > 0 else "")
+        self.more_label.setVisible(extra > 0)
+        self.no_tensors.setVisible(not shown)
+
+    # --- state, for the app and tests ------------------------------------------------------
+    def highlighted_row(self) -> int:
+        """Row of the current phase in the phase list, or -1."""
+        return self._highlighted
+
+    def visible_panels(self) -> list[_TensorPanel]:
+        """The tensor panels now shown, in order."""
+        return [panel for panel in self.panels if not panel.isHidden()]
+
+    # --- hover -------------------------------------------------------------------------------
+    def _connect_panel_hover(self, panel: _TensorPanel) -> None:
+        plot_item = panel.plot.getPlotItem()
+        view_box = plot_item.getViewBox()
+
+        def moved(pos: QtCore.QPointF) -> None:
+            if panel.isVisible() and plot_item.sceneBoundingRect().contains(pos):
+                point = view_box.mapSceneToView(pos)
+                text = panel.describe(point.x(), point.y())
+                self.readout.setText(text or " ")
+
+        plot_item.scene().sigMouseMoved.connect(moved)
+
+    def describe_point(self, x: float, y: float) -> str:
+        """Readout for (x, y) in the first tensor panel's data coordinates."""
+        panels = self.visible_panels()
+        return panels[0].describe(x, y) if panels else ""
