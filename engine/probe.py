@@ -168,6 +168,11 @@ class Probe:
         self.config = config or ProbeConfig()
         self._handles: list[Any] = []
         self._layers = self._discover(model)
+        measured = {id(layer.module) for layer in self._layers}
+        # Leaf modules the probe doesn't measure (dropout, pooling, flatten...) still appear as
+        # phases when a step is walked through, so the walk-through skips nothing.
+        self._walk_only = [(name, m) for name, m in model.named_modules()
+                           if not list(m.children()) and id(m) not in measured and name]
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._forward_order: list[int] = []
@@ -233,6 +238,8 @@ class Probe:
         if self._handles:
             return self
         try:
+            for name, module in self._walk_only:
+                self._handles.append(module.register_forward_hook(self._make_walk_hook(name)))
             for layer in self._layers:
                 module = layer.module
                 if layer.role == "attention":
@@ -263,6 +270,23 @@ class Probe:
     def _make_hook(self, layer: _Layer) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             self._on_forward(layer, args, output)
+        return hook
+
+    def _make_walk_hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if not self._recording:
+                return
+            out = first_tensor(output)
+            if out is None or not out.is_floating_point():
+                return
+            inp = first_tensor(args)
+            tensors = {"output": out}
+            if inp is not None and inp.is_floating_point():
+                tensors["input"] = inp
+            self._phase_events.append(("forward", name, self._display(tensors)))
+            if out.requires_grad:
+                out.register_hook(lambda grad: self._phase_events.append(
+                    ("backward", name, self._display({"grad_output": grad}))) if self._recording else None)
         return hook
 
     def _make_attention_hook(self, layer: _Layer) -> Callable:

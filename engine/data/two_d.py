@@ -3,7 +3,7 @@
 Every generator takes a ``numpy.random.Generator`` and returns ``(x, y)`` as numpy arrays; the
 package's ``make_dataset`` turns them into tensors and splits them. Points live roughly in
 [-1.5, 1.5]^2 so one plotting extent suits every set, and ``noise`` is the standard deviation of
-Gaussian jitter in those units (blobs: see ``blobs``).
+Gaussian jitter in those units (spirals and blobs scale it, see there).
 """
 from __future__ import annotations
 
@@ -74,13 +74,17 @@ def moons(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, n
 
 
 def spirals(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two interleaved spirals, the second the first turned by half a revolution."""
+    """Two interleaved spirals, the second the first turned by half a revolution.
+
+    Neighbouring arms are only 0.39 apart, so the jitter is ``noise / 2``: at the default noise
+    the classes stay separable (a boundary ~4 sigma away) and an MLP can reach ~100 %.
+    """
     y = balanced_labels(rng, n, 2)
     t = rng.uniform(0.0, 1.0, size=n)
     radius = _SPIRAL_R0 + (_SPIRAL_R1 - _SPIRAL_R0) * t
     angle = 2.0 * np.pi * _SPIRAL_TURNS * t + np.pi * y
     x = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return _jitter(rng, x, noise), y
+    return _jitter(rng, x, 0.5 * noise), y
 
 
 def blobs(

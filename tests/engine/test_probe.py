@@ -1,0 +1,300 @@
+"""Every figure of the probe against a direct computation on the same model and batch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.probe import Probe, first_tensor
+from engine.snapshot import STAT_INDEX
+
+RTOL = 1e-5
+ATOL = 1e-7
+
+
+class TwoCallNet(nn.Module):
+    """Calls the same Linear and the same ReLU twice in one forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.shared = nn.Linear(6, 6)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.shared(self.inp(x)))
+        h = self.act(self.shared(h))
+        return self.out(h)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, need_weights: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 16)
+        self.norm1 = nn.LayerNorm(16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.norm2 = nn.LayerNorm(16)
+        self.ff = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 7)
+        self.need_weights = need_weights
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=self.need_weights)[0]
+        x = x + self.ff(self.norm2(x))
+        return self.head(x)
+
+
+class SeqModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, 8)
+        self.rnn = nn.LSTM(8, 12, batch_first=True)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(self.act(out[:, -1]))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8),
+                         nn.Tanh(), nn.Linear(8, 3))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+
+
+CASES = {
+    "mlp": (mlp, lambda: torch.randn(16, 5), lambda: torch.randint(0, 3, (16,))),
+    "cnn_batchnorm": (cnn, lambda: torch.randn(8, 1, 8, 8), lambda: torch.randint(0, 3, (8,))),
+    "transformer": (TinyTransformer, lambda: torch.randint(0, 7, (6, 5)), lambda: torch.randint(0, 7, (6, 5))),
+    "lstm": (SeqModel, lambda: torch.randint(0, 5, (10, 7)), lambda: torch.randint(0, 2, (10,))),
+    "two_calls": (TwoCallNet, lambda: torch.randn(12, 4), lambda: torch.randint(0, 3, (12,))),
+}
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def run_reference_and_probe(name: str):
+    """Run one SGD step with the probe attached, while recording the truth independently."""
+    make_model, make_x, make_y = CASES[name]
+    torch.manual_seed(0)
+    model = make_model()
+    x, y = make_x(), make_y()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.0)
+    outputs: dict[str, list[torch.Tensor]] = {}
+
+    def recorder(layer_name: str):
+        def hook(_m, _a, out):
+            t = first_tensor(out)
+            if t.requires_grad:
+                t.retain_grad()
+            outputs.setdefault(layer_name, []).append(t)
+        return hook
+
+    probe = Probe(model)
+    own = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules()
+           if n in {layer.name for layer in probe.layers}]
+    try:
+        with probe:
+            probe.begin_step(True, tensors=False)
+            out = model(x)
+            loss = loss_fn(out, y)
+            optimizer.zero_grad()
+            loss.backward()
+            probe.after_backward()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            probe.before_update()
+            optimizer.step()
+            probe.after_update()
+            capture = probe.finish(1, torch.stack([loss.detach(), torch.tensor(float("nan"))])).get()
+    finally:
+        for handle in own:
+            handle.remove()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return model, probe, capture, outputs, before, grads, after, float(loss.detach())
+
+
+def direct_params(model: nn.Module, layer: str, tensors: dict[str, torch.Tensor]) -> np.ndarray:
+    module = dict(model.named_modules())[layer]
+    own = [f"{layer}.{n}" if layer else n for n, _ in module.named_parameters(recurse=False)]
+    return np.concatenate([tensors[n].double().reshape(-1).numpy() for n in own])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_statistic_matches_direct_computation(name: str) -> None:
+    model, probe, capture, outputs, before, grads, after, loss = run_reference_and_probe(name)
+    frame = capture.frame
+    assert capture.losses[0] == pytest.approx(loss, rel=RTOL)
+    checked = 0
+    for info in probe.layers:
+        row = frame.values[frame.layer_names.index(info.name)]
+        if info.params:
+            w = direct_params(model, info.name, before)
+            g = direct_params(model, info.name, grads)
+            d = direct_params(model, info.name, after) - w
+            for prefix, arr in (("weight", w), ("grad", g)):
+                np.testing.assert_allclose(row[STAT_INDEX[f"{prefix}_norm"]], np.linalg.norm(arr), RTOL, ATOL)
+                np.testing.assert_allclose(row[STAT_INDEX[f"{prefix}_mean"]], arr.mean(), RTOL, 1e-6)
+                np.testing.assert_allclose(row[STAT_INDEX[f"{prefix}_std"]], arr.std(), RTOL, ATOL)
+            np.testing.assert_allclose(row[STAT_INDEX["update_ratio"]], np.linalg.norm(d) / np.linalg.norm(w),
+                                       1e-4, ATOL)  # a difference of nearby floats: float32 rounding
+            assert row[STAT_INDEX["nan_grads"]] == 0 and row[STAT_INDEX["inf_weights"]] == 0
+            checked += 1
+        else:
+            assert np.isnan(row[STAT_INDEX["grad_norm"]])
+        calls = outputs.get(info.name)
+        if not info.called:
+            assert calls is None and np.isnan(row[STAT_INDEX["act_mean"]])
+            continue
+        acts = np.concatenate([c.detach().double().reshape(-1).numpy() for c in calls])
+        np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], acts.mean(), RTOL, 1e-6)
+        np.testing.assert_allclose(row[STAT_INDEX["act_std"]], acts.std(), RTOL, 1e-6)
+        np.testing.assert_allclose(row[STAT_INDEX["act_min"]], acts.min(), RTOL, ATOL)
+        np.testing.assert_allclose(row[STAT_INDEX["act_max"]], acts.max(), RTOL, ATOL)
+        if all(c.grad is not None for c in calls):
+            gout = np.sqrt(sum(float((c.grad.double() ** 2).sum()) for c in calls))
+            np.testing.assert_allclose(row[STAT_INDEX["grad_output_norm"]], gout, RTOL, ATOL)
+        lo, hi = (frame.hist_ranges[frame.layer_names.index(info.name)])
+        bins = frame.histograms.shape[1]
+        expected_hist = np.histogram(np.clip(acts, lo, hi), bins=bins, range=(lo, hi))[0] / acts.size
+        np.testing.assert_allclose(frame.histograms[frame.layer_names.index(info.name)], expected_hist, atol=1e-6)
+        if isinstance(dict(model.named_modules())[info.name], nn.ReLU):
+            dead = []
+            units = 0
+            for c in calls:
+                a = c.detach().numpy()
+                per_unit = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
+                    if a.ndim == 4 else a.reshape(-1, a.shape[-1]).T
+                dead.append((per_unit <= 0).all(axis=1).sum())
+                units += per_unit.shape[0]
+            np.testing.assert_allclose(row[STAT_INDEX["dead_fraction"]], sum(dead) / units, RTOL)
+        if isinstance(dict(model.named_modules())[info.name], (nn.Sigmoid, nn.Tanh)):
+            lo_b, hi_b = (0.0, 1.0) if isinstance(dict(model.named_modules())[info.name], nn.Sigmoid) else (-1.0, 1.0)
+            sat = ((acts < lo_b + 0.01) | (acts > hi_b - 0.01)).mean()
+            np.testing.assert_allclose(row[STAT_INDEX["saturated_fraction"]], sat, RTOL, ATOL)
+        else:
+            assert np.isnan(row[STAT_INDEX["saturated_fraction"]])
+    assert checked >= 2
+
+
+def test_layers_in_forward_order_and_uncalled_parameter_owner_measured() -> None:
+    model, probe, capture, *_ = run_reference_and_probe("transformer")
+    names = [layer.name for layer in probe.layers]
+    assert names == ["embed", "norm1", "attn", "attn.out_proj", "norm2", "ff.0", "ff.1", "ff.2", "head"]
+    out_proj = probe.layers[names.index("attn.out_proj")]
+    assert not out_proj.called and out_proj.params == 16 * 16 + 16
+    row = capture.frame.values[names.index("attn.out_proj")]
+    w = model.attn.out_proj.weight
+    assert row[STAT_INDEX["grad_norm"]] > 0 and np.isfinite(row[STAT_INDEX["weight_norm"]])
+    assert probe.layers[names.index("attn")].role == "attention"
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_equals_multihead_attention_weights(need_weights: bool) -> None:
+    torch.manual_seed(1)
+    model = TinyTransformer(need_weights=need_weights)
+    tokens = torch.randint(0, 7, (5, 6))
+    probe = Probe(model)
+    probe.focus_layer = "attn"
+    probe.focus_example = 3
+    seen = {}
+    handle = model.norm1.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
+    with probe:
+        probe.begin_step(True, tensors=True)
+        out = model(tokens)
+        out.sum().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(2)).get()
+    handle.remove()
+    h = seen["h"].detach()
+    _, expected = model.attn(h, h, h, need_weights=True, average_attn_weights=False)
+    np.testing.assert_allclose(capture.tensors.attention, expected[3].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert capture.tensors.attention.shape == (4, 6, 6)
+
+
+def test_focus_tensors_for_conv_layer() -> None:
+    torch.manual_seed(2)
+    model = cnn()
+    x = torch.randn(4, 1, 8, 8)
+    probe = Probe(model)
+    probe.focus_layer = "0"
+    probe.focus_example = 2
+    with probe:
+        probe.begin_step(True, tensors=True)
+        out = model(x)
+        out.sum().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(2)).get()
+    views = capture.tensors
+    np.testing.assert_allclose(views.feature_maps, model[0](x)[2].detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(views.kernels, model[0].weight.detach().reshape(-1, 3, 3).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(views.weight, model[0].weight.detach().reshape(4, -1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(views.weight_grad, model[0].weight.grad.reshape(4, -1).numpy(), rtol=1e-6)
+
+
+def test_large_tensors_are_shrunk_before_copy() -> None:
+    model = nn.Sequential(nn.Linear(1500, 700))
+    probe = Probe(model)
+    probe.focus_layer = "0"
+    with probe:
+        probe.begin_step(True, tensors=True)
+        model(torch.randn(2, 1500)).sum().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(2)).get()
+    assert capture.tensors.weight.shape == (512, 512)
+    np.testing.assert_allclose(capture.tensors.weight.mean(), model[0].weight.detach().mean().item(), atol=1e-5)
+
+
+def test_hooks_removed_idempotently_and_on_error() -> None:
+    model = mlp()
+    probe = Probe(model)
+    with pytest.raises(RuntimeError):
+        with probe:
+            assert any(m._forward_hooks for m in model.modules())
+            raise RuntimeError("interrupted")
+    assert not any(m._forward_hooks for m in model.modules())
+    probe.detach()
+    probe.attach()
+    probe.attach()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == len(probe.layers)
+    probe.detach()
+    probe.detach()
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_nan_and_inf_counted() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+        model[0].bias[1] = float("inf")
+    probe = Probe(model)
+    with probe:
+        probe.begin_step(True)
+        out = model(torch.ones(5, 3))
+        out.sum().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(2)).get()
+    row = capture.frame.values[0]
+    assert row[STAT_INDEX["nan_weights"]] == 1 and row[STAT_INDEX["inf_weights"]] == 1
+    assert row[STAT_INDEX["nan_acts"]] == 5 and row[STAT_INDEX["inf_acts"]] == 5
+
+
+def test_uncaptured_step_records_nothing() -> None:
+    model = mlp()
+    probe = Probe(model)
+    with probe:
+        probe.begin_step(False)
+        model(torch.randn(3, 5)).sum().backward()
+        probe.after_backward()
+        assert probe.finish(1, torch.zeros(2)) is None

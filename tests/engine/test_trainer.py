@@ -1,0 +1,231 @@
+"""The training loop: phase stepping, live hyperparameters, determinism, located errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.batches import LoaderBatches, TensorBatches
+from engine.snapshot import Hyper
+from engine.trainer import StepError, Trainer, TrainerConfig
+
+
+def make_trainer(seed: int = 0, hyper: Hyper | None = None, dropout: float = 0.2, **config) -> Trainer:
+    torch.manual_seed(123)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(dropout),
+                          nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 3, generator=g)
+    y = (x[:, 0] > x[:, 1]).long()
+    return Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y, seed=seed),
+                   hyper=hyper or Hyper(optimizer="adam", lr=0.01, batch_size=16),
+                   config=TrainerConfig(seed=seed, **config), val_data=(x[:50], y[:50]))
+
+
+def params(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()] + \
+           [b.detach().clone() for b in trainer.model.buffers()]
+
+
+def test_phase_by_phase_step_is_bit_identical_to_plain_step() -> None:
+    plain, phased = make_trainer(), make_trainer()
+    for _ in range(3):
+        plain.step()
+        phased.step()
+    plain.step()
+    phases = []
+    while True:
+        phase = phased.next_phase()
+        phases.append(phase)
+        if phase.kind == "update":
+            break
+    for a, b in zip(params(plain), params(phased)):
+        assert torch.equal(a, b)
+    # and the streams stay in lockstep afterwards (same batches, same dropout masks)
+    plain.step()
+    phased.step()
+    for a, b in zip(params(plain), params(phased)):
+        assert torch.equal(a, b)
+    kinds = [p.kind for p in phases]
+    modules = ["0", "1", "2", "3", "4", "5", "6"]
+    forward = [p.module for p in phases if p.kind == "forward"]
+    backward = [p.module for p in phases if p.kind == "backward"]
+    assert forward == modules  # each module once going forward, in execution order
+    assert backward == modules[::-1]  # once going back, in the order autograd reaches them
+    assert kinds == ["forward"] * 7 + ["loss"] + ["backward"] * 7 + ["update"]
+    assert all(p.total == len(phases) for p in phases)
+
+
+def test_phase_tensors_are_that_steps_values() -> None:
+    trainer = make_trainer(dropout=0.0)
+    trainer.probe.focus_example = 0
+    first = trainer.next_phase()
+    x, _ = trainer.last_batch
+    np.testing.assert_allclose(first.tensors["input"][0], x[0].numpy(), rtol=1e-6)
+    w = trainer.model[0].weight.detach()
+    b = trainer.model[0].bias.detach()
+    np.testing.assert_allclose(first.tensors["output"][0], (x @ w.T + b)[0].numpy(), rtol=1e-5, atol=1e-6)
+    phases = [first]
+    while phases[-1].kind != "update":
+        phases.append(trainer.next_phase())
+    last_backward = [p for p in phases if p.kind == "backward"][-1]
+    assert last_backward.module == "0"
+    # the gradient shown is what autograd computed in that step, before the update
+    assert "grad:weight" in last_backward.tensors and last_backward.tensors["grad:weight"].shape == (8, 3)
+    loss_phase = next(p for p in phases if p.kind == "loss")
+    assert np.isfinite(loss_phase.tensors["loss"]).all()
+
+
+def test_step_mid_phase_finishes_the_pending_step() -> None:
+    a, b = make_trainer(), make_trainer()
+    a.step()
+    b.next_phase()
+    b.next_phase()
+    b.step()  # completes the phased step rather than starting another
+    assert b.step_count == 1
+    for x, y in zip(params(a), params(b)):
+        assert torch.equal(x, y)
+
+
+def test_live_learning_rate_change_applies_at_next_update_without_reset() -> None:
+    trainer = make_trainer(hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=16), dropout=0.0)
+    trainer.step()
+    before = params(trainer)
+    trainer.set_hyper(lr=0.0123)
+    assert trainer.step_count == 1
+    for x, y in zip(before, params(trainer)):
+        assert torch.equal(x, y)  # the change itself touches no weight
+    w = trainer.model[6].weight.detach().clone()
+    trainer.probe.begin_step(False)
+    trainer.step()
+    grad = trainer.model[6].weight.grad
+    np.testing.assert_allclose((w - trainer.model[6].weight.detach()).numpy(), (0.0123 * grad).numpy(),
+                               rtol=1e-4, atol=1e-7)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0123
+
+
+def test_optimizer_switch_keeps_weights_and_clip_norm_applies() -> None:
+    trainer = make_trainer(hyper=Hyper(optimizer="sgd", lr=1.0, batch_size=16), dropout=0.0)
+    trainer.step()
+    before = params(trainer)
+    trainer.set_hyper(optimizer="rmsprop", clip_norm=1e-3)
+    for x, y in zip(before, params(trainer)):
+        assert torch.equal(x, y)
+    assert isinstance(trainer.optimizer, torch.optim.RMSprop)
+    with pytest.raises(ValueError):
+        trainer.set_hyper(lr=-1.0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_reduces_the_loss(name: str) -> None:
+    lr = {"sgd": 0.2, "momentum": 0.05}.get(name, 0.01)
+    trainer = make_trainer(hyper=Hyper(optimizer=name, lr=lr, batch_size=64), dropout=0.0)
+    first = trainer.validate()[0]
+    for _ in range(60):
+        trainer.step(capture=False)
+    assert trainer.validate()[0] < 0.7 * first
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds() -> None:
+    runs = []
+    for seed in (0, 0, 1):
+        trainer = make_trainer(seed=seed)
+        for _ in range(5):
+            trainer.step()
+        runs.append(params(trainer))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_reinitialize_restores_initial_state_for_same_seed() -> None:
+    trainer = make_trainer(seed=3)
+    trainer.reinitialize()
+    start = params(trainer)
+    for _ in range(4):
+        trainer.step()
+    trainer.reinitialize()
+    assert trainer.step_count == 0
+    assert all(torch.equal(a, b) for a, b in zip(start, params(trainer)))
+
+
+def test_validation_every_n_steps() -> None:
+    trainer = make_trainer(val_every=3)
+    for _ in range(3):
+        trainer.step()
+    loss, acc, step = trainer.last_val
+    assert step == 3 and 0 <= acc <= 1 and loss > 0
+
+
+def test_inspect_leaves_training_untouched() -> None:
+    a, b = make_trainer(), make_trainer()
+    a.step()
+    b.step()
+    b.probe.focus_layer = "4"
+    capture = b.inspect().get()
+    assert capture.tensors.weight.shape == (8, 8)
+    a.step()
+    b.step()
+    assert all(torch.equal(x, y) for x, y in zip(params(a), params(b)))
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(3, 4), Faulty())
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Faulty(nn.Module):
+    def forward(self, x):
+        raise ValueError("bad input to faulty layer\nsecond line")
+
+
+def test_exception_in_forward_is_located() -> None:
+    x, y = torch.randn(10, 3), torch.zeros(10, dtype=torch.long)
+    trainer = Trainer(Exploding(), nn.functional.cross_entropy, TensorBatches(x, y))
+    with pytest.raises(StepError) as info:
+        trainer.step()
+    err = info.value
+    assert err.phase == "forward" and err.module == "inner.1"
+    assert err.message == "ValueError during forward in inner.1: bad input to faulty layer"
+
+
+def test_non_scalar_loss_is_explained() -> None:
+    x, y = torch.randn(10, 3), torch.randn(10, 2)
+    trainer = Trainer(nn.Linear(3, 2), lambda out, t: (out - t) ** 2, TensorBatches(x, y))
+    with pytest.raises(StepError, match=r"loss returned \(10, 2\), expected a scalar"):
+        trainer.step()
+
+
+def test_loader_batches() -> None:
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    trainer = Trainer(nn.Linear(3, 2), nn.functional.cross_entropy, LoaderBatches(loader))
+    for _ in range(5):  # crosses the loader's end twice
+        trainer.step()
+    assert trainer.step_count == 5 and len(trainer.last_batch[0]) in (8, 16)
+
+
+def test_adaptive_capture_interval_and_overhead_published() -> None:
+    trainer = make_trainer(capture_every=None)
+    for i in range(40):
+        trainer.step(capture=(i % 2 == 0))
+    assert trainer.overhead is not None and trainer.overhead >= 0
+    assert 1 <= trainer.capture_every <= 64
+
+
+def test_worked_example_gradients_through_trainer_step() -> None:
+    """x = 2, w1 = 0.5, w2 = 1.5, y = 3, identity units, L = ½(ŷ − y)²: one SGD step of lr 1."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(0.5)
+        model[1].weight.fill_(1.5)
+    trainer = Trainer(model, lambda out, t: 0.5 * ((out - t) ** 2).sum(),
+                      TensorBatches(torch.tensor([[2.0]]), torch.tensor([[3.0]])),
+                      hyper=Hyper(optimizer="sgd", lr=1.0, batch_size=1))
+    trainer.step()
+    assert model[0].weight.item() == pytest.approx(0.5 + 4.5)
+    assert model[1].weight.item() == pytest.approx(1.5 + 1.5)

@@ -1,0 +1,366 @@
+"""Activation statistics: every layer's output histogram, and one layer's history.
+
+Four plots in one canvas: layers × bins histograms of the current frame (main plot), dead and
+saturated fractions per layer beside it, the focused layer's histogram over the recent frames,
+and its mean ± std over the whole run.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import SeriesData, StatsFrame, ViewData
+from widgets.base import View
+from widgets.colormaps import SEQUENTIAL_LUT
+
+__all__ = ["ActivationView"]
+
+_NO_DATA = "No activation statistics yet: run a training step"
+_DEAD_BRUSH = pg.mkBrush(214, 96, 77, 220)
+_SATURATED_BRUSH = pg.mkBrush(240, 180, 60, 220)
+_MEAN_PEN = pg.mkPen(110, 190, 255, width=1.5)
+_BAND_BRUSH = pg.mkBrush(110, 190, 255, 60)
+_SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
+
+
+def _short(name: str, limit: int = 16) -> str:
+    """Layer names like ``encoder.blocks.3.mlp.fc1`` trimmed from the left to stay readable."""
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def _normalise_rows(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its own peak, so narrow and wide distributions are both visible."""
+    if counts.size == 0:
+        return counts.astype(np.float32)
+    peak = np.where(np.isfinite(counts), counts, -np.inf).max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = counts / np.where(np.isfinite(peak) & (peak > 0), peak, 1.0)
+    return scaled.astype(np.float32, copy=False)
+
+
+def _series(data: ViewData, key: str) -> SeriesData | None:
+    series = data.series.get(key)
+    if series is None or len(series.steps) == 0:
+        return None
+    return series
+
+
+class ActivationView(View):
+    """Output histograms of every layer, and the selected (or last) layer over time.
+
+    Clicking a histogram row or a fraction bar selects that layer (``layer_selected``).
+    """
+
+    title = "Activations"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._frame: StatsFrame | None = None
+        self._names: tuple[str, ...] = ()
+        self._edges: np.ndarray | None = None
+        self._focus: str | None = None
+        self._time_key: tuple[int, int, str] | None = None
+        self._time_steps: np.ndarray = np.zeros(0)
+        self._time_counts: np.ndarray | None = None  # (bins, frames) raw fractions
+        self._band_series: tuple[SeriesData | None, SeriesData | None] = (None, None)
+        self._band_layer: str | None = None
+        self._data_selection_seen: str | None = None
+
+        self._graphics = pg.GraphicsLayoutWidget()
+        layout = self._graphics.ci
+        self.hist_plot = layout.addPlot(row=0, col=0)
+        self.hist_plot.setTitle("output histogram per layer", size="9pt")
+        self.hist_plot.setLabel("bottom", "activation")
+        self.hist_plot.invertY(True)  # first layer at the top, as in the model
+        self.hist_plot.setMenuEnabled(False)
+        self.hist_image = pg.ImageItem(axisOrder="row-major")
+        self.hist_image.setLookupTable(SEQUENTIAL_LUT)
+        self.hist_image.setLevels((0.0, 1.0))
+        self.hist_plot.addItem(self.hist_image)
+        self._selection_box = pg.PlotDataItem(pen=_SELECTION_PEN)
+        self.hist_plot.addItem(self._selection_box)
+
+        self.fraction_plot = layout.addPlot(row=0, col=1)
+        self.fraction_plot.setTitle("dead / saturated", size="9pt")
+        self.fraction_plot.setFixedWidth(150)
+        self.fraction_plot.setYLink(self.hist_plot)
+        self.fraction_plot.hideAxis("left")
+        self.fraction_plot.setXRange(0.0, 1.0, padding=0.02)
+        self.fraction_plot.setMouseEnabled(False, False)
+        self.fraction_plot.setMenuEnabled(False)
+        self.fraction_plot.hideButtons()
+        # One BarGraphItem per statistic, not one per layer.
+        self.dead_bars = pg.BarGraphItem(x0=[], y0=[], width=[], height=[], brush=_DEAD_BRUSH, pen=None)
+        self.saturated_bars = pg.BarGraphItem(x0=[], y0=[], width=[], height=[], brush=_SATURATED_BRUSH, pen=None)
+        self.fraction_plot.addItem(self.dead_bars)
+        self.fraction_plot.addItem(self.saturated_bars)
+        legend = self.fraction_plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
+        legend.addItem(self.dead_bars, "dead")
+        legend.addItem(self.saturated_bars, "saturated")
+
+        self.time_plot = layout.addPlot(row=1, col=0, colspan=2)
+        self.time_plot.setLabel("bottom", "step")
+        self.time_plot.setLabel("left", "activation")
+        self.time_plot.setMenuEnabled(False)
+        self.time_image = pg.ImageItem(axisOrder="row-major")
+        self.time_image.setLookupTable(SEQUENTIAL_LUT)
+        self.time_image.setLevels((0.0, 1.0))
+        self.time_plot.addItem(self.time_image)
+
+        self.band_plot = layout.addPlot(row=2, col=0, colspan=2)
+        self.band_plot.setLabel("bottom", "step")
+        self.band_plot.setLabel("left", "mean ± std")
+        self.band_plot.setMenuEnabled(False)
+        self.mean_curve = pg.PlotDataItem(pen=_MEAN_PEN)
+        self._upper = pg.PlotDataItem(pen=None)
+        self._lower = pg.PlotDataItem(pen=None)
+        for curve in (self.mean_curve, self._upper, self._lower):
+            curve.setDownsampling(auto=True, method="peak")
+            curve.setClipToView(True)
+        self.band = pg.FillBetweenItem(self._lower, self._upper, brush=_BAND_BRUSH)
+        self.band_plot.addItem(self.band)
+        self.band_plot.addItem(self.mean_curve)
+        self.band_plot.addItem(self._upper)
+        self.band_plot.addItem(self._lower)
+        layout.layout.setRowStretchFactor(0, 3)
+        layout.layout.setRowStretchFactor(1, 2)
+        layout.layout.setRowStretchFactor(2, 2)
+
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(self._graphics)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+        scene = self._graphics.scene()
+        scene.sigMouseMoved.connect(self._mouse_moved)
+        scene.sigMouseClicked.connect(self._mouse_clicked)
+        self._show_hint(_NO_DATA)
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the plots, or "" when the plots are shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    @property
+    def focus_layer(self) -> str | None:
+        """The layer whose history is drawn: the selection if present, else the last layer."""
+        return self._focus
+
+    def layer_at_row(self, row: int) -> str | None:
+        """Name of histogram row ``row`` (0 = top), or None."""
+        return self._names[row] if 0 <= row < len(self._names) else None
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        frame = data.frames[-1] if data.frames else data.snapshot.stats
+        if frame is None or frame.histograms.ndim != 2 or frame.histograms.size == 0 or not frame.layer_names:
+            self._frame = None
+            self._show_hint(_NO_DATA)
+            return
+        if data.selected_layer != self._data_selection_seen:
+            self._data_selection_seen = data.selected_layer
+            if data.selected_layer is not None:
+                self.selected_layer = data.selected_layer
+        if frame is not self._frame:
+            self._draw_frame(frame)
+        focus = self.selected_layer if self.selected_layer in self._names else self._names[-1]
+        if focus != self._focus:
+            self._focus = focus
+            self._draw_selection_box()
+        self._draw_history(data, focus)
+        self._draw_band(data, focus)
+        self._show_content()
+
+    def _draw_frame(self, frame: StatsFrame) -> None:
+        counts = np.asarray(frame.histograms, dtype=np.float32)
+        edges = np.asarray(frame.hist_edges, dtype=np.float64)
+        if len(edges) != counts.shape[1] + 1 or not np.isfinite(edges[[0, -1]]).all() or edges[-1] <= edges[0]:
+            edges = np.arange(counts.shape[1] + 1, dtype=np.float64)  # bins by index, still readable
+        n_layers = counts.shape[0]
+        self.hist_image.setImage(_normalise_rows(counts), levels=(0.0, 1.0), autoLevels=False)
+        self.hist_image.setRect(QtCore.QRectF(edges[0], 0.0, edges[-1] - edges[0], n_layers))
+        names = tuple(frame.layer_names[:n_layers])
+        if names != self._names or self._edges is None or not np.array_equal(edges[[0, -1]], self._edges[[0, -1]]):
+            self.hist_plot.setRange(xRange=(edges[0], edges[-1]), yRange=(0, n_layers), padding=0.0)
+            self.hist_plot.getAxis("left").setTicks([[(i + 0.5, _short(n)) for i, n in enumerate(names)]])
+            self._focus = None  # forces the selection box to be redrawn for the new rows
+        self._names = names
+        self._edges = edges
+        self._frame = frame
+
+        rows = np.arange(n_layers, dtype=np.float64)
+        dead = np.asarray(frame.stat("dead_fraction"), dtype=np.float64)[:n_layers]
+        saturated = np.asarray(frame.stat("saturated_fraction"), dtype=np.float64)[:n_layers]
+        shown = np.isfinite(dead)  # NaN: the statistic does not apply, so no bar at all
+        self.dead_bars.setOpts(
+            x0=np.zeros(shown.sum()), y0=rows[shown] + 0.1, width=np.clip(dead[shown], 0, 1), height=0.38
+        )
+        shown = np.isfinite(saturated)
+        self.saturated_bars.setOpts(
+            x0=np.zeros(shown.sum()), y0=rows[shown] + 0.52, width=np.clip(saturated[shown], 0, 1), height=0.38
+        )
+
+    def _draw_selection_box(self) -> None:
+        if self._focus is None or self._edges is None:
+            self._selection_box.setData([], [])
+            return
+        row = self._names.index(self._focus)
+        x0, x1 = float(self._edges[0]), float(self._edges[-1])
+        self._selection_box.setData([x0, x1, x1, x0, x0], [row, row, row + 1, row + 1, row])
+
+    def _draw_history(self, data: ViewData, layer: str) -> None:
+        frames = data.frames or ((self._frame,) if self._frame is not None else ())
+        key = (id(frames[-1]), len(frames), layer) if frames else None
+        if key == self._time_key:
+            return
+        self._time_key = key
+        bins = 0 if self._frame is None else self._frame.histograms.shape[1]
+        columns: list[np.ndarray] = []
+        steps: list[int] = []
+        for frame in frames:
+            # Frames from an older layout (another run, another bin count) cannot share the image.
+            if layer in frame.layer_names and frame.histograms.ndim == 2 and frame.histograms.shape[1] == bins:
+                columns.append(frame.histograms[frame.layer_names.index(layer)])
+                steps.append(frame.step)
+        self.time_plot.setTitle(f"{layer}: histogram over the last {len(columns)} captured steps", size="9pt")
+        if not columns or self._edges is None:
+            self._time_counts = None
+            self._time_steps = np.zeros(0)
+            self.time_image.clear()
+            return
+        counts = np.stack(columns, axis=1).astype(np.float32)  # (bins, frames)
+        step_array = np.asarray(steps, dtype=np.float64)
+        spacing = (step_array[-1] - step_array[0]) / (len(step_array) - 1) if len(step_array) > 1 else 1.0
+        spacing = spacing if spacing > 0 else 1.0
+        per_column = _normalise_rows(counts.T).T
+        self.time_image.setImage(per_column, levels=(0.0, 1.0), autoLevels=False)
+        x0 = step_array[0] - spacing / 2
+        y0, y1 = float(self._edges[0]), float(self._edges[-1])
+        self.time_image.setRect(QtCore.QRectF(x0, y0, spacing * len(step_array), y1 - y0))
+        self.time_plot.setRange(xRange=(x0, x0 + spacing * len(step_array)), yRange=(y0, y1), padding=0.0)
+        self._time_counts = counts
+        self._time_steps = step_array
+
+    def _draw_band(self, data: ViewData, layer: str) -> None:
+        mean = _series(data, f"act_mean/{layer}")
+        std = _series(data, f"act_std/{layer}")
+        # Identity, not equality: SeriesData holds arrays, and an unchanged object needs no redraw.
+        if layer == self._band_layer and mean is self._band_series[0] and std is self._band_series[1]:
+            return
+        self._band_layer = layer
+        self._band_series = (mean, std)
+        if mean is None:
+            for curve in (self.mean_curve, self._upper, self._lower):
+                curve.setData([], [])
+            self.band_plot.setTitle(f"{layer}: no mean/std series yet", size="9pt")
+            return
+        steps = np.asarray(mean.steps, dtype=np.float64)
+        values = np.asarray(mean.values, dtype=np.float64)
+        if std is None:
+            spread = np.zeros_like(values)
+        elif len(std.steps) == len(steps):
+            spread = np.asarray(std.values, dtype=np.float64)
+        else:
+            # Series from one History share steps; anything else is aligned by interpolation.
+            spread = np.interp(steps, np.asarray(std.steps, float), np.asarray(std.values, float))
+        self.mean_curve.setData(steps, values, connect="finite")
+        self._upper.setData(steps, values + spread, connect="finite")
+        self._lower.setData(steps, values - spread, connect="finite")
+        self.band_plot.setTitle(f"{layer}: mean ± std over the run", size="9pt")
+
+    # --- readout and clicks ------------------------------------------------------------------
+    def describe_point(self, x: float, y: float) -> str:
+        """Readout for the histogram plot: ``"layer  bin [a, b): 12.3 %"``."""
+        frame, edges = self._frame, self._edges
+        if frame is None or edges is None or not (math.isfinite(x) and math.isfinite(y)):
+            return ""
+        row = int(math.floor(y))
+        column = int(np.searchsorted(edges, x, side="right")) - 1
+        if not (0 <= row < len(self._names) and 0 <= column < len(edges) - 1):
+            return ""
+        value = float(frame.histograms[row, column]) * 100.0
+        return f"{self._names[row]}  bin [{edges[column]:.3g}, {edges[column + 1]:.3g}): {value:.1f} %"
+
+    def _describe_fraction(self, y: float) -> str:
+        if self._frame is None or not math.isfinite(y):
+            return ""
+        row = int(math.floor(y))
+        if not 0 <= row < len(self._names):
+            return ""
+        dead = float(self._frame.stat("dead_fraction")[row])
+        saturated = float(self._frame.stat("saturated_fraction")[row])
+        parts = [f"{label} {value * 100:.1f} %" for label, value in (("dead", dead), ("saturated", saturated)) if math.isfinite(value)]
+        return f"{self._names[row]}  " + ("  ".join(parts) if parts else "no dead/saturated statistic")
+
+    def _describe_history(self, x: float, y: float) -> str:
+        counts, steps, edges = self._time_counts, self._time_steps, self._edges
+        if counts is None or edges is None or not len(steps) or not (math.isfinite(x) and math.isfinite(y)):
+            return ""
+        column = int(np.argmin(np.abs(steps - x)))
+        row = int(np.searchsorted(edges, y, side="right")) - 1
+        if not 0 <= row < counts.shape[0]:
+            return ""
+        return (
+            f"{self._focus}  step {int(steps[column])}  bin [{edges[row]:.3g}, {edges[row + 1]:.3g}): "
+            f"{counts[row, column] * 100:.1f} %"
+        )
+
+    def _describe_band(self, x: float) -> str:
+        mean, std = self._band_series
+        if mean is None or not math.isfinite(x):
+            return ""
+        index = int(np.argmin(np.abs(np.asarray(mean.steps) - x)))
+        text = f"{self._focus}  step {int(mean.steps[index])}: mean {float(mean.values[index]):.4g}"
+        if std is not None and len(std.values) == len(mean.values):
+            text += f" ± {float(std.values[index]):.3g}"
+        return text
+
+    def _mouse_moved(self, pos: QtCore.QPointF) -> None:
+        if self._stack.currentWidget() is not self._graphics:
+            return
+        for plot in (self.hist_plot, self.fraction_plot, self.time_plot, self.band_plot):
+            if plot.sceneBoundingRect().contains(pos):
+                point = plot.getViewBox().mapSceneToView(pos)
+                if plot is self.hist_plot:
+                    self.hover_at(point.x(), point.y())
+                    return
+                if plot is self.fraction_plot:
+                    text = self._describe_fraction(point.y())
+                elif plot is self.time_plot:
+                    text = self._describe_history(point.x(), point.y())
+                else:
+                    text = self._describe_band(point.x())
+                self.readout.setText(text or " ")
+                return
+
+    def _mouse_clicked(self, event) -> None:  # pyqtgraph MouseClickEvent
+        if event.button() != QtCore.Qt.MouseButton.LeftButton or self._frame is None:
+            return
+        for plot in (self.hist_plot, self.fraction_plot):
+            if plot.sceneBoundingRect().contains(event.scenePos()):
+                row = int(math.floor(plot.getViewBox().mapSceneToView(event.scenePos()).y()))
+                name = self.layer_at_row(row)
+                if name is not None:
+                    self.selected_layer = name
+                    self.layer_selected.emit(name)
+                    if self._last is not None:
+                        self.draw(self._last)
+                return
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self._graphics:
+            self._stack.setCurrentWidget(self._graphics)

@@ -1,0 +1,343 @@
+"""How gradient flows through the network: per-layer gradient norms now and over the run.
+
+Top left, the current frame's gradient norm per layer on a log scale (vanishing or exploding
+gradients show as a slope across layers); top right, each layer's weight norm and update ratio;
+below, log10 of every layer's gradient norm over the whole run as a layers × steps heatmap.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import SeriesData, StatsFrame, ViewData
+from widgets.base import View
+from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
+
+__all__ = ["GradientFlow"]
+
+_NO_DATA = "No gradients yet: run a training step"
+_NO_PARAMS = "This model has no layers with parameters"
+_BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
+_SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
+_SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
+_MAX_TICK_LABELS = 16
+
+
+def abbreviate(name: str, limit: int = 12) -> str:
+    """Short tick label: the last two parts of a dotted module name, trimmed from the left."""
+    short = ".".join(name.split(".")[-2:])
+    return short if len(short) <= limit else "…" + short[-(limit - 1):]
+
+
+def _log10(values: np.ndarray) -> np.ndarray:
+    """log10 with zero, negative and non-finite values as NaN (drawn as nothing)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(values.shape, np.nan)
+    good = np.isfinite(values) & (values > 0)
+    out[good] = np.log10(values[good])
+    return out
+
+
+def align_series(series: list[SeriesData]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the values of ``series`` on one step grid: ``(steps, values (len(series), n))``.
+
+    Series from one History share their steps and are stacked as they are; otherwise each is
+    interpolated onto the longest one's steps (NaN outside its own range).
+    """
+    reference = max(series, key=lambda s: len(s.steps))
+    steps = np.asarray(reference.steps, dtype=np.float64)
+    rows = []
+    for item in series:
+        values = np.asarray(item.values, dtype=np.float64)
+        own = np.asarray(item.steps, dtype=np.float64)
+        if len(own) == len(steps) and np.array_equal(own, steps):
+            rows.append(values)
+        elif len(own) == 0:
+            rows.append(np.full(len(steps), np.nan))
+        else:
+            rows.append(np.interp(steps, own, values, left=np.nan, right=np.nan))
+    return steps, np.vstack(rows)
+
+
+class GradientFlow(View):
+    """Gradient norms per layer (log scale) and their history; click a layer to select it."""
+
+    title = "Gradient flow"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layers: tuple[str, ...] = ()  # layers with parameters, in model order
+        self._frame: StatsFrame | None = None
+        self._grad_norms = np.zeros(0)
+        self._heat_layers: tuple[str, ...] = ()
+        self._heat_steps = np.zeros(0)
+        self._heat_values: np.ndarray | None = None  # (rows, steps) raw gradient norms
+        self._heat_extent = (0.0, 1.0)  # x range the heatmap covers, in steps
+        self._heat_sources: tuple[object, ...] = ()
+        self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
+        self._data_selection_seen: str | None = None
+
+        self._graphics = pg.GraphicsLayoutWidget()
+        layout = self._graphics.ci
+        self.bar_plot = layout.addPlot(row=0, col=0)
+        self.bar_plot.setTitle("gradient norm ‖g‖ per layer", size="9pt")
+        self.bar_plot.getAxis("left").setLogMode(False, True)  # bars are given in log10 units
+        self.bar_plot.setMenuEnabled(False)
+        self.bar_plot.showGrid(y=True, alpha=0.2)
+        self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, y0=0, brush=_BAR_BRUSH, pen=None)
+        self.bar_plot.addItem(self.bars)
+
+        self.ratio_plot = layout.addPlot(row=0, col=1)
+        self.ratio_plot.setTitle("weight norm, update ratio", size="9pt")
+        self.ratio_plot.getAxis("left").setLogMode(False, True)
+        self.ratio_plot.setXLink(self.bar_plot)
+        self.ratio_plot.setMenuEnabled(False)
+        self.ratio_plot.showGrid(y=True, alpha=0.2)
+        legend = self.ratio_plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
+        self.weight_norm_curve = pg.PlotDataItem(
+            pen=pg.mkPen(150, 220, 150), symbol="o", symbolSize=6, symbolBrush=(150, 220, 150), name="‖w‖"
+        )
+        self.update_ratio_curve = pg.PlotDataItem(
+            pen=pg.mkPen(240, 160, 90), symbol="t", symbolSize=7, symbolBrush=(240, 160, 90), name="‖Δw‖/‖w‖"
+        )
+        self.ratio_plot.addItem(self.weight_norm_curve)
+        self.ratio_plot.addItem(self.update_ratio_curve)
+        legend.addItem(self.weight_norm_curve, "‖w‖")
+        legend.addItem(self.update_ratio_curve, "‖Δw‖/‖w‖")
+
+        self.heat_plot = layout.addPlot(row=1, col=0, colspan=2)
+        self.heat_plot.setTitle("log10 ‖g‖ over the run", size="9pt")
+        self.heat_plot.setLabel("bottom", "step")
+        self.heat_plot.invertY(True)
+        self.heat_plot.setMenuEnabled(False)
+        self.heat_image = pg.ImageItem(axisOrder="row-major")
+        self.heat_image.setLookupTable(SEQUENTIAL_LUT)
+        self.heat_image.setLevels((0.0, 1.0))
+        self.heat_plot.addItem(self.heat_image)
+        self._heat_box = pg.PlotDataItem(pen=_SELECTION_PEN)
+        self.heat_plot.addItem(self._heat_box)
+        layout.layout.setColumnStretchFactor(0, 3)
+        layout.layout.setColumnStretchFactor(1, 2)
+        layout.layout.setRowStretchFactor(0, 1)
+        layout.layout.setRowStretchFactor(1, 1)
+
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(self._graphics)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+        scene = self._graphics.scene()
+        scene.sigMouseMoved.connect(self._mouse_moved)
+        scene.sigMouseClicked.connect(self._mouse_clicked)
+        self._show_hint(_NO_DATA)
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the plots, or "" when the plots are shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Layers with parameters, in the order of the bars (x = index)."""
+        return self._layers
+
+    @property
+    def heatmap_layers(self) -> tuple[str, ...]:
+        """Rows of the heatmap, top to bottom (layers whose series is all NaN are skipped)."""
+        return self._heat_layers
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        layers = tuple(
+            layer.name for layer in data.snapshot.layers if layer.role != "activation" and layer.params > 0
+        )
+        frame = data.frames[-1] if data.frames else data.snapshot.stats
+        if data.selected_layer != self._data_selection_seen:
+            self._data_selection_seen = data.selected_layer
+            if data.selected_layer is not None:
+                self.selected_layer = data.selected_layer
+        if not layers:
+            self._show_hint(_NO_PARAMS if data.snapshot.layers else _NO_DATA)
+            return
+        layers_changed = layers != self._layers
+        if layers_changed:
+            self._layers = layers
+            self._set_layer_ticks(layers)
+        if layers_changed or frame is not self._frame:
+            self._draw_frame(frame)
+        self._draw_heatmap(data)
+        if self._frame is None and self._heat_values is None:
+            self._show_hint(_NO_DATA)
+            return
+        self._draw_selection()
+        self._show_content()
+
+    def _set_layer_ticks(self, layers: tuple[str, ...]) -> None:
+        every = max(1, math.ceil(len(layers) / _MAX_TICK_LABELS))
+        ticks = [[(float(i), abbreviate(name)) for i, name in enumerate(layers) if i % every == 0]]
+        self.bar_plot.getAxis("bottom").setTicks(ticks)
+        self.ratio_plot.getAxis("bottom").setTicks(ticks)
+        self.bar_plot.setXRange(-0.6, len(layers) - 0.4, padding=0.0)
+
+    def _stat_per_layer(self, frame: StatsFrame, name: str) -> np.ndarray:
+        column = frame.stat(name)
+        rows = {layer: i for i, layer in enumerate(frame.layer_names)}
+        return np.array([column[rows[layer]] if layer in rows else np.nan for layer in self._layers], dtype=np.float64)
+
+    def _draw_frame(self, frame: StatsFrame | None) -> None:
+        self._frame = frame
+        index = np.arange(len(self._layers), dtype=np.float64)
+        if frame is None:
+            self._grad_norms = np.full(len(self._layers), np.nan)
+            self.bars.setOpts(x=[], height=[], y0=0, brushes=[])
+            self.weight_norm_curve.setData([], [])
+            self.update_ratio_curve.setData([], [])
+            return
+        self._grad_norms = self._stat_per_layer(frame, "grad_norm")
+        logs = _log10(self._grad_norms)
+        shown = np.isfinite(logs)
+        # Bars grow up from one decade below the smallest norm so the shortest is still visible.
+        floor = math.floor(float(np.min(logs[shown]))) - 1 if shown.any() else -8
+        self.bars.setOpts(
+            x=index[shown], height=logs[shown] - floor, y0=floor, brushes=[_BAR_BRUSH] * int(shown.sum())
+        )
+        for curve, name in ((self.weight_norm_curve, "weight_norm"), (self.update_ratio_curve, "update_ratio")):
+            values = _log10(self._stat_per_layer(frame, name))
+            good = np.isfinite(values)
+            curve.setData(index[good], values[good])
+        self.bar_plot.setTitle(f"gradient norm ‖g‖ per layer  (step {frame.step})", size="9pt")
+        self._drawn_selection = None
+
+    def _draw_heatmap(self, data: ViewData) -> None:
+        sources = tuple(data.series.get(f"grad_norm/{name}") for name in self._layers)
+        if len(sources) == len(self._heat_sources) and all(a is b for a, b in zip(sources, self._heat_sources)):
+            return  # the same series objects as last frame
+        self._heat_sources = sources
+        present = [(name, s) for name, s in zip(self._layers, sources) if s is not None and len(s.steps) > 0]
+        if not present:
+            self._clear_heatmap()
+            return
+        steps, values = align_series([s for _, s in present])
+        logs = _log10(values)
+        keep = np.isfinite(logs).any(axis=1)  # a row that is all NaN says nothing: skip it
+        if not keep.any():
+            self._clear_heatmap()
+            return
+        names = tuple(name for (name, _), k in zip(present, keep) if k)
+        logs, values = logs[keep], values[keep]
+        spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 1.0
+        spacing = spacing if spacing > 0 else 1.0
+        x0 = steps[0] - spacing / 2
+        self.heat_image.setImage(logs.astype(np.float32), levels=finite_levels(logs), autoLevels=False)
+        self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
+        if names != self._heat_layers or len(steps) != len(self._heat_steps):
+            self.heat_plot.setRange(xRange=(x0, x0 + spacing * len(steps)), yRange=(0, len(names)), padding=0.0)
+        if names != self._heat_layers:
+            every = max(1, math.ceil(len(names) / _MAX_TICK_LABELS))
+            self.heat_plot.getAxis("left").setTicks(
+                [[(i + 0.5, abbreviate(n)) for i, n in enumerate(names) if i % every == 0]]
+            )
+        self._heat_layers = names
+        self._heat_extent = (x0, x0 + spacing * len(steps))
+        self._heat_steps = steps
+        self._heat_values = values
+        self._drawn_selection = None
+
+    def _clear_heatmap(self) -> None:
+        self.heat_image.clear()
+        self._heat_layers = ()
+        self._heat_steps = np.zeros(0)
+        self._heat_values = None
+        self._heat_box.setData([], [])
+
+    def _draw_selection(self) -> None:
+        selection = self.selected_layer
+        key = (selection, self._layers, self._heat_layers)
+        if key == self._drawn_selection:
+            return
+        self._drawn_selection = key
+        if len(self._layers) and self._frame is not None:
+            shown = np.isfinite(_log10(self._grad_norms))
+            brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name, s in zip(self._layers, shown) if s]
+            self.bars.setOpts(brushes=brushes)
+        if selection in self._heat_layers and len(self._heat_steps):
+            row = self._heat_layers.index(selection)
+            x0, x1 = self._heat_extent
+            self._heat_box.setData([x0, x1, x1, x0, x0], [row, row, row + 1, row + 1, row])
+        else:
+            self._heat_box.setData([], [])
+
+    # --- readout and clicks ------------------------------------------------------------------
+    def describe_point(self, x: float, y: float) -> str:
+        """Readout for the heatmap: ``"layer  step 1200: |g| = 3.2e-04"``."""
+        values, steps = self._heat_values, self._heat_steps
+        if values is None or not len(steps) or not (math.isfinite(x) and math.isfinite(y)):
+            return ""
+        row = int(math.floor(y))
+        if not 0 <= row < len(self._heat_layers):
+            return ""
+        column = int(np.argmin(np.abs(steps - x)))
+        value = values[row, column]
+        shown = f"{value:.2g}" if not math.isfinite(value) else f"{value:.1e}"
+        return f"{self._heat_layers[row]}  step {int(round(steps[column]))}: |g| = {shown}"
+
+    def describe_layer(self, index: int) -> str:
+        """Readout for bar ``index``: the layer's gradient norm, weight norm and update ratio."""
+        if self._frame is None or not 0 <= index < len(self._layers):
+            return ""
+        name = self._layers[index]
+        weight = self._stat_per_layer(self._frame, "weight_norm")[index]
+        ratio = self._stat_per_layer(self._frame, "update_ratio")[index]
+        return (
+            f"{name}  step {self._frame.step}: |g| = {self._grad_norms[index]:.1e}"
+            f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}"
+        )
+
+    def _mouse_moved(self, pos: QtCore.QPointF) -> None:
+        if self._stack.currentWidget() is not self._graphics:
+            return
+        if self.heat_plot.sceneBoundingRect().contains(pos):
+            point = self.heat_plot.getViewBox().mapSceneToView(pos)
+            self.hover_at(point.x(), point.y())
+            return
+        for plot in (self.bar_plot, self.ratio_plot):
+            if plot.sceneBoundingRect().contains(pos):
+                index = int(round(plot.getViewBox().mapSceneToView(pos).x()))
+                self.readout.setText(self.describe_layer(index) or " ")
+                return
+
+    def _mouse_clicked(self, event) -> None:  # pyqtgraph MouseClickEvent
+        if event.button() != QtCore.Qt.MouseButton.LeftButton:
+            return
+        pos = event.scenePos()
+        name = None
+        if self.heat_plot.sceneBoundingRect().contains(pos):
+            row = int(math.floor(self.heat_plot.getViewBox().mapSceneToView(pos).y()))
+            name = self._heat_layers[row] if 0 <= row < len(self._heat_layers) else None
+        else:
+            for plot in (self.bar_plot, self.ratio_plot):
+                if plot.sceneBoundingRect().contains(pos):
+                    index = int(round(plot.getViewBox().mapSceneToView(pos).x()))
+                    name = self._layers[index] if 0 <= index < len(self._layers) else None
+        if name is not None:
+            self.selected_layer = name
+            self.layer_selected.emit(name)
+            self._draw_selection()
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self._graphics:
+            self._stack.setCurrentWidget(self._graphics)

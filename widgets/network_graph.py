@@ -1,0 +1,518 @@
+"""The network as columns of units joined by their weights, coloured by what flows through them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from engine.snapshot import NetworkView, ViewData
+from widgets import colormaps
+from widgets.base import View
+
+__all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS"]
+
+#: A column with more units than this is drawn as one labelled block, its edges as one band.
+COLLAPSE_ABOVE = 64
+#: Magnitude buckets per sign: all edges are drawn by 2 * EDGE_LEVELS curve items.
+EDGE_LEVELS = 4
+
+_MODES = ("activation", "gradient")
+_SYMBOL = {"activation": "a", "gradient": "g"}
+_NO_DATA = QtGui.QColor(90, 94, 102)
+_SELECTED = QtGui.QColor(255, 213, 79)
+_LABEL = QtGui.QColor(214, 217, 224)
+_BLOCK_WIDTH = 0.3  # in column spacings
+_UNIT_HIT_X = 0.15  # how far from a column's centre a click still counts, in column spacings
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Geometry of one network shape; rebuilt only when the shape changes (a new run)."""
+
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    collapsed: tuple[bool, ...]
+    spacing: float  # vertical distance between units of a column
+    height: float  # of the tallest column / the blocks
+    unit_column: np.ndarray  # (n_spots,) column index of each spot
+    unit_index: np.ndarray  # (n_spots,) unit index of each spot within its column
+    unit_x: np.ndarray
+    unit_y: np.ndarray
+    offsets: tuple[int, ...]  # first spot of each column (meaningless for collapsed ones)
+
+    def unit_y_of(self, size: int, index: int) -> float:
+        return ((size - 1) / 2.0 - index) * self.spacing
+
+
+def _make_layout(names: tuple[str, ...], sizes: tuple[int, ...]) -> _Layout:
+    collapsed = tuple(size > COLLAPSE_ABOVE for size in sizes)
+    small = [size for size, big in zip(sizes, collapsed) if not big]
+    tallest = max(small, default=1)
+    # Same spacing in every column so columns read as a classic diagram; capped so two or
+    # three units do not stretch over the whole view.
+    spacing = min(1.0 / (tallest - 1), 0.25) if tallest > 1 else 0.25
+    height = max((tallest - 1) * spacing, 1.0 if any(collapsed) else 0.25)
+    columns, indices, xs, ys, offsets = [], [], [], [], []
+    count = 0
+    for column, (size, big) in enumerate(zip(sizes, collapsed)):
+        offsets.append(count)
+        if big or size <= 0:
+            continue
+        index = np.arange(size)
+        columns.append(np.full(size, column))
+        indices.append(index)
+        xs.append(np.full(size, float(column)))
+        ys.append(((size - 1) / 2.0 - index) * spacing)
+        count += size
+
+    def joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+    return _Layout(names, sizes, collapsed, spacing, height, joined(columns, np.int64),
+                   joined(indices, np.int64), joined(xs, np.float64), joined(ys, np.float64),
+                   tuple(offsets))
+
+
+class NetworkGraph(View):
+    """Columns of units (input, then every layer with parameters) and the weights between them.
+
+    Edges are drawn for pairs of columns of at most ``COLLAPSE_ABOVE`` units each, coloured
+    blue (negative) to red (positive) and thickened by |weight| relative to the largest weight
+    of that matrix (layers differ in scale; per-matrix scaling keeps each one readable). Larger
+    columns become a block showing its values as a strip, joined to its neighbours by a band.
+
+    Units are coloured by activation or by gradient (``set_mode``), on a diverging scale
+    symmetric about zero per column. Clicking a unit emits ``layer_selected(name)`` then
+    ``unit_selected(name, index)``; clicking a block emits ``layer_selected(name)``.
+    """
+
+    title = "Network"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._mode = "activation"
+        controls = QtWidgets.QHBoxLayout()
+        controls.setContentsMargins(2, 0, 2, 0)
+        controls.addWidget(QtWidgets.QLabel("Colour units by", self))
+        self.mode_combo = QtWidgets.QComboBox(self)
+        self.mode_combo.addItems(["Activation", "Gradient"])
+        self.mode_combo.setToolTip("Colour each unit by its activation or by dL/d(unit)")
+        self.mode_combo.currentIndexChanged.connect(lambda index: self.set_mode(_MODES[index]))
+        controls.addWidget(self.mode_combo)
+        controls.addStretch(1)
+        self._layout.addLayout(controls)
+
+        self._stack = QtWidgets.QStackedWidget(self)
+        self.plot_widget = pg.PlotWidget(self)
+        self.plot = self.plot_widget.getPlotItem()
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.plot.setMenuEnabled(False)
+        self.plot.hideButtons()
+        self.view_box = self.plot.getViewBox()
+        # A fixed diagram: panning would only lose it; the layout fits it to the view instead.
+        self.view_box.setMouseEnabled(x=False, y=False)
+        self.view_box.enableAutoRange(enable=False)
+        self.hint = QtWidgets.QLabel("No network to show yet", self)
+        self.hint.setObjectName("hint")
+        self.hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._stack.addWidget(self.plot_widget)
+        self._stack.addWidget(self.hint)
+        self._stack.setCurrentWidget(self.hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+
+        lut = colormaps.DIVERGING_LUT
+        self._brush_table = np.empty(257, dtype=object)
+        for i in range(256):
+            self._brush_table[i] = pg.mkBrush(*(int(c) for c in lut[i][:3]))
+        self._brush_table[256] = pg.mkBrush(_NO_DATA)
+
+        # Bands: every pair of columns whose edges are not drawn one by one (one item for all).
+        self.bands = QtWidgets.QGraphicsPathItem()
+        self.bands.setPen(pg.mkPen(None))
+        self.bands.setBrush(pg.mkBrush(140, 150, 170, 55))
+        self.bands.setZValue(-20)
+        self.plot.addItem(self.bands)
+        # Edges: one curve per (sign, magnitude bucket), strong ones on top.
+        self.edge_items: list[pg.PlotCurveItem] = []
+        for sign in (-1, 1):
+            for level in range(EDGE_LEVELS):
+                strength = (level + 1) / EDGE_LEVELS
+                r, g, b = colormaps.lut_colour(lut, 0.5 + sign * 0.5 * (0.3 + 0.7 * strength))
+                pen = pg.mkPen(r, g, b, int(50 + 205 * strength), width=0.6 + 2.4 * strength)
+                item = pg.PlotCurveItem(connect="pairs", pen=pen)
+                item.setZValue(-15 + level)
+                self.plot.addItem(item)
+                self.edge_items.append(item)
+        self.block_fill = QtWidgets.QGraphicsPathItem()
+        self.block_fill.setPen(pg.mkPen(None))
+        self.block_fill.setBrush(pg.mkBrush(48, 52, 60))
+        self.block_fill.setZValue(-8)
+        self.plot.addItem(self.block_fill)
+        self.block_outline = QtWidgets.QGraphicsPathItem()
+        self.block_outline.setPen(pg.mkPen(170, 178, 192, width=1))
+        self.block_outline.setBrush(pg.mkBrush(None))
+        self.block_outline.setZValue(-6)
+        self.plot.addItem(self.block_outline)
+        self.units = pg.ScatterPlotItem(pen=pg.mkPen(13, 15, 18, width=1), brush=self._brush_table[256], size=10)
+        self.units.setZValue(0)
+        self.plot.addItem(self.units)
+        self.ring = pg.ScatterPlotItem(pen=pg.mkPen(_SELECTED, width=2.5), brush=pg.mkBrush(None), size=18)
+        self.ring.setZValue(1)
+        self.plot.addItem(self.ring)
+        # Pools that only grow: a new run with more columns adds items, never per frame.
+        self.block_images: list[pg.ImageItem] = []
+        self.block_labels: list[pg.TextItem] = []
+        self.column_labels: list[pg.TextItem] = []
+
+        self._geometry: _Layout | None = None
+        self._edge_pairs: list[int] = []  # column pairs whose edges are drawn one by one
+        self._edge_x0 = self._edge_y0 = self._edge_x1 = self._edge_y1 = np.zeros(0)
+        self._unit_size = 10.0
+        self._drawn_key: tuple | None = None
+        self._network: NetworkView | None = None
+        self.view_box.sigResized.connect(self._on_resized)
+        self.plot.scene().sigMouseClicked.connect(self._on_scene_clicked)
+        self.connect_hover(self.plot)
+
+    # --- public ------------------------------------------------------------------------------
+    def mode(self) -> str:
+        """"activation" or "gradient": what the units' colours show."""
+        return self._mode
+
+    def set_mode(self, mode: str) -> None:
+        """Colour units by ``"activation"`` or ``"gradient"``."""
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, not {mode!r}")
+        self._mode = mode
+        blocked = self.mode_combo.blockSignals(True)
+        self.mode_combo.setCurrentIndex(_MODES.index(mode))
+        self.mode_combo.blockSignals(blocked)
+        if self._last is not None:
+            self.draw(self._last)
+
+    def select_unit(self, column: str, index: int | None = None) -> None:
+        """Select a unit (or a whole column) as a click would, emitting the signals."""
+        self.selected_layer = column
+        self.selected_unit = index
+        if self._last is not None:
+            self.draw(self._last)
+        self.layer_selected.emit(column)
+        if index is not None:
+            self.unit_selected.emit(column, int(index))
+
+    def unit_position(self, column: str, index: int) -> tuple[float, float] | None:
+        """Data coordinates of a unit's centre (or its row in a block), None if not drawn."""
+        geometry = self._geometry
+        if geometry is None or column not in geometry.names:
+            return None
+        col = geometry.names.index(column)
+        size = geometry.sizes[col]
+        if not 0 <= index < size:
+            return None
+        if geometry.collapsed[col]:
+            return (float(col), geometry.height / 2.0 - (index + 0.5) * geometry.height / size)
+        return (float(col), geometry.unit_y_of(size, index))
+
+    def hit(self, x: float, y: float) -> tuple[str, int | None] | None:
+        """(column name, unit index or None for a block without values) under (x, y)."""
+        geometry = self._geometry
+        network = self._network
+        if geometry is None or network is None or not (np.isfinite(x) and np.isfinite(y)):
+            return None
+        col = int(round(x))
+        if not 0 <= col < len(geometry.sizes):
+            return None
+        size = geometry.sizes[col]
+        name = geometry.names[col]
+        if geometry.collapsed[col]:
+            half = geometry.height / 2.0
+            if abs(x - col) > _BLOCK_WIDTH / 2 or abs(y) > half:
+                return None
+            if self._column_values(network, col) is None:
+                return (name, None)
+            return (name, min(int((half - y) / geometry.height * size), size - 1))
+        if abs(x - col) > _UNIT_HIT_X or size <= 0:
+            return None
+        index = int(round((size - 1) / 2.0 - y / geometry.spacing))
+        if not 0 <= index < size or abs(y - geometry.unit_y_of(size, index)) > geometry.spacing / 2 + 1e-9:
+            return None
+        return (name, index)
+
+    def click_at(self, x: float, y: float) -> tuple[str, int | None] | None:
+        """Handle a click at data coordinates (x, y): select what is there and emit."""
+        target = self.hit(x, y)
+        if target is not None:
+            self.select_unit(*target)
+        return target
+
+    def describe_point(self, x: float, y: float) -> str:
+        target = self.hit(x, y)
+        network = self._network
+        if target is None or network is None or self._geometry is None:
+            return ""
+        name, index = target
+        col = self._geometry.names.index(name)
+        if index is None:
+            return f"{name}: {self._geometry.sizes[col]} units (collapsed)"
+        values = self._column_values(network, col)
+        symbol = _SYMBOL[self._mode]
+        if values is None:
+            return f"{name} unit {index}: {self._mode} not captured"
+        return f"{name} unit {index}: {symbol} = {_fmt(float(values[index]))}"
+
+    # --- drawing -------------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        network = data.snapshot.network
+        if network is None or not network.column_sizes:
+            self._show_hint("No network to show yet")
+            return
+        if len(network.column_names) != len(network.column_sizes):
+            self._show_hint("Network description is inconsistent")
+            return
+        key = (id(network), self._mode, self.selected_layer, self.selected_unit)
+        if network is self._network and key == self._drawn_key:
+            return  # redrawn at display rate with nothing new
+        self._network = network
+        self._stack.setCurrentWidget(self.plot_widget)
+        names = tuple(str(n) for n in network.column_names)
+        sizes = tuple(int(s) for s in network.column_sizes)
+        if self._geometry is None or self._geometry.names != names or self._geometry.sizes != sizes:
+            self._rebuild(names, sizes)
+        self._draw_units(network)
+        self._draw_edges(network)
+        self._draw_blocks(network)
+        self._draw_selection()
+        self._drawn_key = key
+
+    def _show_hint(self, text: str) -> None:
+        self.hint.setText(text)
+        self._stack.setCurrentWidget(self.hint)
+        self._network = None
+        self._drawn_key = None
+
+    def _column_values(self, network: NetworkView, col: int) -> np.ndarray | None:
+        """The column's activations or gradients as a flat float array, or None if unusable."""
+        source = network.activations if self._mode == "activation" else network.gradients
+        if col >= len(source) or source[col] is None:
+            return None
+        values = np.asarray(source[col], dtype=np.float64).ravel()
+        return values if values.size == network.column_sizes[col] else None
+
+    def _column_weights(self, network: NetworkView, pair: int) -> np.ndarray | None:
+        if pair >= len(network.weights) or network.weights[pair] is None:
+            return None
+        weights = np.asarray(network.weights[pair], dtype=np.float64)
+        expected = (network.column_sizes[pair + 1], network.column_sizes[pair])
+        return weights if weights.shape == expected else None
+
+    def _rebuild(self, names: tuple[str, ...], sizes: tuple[int, ...]) -> None:
+        """Lay out a new network shape: positions, block outlines, label pools."""
+        geometry = _make_layout(names, sizes)
+        self._geometry = geometry
+        half = geometry.height / 2.0
+        self.view_box.setRange(xRange=(-0.5, len(sizes) - 0.5),
+                               yRange=(-half - 0.28 * geometry.height - 0.05, half + 0.06 * geometry.height + 0.02),
+                               padding=0)
+        self._unit_size = self._fit_unit_size()
+        self.units.setData(x=geometry.unit_x, y=geometry.unit_y, size=self._unit_size,
+                           brush=self._brush_table[256])
+
+        # Unit-to-unit edges, in the weight matrices' (out, in) row-major order.
+        self._edge_pairs = []
+        starts_x, starts_y, ends_x, ends_y = [], [], [], []
+        for pair in range(len(sizes) - 1):
+            if geometry.collapsed[pair] or geometry.collapsed[pair + 1] or not sizes[pair] or not sizes[pair + 1]:
+                continue
+            self._edge_pairs.append(pair)
+            y_in = ((sizes[pair] - 1) / 2.0 - np.arange(sizes[pair])) * geometry.spacing
+            y_out = ((sizes[pair + 1] - 1) / 2.0 - np.arange(sizes[pair + 1])) * geometry.spacing
+            starts_x.append(np.full(sizes[pair + 1] * sizes[pair], float(pair)))
+            ends_x.append(np.full(sizes[pair + 1] * sizes[pair], float(pair + 1)))
+            starts_y.append(np.tile(y_in, sizes[pair + 1]))
+            ends_y.append(np.repeat(y_out, sizes[pair]))
+        empty = np.zeros(0)
+        self._edge_x0 = np.concatenate(starts_x) if starts_x else empty
+        self._edge_y0 = np.concatenate(starts_y) if starts_y else empty
+        self._edge_x1 = np.concatenate(ends_x) if ends_x else empty
+        self._edge_y1 = np.concatenate(ends_y) if ends_y else empty
+
+        fill = QtGui.QPainterPath()
+        for col, big in enumerate(geometry.collapsed):
+            if big:
+                fill.addRect(self._block_rect(col))
+        self.block_fill.setPath(fill)
+        self.block_outline.setPath(fill)
+
+        while len(self.column_labels) < len(sizes):
+            label = pg.TextItem(anchor=(0.5, 0.0), color=_LABEL)
+            label.setZValue(5)
+            self.plot.addItem(label)
+            self.column_labels.append(label)
+        n_blocks = sum(geometry.collapsed)
+        while len(self.block_images) < n_blocks:
+            image = pg.ImageItem()
+            image.setLookupTable(colormaps.DIVERGING_LUT)
+            image.setZValue(-7)
+            self.plot.addItem(image)
+            self.block_images.append(image)
+            label = pg.TextItem(anchor=(0.5, 0.5), color=_LABEL, fill=pg.mkBrush(21, 23, 28, 200))
+            label.setZValue(6)
+            self.plot.addItem(label)
+            self.block_labels.append(label)
+        block = 0
+        for col, (name, size) in enumerate(zip(names, sizes)):
+            label = self.column_labels[col]
+            label.setText(name)
+            label.setPos(col, -half - 0.06 * geometry.height - 0.02)
+            label.setVisible(True)
+            if geometry.collapsed[col]:
+                rect = self._block_rect(col)
+                self.block_images[block].setRect(rect)
+                self.block_labels[block].setText(f"{name}\n{size} units")
+                self.block_labels[block].setPos(col, 0.0)
+                self.block_labels[block].setVisible(True)
+                block += 1
+        for label in self.column_labels[len(sizes):]:
+            label.setVisible(False)
+        for image, label in zip(self.block_images[block:], self.block_labels[block:]):
+            image.setVisible(False)
+            label.setVisible(False)
+
+    def _block_rect(self, col: int) -> QtCore.QRectF:
+        height = self._geometry.height if self._geometry is not None else 1.0
+        return QtCore.QRectF(col - _BLOCK_WIDTH / 2, -height / 2, _BLOCK_WIDTH, height)
+
+    def _fit_unit_size(self) -> float:
+        """Spot diameter in pixels: most of the on-screen unit spacing, within [5, 18]."""
+        geometry = self._geometry
+        if geometry is None:
+            return 10.0
+        pixel = self.view_box.viewPixelSize()[1]
+        if not np.isfinite(pixel) or pixel <= 0:
+            return 10.0
+        return float(np.clip(0.72 * geometry.spacing / pixel, 5.0, 18.0))
+
+    def _on_resized(self) -> None:
+        size = self._fit_unit_size()
+        if self._geometry is not None and abs(size - self._unit_size) > 0.5:
+            self._unit_size = size
+            self.units.setSize(size)
+            self.ring.setSize(size + 8)
+
+    def _brushes_for(self, values: np.ndarray) -> np.ndarray:
+        low, high = colormaps.symmetric_levels(values)
+        finite = np.isfinite(values)
+        index = np.full(values.shape, 256, dtype=np.int64)
+        scaled = (np.where(finite, values, 0.0) - low) / (high - low) * 255.0
+        index[finite] = np.clip(np.round(scaled[finite]), 0, 255).astype(np.int64)
+        return self._brush_table[index]
+
+    def _draw_units(self, network: NetworkView) -> None:
+        geometry = self._geometry
+        brushes = np.empty(geometry.unit_x.size, dtype=object)
+        for col, (size, big) in enumerate(zip(geometry.sizes, geometry.collapsed)):
+            if big or size <= 0:
+                continue
+            start = geometry.offsets[col]
+            values = self._column_values(network, col)
+            if values is None:
+                brushes[start:start + size] = self._brush_table[256]
+            else:
+                brushes[start:start + size] = self._brushes_for(values)
+        if brushes.size:
+            self.units.setBrush(brushes)
+
+    def _draw_edges(self, network: NetworkView) -> None:
+        geometry = self._geometry
+        codes = []
+        band_pairs = []
+        for pair in range(len(geometry.sizes) - 1):
+            weights = self._column_weights(network, pair) if pair in self._edge_pairs else None
+            if pair not in self._edge_pairs or weights is None:
+                band_pairs.append(pair)
+                if pair in self._edge_pairs:
+                    # Unknown weights between small columns: keep the shape, hide the edges.
+                    codes.append(np.full(geometry.sizes[pair] * geometry.sizes[pair + 1], -1))
+                continue
+            flat = weights.ravel()
+            finite = np.isfinite(flat)
+            magnitude = np.abs(np.where(finite, flat, 0.0))
+            largest = magnitude.max() if magnitude.size else 0.0
+            level = np.minimum((magnitude / largest * EDGE_LEVELS).astype(np.int64), EDGE_LEVELS - 1) \
+                if largest > 0 else np.zeros(flat.size, np.int64)
+            code = np.where(flat < 0, level, EDGE_LEVELS + level)
+            codes.append(np.where(finite, code, -1))
+        code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+        for bucket, item in enumerate(self.edge_items):
+            mask = code == bucket
+            count = int(mask.sum())
+            xs = np.empty(2 * count)
+            ys = np.empty(2 * count)
+            xs[0::2] = self._edge_x0[mask]
+            xs[1::2] = self._edge_x1[mask]
+            ys[0::2] = self._edge_y0[mask]
+            ys[1::2] = self._edge_y1[mask]
+            item.setData(xs, ys, connect="pairs")
+        path = QtGui.QPainterPath()
+        for pair in band_pairs:
+            left, right = self._column_extent(pair), self._column_extent(pair + 1)
+            x0 = pair + (_BLOCK_WIDTH / 2 if geometry.collapsed[pair] else 0.0)
+            x1 = pair + 1 - (_BLOCK_WIDTH / 2 if geometry.collapsed[pair + 1] else 0.0)
+            path.addPolygon(QtGui.QPolygonF([QtCore.QPointF(x0, left), QtCore.QPointF(x1, right),
+                                             QtCore.QPointF(x1, -right), QtCore.QPointF(x0, -left)]))
+        self.bands.setPath(path)
+
+    def _column_extent(self, col: int) -> float:
+        """Half the height a column takes (a block's, or from its first to its last unit)."""
+        geometry = self._geometry
+        if geometry.collapsed[col]:
+            return geometry.height / 2.0
+        return max((geometry.sizes[col] - 1) / 2.0 * geometry.spacing, geometry.spacing * 0.2)
+
+    def _draw_blocks(self, network: NetworkView) -> None:
+        geometry = self._geometry
+        block = 0
+        for col, big in enumerate(geometry.collapsed):
+            if not big:
+                continue
+            image = self.block_images[block]
+            block += 1
+            values = self._column_values(network, col)
+            if values is None:
+                image.setVisible(False)
+                continue
+            # One column of pixels, unit 0 at the top like the small columns.
+            image.setImage(values[::-1, None].astype(np.float32), levels=colormaps.symmetric_levels(values),
+                           autoLevels=False)
+            image.setRect(self._block_rect(col))
+            image.setVisible(True)
+
+    def _draw_selection(self) -> None:
+        geometry = self._geometry
+        for col, label in enumerate(self.column_labels[:len(geometry.names)]):
+            label.setColor(_SELECTED if geometry.names[col] == self.selected_layer else _LABEL)
+        position = None
+        if self.selected_layer is not None and self.selected_unit is not None:
+            position = self.unit_position(self.selected_layer, self.selected_unit)
+            if position is not None and geometry.collapsed[geometry.names.index(self.selected_layer)]:
+                position = None  # a row of a block: its label is highlighted instead
+        if position is None:
+            self.ring.setData(x=[], y=[])
+        else:
+            self.ring.setData(x=[position[0]], y=[position[1]], size=self._unit_size + 8)
+
+    def _on_scene_clicked(self, event) -> None:
+        if event.button() != QtCore.Qt.MouseButton.LeftButton or self._stack.currentWidget() is not self.plot_widget:
+            return
+        if not self.plot.sceneBoundingRect().contains(event.scenePos()):
+            return
+        point = self.view_box.mapSceneToView(event.scenePos())
+        self.click_at(point.x(), point.y())
