@@ -30,6 +30,8 @@ _ARRAYS_VERSION = 1
 # Reductions meet inf - inf and float32 overflow on diverged runs; those give NaN / inf, which is
 # the honest answer, so the warnings would only be noise.
 _QUIET = dict(invalid="ignore", over="ignore", divide="ignore")
+# Arrays of one tier in to_arrays(), with the dtype kinds from_arrays() accepts for each.
+_TIER_KINDS = {"first": "iu", "last": "iu", "lo": "f", "mean": "f", "hi": "f", "count": "iu"}
 
 
 @dataclass(slots=True)
@@ -61,18 +63,29 @@ class _Tier:
 
 @dataclass(slots=True)
 class _Points:
-    """Points of several columns gathered oldest -> newest, before any further decimation."""
+    """Points of k columns, oldest -> newest, before any further decimation.
 
-    first: np.ndarray  # (n,) int64
-    last: np.ndarray  # (n,) int64
-    mean: np.ndarray  # (k, n) float64
-    lo: np.ndarray  # (k, n) float64
-    hi: np.ndarray  # (k, n) float64
-    count: np.ndarray  # (k, n) int64
+    Rows are points and columns are columns, as in the stores, so gathering and reducing run
+    over contiguous rows.
+    """
+
+    first: np.ndarray  # (n,) int64, step of the first row behind each point
+    last: np.ndarray  # (n,) int64, step of the last
+    mean: np.ndarray  # (n, k) float64
+    count: np.ndarray  # (n, k) int64, non-NaN rows behind each mean
+    lo: np.ndarray | None  # (n, k) float64, None when the caller needs no bounds
+    hi: np.ndarray | None
 
     @property
     def centres(self) -> np.ndarray:
         return (self.first + self.last) / 2.0
+
+    def take(self, index: np.ndarray | slice) -> _Points:
+        return _Points(
+            self.first[index], self.last[index], self.mean[index], self.count[index],
+            None if self.lo is None else self.lo[index],
+            None if self.hi is None else self.hi[index],
+        )  # fmt: skip
 
 
 def _ring_slices(start: int, size: int, cap: int) -> list[slice]:
@@ -347,41 +360,44 @@ class History:
                 total += sum(a.nbytes for a in (t.first, t.last, t.lo, t.mean, t.hi, t.count))
             return total
 
-    def _gather(self, cols: list[int]) -> _Points:
+    def _gather(self, cols: np.ndarray, bounds: bool) -> _Points:
         """Copy the points of ``cols`` oldest -> newest across tiers and the raw ring."""
-        firsts, lasts, means, los, his, counts = [], [], [], [], [], []
+        firsts, lasts, means, counts, los, his = [], [], [], [], [], []
         with self._lock:
             for tier in reversed(self._tiers):  # the highest tier holds the oldest steps
                 for sl in _ring_slices(tier.start, tier.size, tier.first.shape[0]):
                     firsts.append(tier.first[sl])
                     lasts.append(tier.last[sl])
-                    means.append(tier.mean[sl][:, cols].T.astype(np.float64))
-                    los.append(tier.lo[sl][:, cols].T.astype(np.float64))
-                    his.append(tier.hi[sl][:, cols].T.astype(np.float64))
-                    counts.append(tier.count[sl][:, cols].T.astype(np.int64))
+                    means.append(np.take(tier.mean[sl], cols, axis=1))
+                    counts.append(np.take(tier.count[sl], cols, axis=1))
+                    if bounds:
+                        los.append(np.take(tier.lo[sl], cols, axis=1))
+                        his.append(np.take(tier.hi[sl], cols, axis=1))
             raw = self._raw
             for sl in _ring_slices(raw.start, raw.size, raw.steps.shape[0]):
-                values = raw.values[sl][:, cols].T.astype(np.float64)
-                firsts.append(raw.steps[sl].copy())
-                lasts.append(raw.steps[sl].copy())
+                values = np.take(raw.values[sl], cols, axis=1)
+                firsts.append(raw.steps[sl])
+                lasts.append(raw.steps[sl])
                 means.append(values)
-                los.append(values)
-                his.append(values)
-                counts.append((~np.isnan(values)).astype(np.int64))
-        k = len(cols)
-        if not firsts:
-            empty = np.empty((k, 0))
-            return _Points(
-                np.empty(0, np.int64), np.empty(0, np.int64), empty, empty, empty,
-                np.empty((k, 0), np.int64),
-            )  # fmt: skip
+                counts.append(~np.isnan(values))
+                if bounds:
+                    los.append(values)
+                    his.append(values)
+            # Concatenating copies, so nothing below reads the stores after the lock is gone.
+            k = cols.shape[0]
+            first = np.concatenate(firsts or [np.empty(0, np.int64)])
+            last = np.concatenate(lasts or [np.empty(0, np.int64)])
+
+        def join(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(parts, axis=0, dtype=dtype) if parts else np.empty((0, k), dtype)
+
         return _Points(
-            first=np.concatenate(firsts),
-            last=np.concatenate(lasts),
-            mean=np.concatenate(means, axis=1),
-            lo=np.concatenate(los, axis=1),
-            hi=np.concatenate(his, axis=1),
-            count=np.concatenate(counts, axis=1),
+            first=first,
+            last=last,
+            mean=join(means, np.float64),
+            count=join(counts, np.int64),
+            lo=join(los, np.float64) if bounds else None,
+            hi=join(his, np.float64) if bounds else None,
         )
 
     @staticmethod
@@ -394,44 +410,46 @@ class History:
             keep &= points.last >= start
         if stop is not None:
             keep &= points.first <= stop
-        return _Points(
-            points.first[keep], points.last[keep], points.mean[:, keep], points.lo[:, keep],
-            points.hi[:, keep], points.count[:, keep],
-        )  # fmt: skip
+        return points.take(keep)
 
     @staticmethod
     def _decimate(points: _Points, max_points: int) -> _Points:
         """At most ``max_points`` points: equal step-width bins of min/mean/max, newest kept."""
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
         n = points.first.shape[0]
         if n <= max_points:
             return points
-        if max_points < 1:
-            raise ValueError(f"max_points must be >= 1, got {max_points}")
         if max_points == 1:
-            return History._window(points, points.first[-1], None)
+            return points.take(slice(n - 1, n))
         # The newest point stays as it is, so a curve always ends on the current value.
         body = n - 1
         bins = max_points - 1
         centres = points.centres[:body]
-        span = centres[-1] - centres[0]
+        span = centres[-1] - centres[0]  # > 0: centres strictly increase
         which = np.floor((centres - centres[0]) * (bins / span)).astype(np.int64)
         np.minimum(which, bins - 1, out=which)
         starts = np.concatenate(([0], np.flatnonzero(np.diff(which)) + 1))
-        ends = np.concatenate((starts[1:] - 1, [body - 1]))
+        ends = np.append(starts[1:] - 1, body - 1)
+        newest = slice(body, n)
+        count = points.count[:body]
         with np.errstate(**_QUIET):
-            count = np.add.reduceat(points.count[:, :body], starts, axis=1)
-            weighted = np.where(points.count[:, :body] > 0, points.mean[:, :body], 0.0)
-            total = np.add.reduceat(weighted * points.count[:, :body], starts, axis=1)
-            mean = _safe_mean(total, count)
-            lo = np.fmin.reduceat(points.lo[:, :body], starts, axis=1)
-            hi = np.fmax.reduceat(points.hi[:, :body], starts, axis=1)
+            merged_count = np.add.reduceat(count, starts, axis=0)
+            weighted = np.where(count > 0, points.mean[:body], 0.0) * count
+            mean = _safe_mean(np.add.reduceat(weighted, starts, axis=0), merged_count)
+            lo = hi = None
+            if points.lo is not None and points.hi is not None:
+                lo = np.fmin.reduceat(points.lo[:body], starts, axis=0)
+                hi = np.fmax.reduceat(points.hi[:body], starts, axis=0)
+                lo = np.concatenate((lo, points.lo[newest]))
+                hi = np.concatenate((hi, points.hi[newest]))
         return _Points(
             first=np.append(points.first[starts], points.first[-1]),
             last=np.append(points.last[ends], points.last[-1]),
-            mean=np.concatenate((mean, points.mean[:, -1:]), axis=1),
-            lo=np.concatenate((lo, points.lo[:, -1:]), axis=1),
-            hi=np.concatenate((hi, points.hi[:, -1:]), axis=1),
-            count=np.concatenate((count, points.count[:, -1:]), axis=1),
+            mean=np.concatenate((mean, points.mean[newest])),
+            count=np.concatenate((merged_count, points.count[newest])),
+            lo=lo,
+            hi=hi,
         )
 
     def series(
@@ -448,11 +466,15 @@ class History:
         into equal step-width bins, keeping the newest point as it is.
         """
         col = self._column(name)
-        points = self._window(self._gather([col]), start, stop)
+        points = self._window(self._gather(np.array([col]), bounds=True), start, stop)
         if max_points is not None:
             points = self._decimate(points, max_points)
+        assert points.lo is not None and points.hi is not None
         return SeriesData(
-            steps=points.centres, values=points.mean[0], lo=points.lo[0], hi=points.hi[0]
+            steps=points.centres,
+            values=points.mean[:, 0],
+            lo=points.lo[:, 0],
+            hi=points.hi[:, 0],
         )
 
     def matrix(self, names: Sequence[str], max_points: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -461,9 +483,9 @@ class History:
         Returns:
             steps (n,) float64 bucket centres, and values (len(names), n) float64.
         """
-        cols = [self._column(name) for name in names]
-        points = self._decimate(self._gather(cols), max_points)
-        return points.centres, points.mean
+        cols = np.array([self._column(name) for name in names], dtype=np.intp)
+        points = self._decimate(self._gather(cols, bounds=False), max_points)
+        return points.centres, np.ascontiguousarray(points.mean.T)
 
     # ----------------------------------------------------------------------------- persistence
 
@@ -484,7 +506,7 @@ class History:
             }
             for level, tier in enumerate(self._tiers):
                 sls = _ring_slices(tier.start, tier.size, tier.first.shape[0])
-                for key in ("first", "last", "lo", "mean", "hi", "count"):
+                for key in _TIER_KINDS:
                     out[f"tier{level}_{key}"] = _ordered(getattr(tier, key), sls)
             return out
 
@@ -496,50 +518,60 @@ class History:
             ValueError: an array is missing or inconsistent with the others.
         """
 
-        def get(key: str) -> np.ndarray:
+        def get(key: str, kinds: str) -> np.ndarray:
             if key not in arrays:
                 raise ValueError(f"history array {key!r} is missing")
-            return np.asarray(arrays[key])
+            value = np.asarray(arrays[key])
+            if value.dtype.kind not in kinds:
+                raise ValueError(f"history array {key!r} has dtype {value.dtype}")
+            return value
 
-        params = get("params")
-        if params.shape != (6,) or not np.issubdtype(params.dtype, np.integer):
-            raise ValueError(f"history params must be 6 integers, got {params.dtype} {params.shape}")
+        params = get("params", "iu")
+        if params.shape != (6,):
+            raise ValueError(f"history params must be 6 integers, got shape {params.shape}")
         version, raw_window, factor, tier_capacity, n_rows, n_tiers = (int(v) for v in params)
         if version != _ARRAYS_VERSION:
             raise ValueError(f"history layout {version} is not {_ARRAYS_VERSION}")
-        columns = get("columns")
-        if columns.ndim != 1 or columns.dtype.kind != "U":
+        if not 0 <= n_tiers <= 64:  # 16**64 steps would be a long run
+            raise ValueError(f"history has {n_tiers} tiers")
+        columns = get("columns", "U")
+        if columns.ndim != 1:
             raise ValueError("history columns must be a 1-D array of strings")
+        raw_steps, raw_values = get("raw_steps", "iu"), get("raw_values", "f")
+        tiers = [
+            {key: get(f"tier{level}_{key}", kind) for key, kind in _TIER_KINDS.items()}
+            for level in range(n_tiers)
+        ]
         history = cls([str(c) for c in columns], raw_window, factor, tier_capacity)
         n_cols = len(history.columns)
 
         raw = history._raw
-        raw_steps, raw_values = get("raw_steps"), get("raw_values")
         size = raw_steps.shape[0] if raw_steps.ndim == 1 else -1
         if size < 0 or raw_values.shape != (size, n_cols) or size > raw.steps.shape[0]:
             raise ValueError(f"history raw arrays have shapes {raw_steps.shape}, {raw_values.shape}")
         raw.steps[:size] = raw_steps
         raw.values[:size] = raw_values
         raw.size = size
-        all_steps = [raw_steps]
         rows = size
-        for level in range(n_tiers):
+        bucket_steps = []
+        for level, parts in enumerate(tiers):
             tier = history._new_tier()
-            parts = {k: get(f"tier{level}_{k}") for k in ("first", "last", "lo", "mean", "hi", "count")}
             n = parts["first"].shape[0] if parts["first"].ndim == 1 else -1
             if n < 0 or n > tier.first.shape[0] or parts["last"].shape != (n,) or any(
                 parts[k].shape != (n, n_cols) for k in ("lo", "mean", "hi", "count")
             ):
                 raise ValueError(f"history tier {level} arrays have inconsistent shapes")
+            if n and (parts["count"].min() < 0 or parts["count"].max() > tier.width):
+                raise ValueError(f"history tier {level} has counts outside 0..{tier.width}")
             for key, value in parts.items():
                 getattr(tier, key)[:n] = value
             tier.size = n
             history._tiers.append(tier)
             rows += n * tier.width
-            all_steps.append(np.stack([parts["first"], parts["last"]], axis=1).ravel())
+            bucket_steps.append(np.stack([parts["first"], parts["last"]], axis=1).ravel())
         if rows != n_rows or (n_rows > 0) != (size > 0):
-            raise ValueError(f"history holds {rows} steps but says {n_rows}")
-        steps = np.concatenate(all_steps[1:][::-1] + all_steps[:1])
+            raise ValueError(f"history arrays hold {rows} steps but say {n_rows}")
+        steps = np.concatenate(bucket_steps[::-1] + [raw_steps]).astype(np.int64)
         if steps.size > 1 and not bool(np.all(steps[1:] > steps[:-1])):
             raise ValueError("history steps are not in increasing order")
         history._n_rows = n_rows

@@ -18,10 +18,11 @@ Definitions (documented once, here):
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ class Capture:
     tensors: TensorViews | None
     unit_values: dict[str, np.ndarray]  # layer -> the focus example's output, for small layers
     unit_grads: dict[str, np.ndarray]
-    losses: np.ndarray  # the per-step losses handed to ``finish`` (in order)
+    scalars: np.ndarray  # (k, 2) loss and accuracy (NaN if none) of the steps since the last capture
     graph_weights: dict[str, np.ndarray] = field(default_factory=dict)  # small Linear layers
 
 
@@ -319,6 +320,17 @@ class Probe:
     def capturing(self) -> bool:
         return self._capturing
 
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Forward passes inside don't count (validation, decision-boundary grids), and a step
+        under way keeps what it has captured so far."""
+        state = (self._capturing, self._want_tensors, self._recording)
+        self._capturing = self._want_tensors = self._recording = False
+        try:
+            yield
+        finally:
+            self._capturing, self._want_tensors, self._recording = state
+
     def _is_focus(self, layer: _Layer) -> bool:
         return self.focus_layer is not None and layer.name == self.focus_layer
 
@@ -524,16 +536,22 @@ class Probe:
         return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()})
                 for kind, name, tensors in self._phase_events]
 
-    def finish(self, step: int, losses: torch.Tensor) -> PendingCapture | None:
-        """Gather the step's measurements into one tensor and start its single host copy."""
+    def finish(self, step: int, scalars: torch.Tensor) -> PendingCapture | None:
+        """Gather the step's measurements into one tensor and start its single host copy.
+
+        Args:
+            step: the step number this capture belongs to.
+            scalars: (k, 2) loss and accuracy of the last k steps (this one last), shipped in the
+                same copy so the loop never reads a loss on its own.
+        """
         if not self._capturing:
             return None
         if not self._order_fixed:
             self._fix_order()
         self._capturing = False
-        losses = losses.detach().reshape(-1).float()
-        flat = torch.cat(self._pieces + [losses]) if self._pieces else losses
-        layout = list(self._layout) + [("loss", -1, "losses", tuple(losses.shape))]
+        scalars = scalars.detach().reshape(-1, 2).float()
+        flat = torch.cat(self._pieces + [scalars.reshape(-1)])
+        layout = list(self._layout) + [("scalars", -1, "scalars", tuple(scalars.shape))]
         act_calls = dict(self._act_calls)
         act_units = dict(self._act_units)
         layers = list(self._layers)
@@ -568,7 +586,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
     act_pieces: dict[int, list[np.ndarray]] = {}
     gout: dict[int, float] = {}
     tensors: dict[tuple[int, str], np.ndarray] = {}
-    losses = np.zeros(0)
+    scalars = np.zeros((0, 2))
     offset = 0
     for kind, index, key, shape in layout:
         size = int(np.prod(shape)) if shape else 1
@@ -592,8 +610,8 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             values[index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
         elif kind == "tensor":
             tensors[(index, key)] = chunk.astype(np.float32).reshape(shape)
-        elif kind == "loss":
-            losses = chunk
+        elif kind == "scalars":
+            scalars = chunk.reshape(shape)
     for index, pieces in act_pieces.items():
         layer = layers[index]
         counts = np.asarray(act_calls[index][:len(pieces)], np.float64)
@@ -618,7 +636,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
         values[index, STAT_INDEX["grad_output_norm"]] = np.sqrt(sumsq)
     # Histograms of different layers share bin *count*; each row's edges come from its range.
     lo, hi = -config.hist_range, config.hist_range
-    frame = StatsFrame(step=step, loss=float(losses[-1]) if losses.size else float("nan"),
+    frame = StatsFrame(step=step, loss=float(scalars[-1, 0]) if len(scalars) else float("nan"),
                        layer_names=names, values=values, histograms=hist,
                        hist_edges=np.linspace(lo, hi, bins + 1, dtype=np.float32),
                        hist_ranges=np.array([ranges[layer.index] for layer in layers], np.float32))
@@ -637,4 +655,4 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
     unit_grads = {names[i]: v for (i, key), v in tensors.items() if key == "unit_grad"}
     graph_weights = {names[i]: v for (i, key), v in tensors.items() if key == "graph_weight"}
     return Capture(frame=frame, tensors=views, unit_values=unit_values, unit_grads=unit_grads,
-                   losses=losses, graph_weights=graph_weights)
+                   scalars=scalars, graph_weights=graph_weights)

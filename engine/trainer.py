@@ -269,7 +269,7 @@ class Trainer:
         self.step_count += 1
         capture = None
         if captured:
-            scalars = torch.stack(self._pending_scalars).reshape(-1)
+            scalars = torch.stack(self._pending_scalars)
             self._pending_scalars = []
             capture = self.probe.finish(self.step_count, scalars)
         seconds = time.perf_counter() - started
@@ -295,7 +295,7 @@ class Trainer:
             with self._rng_scope():
                 self.probe.begin_step(True, tensors=True)
                 self._forward_backward(*self._last_batch)
-            scalars = torch.stack(self._pending_scalars[len(pending):]).reshape(-1)
+            scalars = torch.stack(self._pending_scalars[len(pending):])
             return self.probe.finish(self.step_count, scalars)
         finally:
             self._pending_scalars = pending
@@ -336,10 +336,10 @@ class Trainer:
         if self.val_data is None:
             return None
         x, y = self.val_data
-        self.probe.begin_step(False)
         self.model.eval()
         try:
-            out = self.model(x)
+            with self.probe.suspended():
+                out = self.model(x)
             loss = float(self.loss_fn(out, y))
             acc = accuracy(out, y)
         finally:

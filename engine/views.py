@@ -90,10 +90,10 @@ def boundary_view(run: Run, step: int) -> BoundaryView | None:
         handle = module.register_forward_hook(
             lambda _m, _a, out: captured.__setitem__("hidden", first_tensor(out)))
     was_training = model.training
-    trainer.probe.begin_step(False)
     model.eval()
     try:
-        out = model(grid).float()
+        with trainer.probe.suspended():
+            out = model(grid).float()
     finally:
         model.train(was_training)
         if handle is not None:

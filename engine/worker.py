@@ -277,7 +277,7 @@ class Worker:
             capture = pending.get()
             previous = self._last_capture
             self._last_capture = capture if previous is None else replace(
-                capture, frame=previous.frame, losses=previous.losses)
+                capture, frame=previous.frame, scalars=previous.scalars)
         self._publish_snapshot(force=True)
 
     def _close_run(self) -> None:
@@ -327,7 +327,7 @@ class Worker:
             history = History(history_columns(frame.layer_names))
             with self._history_lock:
                 self.history = history
-        scalars = capture.losses.reshape(-1, 2)
+        scalars = capture.scalars
         k = len(scalars)
         steps = np.arange(frame.step - k + 1, frame.step + 1)
         rows = np.full((k, len(history.columns)), np.nan)
@@ -339,10 +339,16 @@ class Worker:
             rows[-1, 3] = np.nan if last_val[1] is None else last_val[1]
         rows[-1, 4:] = frame.values.reshape(-1)
         history.append_many(steps, rows)
+        bad = ~np.isfinite(scalars[:, 0])
+        if bad.any() and self._running:
+            first = int(steps[int(np.argmax(bad))])
+            self._fail(f"the loss is not finite ({scalars[int(np.argmax(bad)), 0]}) at step {first}; "
+                       "training paused — try a lower learning rate or gradient clipping",
+                       None, "loss", first)
         previous = self._last_capture
         if capture.tensors is None and previous is not None and previous.tensors is not None:
             # A capture without tensors updates the statistics; the views keep the last tensors.
-            capture = replace(previous, frame=frame, losses=capture.losses)
+            capture = replace(previous, frame=frame, scalars=capture.scalars)
         self._last_capture = capture
 
     # --- publishing ----------------------------------------------------------------------
@@ -354,10 +360,14 @@ class Worker:
         trainer = run.trainer
         capture = self._last_capture
         if run.boundary_data is not None and (force or now - self._last_boundary >= self._boundary_interval):
-            self._boundary = boundary_view(run, trainer.step_count)
             self._last_boundary = now
-        loss = float(capture.losses.reshape(-1, 2)[-1, 0]) if capture is not None else math.nan
-        acc = float(capture.losses.reshape(-1, 2)[-1, 1]) if capture is not None else math.nan
+            try:
+                self._boundary = boundary_view(run, trainer.step_count)
+            except Exception:  # a display extra: a model that can't take the grid just shows none
+                log.debug("no decision boundary for %s", run.name, exc_info=True)
+                self._boundary = None
+        loss = float(capture.scalars[-1, 0]) if capture is not None else math.nan
+        acc = float(capture.scalars[-1, 1]) if capture is not None else math.nan
         val = trainer.last_val
         metrics = Metrics(train_loss=loss, train_acc=None if math.isnan(acc) else acc,
                           val_loss=val[0] if val else None, val_acc=val[1] if val else None,

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
@@ -29,6 +29,14 @@ _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
 def _short(name: str, limit: int = 16) -> str:
     """Layer names like ``encoder.blocks.3.mlp.fc1`` trimmed from the left to stay readable."""
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def fit_axis_to_labels(axis: pg.AxisItem, labels: list[str]) -> None:
+    """Fix a vertical axis's width to its longest label: pyqtgraph grows it only after a paint,
+    dropping the labels that do not fit on the first one."""
+    metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtWidgets.QApplication.font())
+    widest = max((metrics.horizontalAdvance(text) for text in labels), default=0)
+    axis.setWidth(min(180, widest + 14))
 
 
 def _normalise_rows(counts: np.ndarray) -> np.ndarray:
@@ -69,8 +77,8 @@ class ActivationView(View):
         self._band_layer: str | None = None
         self._data_selection_seen: str | None = None
 
-        self._graphics = pg.GraphicsLayoutWidget()
-        layout = self._graphics.ci
+        self.canvas = pg.GraphicsLayoutWidget()
+        layout = self.canvas.ci
         self.hist_plot = layout.addPlot(row=0, col=0)
         self.hist_plot.setTitle("output histogram per layer", size="9pt")
         self.hist_plot.setLabel("bottom", "activation")
@@ -78,7 +86,6 @@ class ActivationView(View):
         self.hist_plot.setMenuEnabled(False)
         self.hist_image = pg.ImageItem(axisOrder="row-major")
         self.hist_image.setLookupTable(SEQUENTIAL_LUT)
-        self.hist_image.setLevels((0.0, 1.0))
         self.hist_plot.addItem(self.hist_image)
         self._selection_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.hist_plot.addItem(self._selection_box)
@@ -97,7 +104,7 @@ class ActivationView(View):
         self.saturated_bars = pg.BarGraphItem(x0=[], y0=[], width=[], height=[], brush=_SATURATED_BRUSH, pen=None)
         self.fraction_plot.addItem(self.dead_bars)
         self.fraction_plot.addItem(self.saturated_bars)
-        legend = self.fraction_plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
+        legend = self.fraction_plot.addLegend(offset=(-4, -4), labelTextSize="8pt")
         legend.addItem(self.dead_bars, "dead")
         legend.addItem(self.saturated_bars, "saturated")
 
@@ -107,7 +114,6 @@ class ActivationView(View):
         self.time_plot.setMenuEnabled(False)
         self.time_image = pg.ImageItem(axisOrder="row-major")
         self.time_image.setLookupTable(SEQUENTIAL_LUT)
-        self.time_image.setLevels((0.0, 1.0))
         self.time_plot.addItem(self.time_image)
 
         self.band_plot = layout.addPlot(row=2, col=0, colspan=2)
@@ -115,8 +121,10 @@ class ActivationView(View):
         self.band_plot.setLabel("left", "mean ± std")
         self.band_plot.setMenuEnabled(False)
         self.mean_curve = pg.PlotDataItem(pen=_MEAN_PEN)
-        self._upper = pg.PlotDataItem(pen=None)
-        self._lower = pg.PlotDataItem(pen=None)
+        # Band edges need a (faint) pen: pyqtgraph builds no path for a pen-less curve, and
+        # FillBetweenItem fills between those paths.
+        self._upper = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
+        self._lower = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
         for curve in (self.mean_curve, self._upper, self._lower):
             curve.setDownsampling(auto=True, method="peak")
             curve.setClipToView(True)
@@ -133,11 +141,11 @@ class ActivationView(View):
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self._hint.setWordWrap(True)
         self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self._graphics)
+        self._stack.addWidget(self.canvas)
         self._stack.addWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
-        scene = self._graphics.scene()
+        scene = self.canvas.scene()
         scene.sigMouseMoved.connect(self._mouse_moved)
         scene.sigMouseClicked.connect(self._mouse_clicked)
         self._show_hint(_NO_DATA)
@@ -189,7 +197,9 @@ class ActivationView(View):
         names = tuple(frame.layer_names[:n_layers])
         if names != self._names or self._edges is None or not np.array_equal(edges[[0, -1]], self._edges[[0, -1]]):
             self.hist_plot.setRange(xRange=(edges[0], edges[-1]), yRange=(0, n_layers), padding=0.0)
-            self.hist_plot.getAxis("left").setTicks([[(i + 0.5, _short(n)) for i, n in enumerate(names)]])
+            ticks = [(i + 0.5, _short(n)) for i, n in enumerate(names)]
+            fit_axis_to_labels(self.hist_plot.getAxis("left"), [text for _, text in ticks])
+            self.hist_plot.getAxis("left").setTicks([ticks])
             self._focus = None  # forces the selection box to be redrawn for the new rows
         self._names = names
         self._edges = edges
@@ -323,7 +333,7 @@ class ActivationView(View):
         return text
 
     def _mouse_moved(self, pos: QtCore.QPointF) -> None:
-        if self._stack.currentWidget() is not self._graphics:
+        if self._stack.currentWidget() is not self.canvas:
             return
         for plot in (self.hist_plot, self.fraction_plot, self.time_plot, self.band_plot):
             if plot.sceneBoundingRect().contains(pos):
@@ -362,5 +372,5 @@ class ActivationView(View):
             self.readout.setText(" ")
 
     def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self._graphics:
-            self._stack.setCurrentWidget(self._graphics)
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)

@@ -10,13 +10,13 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
 
-__all__ = ["GradientFlow"]
+__all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels"]
 
 _NO_DATA = "No gradients yet: run a training step"
 _NO_PARAMS = "This model has no layers with parameters"
@@ -30,6 +30,14 @@ def abbreviate(name: str, limit: int = 12) -> str:
     """Short tick label: the last two parts of a dotted module name, trimmed from the left."""
     short = ".".join(name.split(".")[-2:])
     return short if len(short) <= limit else "…" + short[-(limit - 1):]
+
+
+def fit_axis_to_labels(axis: pg.AxisItem, labels: list[str]) -> None:
+    """Fix a vertical axis's width to its longest label: pyqtgraph grows it only after a paint,
+    dropping the labels that do not fit on the first one."""
+    metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtWidgets.QApplication.font())
+    widest = max((metrics.horizontalAdvance(text) for text in labels), default=0)
+    axis.setWidth(min(180, widest + 14))
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
@@ -80,8 +88,8 @@ class GradientFlow(View):
         self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
         self._data_selection_seen: str | None = None
 
-        self._graphics = pg.GraphicsLayoutWidget()
-        layout = self._graphics.ci
+        self.canvas = pg.GraphicsLayoutWidget()
+        layout = self.canvas.ci
         self.bar_plot = layout.addPlot(row=0, col=0)
         self.bar_plot.setTitle("gradient norm ‖g‖ per layer", size="9pt")
         self.bar_plot.getAxis("left").setLogMode(False, True)  # bars are given in log10 units
@@ -91,22 +99,24 @@ class GradientFlow(View):
         self.bar_plot.addItem(self.bars)
 
         self.ratio_plot = layout.addPlot(row=0, col=1)
-        self.ratio_plot.setTitle("weight norm, update ratio", size="9pt")
+        # Coloured title instead of a legend: a legend box would cover the points.
+        self.ratio_plot.setTitle(
+            '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;'
+            '<span style="color:#f0a05a">▼ update ratio ‖Δw‖/‖w‖</span>',
+            size="9pt",
+        )
         self.ratio_plot.getAxis("left").setLogMode(False, True)
         self.ratio_plot.setXLink(self.bar_plot)
         self.ratio_plot.setMenuEnabled(False)
         self.ratio_plot.showGrid(y=True, alpha=0.2)
-        legend = self.ratio_plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
         self.weight_norm_curve = pg.PlotDataItem(
-            pen=pg.mkPen(150, 220, 150), symbol="o", symbolSize=6, symbolBrush=(150, 220, 150), name="‖w‖"
+            pen=pg.mkPen(150, 220, 150), symbol="o", symbolSize=6, symbolBrush=(150, 220, 150)
         )
         self.update_ratio_curve = pg.PlotDataItem(
-            pen=pg.mkPen(240, 160, 90), symbol="t", symbolSize=7, symbolBrush=(240, 160, 90), name="‖Δw‖/‖w‖"
+            pen=pg.mkPen(240, 160, 90), symbol="t", symbolSize=7, symbolBrush=(240, 160, 90)
         )
         self.ratio_plot.addItem(self.weight_norm_curve)
         self.ratio_plot.addItem(self.update_ratio_curve)
-        legend.addItem(self.weight_norm_curve, "‖w‖")
-        legend.addItem(self.update_ratio_curve, "‖Δw‖/‖w‖")
 
         self.heat_plot = layout.addPlot(row=1, col=0, colspan=2)
         self.heat_plot.setTitle("log10 ‖g‖ over the run", size="9pt")
@@ -115,7 +125,6 @@ class GradientFlow(View):
         self.heat_plot.setMenuEnabled(False)
         self.heat_image = pg.ImageItem(axisOrder="row-major")
         self.heat_image.setLookupTable(SEQUENTIAL_LUT)
-        self.heat_image.setLevels((0.0, 1.0))
         self.heat_plot.addItem(self.heat_image)
         self._heat_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.heat_plot.addItem(self._heat_box)
@@ -128,11 +137,11 @@ class GradientFlow(View):
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self._hint.setWordWrap(True)
         self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self._graphics)
+        self._stack.addWidget(self.canvas)
         self._stack.addWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
-        scene = self._graphics.scene()
+        scene = self.canvas.scene()
         scene.sigMouseMoved.connect(self._mouse_moved)
         scene.sigMouseClicked.connect(self._mouse_clicked)
         self._show_hint(_NO_DATA)
@@ -235,15 +244,19 @@ class GradientFlow(View):
         spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 1.0
         spacing = spacing if spacing > 0 else 1.0
         x0 = steps[0] - spacing / 2
-        self.heat_image.setImage(logs.astype(np.float32), levels=finite_levels(logs), autoLevels=False)
+        levels = finite_levels(logs)
+        self.heat_image.setImage(logs.astype(np.float32), levels=levels, autoLevels=False)
+        self.heat_plot.setTitle(
+            f"log10 ‖g‖ over the run  (colour: {10 ** levels[0]:.0e} … {10 ** levels[1]:.0e})", size="9pt"
+        )
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
         if names != self._heat_layers or len(steps) != len(self._heat_steps):
             self.heat_plot.setRange(xRange=(x0, x0 + spacing * len(steps)), yRange=(0, len(names)), padding=0.0)
         if names != self._heat_layers:
             every = max(1, math.ceil(len(names) / _MAX_TICK_LABELS))
-            self.heat_plot.getAxis("left").setTicks(
-                [[(i + 0.5, abbreviate(n)) for i, n in enumerate(names) if i % every == 0]]
-            )
+            ticks = [(i + 0.5, abbreviate(n)) for i, n in enumerate(names) if i % every == 0]
+            fit_axis_to_labels(self.heat_plot.getAxis("left"), [text for _, text in ticks])
+            self.heat_plot.getAxis("left").setTicks([ticks])
         self._heat_layers = names
         self._heat_extent = (x0, x0 + spacing * len(steps))
         self._heat_steps = steps
@@ -301,7 +314,7 @@ class GradientFlow(View):
         )
 
     def _mouse_moved(self, pos: QtCore.QPointF) -> None:
-        if self._stack.currentWidget() is not self._graphics:
+        if self._stack.currentWidget() is not self.canvas:
             return
         if self.heat_plot.sceneBoundingRect().contains(pos):
             point = self.heat_plot.getViewBox().mapSceneToView(pos)
@@ -339,5 +352,5 @@ class GradientFlow(View):
             self.readout.setText(" ")
 
     def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self._graphics:
-            self._stack.setCurrentWidget(self._graphics)
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)

@@ -73,19 +73,18 @@ class WeightHeatmap(View):
         controls.addWidget(self.range_label)
         self._layout.addLayout(controls)
 
-        self._graphics = pg.GraphicsLayoutWidget()
-        self.plot = self._graphics.addPlot(row=0, col=0)
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.plot = self.canvas.addPlot(row=0, col=0)
         self.plot.setLabel("bottom", "input unit")
         self.plot.setLabel("left", "output unit")
         self.plot.invertY(True)  # row 0 (output unit 0) at the top, as a matrix reads
         self.plot.setMenuEnabled(False)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setLookupTable(DIVERGING_LUT)
-        self.image.setLevels(self._levels)
         self.plot.addItem(self.image)
 
         # Colour bar: a fixed 256-step ramp through the same LUT, stretched over [-m, m].
-        self.colour_bar = self._graphics.addPlot(row=0, col=1)
+        self.colour_bar = self.canvas.addPlot(row=0, col=1)
         self.colour_bar.setFixedWidth(58)
         self.colour_bar.hideAxis("bottom")
         self.colour_bar.hideAxis("left")
@@ -103,7 +102,7 @@ class WeightHeatmap(View):
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self._hint.setWordWrap(True)
         self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self._graphics)
+        self._stack.addWidget(self.canvas)
         self._stack.addWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
@@ -224,5 +223,5 @@ class WeightHeatmap(View):
             self.readout.setText(" ")
 
     def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self._graphics:
-            self._stack.setCurrentWidget(self._graphics)
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)

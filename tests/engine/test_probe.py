@@ -135,7 +135,7 @@ def direct_params(model: nn.Module, layer: str, tensors: dict[str, torch.Tensor]
 def test_every_statistic_matches_direct_computation(name: str) -> None:
     model, probe, capture, outputs, before, grads, after, loss = run_reference_and_probe(name)
     frame = capture.frame
-    assert capture.losses[0] == pytest.approx(loss, rel=RTOL)
+    assert capture.scalars[0, 0] == pytest.approx(loss, rel=RTOL) and capture.frame.loss == capture.scalars[0, 0]
     checked = 0
     for info in probe.layers:
         row = frame.values[frame.layer_names.index(info.name)]
@@ -215,7 +215,7 @@ def test_attention_equals_multihead_attention_weights(need_weights: bool) -> Non
         out = model(tokens)
         out.sum().backward()
         probe.after_backward()
-        capture = probe.finish(1, torch.zeros(2)).get()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
     handle.remove()
     h = seen["h"].detach()
     _, expected = model.attn(h, h, h, need_weights=True, average_attn_weights=False)
@@ -235,7 +235,7 @@ def test_focus_tensors_for_conv_layer() -> None:
         out = model(x)
         out.sum().backward()
         probe.after_backward()
-        capture = probe.finish(1, torch.zeros(2)).get()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
     views = capture.tensors
     np.testing.assert_allclose(views.feature_maps, model[0](x)[2].detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(views.kernels, model[0].weight.detach().reshape(-1, 3, 3).numpy(), rtol=1e-6)
@@ -251,7 +251,7 @@ def test_large_tensors_are_shrunk_before_copy() -> None:
         probe.begin_step(True, tensors=True)
         model(torch.randn(2, 1500)).sum().backward()
         probe.after_backward()
-        capture = probe.finish(1, torch.zeros(2)).get()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
     assert capture.tensors.weight.shape == (512, 512)
     np.testing.assert_allclose(capture.tensors.weight.mean(), model[0].weight.detach().mean().item(), atol=1e-5)
 
@@ -284,7 +284,7 @@ def test_nan_and_inf_counted() -> None:
         out = model(torch.ones(5, 3))
         out.sum().backward()
         probe.after_backward()
-        capture = probe.finish(1, torch.zeros(2)).get()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
     row = capture.frame.values[0]
     assert row[STAT_INDEX["nan_weights"]] == 1 and row[STAT_INDEX["inf_weights"]] == 1
     assert row[STAT_INDEX["nan_acts"]] == 5 and row[STAT_INDEX["inf_acts"]] == 5
@@ -297,4 +297,4 @@ def test_uncaptured_step_records_nothing() -> None:
         probe.begin_step(False)
         model(torch.randn(3, 5)).sum().backward()
         probe.after_backward()
-        assert probe.finish(1, torch.zeros(2)) is None
+        assert probe.finish(1, torch.zeros(1, 2)) is None

@@ -1,0 +1,212 @@
+"""Built-in scenarios (a data set, a model and hyperparameters) and how a run is built from one."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.batches import LoaderBatches, TensorBatches
+from engine.data import DataSpec, Dataset, make_dataset
+from engine.models import ModelSpec, build_model
+from engine.run import Run
+from engine.snapshot import Hyper
+from engine.trainer import Trainer, TrainerConfig, loss_for_task
+
+__all__ = [
+    "Scenario", "SCENARIOS", "DEFAULT_SCENARIO", "resolve_device", "build_run", "build_user_run",
+    "scenario_names",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A built-in model × data pair with sensible hyperparameters."""
+
+    name: str
+    title: str
+    description: str
+    data: DataSpec
+    model: ModelSpec
+    hyper: Hyper = field(default_factory=Hyper)
+    val_every: int = 50
+
+
+def _mlp(**kw: Any) -> ModelSpec:
+    return ModelSpec(kind="mlp", **kw)
+
+
+_LIST = [
+    Scenario("spirals-mlp", "Two spirals · tanh MLP",
+             "Two interleaved spirals: a classic that a straight line cannot split. Watch the hidden "
+             "units bend the input plane until the spirals come apart.",
+             DataSpec("spirals", n=1000, noise=0.05),
+             _mlp(depth=3, width=32, activation="tanh", init="xavier"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("xor-mlp", "XOR · one hidden layer",
+             "XOR is not linearly separable; a single hidden layer of a few tanh units solves it.",
+             DataSpec("xor", n=400, noise=0.1), _mlp(depth=1, width=8, activation="tanh"),
+             Hyper(optimizer="adam", lr=0.03, batch_size=32)),
+    Scenario("circles-mlp", "Circles · ReLU MLP", "One class inside a ring of the other.",
+             DataSpec("circles", n=800, noise=0.08), _mlp(depth=2, width=16, activation="relu", init="he"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("moons-mlp", "Moons · ReLU MLP", "Two interlocking half moons.",
+             DataSpec("moons", n=800, noise=0.15), _mlp(depth=2, width=16, activation="relu", init="he"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("blobs-mlp", "Gaussian blobs · MLP", "Three Gaussian clouds, three classes.",
+             DataSpec("blobs", n=600, noise=0.3, classes=3), _mlp(depth=1, width=8, activation="relu"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("regression-mlp", "Curve fitting · tanh MLP",
+             "Regression of a noisy one-dimensional curve with a mean-squared-error loss.",
+             DataSpec("regression", n=500, noise=0.1), _mlp(depth=2, width=32, activation="tanh"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("shapes-cnn", "Shapes · CNN",
+             "28×28 drawings of shapes and strokes at random positions, sizes and angles. The first "
+             "conv layer's filters turn into edge and stroke detectors.",
+             DataSpec("shapes", n=2000, noise=0.1),
+             ModelSpec(kind="cnn", channels=(8, 16), activation="relu", norm="batch", init="he"),
+             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+    Scenario("shapes-mlp", "Shapes · MLP",
+             "The same pictures through a plain MLP, which has to learn every position separately.",
+             DataSpec("shapes", n=2000, noise=0.1), _mlp(depth=2, width=64, activation="relu", init="he"),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
+    Scenario("reverse-transformer", "Reverse a sequence · Transformer",
+             "Each output position must read the mirrored input position: the attention maps learn "
+             "an anti-diagonal alignment.",
+             DataSpec("reverse", n=4000), ModelSpec(kind="transformer", depth=2, width=64, heads=4,
+                                                    activation="gelu"),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
+    Scenario("copy-transformer", "Copy a sequence · Transformer",
+             "The identity task: attention learns to look straight down the diagonal.",
+             DataSpec("copy", n=4000), ModelSpec(kind="transformer", depth=2, width=64, heads=4, activation="gelu"),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
+    Scenario("sort-transformer", "Sort a sequence · Transformer",
+             "Output the input tokens in increasing order; attention spreads to find each rank.",
+             DataSpec("sort", n=4000), ModelSpec(kind="transformer", depth=2, width=64, heads=4, activation="gelu"),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
+    Scenario("long-range-rnn", "Long-range memory · tanh RNN",
+             "The label is decided by the first token of a long sequence. A plain RNN's gradient "
+             "fades on its way back through time, so it stays near chance.",
+             DataSpec("long_range", n=2000), ModelSpec(kind="rnn", width=32),
+             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+    Scenario("long-range-lstm", "Long-range memory · LSTM",
+             "The same task with an LSTM: its cell state carries the first token to the end.",
+             DataSpec("long_range", n=2000), ModelSpec(kind="lstm", width=32),
+             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+    Scenario("long-range-gru", "Long-range memory · GRU",
+             "The same task with a GRU, whose gates also keep the gradient alive.",
+             DataSpec("long_range", n=2000), ModelSpec(kind="gru", width=32),
+             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+]
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in _LIST}
+DEFAULT_SCENARIO = "spirals-mlp"
+
+
+def scenario_names() -> tuple[str, ...]:
+    return tuple(SCENARIOS)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks CUDA when a GPU is present; an explicit 'cuda' without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no CUDA GPU is available (is the CUDA build of torch installed?)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+def _built(spec: ModelSpec, dataset: Dataset, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(spec, dataset)
+
+
+def build_run(scenario: Scenario | str, *, device: str = "auto", seed: int = 0,
+              hyper: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
+              capture_every: int | None = 1, val_every: int | None = None) -> Run:
+    """A ready-to-step run of a built-in scenario.
+
+    Args:
+        scenario: a :class:`Scenario` or its name.
+        device: 'auto', 'cpu' or 'cuda'.
+        seed: seeds the model's initial weights, the data order and dropout (the data set itself
+            keeps the scenario's seed so runs compare on the same examples).
+        hyper: overrides of the scenario's hyperparameters.
+        model: overrides of the scenario's :class:`ModelSpec` fields (activation, init, width...).
+        capture_every: probe capture interval (None: adaptive).
+    """
+    if isinstance(scenario, str):
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+        scenario = SCENARIOS[scenario]
+    spec = replace(scenario.model, **(model or {}))
+    dataset = make_dataset(scenario.data)
+    net = _built(spec, dataset, seed)
+    hp = replace(scenario.hyper, **(hyper or {}))
+
+    def reinit(module: torch.nn.Module) -> None:
+        # Rebuilding from the spec reproduces the very first weights for the same seed.
+        module.load_state_dict(_built(spec, dataset, trainer.seed).state_dict())
+
+    trainer = Trainer(
+        net, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train, seed=seed),
+        hyper=hp, val_data=(dataset.x_val, dataset.y_val), reinit=reinit,
+        config=TrainerConfig(seed=seed, device=resolve_device(device), capture_every=capture_every,
+                             val_every=scenario.val_every if val_every is None else val_every),
+    )
+    boundary = None
+    if dataset.input_shape == (2,) and dataset.task == "classification":
+        take = min(len(dataset.x_train), 600)
+        boundary = (dataset.x_train[:take].numpy().astype(np.float32), dataset.y_train[:take].numpy())
+    config = {
+        "kind": "scenario", "scenario": scenario.name, "seed": seed,
+        "model": _jsonable(dataclasses.asdict(spec)), "data": _jsonable(dataclasses.asdict(scenario.data)),
+        "hyper": dataclasses.asdict(hp),
+    }
+    return Run(name=scenario.name, trainer=trainer, description=scenario.description, config=config,
+               boundary_data=boundary, n_classes=dataset.n_outputs if dataset.task != "regression" else 0,
+               token_names=dataset.token_names)
+
+
+def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict[str, Any] | None = None,
+                   capture_every: int | None = 1) -> Run:
+    """A run of the user's ``file.py:function`` model.
+
+    Defaults: Adam, lr 1e-3, batch size 64 (the whole set when smaller), per-epoch shuffling.
+    Raises :class:`engine.user_model.UserModelError` with a one-line message on bad input.
+    """
+    from engine.user_model import load_user_model, validate_user_model
+
+    user = load_user_model(ref)
+    validate_user_model(user)
+    hp = replace(Hyper(optimizer="adam", lr=1e-3, batch_size=64), **(hyper or {}))
+    if user.loader is not None:
+        batches = LoaderBatches(user.loader)
+    else:
+        batches = TensorBatches(user.x, user.y, seed=seed)
+    trainer = Trainer(user.model, user.loss_fn, batches, hyper=hp,
+                      config=TrainerConfig(seed=seed, device=resolve_device(device),
+                                           capture_every=capture_every, val_every=0))
+    boundary = None
+    if user.x is not None and user.x.dim() == 2 and user.x.shape[1] == 2 and not user.y.is_floating_point():
+        take = min(len(user.x), 600)
+        boundary = (user.x[:take].float().numpy(), user.y[:take].numpy())
+    config = {"kind": "user", "model_ref": ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
+    return Run(name=ref, trainer=trainer, description=f"Your model from {ref}", config=config,
+               boundary_data=boundary)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,153 @@
+"""The worker thread: commands from another thread, snapshots out, errors survived, clean stop."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from engine.batches import TensorBatches
+from engine.run import Run
+from engine.snapshot import ErrorEvent, Hyper, Snapshot
+from engine.trainer import Trainer, TrainerConfig
+from engine.worker import Focus, PhaseStep, Play, Pause, Replace, SetHyper, Step, Worker
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.items: list[Snapshot | ErrorEvent] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, item) -> None:
+        with self.lock:
+            self.items.append(item)
+
+    def snapshots(self) -> list[Snapshot]:
+        with self.lock:
+            return [i for i in self.items if isinstance(i, Snapshot)]
+
+    def errors(self) -> list[ErrorEvent]:
+        with self.lock:
+            return [i for i in self.items if isinstance(i, ErrorEvent)]
+
+    def wait_for(self, predicate, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                for item in reversed(self.items):
+                    if predicate(item):
+                        return item
+            time.sleep(0.01)
+        raise AssertionError("condition not reached")
+
+
+class Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        raise RuntimeError("kaboom in forward")
+
+
+def small_run(model: nn.Module | None = None) -> Run:
+    torch.manual_seed(0)
+    model = model or nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(128, 2)
+    y = (x[:, 0] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y),
+                      hyper=Hyper(lr=0.01, batch_size=16), config=TrainerConfig(val_every=0))
+    return Run(name="test", trainer=trainer, boundary_data=(x.numpy()[:50], y.numpy()[:50]), n_classes=2)
+
+
+def test_play_pause_step_phase_and_stop_from_another_thread() -> None:
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        worker.send(Play())
+        running = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step >= 20 and s.state == "running")
+        assert running.stats is not None and running.network is not None
+        worker.send(Pause())
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step >= 20)
+        time.sleep(0.2)
+        held = out.snapshots()[-1].step
+        assert held == paused.step  # nothing trains while paused
+        worker.send(Step())
+        stepped = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == held + 1)
+        assert stepped.boundary is not None and stepped.boundary.prediction.shape == (64, 64)
+        worker.send(PhaseStep())
+        phased = out.wait_for(lambda s: isinstance(s, Snapshot) and s.phase is not None)
+        assert phased.phase.kind == "forward" and phased.state == "stepping" and phased.step == held + 1
+        worker.send(SetHyper({"lr": 0.5}))
+        assert out.wait_for(lambda s: isinstance(s, Snapshot) and s.hyper.lr == 0.5)
+        worker.send(Step())  # finishes the phase-by-phase step
+        assert out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == held + 2)
+        worker.send(Focus("2"))
+        focused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.tensors is not None and s.tensors.layer == "2")
+        assert focused.tensors.weight.shape == (2, 8)
+        history = worker.current_history()
+        assert history is not None and history.latest_step == held + 2
+    finally:
+        started = time.monotonic()
+        assert worker.stop(timeout=1.0)
+        assert time.monotonic() - started < 1.0
+    assert not worker.alive
+
+
+def test_exception_in_forward_becomes_error_event_and_worker_goes_on() -> None:
+    out = Collector()
+    worker = Worker(out)
+    worker.start(lambda: small_run(Broken()))
+    try:
+        worker.send(Play())
+        error = out.wait_for(lambda e: isinstance(e, ErrorEvent))
+        assert "kaboom in forward" in error.message
+        assert error.phase == "forward" and error.module == "Broken"
+        assert error.message == "RuntimeError during forward in Broken: kaboom in forward"
+        last = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused")
+        assert last.step == 0
+        worker.send(Replace(small_run))
+        worker.send(Step())
+        assert out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 1 and s.run_id > error.run_id)
+    finally:
+        assert worker.stop(timeout=1.0)
+
+
+def test_non_finite_loss_pauses_with_a_message() -> None:
+    out = Collector()
+    worker = Worker(out)
+
+    def exploding() -> Run:
+        run = small_run()
+        run.trainer.set_hyper(lr=1e30, optimizer="sgd")
+        return run
+
+    worker.start(exploding)
+    try:
+        worker.send(Play())
+        error = out.wait_for(lambda e: isinstance(e, ErrorEvent), timeout=20)
+        assert "not finite" in error.message
+        assert out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused")
+    finally:
+        assert worker.stop(timeout=1.0)
+
+
+def test_speed_limit() -> None:
+    from engine.worker import SetSpeed
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot))
+        worker.send(SetSpeed(20.0))
+        worker.send(Play())
+        time.sleep(1.0)
+        worker.send(Pause())
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused")
+        assert 10 <= paused.step <= 25
+    finally:
+        assert worker.stop(timeout=1.0)

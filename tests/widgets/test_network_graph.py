@@ -1,0 +1,216 @@
+"""NetworkGraph: units, edges, collapsed blocks, colours, selection and readout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from engine.snapshot import Hyper, Metrics, NetworkView, Snapshot, ViewData
+from widgets.network_graph import COLLAPSE_ABOVE, EDGE_LEVELS, NetworkGraph
+
+SMALL = (2, 16, 16, 2)
+NAMES = ("input", "layers.0.linear", "layers.1.linear", "layers.2.linear")
+
+
+def network(sizes=SMALL, names=NAMES, seed=0, collapsed_values=False, **overrides) -> NetworkView:
+    rng = np.random.default_rng(seed)
+    big = [size > COLLAPSE_ABOVE and not collapsed_values for size in sizes]
+    parts = dict(
+        step=1,
+        column_names=tuple(names),
+        column_sizes=tuple(sizes),
+        activations=tuple(None if b else rng.normal(size=s) for s, b in zip(sizes, big)),
+        gradients=tuple(None if b else rng.normal(size=s) * 1e-3 for s, b in zip(sizes, big)),
+        weights=tuple(rng.normal(size=(o, i)) for i, o in zip(sizes[:-1], sizes[1:])),
+    )
+    parts.update(overrides)
+    return NetworkView(**parts)
+
+
+def view_data(net: NetworkView | None, layer: str | None = None, unit: int | None = None) -> ViewData:
+    snapshot = Snapshot(run_id=1, step=1, state="running", scenario="test", device="cpu", layers=(),
+                        metrics=Metrics(train_loss=1.0), hyper=Hyper(), network=net)
+    return ViewData(snapshot=snapshot, selected_layer=layer, selected_unit=unit)
+
+
+@pytest.fixture
+def graph(qtbot) -> NetworkGraph:
+    widget = NetworkGraph()
+    qtbot.addWidget(widget)
+    widget.resize(800, 450)
+    widget.show()
+    qtbot.waitExposed(widget)
+    return widget
+
+
+def spot_colour(graph: NetworkGraph, spot: int) -> QtGui.QColor:
+    return graph.units.data["brush"][spot].color()
+
+
+def edge_count(graph: NetworkGraph) -> int:
+    return sum(len(item.getData()[0]) for item in graph.edge_items if item.getData()[0] is not None) // 2
+
+
+def test_one_spot_per_unit_and_one_item_per_edge_bucket(graph):
+    graph.render(view_data(network()))
+    assert len(graph.units.getData()[0]) == sum(SMALL)
+    assert len(graph.edge_items) == 2 * EDGE_LEVELS
+    assert edge_count(graph) == 2 * 16 + 16 * 16 + 16 * 2
+    assert graph.bands.path().isEmpty()
+    assert [label.toPlainText() for label in graph.column_labels[:4]] == list(NAMES)
+
+
+def test_units_follow_activation_values(graph):
+    net = network()
+    graph.render(view_data(net))
+    values = net.activations[1]
+    start = 2  # spots of layers.0.linear follow the 2 input spots
+    high = spot_colour(graph, start + int(np.argmax(values)))
+    low = spot_colour(graph, start + int(np.argmin(values)))
+    assert high.red() > high.blue() + 50  # positive -> red
+    assert low.blue() > low.red() + 50  # negative -> blue
+
+
+def test_strong_weights_land_in_the_strongest_bucket(graph):
+    weights = [np.full((16, 2), 0.01), np.full((16, 16), 0.01), np.full((2, 16), 0.01)]
+    weights[1][3, 5] = -2.0  # one strong negative edge: unit 5 of layers.0 -> unit 3 of layers.1
+    weights[1][4, 6] = 1.0
+    graph.render(view_data(network(weights=tuple(weights))))
+    strongest_negative = graph.edge_items[EDGE_LEVELS - 1]
+    x, y = strongest_negative.getData()
+    assert len(x) == 2
+    start = graph.unit_position("layers.0.linear", 5)
+    end = graph.unit_position("layers.1.linear", 3)
+    assert (x[0], y[0]) == pytest.approx(start)
+    assert (x[1], y[1]) == pytest.approx(end)
+    # Half the largest magnitude falls in the middle of the positive side.
+    assert len(graph.edge_items[EDGE_LEVELS + EDGE_LEVELS // 2].getData()[0]) == 2
+    assert edge_count(graph) == 320
+    # Wide pens only while the graph is small enough to stroke them quickly.
+    assert strongest_negative.opts["pen"].widthF() > graph.edge_items[0].opts["pen"].widthF()
+
+
+def test_wide_columns_collapse_to_labelled_blocks(graph):
+    sizes = (784, 128, 10)
+    names = ("input", "layers.0.linear", "layers.1.linear")
+    graph.render(view_data(network(sizes, names)))
+    assert len(graph.units.getData()[0]) == 10
+    labels = [label.toPlainText() for label in graph.block_labels if label.isVisible()]
+    assert labels == ["input\n784 units", "layers.0.linear\n128 units"]
+    assert edge_count(graph) == 0
+    assert not graph.bands.path().isEmpty()
+    assert not graph.block_outline.path().isEmpty()
+    # Exactly at the limit a column still shows units.
+    graph.render(view_data(network((COLLAPSE_ABOVE, 3), ("input", "out"))))
+    assert len(graph.units.getData()[0]) == COLLAPSE_ABOVE + 3
+    assert not any(label.isVisible() for label in graph.block_labels)
+    assert edge_count(graph) == COLLAPSE_ABOVE * 3
+
+
+def test_collapsed_column_with_values_shows_a_strip(graph):
+    sizes = (784, 128, 10)
+    net = network(sizes, ("input", "hidden", "out"), collapsed_values=True)
+    graph.render(view_data(net))
+    strip = graph.block_images[1]
+    assert strip.isVisible()
+    assert strip.image.shape == (128, 1)
+    x, y = graph.unit_position("hidden", 7)
+    assert graph.hover_at(x, y) == f"hidden unit 7: a = {net.activations[1][7]:.3g}"
+
+
+def test_mode_toggle_colours_by_gradient(graph):
+    net = network()
+    gradients = list(net.gradients)
+    gradients[1] = -np.asarray(net.activations[1]) * 1e-3  # opposite sign to the activations
+    net = network(gradients=tuple(gradients))
+    graph.render(view_data(net))
+    spot = 2 + int(np.argmax(net.activations[1]))
+    assert spot_colour(graph, spot).red() > spot_colour(graph, spot).blue()
+    graph.set_mode("gradient")
+    assert graph.mode_combo.currentText() == "Gradient"
+    assert spot_colour(graph, spot).blue() > spot_colour(graph, spot).red()
+    x, y = graph.unit_position("layers.0.linear", 0)
+    assert graph.hover_at(x, y) == f"layers.0.linear unit 0: g = {gradients[1][0]:.3g}"
+    graph.mode_combo.setCurrentIndex(0)  # the combo drives the mode too
+    assert graph.mode() == "activation"
+    assert spot_colour(graph, spot).red() > spot_colour(graph, spot).blue()
+    with pytest.raises(ValueError):
+        graph.set_mode("weights")
+
+
+def test_click_handler_selects_unit(graph, qtbot):
+    graph.render(view_data(network()))
+    x, y = graph.unit_position("layers.1.linear", 9)
+    emitted = []
+    graph.layer_selected.connect(lambda name: emitted.append(("layer", name)))
+    graph.unit_selected.connect(lambda name, index: emitted.append(("unit", name, index)))
+    with qtbot.waitSignals([graph.layer_selected, graph.unit_selected], order="strict"):
+        graph.click_at(x + 0.02, y)
+    assert emitted == [("layer", "layers.1.linear"), ("unit", "layers.1.linear", 9)]
+    assert graph.selected_layer == "layers.1.linear" and graph.selected_unit == 9
+    ring_x, ring_y = graph.ring.getData()
+    assert (ring_x[0], ring_y[0]) == pytest.approx((x, y))
+    assert graph.column_labels[2].color.name() != graph.column_labels[1].color.name()
+    with qtbot.assertNotEmitted(graph.unit_selected):
+        assert graph.click_at(1.5, 0.0) is None  # between columns
+
+
+def test_mouse_click_on_a_spot_selects_it(graph, qtbot):
+    graph.render(view_data(network()))
+    qtbot.wait(10)
+    x, y = graph.unit_position("layers.0.linear", 4)
+    scene_pos = graph.view_box.mapViewToScene(QtCore.QPointF(x, y))
+    pixel = graph.plot_widget.mapFromScene(scene_pos)
+    with qtbot.waitSignal(graph.unit_selected) as blocker:
+        qtbot.mouseClick(graph.plot_widget.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=pixel)
+    assert blocker.args == ["layers.0.linear", 4]
+
+
+def test_readout_for_a_known_unit(graph):
+    activations = list(network().activations)
+    activations[1] = np.linspace(-1, 1, 16)
+    activations[1][3] = 0.42
+    graph.render(view_data(network(activations=tuple(activations))))
+    x, y = graph.unit_position("layers.0.linear", 3)
+    assert graph.hover_at(x, y + 0.2 * graph._geometry.spacing) == "layers.0.linear unit 3: a = 0.42"
+    assert graph.readout_text() == "layers.0.linear unit 3: a = 0.42"
+    assert graph.hover_at(0.5, 0.0) == ""
+
+
+def test_selection_from_the_app_does_not_emit(graph, qtbot):
+    graph.render(view_data(network()))
+    with qtbot.assertNotEmitted(graph.unit_selected):
+        graph.set_selection("layers.0.linear", 2)
+    assert len(graph.ring.getData()[0]) == 1
+    graph.set_selection(None)
+    assert len(graph.ring.getData()[0]) == 0
+
+
+def test_missing_parts_and_new_runs_never_raise(graph):
+    graph.render(view_data(None))
+    assert graph._stack.currentWidget() is graph.hint
+    assert graph.hint.text()
+    net = network(activations=(None, np.full(16, np.nan), None, None), weights=(None, None, None))
+    graph.render(view_data(net))
+    assert graph._stack.currentWidget() is graph.plot_widget
+    grey = spot_colour(graph, 0)
+    assert grey.red() == grey.green() == grey.blue() or abs(grey.red() - grey.blue()) < 20
+    assert edge_count(graph) == 0
+    assert not graph.bands.path().isEmpty()
+    x, y = graph.unit_position("layers.0.linear", 0)
+    assert graph.hover_at(x, y) == "layers.0.linear unit 0: a = nan"
+    # A new run with other layers (and a wrong-shaped weight) replaces the old layout.
+    other = network((3, 5), ("x", "y"), weights=(np.zeros((4, 4)),))
+    graph.render(view_data(other))
+    assert len(graph.units.getData()[0]) == 8
+    assert [label.toPlainText() for label in graph.column_labels if label.isVisible()] == ["x", "y"]
+    graph.set_selection("layers.1.linear", 9)  # a stale selection from the old run
+    assert len(graph.ring.getData()[0]) == 0
+
+
+def test_grab_is_not_flat(graph):
+    graph.render(view_data(network()))
+    graph.set_selection("layers.0.linear", 1)
+    image = graph.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
+    assert np.unique(pixels).size > 50

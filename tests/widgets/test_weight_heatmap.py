@@ -1,0 +1,174 @@
+"""WeightHeatmap draws the focused layer's weight, gradient or update as a symmetric heatmap."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from engine.snapshot import Hyper, LayerInfo, Metrics, Snapshot, TensorViews, ViewData
+from widgets.colormaps import DIVERGING_LUT, SEQUENTIAL_LUT, finite_levels, symmetric_levels
+from widgets.weight_heatmap import WeightHeatmap
+
+LAYERS = (
+    LayerInfo(0, "fc1", "Linear", "param", 16 * 8 + 16, (16, 8)),
+    LayerInfo(1, "relu", "ReLU", "activation", 0, None, "relu"),
+    LayerInfo(2, "head", "Linear", "param", 3 * 16 + 3, (3, 16)),
+)
+
+
+def make_data(tensors: TensorViews | None, layers: tuple[LayerInfo, ...] = LAYERS, selected: str | None = None) -> ViewData:
+    snapshot = Snapshot(1, 10, "running", "test", "cpu", layers, Metrics(1.0), Hyper(), tensors=tensors)
+    return ViewData(snapshot, selected_layer=selected)
+
+
+def make_tensors(rng: np.random.Generator, layer: str = "fc1", shape: tuple[int, int] = (16, 8)) -> TensorViews:
+    return TensorViews(
+        10,
+        layer,
+        0,
+        weight=rng.normal(0, 0.2, shape).astype(np.float32),
+        weight_grad=rng.normal(0, 1e-3, shape).astype(np.float32),
+        weight_update=None,
+    )
+
+
+@pytest.fixture
+def view(qtbot):
+    widget = WeightHeatmap()
+    qtbot.addWidget(widget)
+    widget.resize(640, 480)
+    return widget
+
+
+def test_luts_are_256_entry_uint8_and_diverging_is_white_in_the_middle():
+    for lut in (DIVERGING_LUT, SEQUENTIAL_LUT):
+        assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert DIVERGING_LUT[128].min() > 230  # near white at zero
+    assert DIVERGING_LUT[0, 2] > DIVERGING_LUT[0, 0]  # blue for negative
+    assert DIVERGING_LUT[255, 0] > DIVERGING_LUT[255, 2]  # red for positive
+    assert SEQUENTIAL_LUT[255].sum() > SEQUENTIAL_LUT[0].sum()  # dark to bright
+
+
+def test_symmetric_levels_are_robust():
+    assert symmetric_levels(np.array([-0.5, 2.0, np.nan, np.inf])) == (-2.0, 2.0)
+    assert symmetric_levels(np.full((3, 3), np.nan)) == (-1.0, 1.0)
+    assert symmetric_levels(np.zeros((3, 3))) == (-1.0, 1.0)
+    assert symmetric_levels(np.zeros((0,))) == (-1.0, 1.0)
+    assert symmetric_levels(None) == (-1.0, 1.0)
+    low, high = finite_levels(np.array([3.0, 3.0]))
+    assert low < 3.0 < high  # a flat image still gets a non-empty range
+
+
+def test_draws_the_weight_with_symmetric_levels_and_the_diverging_lut(view):
+    rng = np.random.default_rng(0)
+    tensors = make_tensors(rng)
+    view.render(make_data(tensors))
+    assert view.hint == ""
+    np.testing.assert_array_equal(view.image.image, tensors.weight)
+    m = float(np.abs(tensors.weight).max())
+    np.testing.assert_allclose(view.image.levels, [-m, m], rtol=1e-6)
+    np.testing.assert_array_equal(view.image.lut, DIVERGING_LUT)
+    assert view.range_label.text() == f"±{m:.3g}"
+    assert view.plot.getAxis("bottom").labelText == "input unit"
+    assert view.plot.getAxis("left").labelText == "output unit"
+
+
+def test_readout_names_layer_and_indices(view):
+    rng = np.random.default_rng(1)
+    tensors = make_tensors(rng)
+    view.render(make_data(tensors))
+    # Pixel (row 3, column 5) covers x in [5, 6), y in [3, 4).
+    text = view.hover_at(5.5, 3.5)
+    assert text == f"fc1  w[out=3, in=5] = {tensors.weight[3, 5]:.4g}"
+    assert view.readout_text() == text
+    assert view.hover_at(100.0, 3.0) == ""  # outside the matrix
+
+
+def test_mode_switch_shows_gradient_and_hint_for_missing_update(view):
+    rng = np.random.default_rng(2)
+    tensors = make_tensors(rng)
+    view.render(make_data(tensors))
+    view.set_mode("gradient")
+    assert view.mode_combo.currentText() == "gradient"
+    np.testing.assert_array_equal(view.image.image, tensors.weight_grad)
+    m = float(np.abs(tensors.weight_grad).max())
+    np.testing.assert_allclose(view.image.levels, [-m, m], rtol=1e-6)
+    assert view.hover_at(1.5, 2.5).startswith("fc1  grad[out=2, in=1] = ")
+    view.mode_combo.setCurrentText("last update")  # the combo drives the same switch
+    assert view.mode == "last update"
+    assert "update" in view.hint
+    with pytest.raises(ValueError):
+        view.set_mode("bogus")
+
+
+def test_layer_combo_lists_weight_layers_and_emits_selection(view, qtbot):
+    rng = np.random.default_rng(3)
+    view.render(make_data(make_tensors(rng)))
+    items = [view.layer_combo.itemText(i) for i in range(view.layer_combo.count())]
+    assert items == ["fc1", "head"]
+    assert view.layer_combo.currentText() == "fc1"
+    view.show()
+    qtbot.waitExposed(view)
+    view.layer_combo.setFocus()
+    with qtbot.waitSignal(view.layer_selected, timeout=2000) as blocker:
+        qtbot.keyClick(view.layer_combo, QtCore.Qt.Key.Key_Down)  # a user's pick, not a programmatic one
+    assert blocker.args == ["head"]
+
+
+def test_set_selection_moves_the_combo_without_emitting(view, qtbot):
+    rng = np.random.default_rng(4)
+    view.render(make_data(make_tensors(rng)))
+    with qtbot.assertNotEmitted(view.layer_selected):
+        view.set_selection("head")
+    assert view.layer_combo.currentText() == "head"
+
+
+def test_new_run_with_other_layers_rebuilds_the_combo(view):
+    rng = np.random.default_rng(5)
+    view.render(make_data(make_tensors(rng)))
+    layers = (LayerInfo(0, "conv", "Conv2d", "param", 10, (2, 1, 2, 2)),)
+    tensors = TensorViews(1, "conv", 0, weight=rng.normal(size=(2, 1, 2, 2)).astype(np.float32))
+    view.render(make_data(tensors, layers))
+    assert [view.layer_combo.itemText(i) for i in range(view.layer_combo.count())] == ["conv"]
+    assert view.image.image.shape == (2, 4)  # conv weight drawn as (out, in*kh*kw)
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [None, TensorViews(1, "relu", 0), TensorViews(1, "fc1", 0, weight=np.zeros((0, 3), np.float32))],
+    ids=["no-tensors", "no-weight", "empty"],
+)
+def test_missing_weight_shows_hint(view, tensors):
+    view.render(make_data(tensors))
+    assert view.hint == "Select a layer with weights"
+    assert view.hover_at(1.0, 1.0) == ""
+
+
+def test_nan_weights(view):
+    weight = np.full((4, 4), np.nan, np.float32)
+    view.render(make_data(TensorViews(1, "fc1", 0, weight=weight)))
+    assert "NaN" in view.hint
+    weight[1, 2] = -0.25
+    view.render(make_data(TensorViews(2, "fc1", 0, weight=weight.copy())))
+    assert view.hint == ""
+    np.testing.assert_allclose(view.image.levels, [-0.25, 0.25])
+    assert view.hover_at(0.5, 0.5).endswith("= nan")
+
+
+def test_unchanged_array_is_not_set_again(view):
+    rng = np.random.default_rng(6)
+    data = make_data(make_tensors(rng))
+    view.render(data)
+    first = view.image.image
+    view.render(data)
+    assert view.image.image is first
+
+
+def test_grab_is_not_flat(view, qtbot):
+    rng = np.random.default_rng(7)
+    view.render(make_data(make_tensors(rng)))
+    view.show()
+    qtbot.waitExposed(view)
+    image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(image.height(), -1)
+    assert len(np.unique(pixels.reshape(-1, 4)[:, :3], axis=0)) > 20

@@ -1,0 +1,174 @@
+"""Attention weights of the focused layer: one query × key map per head, tiled into one image."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import ViewData
+from widgets.base import View
+from widgets.colormaps import SEQUENTIAL_LUT
+from widgets.tiling import Tiling, grid_columns, tile_maps
+
+__all__ = ["AttentionView"]
+
+_NO_ATTENTION = "Select an attention layer to see its attention maps"
+#: Above this many tokens the axes show indices instead of token labels (they would overlap).
+MAX_LABELLED_TOKENS = 32
+
+
+def _short_token(token: str, limit: int = 8) -> str:
+    token = token.replace("\n", "⏎")
+    return token if len(token) <= limit else token[: limit - 1] + "…"
+
+
+class AttentionView(View):
+    """``tensors.attention`` (heads, T, T): row = query, column = key, values in [0, 1].
+
+    Token labels (``tensors.tokens``) name the axes of every head's map when T ≤ 32.
+    """
+
+    title = "Attention"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._attention: np.ndarray | None = None
+        self._tokens: tuple[str, ...] | None = None
+        self._tiles: Tiling | None = None
+        self._source: object | None = None
+        self._layout_key: tuple[int, int, int, tuple[str, ...] | None] | None = None
+        self._head_titles: list[pg.TextItem] = []
+        self.x_ticks: list[tuple[float, str]] = []
+        self.y_ticks: list[tuple[float, str]] = []
+
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.plot = self.canvas.addPlot(row=0, col=0)
+        self.plot.invertY(True)  # query 0 at the top, as a matrix reads
+        self.plot.setAspectLocked(True)
+        self.plot.setLabel("bottom", "key")
+        self.plot.setLabel("left", "query")
+        self.plot.setMenuEnabled(False)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setLookupTable(SEQUENTIAL_LUT)
+        self.plot.addItem(self.image)
+
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(self.canvas)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+        self.connect_hover(self.plot)
+        self._show_hint(_NO_ATTENTION)
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the maps, or "" when the maps are shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """Geometry of the tiled image: head h's map starts at ``tiling.origin(h)``."""
+        return self._tiles
+
+    @property
+    def head_titles(self) -> list[str]:
+        """The titles drawn above the visible heads."""
+        return [item.textItem.toPlainText() for item in self._head_titles if item.isVisible()]
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        tensors = data.snapshot.tensors
+        attention = tensors.attention if tensors is not None else None
+        if attention is self._source and (attention is None) == (self._tiles is None):
+            return  # the same capture as the last frame
+        self._source = attention
+        stack = None if attention is None else np.asarray(attention, dtype=np.float32)
+        if stack is not None and stack.ndim == 2:
+            stack = stack[None]
+        if stack is None or stack.ndim != 3 or stack.size == 0 or stack.shape[1] == 0:
+            self._attention = None
+            self._tiles = None
+            self._show_hint(_NO_ATTENTION)
+            return
+        heads, queries, keys = stack.shape
+        tokens = tensors.tokens if tensors.tokens is not None and len(tensors.tokens) == keys else None
+        # Gutters wide enough for a head title between rows of maps.
+        gutter = max(1, round(0.12 * queries))
+        tiles = tile_maps(stack, columns=grid_columns(heads, queries, keys), gutter=gutter)
+        self.image.setImage(tiles.image, levels=(0.0, 1.0), autoLevels=False)
+        layout_key = (heads, queries, keys, tokens)
+        if layout_key != self._layout_key:
+            self._layout_key = layout_key
+            self._place_labels(tiles, tokens)
+            self.plot.setRange(
+                xRange=(0, tiles.image.shape[1]), yRange=(-gutter, tiles.image.shape[0]), padding=0.02
+            )
+        self._attention = stack
+        self._tokens = tokens
+        self._tiles = tiles
+        self.plot.setTitle(f"{tensors.layer}: {heads} head{'s' if heads != 1 else ''}, {queries} tokens", size="9pt")
+        self._show_content()
+
+    def _place_labels(self, tiles: Tiling, tokens: tuple[str, ...] | None) -> None:
+        """Token (or index) ticks repeated under every column and beside every row of maps."""
+        size = tiles.width
+        if tokens is not None and size <= MAX_LABELLED_TOKENS:
+            labels = [(k, _short_token(t)) for k, t in enumerate(tokens)]
+        else:
+            every = max(1, math.ceil(size / 8))
+            labels = [(k, str(k)) for k in range(0, size, every)]
+        self.x_ticks = [
+            (tiles.origin(column)[0] + k + 0.5, text) for column in range(tiles.columns) for k, text in labels
+        ]
+        self.y_ticks = [
+            (tiles.origin(row * tiles.columns)[1] + k + 0.5, text) for row in range(tiles.rows) for k, text in labels
+        ]
+        self.plot.getAxis("bottom").setTicks([self.x_ticks])
+        self.plot.getAxis("left").setTicks([self.y_ticks])
+        while len(self._head_titles) < tiles.count:
+            title = pg.TextItem(anchor=(0.0, 1.0), color=(214, 217, 224))
+            self.plot.addItem(title)
+            self._head_titles.append(title)
+        for head, item in enumerate(self._head_titles):
+            if head < tiles.count:
+                x, y = tiles.origin(head)
+                item.setText(f"head {head}")
+                item.setPos(x, y)
+                item.setVisible(True)
+            else:
+                item.setVisible(False)
+
+    # --- readout ----------------------------------------------------------------------------
+    def describe_point(self, x: float, y: float) -> str:
+        """``"head 2: query 'a' (3) -> key 'c' (5) = 0.81"``."""
+        tiles, attention = self._tiles, self._attention
+        if tiles is None or attention is None:
+            return ""
+        hit = tiles.locate(x, y)
+        if hit is None:
+            return ""
+        head, key, query = hit
+        value = attention[head, query, key]
+        if self._tokens is not None:
+            return (
+                f"head {head}: query {self._tokens[query]!r} ({query}) -> "
+                f"key {self._tokens[key]!r} ({key}) = {value:.2f}"
+            )
+        return f"head {head}: query {query} -> key {key} = {value:.2f}"
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)

@@ -1,0 +1,232 @@
+"""A conv layer's feature maps for one example, and its kernels, each tiled into one image."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import ViewData
+from widgets.base import View
+from widgets.colormaps import DIVERGING_LUT, SEQUENTIAL_LUT, finite_levels, symmetric_levels
+from widgets.tiling import Tiling, normalise_each, tile_maps
+
+__all__ = ["FeatureMaps"]
+
+_NOT_CONV = "Select a convolutional layer to see its feature maps"
+
+
+def _as_stack(a: np.ndarray | None) -> np.ndarray | None:
+    """(n, h, w) float32, or None when there is nothing drawable."""
+    if a is None:
+        return None
+    stack = np.asarray(a, dtype=np.float32)
+    if stack.ndim == 2:
+        stack = stack[None]
+    elif stack.ndim > 3:
+        stack = stack.reshape(-1, *stack.shape[-2:])  # e.g. (out, in, kh, kw) kernels: one tile each
+    if stack.ndim != 3 or stack.size == 0:
+        return None
+    return stack
+
+
+def _image_plot(graphics: pg.GraphicsLayoutWidget, row: int, lut: np.ndarray) -> tuple[pg.PlotItem, pg.ImageItem]:
+    plot = graphics.addPlot(row=row, col=0)
+    plot.invertY(True)  # maps read like images: y down
+    plot.setAspectLocked(True)
+    plot.hideAxis("left")
+    plot.hideAxis("bottom")
+    plot.setMenuEnabled(False)
+    image = pg.ImageItem(axisOrder="row-major")
+    image.setLookupTable(lut)
+    plot.addItem(image)
+    return plot, image
+
+
+class FeatureMaps(View):
+    """Feature maps ``(C, H, W)`` tiled in a grid (sequential colours) and kernels below (diverging).
+
+    Each map is scaled to its own range by default, so quiet channels stay visible; the
+    "shared range" toggle puts all maps on one scale to compare their strength. Clicking a map
+    emits ``unit_selected(layer, channel)``.
+    """
+
+    title = "Feature maps"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._shared = False
+        self._maps: np.ndarray | None = None
+        self._kernels: np.ndarray | None = None
+        self._map_tiles: Tiling | None = None
+        self._kernel_tiles: Tiling | None = None
+        self._layer = ""
+        self._sources: tuple[object, bool, str | None] | None = None
+
+        controls = QtWidgets.QHBoxLayout()
+        self.shared_checkbox = QtWidgets.QCheckBox("shared range", self)
+        self.shared_checkbox.setToolTip("One colour scale for all maps instead of one per map")
+        self.shared_checkbox.toggled.connect(self.set_shared_range)
+        controls.addStretch(1)
+        controls.addWidget(self.shared_checkbox)
+        self._layout.addLayout(controls)
+
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.maps_plot, self.maps_image = _image_plot(self.canvas, 0, SEQUENTIAL_LUT)
+        self.kernel_plot, self.kernel_image = _image_plot(self.canvas, 1, DIVERGING_LUT)
+        self.canvas.ci.layout.setRowStretchFactor(0, 3)
+        self.canvas.ci.layout.setRowStretchFactor(1, 2)
+
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(self.canvas)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+        scene = self.canvas.scene()
+        scene.sigMouseMoved.connect(self._mouse_moved)
+        scene.sigMouseClicked.connect(self._mouse_clicked)
+        self._show_hint(_NOT_CONV)
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def shared_range(self) -> bool:
+        return self._shared
+
+    def set_shared_range(self, shared: bool) -> None:
+        """One colour scale for all maps (True) or each map scaled to its own range (False)."""
+        if self.shared_checkbox.isChecked() != shared:
+            self.shared_checkbox.setChecked(shared)  # re-enters through toggled
+            return
+        if shared != self._shared:
+            self._shared = shared
+            self._sources = None
+            if self._last is not None:
+                self.draw(self._last)
+
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the maps, or "" when the maps are shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    @property
+    def map_tiling(self) -> Tiling | None:
+        """Geometry of the tiled feature-map image (None when none is shown)."""
+        return self._map_tiles
+
+    @property
+    def kernel_tiling(self) -> Tiling | None:
+        return self._kernel_tiles
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        tensors = data.snapshot.tensors
+        raw_maps = tensors.feature_maps if tensors is not None else None
+        raw_kernels = tensors.kernels if tensors is not None else None
+        selected = data.selected_layer or self.selected_layer
+        if self._sources is not None and tensors is self._sources[0] and self._sources[1:] == (self._shared, selected):
+            return  # the same capture as the last frame
+        self._sources = (tensors, self._shared, selected)
+        maps, kernels = _as_stack(raw_maps), _as_stack(raw_kernels)
+        if maps is None and kernels is None:
+            self._maps = self._kernels = None
+            self._map_tiles = self._kernel_tiles = None
+            self._show_hint(self._not_conv_text(data))
+            return
+        self._layer = tensors.layer if tensors is not None else ""
+        self._maps, self._kernels = maps, kernels
+        self._map_tiles = self._draw_tiles(
+            self.maps_plot, self.maps_image, maps, self._map_tiles, finite_levels, "feature maps"
+        )
+        self._kernel_tiles = self._draw_tiles(
+            self.kernel_plot, self.kernel_image, kernels, self._kernel_tiles, symmetric_levels, "kernels"
+        )
+        self._show_content()
+
+    def _draw_tiles(
+        self,
+        plot: pg.PlotItem,
+        image: pg.ImageItem,
+        stack: np.ndarray | None,
+        previous: Tiling | None,
+        levels_of,
+        label: str,
+    ) -> Tiling | None:
+        if stack is None:
+            image.clear()
+            plot.setTitle(f"no {label} for {self._layer}", size="9pt")
+            return None
+        if image is self.maps_image and not self._shared:
+            tiles = tile_maps(normalise_each(stack))
+            levels = (0.0, 1.0)
+        else:
+            tiles = tile_maps(stack)
+            levels = levels_of(stack)
+        image.setImage(tiles.image, levels=levels, autoLevels=False)
+        if previous is None or previous.image.shape != tiles.image.shape:
+            plot.setRange(xRange=(0, tiles.image.shape[1]), yRange=(0, tiles.image.shape[0]), padding=0.02)
+        count, h, w = stack.shape
+        scale = "own range each" if image is self.maps_image and not self._shared else f"{levels[0]:.3g} … {levels[1]:.3g}"
+        plot.setTitle(f"{self._layer} {label}: {count} × {h}×{w}  ({scale})", size="9pt")
+        return tiles
+
+    def _not_conv_text(self, data: ViewData) -> str:
+        tensors = data.snapshot.tensors
+        name = tensors.layer if tensors is not None else data.selected_layer or self.selected_layer
+        for layer in data.snapshot.layers:
+            if layer.name == name:
+                return f"{name} is a {layer.type_name}. " + _NOT_CONV
+        return _NOT_CONV
+
+    # --- readout and clicks ------------------------------------------------------------------
+    def describe_point(self, x: float, y: float) -> str:
+        """Readout for the feature maps: ``"channel 5 (x=3, y=7) = 0.42"`` (the raw value)."""
+        return self._describe(self._map_tiles, self._maps, "channel", x, y)
+
+    def describe_kernel(self, x: float, y: float) -> str:
+        """Readout for the kernel image: ``"kernel 3 (x=1, y=2) = -0.05"``."""
+        return self._describe(self._kernel_tiles, self._kernels, "kernel", x, y)
+
+    @staticmethod
+    def _describe(tiles: Tiling | None, stack: np.ndarray | None, label: str, x: float, y: float) -> str:
+        if tiles is None or stack is None or not (math.isfinite(x) and math.isfinite(y)):
+            return ""
+        hit = tiles.locate(x, y)
+        if hit is None:
+            return ""
+        index, column, row = hit
+        return f"{label} {index} (x={column}, y={row}) = {stack[index, row, column]:.3g}"
+
+    def _mouse_moved(self, pos: QtCore.QPointF) -> None:
+        if self._stack.currentWidget() is not self.canvas:
+            return
+        if self.maps_plot.sceneBoundingRect().contains(pos):
+            point = self.maps_plot.getViewBox().mapSceneToView(pos)
+            self.hover_at(point.x(), point.y())
+        elif self.kernel_plot.sceneBoundingRect().contains(pos):
+            point = self.kernel_plot.getViewBox().mapSceneToView(pos)
+            self.readout.setText(self.describe_kernel(point.x(), point.y()) or " ")
+
+    def _mouse_clicked(self, event) -> None:  # pyqtgraph MouseClickEvent
+        if event.button() != QtCore.Qt.MouseButton.LeftButton or self._map_tiles is None:
+            return
+        if self.maps_plot.sceneBoundingRect().contains(event.scenePos()):
+            point = self.maps_plot.getViewBox().mapSceneToView(event.scenePos())
+            hit = self._map_tiles.locate(point.x(), point.y())
+            if hit is not None:
+                self.selected_unit = hit[0]
+                self.unit_selected.emit(self._layer, hit[0])
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)

@@ -1,0 +1,253 @@
+"""Training and validation loss over the run, with accuracy below on its own axis.
+
+Series arrive decimated (≤ ~2000 points, each a bucket mean with its min and max); the min..max
+band is drawn faintly behind the mean so spikes hidden by averaging stay visible. A raw,
+undecimated series is bucketed here before it reaches pyqtgraph, so a million-step run costs the
+same as a short one.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtWidgets
+
+from engine.snapshot import SeriesData, ViewData
+from widgets.base import View
+
+__all__ = ["LossCurve", "decimate", "Decimated"]
+
+_NO_DATA = "No loss yet: start training"
+_TRAIN = (110, 190, 255)
+_VAL = (240, 160, 90)
+
+
+class Decimated(NamedTuple):
+    """A series ready for setData: bucket centres, means, and the min/max of each bucket."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+
+
+def _bucket(array: np.ndarray, size: int, how: str) -> np.ndarray:
+    """Reduce consecutive runs of ``size`` values (the last run may be shorter) by ``how``."""
+    full = len(array) // size
+    head = array[: full * size].reshape(full, size)
+    reduce = {"mean": np.mean, "min": np.min, "max": np.max}[how]
+    out = reduce(head, axis=1)
+    if len(array) > full * size:
+        out = np.append(out, reduce(array[full * size:]))
+    return out
+
+
+def decimate(series: SeriesData, max_points: int = 2000) -> Decimated:
+    """``series`` with at most ``max_points + 1`` points, min/max kept per bucket.
+
+    A series already short enough is passed through untouched (no copy).
+    """
+    steps = np.asarray(series.steps, dtype=np.float64)
+    values = np.asarray(series.values, dtype=np.float64)
+    n = min(len(steps), len(values))
+    steps, values = steps[:n], values[:n]
+    lo = None if series.lo is None or len(series.lo) < n else np.asarray(series.lo, dtype=np.float64)[:n]
+    hi = None if series.hi is None or len(series.hi) < n else np.asarray(series.hi, dtype=np.float64)[:n]
+    if n <= max_points:
+        return Decimated(steps, values, lo, hi)
+    size = math.ceil(n / max_points)
+    return Decimated(
+        _bucket(steps, size, "mean"),
+        _bucket(values, size, "mean"),
+        _bucket(values if lo is None else lo, size, "min"),
+        _bucket(values if hi is None else hi, size, "max"),
+    )
+
+
+def _nearest(steps: np.ndarray, x: float) -> int:
+    """Index of the step nearest ``x`` in the sorted ``steps``."""
+    index = int(np.searchsorted(steps, x))
+    if index <= 0:
+        return 0
+    if index >= len(steps):
+        return len(steps) - 1
+    return index if steps[index] - x < x - steps[index - 1] else index - 1
+
+
+def _curve(colour: tuple[int, int, int], name: str | None, width: float = 1.5, alpha: int = 255) -> pg.PlotDataItem:
+    curve = pg.PlotDataItem(pen=pg.mkPen(*colour, alpha, width=width), name=name)
+    curve.setDownsampling(auto=True, method="peak")
+    curve.setClipToView(True)
+    return curve
+
+
+class _Trace:
+    """One series' mean curve and its faint min..max band (two edge curves and a fill)."""
+
+    def __init__(self, plot: pg.PlotItem, colour: tuple[int, int, int], name: str) -> None:
+        # The band edges need a pen: pyqtgraph skips building the path of a pen-less curve, and
+        # FillBetweenItem fills between those paths (which also keeps it right in log mode).
+        self.lower = _curve(colour, None, width=1.0, alpha=40)
+        self.upper = _curve(colour, None, width=1.0, alpha=40)
+        self.band = pg.FillBetweenItem(self.lower, self.upper, brush=pg.mkBrush(*colour, 45))
+        self.mean = _curve(colour, name)
+        for item in (self.band, self.lower, self.upper, self.mean):
+            plot.addItem(item)
+        self.source: SeriesData | None = None
+        self.data: Decimated | None = None
+
+    def update(self, series: SeriesData | None, max_points: int) -> None:
+        if series is self.source and (series is None or self.data is not None):
+            return  # the very same object as last frame
+        self.source = series
+        if series is None or len(series.steps) == 0:
+            self.data = None
+            for curve in (self.mean, self.lower, self.upper):
+                curve.setData([], [])
+            return
+        self.data = decimate(series, max_points)
+        steps = self.data.steps
+        self.mean.setData(steps, self.data.values, connect="finite")
+        if self.data.lo is not None and self.data.hi is not None:
+            self.lower.setData(steps, self.data.lo, connect="finite")
+            self.upper.setData(steps, self.data.hi, connect="finite")
+        else:
+            self.lower.setData([], [])
+            self.upper.setData([], [])
+
+    def value_near(self, x: float) -> tuple[int, float] | None:
+        if self.data is None or not len(self.data.steps):
+            return None
+        index = _nearest(self.data.steps, x)
+        return int(round(self.data.steps[index])), float(self.data.values[index])
+
+
+class LossCurve(View):
+    """Loss (train, val) with its min..max band, and accuracy below; log-y toggle.
+
+    Args:
+        parent: Qt parent.
+        max_points: most points handed to any one curve; longer series are bucketed here.
+    """
+
+    title = "Loss"
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None, max_points: int = 2000) -> None:
+        super().__init__(parent)
+        self.max_points = max_points
+
+        controls = QtWidgets.QHBoxLayout()
+        self.log_checkbox = QtWidgets.QCheckBox("log y", self)
+        self.log_checkbox.setToolTip("Logarithmic loss axis")
+        self.log_checkbox.toggled.connect(self.set_log_y)
+        controls.addStretch(1)
+        controls.addWidget(self.log_checkbox)
+        self._layout.addLayout(controls)
+
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.loss_plot = self.canvas.addPlot(row=0, col=0)
+        self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.15)
+        self.loss_plot.setMenuEnabled(False)
+        self.loss_plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
+        self.train = _Trace(self.loss_plot, _TRAIN, "train loss")
+        self.val = _Trace(self.loss_plot, _VAL, "val loss")
+
+        self.acc_plot = self.canvas.addPlot(row=1, col=0)
+        self.acc_plot.setLabel("left", "accuracy")
+        self.acc_plot.setLabel("bottom", "step")
+        self.acc_plot.setXLink(self.loss_plot)
+        self.acc_plot.showGrid(x=True, y=True, alpha=0.15)
+        self.acc_plot.setMenuEnabled(False)
+        self.acc_plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
+        self.train_acc = _Trace(self.acc_plot, _TRAIN, "train acc")
+        self.val_acc = _Trace(self.acc_plot, _VAL, "val acc")
+        self.canvas.ci.layout.setRowStretchFactor(0, 3)
+        self.canvas.ci.layout.setRowStretchFactor(1, 1)
+
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(self.canvas)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+        self.finish_layout()
+        self.connect_hover(self.loss_plot)
+        self.canvas.scene().sigMouseMoved.connect(self._acc_moved)
+        self._show_hint(_NO_DATA)
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def log_y(self) -> bool:
+        return self.log_checkbox.isChecked()
+
+    def set_log_y(self, enabled: bool) -> None:
+        """Logarithmic loss axis (accuracy stays linear)."""
+        if self.log_checkbox.isChecked() != enabled:
+            self.log_checkbox.setChecked(enabled)  # re-enters through toggled
+            return
+        if self.loss_plot.getAxis("left").logMode != enabled:
+            self.loss_plot.setLogMode(x=False, y=enabled)
+
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the plots, or "" when the plots are shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    def handed_points(self) -> dict[str, int]:
+        """How many points each curve was last given with setData (before pyqtgraph's own thinning)."""
+        counts: dict[str, int] = {}
+        for name, trace in (("loss", self.train), ("val_loss", self.val), ("train_acc", self.train_acc), ("val_acc", self.val_acc)):
+            for part, curve in (("", trace.mean), ("/lo", trace.lower), ("/hi", trace.upper)):
+                counts[name + part] = 0 if curve.xData is None else len(curve.xData)
+        return counts
+
+    # --- drawing ---------------------------------------------------------------------------
+    def draw(self, data: ViewData) -> None:
+        series = data.series
+        self.train.update(series.get("loss"), self.max_points)
+        self.val.update(series.get("val_loss"), self.max_points)
+        self.train_acc.update(series.get("train_acc"), self.max_points)
+        self.val_acc.update(series.get("val_acc"), self.max_points)
+        if self.train.data is None and self.val.data is None:
+            self._show_hint(_NO_DATA)
+            return
+        self._show_content()
+
+    def describe_point(self, x: float, y: float) -> str:
+        """Readout for the loss plot: ``"step 1234: loss 0.123"`` (plus the nearest val loss)."""
+        if not math.isfinite(x):
+            return ""
+        parts = []
+        train = self.train.value_near(x)
+        val = self.val.value_near(x)
+        if train is not None:
+            parts.append(f"step {train[0]}: loss {train[1]:.3g}")
+        if val is not None:
+            parts.append(f"val loss {val[1]:.3g} (step {val[0]})" if parts else f"step {val[0]}: val loss {val[1]:.3g}")
+        return "  ".join(parts)
+
+    def _acc_moved(self, pos: QtCore.QPointF) -> None:
+        if self._stack.currentWidget() is not self.canvas or not self.acc_plot.sceneBoundingRect().contains(pos):
+            return
+        x = self.acc_plot.getViewBox().mapSceneToView(pos).x()
+        parts = []
+        for label, trace in (("acc", self.train_acc), ("val acc", self.val_acc)):
+            hit = trace.value_near(x)
+            if hit is not None:
+                parts.append(f"step {hit[0]}: {label} {hit[1]:.3g}")
+        self.readout.setText("  ".join(parts) or " ")
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self.canvas:
+            self._stack.setCurrentWidget(self.canvas)
