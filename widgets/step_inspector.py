@@ -93,6 +93,12 @@ class _TensorPanel(QtWidgets.QWidget):
         self.name = name
         self.array = array
         view_box = self.plot.getPlotItem().getViewBox()
+        if array.size == 0:
+            self.caption.setText(f"<b>{name}</b>  {shape}<br>empty")
+            self.image.setVisible(False)
+            self.bars.setVisible(False)
+            self.array = None
+            return
         if array.ndim == 2:
             low, high = colormaps.symmetric_levels(array)
             self.image.setImage(array, levels=(low, high), autoLevels=False)

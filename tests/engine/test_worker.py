@@ -122,7 +122,7 @@ def test_non_finite_loss_pauses_with_a_message() -> None:
     worker = Worker(out)
 
     def exploding() -> Run:
-        run = small_run()
+        run = small_run(nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 2)))
         run.trainer.set_hyper(lr=1e30, optimizer="sgd")
         return run
 

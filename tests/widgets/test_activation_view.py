@@ -1,0 +1,165 @@
+"""ActivationView: per-layer output histograms, dead/saturated bars, one layer over time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from engine.snapshot import STAT_INDEX, STAT_NAMES, Hyper, LayerInfo, Metrics, SeriesData, Snapshot, StatsFrame, ViewData
+from widgets.activation_view import ActivationView
+from widgets.colormaps import SEQUENTIAL_LUT
+
+NAMES = ("fc1", "relu1", "fc2", "tanh")
+LAYERS = (
+    LayerInfo(0, "fc1", "Linear", "param", 100, (10, 9)),
+    LayerInfo(1, "relu1", "ReLU", "activation", 0, None, "relu"),
+    LayerInfo(2, "fc2", "Linear", "param", 44, (4, 10)),
+    LayerInfo(3, "tanh", "Tanh", "activation", 0, None, "tanh"),
+)
+BINS = 10
+EDGES = np.linspace(-2.0, 2.0, BINS + 1).astype(np.float32)
+
+
+def make_frame(step: int, rng: np.random.Generator, names: tuple[str, ...] = NAMES) -> StatsFrame:
+    counts = rng.random((len(names), BINS)).astype(np.float32)
+    counts /= counts.sum(axis=1, keepdims=True)
+    values = np.full((len(names), len(STAT_NAMES)), np.nan)
+    values[1, STAT_INDEX["dead_fraction"]] = 0.25
+    values[3, STAT_INDEX["saturated_fraction"]] = 0.5
+    return StatsFrame(step, 1.0, names, values, counts, EDGES)
+
+
+def make_data(frames: tuple[StatsFrame, ...], series=None, selected: str | None = None, stats=None) -> ViewData:
+    snapshot = Snapshot(1, 100, "running", "test", "cpu", LAYERS, Metrics(1.0), Hyper(), stats=stats)
+    return ViewData(snapshot, frames, series or {}, selected_layer=selected)
+
+
+@pytest.fixture
+def view(qtbot):
+    widget = ActivationView()
+    qtbot.addWidget(widget)
+    widget.resize(800, 640)
+    return widget
+
+
+@pytest.fixture
+def frames():
+    rng = np.random.default_rng(0)
+    return tuple(make_frame(step, rng) for step in range(0, 200, 10))
+
+
+def click(qtbot, view: ActivationView, plot, x: float, y: float) -> None:
+    """A real mouse click at data coordinates (x, y) of ``plot``."""
+    scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
+    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
+
+
+def test_histogram_image_is_layers_by_bins_scaled_per_row(view, frames):
+    view.render(make_data(frames))
+    frame = frames[-1]
+    image = view.hist_image.image
+    assert image.shape == (len(NAMES), BINS)
+    np.testing.assert_allclose(image, frame.histograms / frame.histograms.max(axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_array_equal(view.hist_image.levels, [0.0, 1.0])
+    np.testing.assert_array_equal(view.hist_image.lut, SEQUENTIAL_LUT)
+    rect = view.hist_image.mapRectToParent(view.hist_image.boundingRect())
+    assert (rect.left(), rect.right(), rect.top(), rect.bottom()) == pytest.approx((-2.0, 2.0, 0.0, len(NAMES)))
+    ticks = view.hist_plot.getAxis("left")._tickLevels[0]
+    assert [text for _, text in ticks] == list(NAMES)
+
+
+def test_readout_gives_bin_and_percentage(view, frames):
+    view.render(make_data(frames))
+    # Row 2 (fc2), bin 3 covers [-0.8, -0.4).
+    value = frames[-1].histograms[2, 3] * 100
+    assert view.hover_at(-0.6, 2.5) == f"fc2  bin [-0.8, -0.4): {value:.1f} %"
+    assert view.hover_at(5.0, 2.5) == ""
+
+
+def test_dead_and_saturated_bars_skip_nan(view, frames):
+    view.render(make_data(frames))
+    dead, saturated = view.dead_bars.opts, view.saturated_bars.opts
+    assert len(dead["width"]) == 1 and len(saturated["width"]) == 1  # NaN rows are not drawn
+    assert dead["width"][0] == pytest.approx(0.25) and 1.0 < dead["y0"][0] < 2.0  # relu1's row
+    assert saturated["width"][0] == pytest.approx(0.5) and 3.0 < saturated["y0"][0] < 4.0  # tanh's row
+
+
+def test_history_of_last_layer_then_selected_layer(view, frames):
+    view.render(make_data(frames))
+    assert view.focus_layer == "tanh"
+    history = view.time_image.image
+    assert history.shape == (BINS, len(frames))
+    expected = np.stack([f.histograms[3] for f in frames], axis=1)
+    np.testing.assert_allclose(history, expected / expected.max(axis=0, keepdims=True), rtol=1e-6)
+    view.set_selection("relu1")
+    assert view.focus_layer == "relu1"
+    expected = np.stack([f.histograms[1] for f in frames], axis=1)
+    np.testing.assert_allclose(view.time_image.image, expected / expected.max(axis=0, keepdims=True), rtol=1e-6)
+
+
+def test_mean_std_band_from_series(view, frames):
+    steps = np.arange(0.0, 500.0, 5.0)
+    series = {
+        "act_mean/fc2": SeriesData(steps, np.sin(steps / 50)),
+        "act_std/fc2": SeriesData(steps, np.full(len(steps), 0.5)),
+    }
+    view.render(make_data(frames, series, selected="fc2"))
+    x, y = view.mean_curve.getOriginalDataset()
+    np.testing.assert_allclose(y, np.sin(steps / 50))
+    np.testing.assert_allclose(view._upper.getOriginalDataset()[1], np.sin(steps / 50) + 0.5)
+    np.testing.assert_allclose(view._lower.getOriginalDataset()[1], np.sin(steps / 50) - 0.5)
+    view.set_selection("fc1")  # no series for fc1: curves empty, no error
+    assert len(view.mean_curve.getOriginalDataset()[0] or []) == 0
+
+
+def test_click_on_a_row_selects_that_layer(view, frames, qtbot):
+    view.render(make_data(frames))
+    view.show()
+    qtbot.waitExposed(view)
+    with qtbot.waitSignal(view.layer_selected, timeout=2000) as blocker:
+        click(qtbot, view, view.hist_plot, 0.0, 1.5)
+    assert blocker.args == ["relu1"]
+    assert view.focus_layer == "relu1"
+    with qtbot.waitSignal(view.layer_selected, timeout=2000) as blocker:
+        click(qtbot, view, view.fraction_plot, 0.1, 3.5)
+    assert blocker.args == ["tanh"]
+
+
+def test_stats_used_when_no_frames(view):
+    frame = make_frame(5, np.random.default_rng(1))
+    view.render(make_data((), stats=frame))
+    assert view.hint == ""
+    assert view.time_image.image.shape == (BINS, 1)
+
+
+def test_missing_data_and_nan_rows(view, frames):
+    view.render(make_data(()))
+    assert view.hint.startswith("No activation statistics")
+    frame = frames[-1]
+    counts = frame.histograms.copy()
+    counts[0] = np.nan
+    broken = StatsFrame(frame.step + 1, frame.loss, frame.layer_names, frame.values, counts, frame.hist_edges)
+    view.render(make_data(frames + (broken,)))
+    assert view.hint == ""
+    assert np.isnan(view.hist_image.image[0]).all()
+    assert view.hover_at(0.0, 0.5).endswith("nan %")
+
+
+def test_layer_list_changes_with_a_new_run(view, frames):
+    view.render(make_data(frames))
+    rng = np.random.default_rng(2)
+    other = tuple(make_frame(s, rng, ("conv", "act")) for s in range(3))
+    view.render(make_data(other))
+    assert view.hist_image.image.shape == (2, BINS)
+    assert view.focus_layer == "act"
+    assert view.time_image.image.shape == (BINS, 3)
+    assert view.layer_at_row(1) == "act" and view.layer_at_row(2) is None
+
+
+def test_grab_is_not_flat(view, frames, qtbot):
+    view.render(make_data(frames))
+    view.show()
+    qtbot.waitExposed(view)
+    image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
+    assert len(np.unique(pixels[:, :3], axis=0)) > 20

@@ -1,0 +1,123 @@
+"""StepInspector: direction, module, position, phase list and the phase's tensors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtGui
+
+from engine.snapshot import Hyper, Metrics, PhaseInfo, Snapshot, ViewData
+from widgets.step_inspector import DIRECTION_COLOURS, StepInspector
+
+NAMES = tuple(
+    [f"forward layers.{i}" for i in range(10)] + ["loss"] + [f"backward layers.{i}" for i in range(9, -1, -1)]
+    + ["clip", "update"]
+)  # 23 phases
+
+
+def view_data(phase: PhaseInfo | None) -> ViewData:
+    snapshot = Snapshot(run_id=1, step=3, state="stepping", scenario="test", device="cpu", layers=(),
+                        metrics=Metrics(train_loss=1.0), hyper=Hyper(), phase=phase)
+    return ViewData(snapshot=snapshot)
+
+
+def phase(index=6, kind="forward", module="layers.6.linear", tensors=None) -> PhaseInfo:
+    if tensors is None:
+        tensors = {"input": np.arange(8 * 4, dtype=np.float32).reshape(8, 4) - 10.0,
+                   "output": np.linspace(-1.0, 2.0, 16)}
+    return PhaseInfo(index=index, total=len(NAMES), kind=kind, module=module, tensors=tensors, names=NAMES)
+
+
+@pytest.fixture
+def inspector(qtbot) -> StepInspector:
+    widget = StepInspector()
+    qtbot.addWidget(widget)
+    widget.resize(900, 500)
+    widget.show()
+    qtbot.waitExposed(widget)
+    return widget
+
+
+def test_hint_without_a_phase(inspector):
+    inspector.render(view_data(None))
+    assert inspector._stack.currentWidget() is inspector.hint
+    assert inspector.hint.text() == "Press Shift+\u2192 to step through one training step phase by phase"
+
+
+def test_forward_phase_labels_and_highlighted_row(inspector):
+    inspector.render(view_data(phase(index=6, kind="forward", module="layers.6.linear")))
+    assert inspector._stack.currentWidget() is not inspector.hint
+    assert inspector.direction_label.text() == "FORWARD \u2192"
+    assert DIRECTION_COLOURS["forward"] in inspector.direction_label.styleSheet()
+    assert inspector.module_label.text() == "layers.6.linear"
+    assert inspector.counter_label.text() == "phase 7 of 23"
+    assert inspector.phase_list.count() == 23
+    assert inspector.highlighted_row() == 6
+    assert inspector.phase_list.currentRow() == 6
+    item = inspector.phase_list.item(6)
+    assert item.font().bold()
+    assert item.background().color().name() == DIRECTION_COLOURS["forward"]
+    assert "forward layers.6" in item.text()
+
+
+def test_backward_phase_moves_the_highlight_and_reuses_items(inspector):
+    inspector.render(view_data(phase(index=6)))
+    items = [inspector.phase_list.item(row) for row in range(23)]
+    inspector.render(view_data(phase(index=14, kind="backward", module="layers.6.linear")))
+    assert inspector.direction_label.text() == "\u2190 BACKWARD"
+    assert DIRECTION_COLOURS["backward"] in inspector.direction_label.styleSheet()
+    assert inspector.counter_label.text() == "phase 15 of 23"
+    assert inspector.highlighted_row() == 14
+    assert not inspector.phase_list.item(6).font().bold()
+    assert inspector.phase_list.item(6).background().style() == QtGui.QBrush().style()
+    assert [inspector.phase_list.item(row) for row in range(23)] == items
+    inspector.render(view_data(phase(index=10, kind="loss", module=None)))
+    assert inspector.direction_label.text() == "LOSS"
+    assert inspector.module_label.text() == "\u2014"
+    inspector.render(view_data(phase(index=22, kind="update", module=None)))
+    assert inspector.direction_label.text() == "UPDATE"
+
+
+def test_tensor_captions_show_shape_and_statistics(inspector):
+    weight_grad = np.array([[-3.0, 0.5], [1.0, 5.0]], dtype=np.float32)
+    tensors = {"grad_output": np.full((4, 16), 0.25), "grad:weight": weight_grad, "grad:bias": np.array([-1.0, 2.0])}
+    inspector.render(view_data(phase(index=14, kind="backward", tensors=tensors)))
+    panels = inspector.visible_panels()
+    assert [panel.name for panel in panels] == ["grad_output", "grad:weight", "grad:bias"]
+    caption = panels[1].caption.text()
+    assert "grad:weight" in caption and "(2, 2)" in caption
+    assert "min -3" in caption and "mean 0.875" in caption and "max 5" in caption
+    # 2-D: a heatmap with levels symmetric about zero; 1-D: bars.
+    assert panels[1].image.isVisible() and not panels[1].bars.isVisible()
+    assert panels[1].image.getLevels() == pytest.approx((-5.0, 5.0))
+    assert panels[1].image.image.shape == (2, 2)
+    assert panels[2].bars.isVisible() and not panels[2].image.isVisible()
+    assert list(panels[2].bars.getData()[1]) == [-1.0, 2.0]
+    assert panels[1].describe(1.5, 1.5) == "grad:weight[1, 1] = 5"
+    assert not inspector.no_tensors.isVisible()
+
+
+def test_many_and_odd_tensors(inspector):
+    tensors = {f"t{i}": np.ones((2, 3, 4, 5)) * i for i in range(6)}
+    tensors["t0"] = np.array(1.5)  # a scalar, e.g. the loss
+    inspector.render(view_data(phase(tensors=tensors)))
+    panels = inspector.visible_panels()
+    assert len(panels) == 4
+    assert "(2, 3, 4, 5), showing [0, 0]" in panels[1].caption.text()
+    assert panels[1].image.image.shape == (4, 5)
+    assert "()" in panels[0].caption.text()
+    assert inspector.more_label.text() == "+2 more tensor(s) not shown"
+    inspector.render(view_data(phase(tensors={"bad": np.full(3, np.nan)})))
+    assert "no finite values" in inspector.visible_panels()[0].caption.text()
+    inspector.render(view_data(phase(tensors={"empty": np.zeros((0, 3)), "text": np.array(["a", "b"])})))
+    assert "empty" in inspector.visible_panels()[0].caption.text()
+    assert len(inspector.visible_panels()) == 1  # the non-numeric tensor is skipped, not fatal
+    inspector.render(view_data(phase(tensors={})))
+    assert inspector.visible_panels() == []
+    assert inspector.no_tensors.isVisible()
+
+
+def test_grab_is_not_flat(inspector):
+    inspector.render(view_data(phase(index=14, kind="backward")))
+    image = inspector.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
+    assert np.unique(pixels).size > 50
