@@ -66,10 +66,10 @@ class DecisionBoundary(View):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self._stack = QtWidgets.QStackedWidget(self)
-        self.hint = QtWidgets.QLabel("The decision boundary appears for models with a 2-D input", self)
-        self.hint.setObjectName("hint")
-        self.hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.hint.setWordWrap(True)
+        self._hint = QtWidgets.QLabel("The decision boundary appears for models with a 2-D input", self)
+        self._hint.setObjectName("hint")
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
 
         content = QtWidgets.QWidget(self)
         content_layout = QtWidgets.QVBoxLayout(content)
@@ -111,8 +111,8 @@ class DecisionBoundary(View):
         content_layout.addWidget(self.mini_widget, 1)
 
         self._stack.addWidget(content)
-        self._stack.addWidget(self.hint)
-        self._stack.setCurrentWidget(self.hint)
+        self._stack.addWidget(self._hint)
+        self._stack.setCurrentWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
 
@@ -130,6 +130,10 @@ class DecisionBoundary(View):
 
         self.connect_hover(self.plot)
         self._connect_miniature_mouse()
+
+    def hint(self) -> str:
+        """The centred hint shown instead of the view, or "" when the view is shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     # --- public ------------------------------------------------------------------------------
     def miniature_count(self) -> int:
@@ -221,8 +225,8 @@ class DecisionBoundary(View):
         self._drawn_key = key
 
     def _show_hint(self, text: str) -> None:
-        self.hint.setText(text)
-        self._stack.setCurrentWidget(self.hint)
+        self._hint.setText(text)
+        self._stack.setCurrentWidget(self._hint)
         self._boundary = None
         self._drawn_key = None
 

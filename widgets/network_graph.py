@@ -138,12 +138,12 @@ class NetworkGraph(View):
         # A fixed diagram: panning would only lose it; the layout fits it to the view instead.
         self.view_box.setMouseEnabled(x=False, y=False)
         self.view_box.enableAutoRange(enable=False)
-        self.hint = QtWidgets.QLabel("No network to show yet", self)
-        self.hint.setObjectName("hint")
-        self.hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint = QtWidgets.QLabel("No network to show yet", self)
+        self._hint.setObjectName("hint")
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self._stack.addWidget(self.plot_widget)
-        self._stack.addWidget(self.hint)
-        self._stack.setCurrentWidget(self.hint)
+        self._stack.addWidget(self._hint)
+        self._stack.setCurrentWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
 
@@ -202,6 +202,10 @@ class NetworkGraph(View):
         self.view_box.sigResized.connect(self._on_resized)
         self.plot.scene().sigMouseClicked.connect(self._on_scene_clicked)
         self.connect_hover(self.plot)
+
+    def hint(self) -> str:
+        """The centred hint shown instead of the view, or "" when the view is shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     # --- public ------------------------------------------------------------------------------
     def mode(self) -> str:
@@ -314,8 +318,8 @@ class NetworkGraph(View):
         self._drawn_key = key
 
     def _show_hint(self, text: str) -> None:
-        self.hint.setText(text)
-        self._stack.setCurrentWidget(self.hint)
+        self._hint.setText(text)
+        self._stack.setCurrentWidget(self._hint)
         self._network = None
         self._drawn_key = None
 

@@ -152,10 +152,10 @@ class StepInspector(View):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self._stack = QtWidgets.QStackedWidget(self)
-        self.hint = QtWidgets.QLabel(_HINT, self)
-        self.hint.setObjectName("hint")
-        self.hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self.hint.setWordWrap(True)
+        self._hint = QtWidgets.QLabel(_HINT, self)
+        self._hint.setObjectName("hint")
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
 
         content = QtWidgets.QWidget(self)
         content_layout = QtWidgets.QVBoxLayout(content)
@@ -214,8 +214,8 @@ class StepInspector(View):
         content_layout.addWidget(splitter, 1)
 
         self._stack.addWidget(content)
-        self._stack.addWidget(self.hint)
-        self._stack.setCurrentWidget(self.hint)
+        self._stack.addWidget(self._hint)
+        self._stack.setCurrentWidget(self._hint)
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
 
@@ -252,7 +252,7 @@ class StepInspector(View):
     def _show_hint(self) -> None:
         self._drawn = None
         self._drawn_tensors = None
-        self._stack.setCurrentWidget(self.hint)
+        self._stack.setCurrentWidget(self._hint)
 
     def _update_list(self, phase: PhaseInfo, colour: str) -> None:
         names = tuple(phase.names)
@@ -307,6 +307,10 @@ class StepInspector(View):
         self.more_label.setText(f"+{extra} more tensor(s) not shown" if extra > 0 else "")
         self.more_label.setVisible(extra > 0)
         self.no_tensors.setVisible(not shown)
+
+    def hint(self) -> str:
+        """The centred hint shown instead of the view, or "" when the view is shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     # --- state, for the app and tests ------------------------------------------------------
     def highlighted_row(self) -> int:

@@ -147,7 +147,7 @@ def test_speed_limit() -> None:
         worker.send(Play())
         time.sleep(1.0)
         worker.send(Pause())
-        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused")
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step > 0)
         assert 10 <= paused.step <= 25
     finally:
         assert worker.stop(timeout=1.0)

@@ -1,0 +1,347 @@
+"""Bring your own model: load ``path/to/file.py:function`` and check it before training.
+
+The function takes no arguments and returns ``(model, (X, y), loss_fn)`` or
+``(model, data_loader, loss_fn)``. Everything that can go wrong in the user's code becomes a
+:class:`UserModelError` whose message is one line naming the problem and where it happened
+(``file:line`` when known), so the app can show it as it is and stay alive.
+"""
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import inspect
+import itertools
+import logging
+import math
+import os
+import re
+import sys
+import traceback
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["UserModel", "UserModelError", "load_user_model", "validate_user_model"]
+
+logger = logging.getLogger(__name__)
+
+_EXPECTED = "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+_MAX_MESSAGE = 400
+# Torch's RuntimeErrors about incompatible shapes, as opposed to other failures in a forward.
+_SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2", re.IGNORECASE)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+_module_numbers = itertools.count()
+
+
+class UserModelError(ValueError):
+    """One clear line naming the problem in a user's model file and where (file:line when known)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserModel:
+    """A user's model, data and loss, as their function returned them."""
+
+    ref: str  # "path/to/file.py:function", the path made absolute
+    model: nn.Module
+    loss_fn: Callable
+    x: torch.Tensor | None = None  # tensor form
+    y: torch.Tensor | None = None
+    loader: Iterable | None = None  # loader form: yields (x, y) batches
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _one_line(text: object) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 3] + "..."
+
+
+def _error_text(exc: BaseException) -> str:
+    message = _one_line(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _user_location(tb: types.TracebackType | None, path: str | None) -> str | None:
+    """``file:line`` of the innermost traceback frame in the user's code.
+
+    The user's own file wins; failing that, the innermost frame outside torch and this engine
+    (a helper module the user's file imported).
+    """
+    frames = traceback.extract_tb(tb)
+    for frame in reversed(frames):
+        if _same_file(frame.filename, path):
+            return f"{frame.filename}:{frame.lineno}"
+    for frame in reversed(frames):
+        name = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else ""
+        if name and not name.startswith((_TORCH_DIR, _ENGINE_DIR)):
+            return f"{frame.filename}:{frame.lineno}"
+    return None
+
+
+def _definition(obj: Any) -> str | None:
+    """``file:line`` where a function (or a callable object's class) is defined."""
+    target = obj
+    if not (inspect.isfunction(target) or inspect.ismethod(target)):
+        target = getattr(type(obj), "forward", None) or getattr(type(obj), "__call__", None)
+    try:
+        code = inspect.unwrap(target).__code__
+    except (AttributeError, ValueError, TypeError):
+        return None
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, (tuple, list)):
+        noun = "item" if len(value) == 1 else "items"
+        return f"a {type(value).__name__} of {len(value)} {noun}"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    # rpartition: a Windows path has a colon of its own.
+    path, sep, function = ref.rpartition(":")
+    if not sep or not path.endswith(".py") or not function.isidentifier():
+        raise UserModelError(f"{ref}: expected 'path/to/file.py:function'")
+    return path, function
+
+
+def _ref_path(ref: str) -> str | None:
+    try:
+        return os.path.abspath(_split_ref(ref)[0])
+    except UserModelError:
+        return None
+
+
+def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str) -> None:
+    """X and y are tensors with one example per row each, all finite."""
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise UserModelError(
+            f"{where}: {x_name} and {y_name} must be torch tensors; "
+            f"got {type(x).__name__} and {type(y).__name__}"
+        )
+    if x.dim() == 0 or y.dim() == 0:
+        raise UserModelError(
+            f"{where}: {x_name} and {y_name} need a first dimension of examples; "
+            f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise UserModelError(
+            f"{where}: {x_name} has {x.shape[0]} examples but {y_name} has {y.shape[0]} "
+            f"(shapes {tuple(x.shape)} and {tuple(y.shape)})"
+        )
+    if x.shape[0] == 0:
+        raise UserModelError(f"{where}: {x_name} and {y_name} hold no examples")
+    for name, tensor in ((x_name, x), (y_name, y)):
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        n_nan = int(torch.isnan(tensor).sum())
+        n_inf = int(torch.isinf(tensor).sum())
+        if n_nan or n_inf:
+            raise UserModelError(
+                f"{where}: {name} contains non-finite values: {n_nan} NaN, {n_inf} Inf "
+                f"(of {tensor.numel()})"
+            )
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles from source every time: an edited file is never shadowed by a stale .pyc
+    (whose check has one-second resolution), and the user's folder gets no __pycache__."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+def load_user_model(ref: str) -> UserModel:
+    """Import ``path/to/file.py`` under a unique module name and call ``function()``.
+
+    The file's folder is on ``sys.path`` while it is imported and called, so it may import
+    modules that sit next to it.
+
+    Raises:
+        UserModelError: anything wrong with the reference, the file, or what the function returns.
+    """
+    path, function = _split_ref(ref)
+    if not os.path.exists(path):
+        raise UserModelError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise UserModelError(f"{path}: is not a file")
+    path = os.path.abspath(path)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_name = f"_glassbox_user_{next(_module_numbers)}_{stem}"
+    loader = _SourceLoader(module_name, path)
+    spec = importlib.util.spec_from_file_location(module_name, path, loader=loader)
+    assert spec is not None  # a .py path with a loader always gives a spec
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(path)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    # Registered before running, as a normal import does: dataclasses and pickling look it up.
+    sys.modules[module_name] = module
+    ok = False
+    try:
+        try:
+            loader.exec_module(module)
+        except SyntaxError as exc:
+            where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else (exc.filename or path)
+            raise UserModelError(f"{where}: syntax error: {_one_line(exc.msg)}") from None
+        except (Exception, SystemExit) as exc:
+            where = _user_location(exc.__traceback__, path) or path
+            raise UserModelError(f"{where}: {_error_text(exc)} while importing the file") from None
+        fn = getattr(module, function, None)
+        if fn is None:
+            names = sorted(
+                name
+                for name, value in vars(module).items()
+                if inspect.isfunction(value) and value.__module__ == module_name
+            )
+            found = f"functions in the file: {', '.join(names)}" if names else "the file defines no functions"
+            raise UserModelError(f"{path}: no function {function!r} ({found})")
+        if not callable(fn):
+            raise UserModelError(f"{path}: {function!r} is {_describe(fn)}, not a function")
+        try:
+            result = fn()
+        except (Exception, SystemExit) as exc:
+            where = _user_location(exc.__traceback__, path) or _definition(fn) or path
+            raise UserModelError(f"{where}: {function}() raised {_error_text(exc)}") from None
+        user_model = _unpack(f"{path}:{function}", path, function, result)
+        ok = True
+        logger.info("loaded user model %s (%s)", user_model.ref, type(user_model.model).__name__)
+        return user_model
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+        if not ok:
+            sys.modules.pop(module_name, None)
+
+
+def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
+    where = f"{path}"
+    if not isinstance(result, (tuple, list)) or len(result) != 3:
+        raise UserModelError(f"{where}: {function}() returned {_describe(result)}; {_EXPECTED}")
+    model, data, loss_fn = result
+    if not isinstance(model, nn.Module):
+        raise UserModelError(
+            f"{where}: {function}() returned {_describe(model)} as the model; expected a torch.nn.Module"
+        )
+    if not callable(loss_fn):
+        raise UserModelError(
+            f"{where}: {function}() returned {_describe(loss_fn)} as loss_fn; expected a callable "
+            "(output, target) -> scalar tensor"
+        )
+    pair = isinstance(data, (tuple, list)) and len(data) == 2
+    # A pair of batches, each itself (x, y), is a (tiny) loader, not (X, y).
+    if pair and not any(isinstance(part, (tuple, list, dict)) for part in data):
+        x, y = data
+        _check_examples(where, x, y, "X", "y")
+        return UserModel(ref=ref, model=model, loss_fn=loss_fn, x=x, y=y)
+    if isinstance(data, torch.Tensor) or isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise UserModelError(
+            f"{where}: {function}() returned {_describe(data)} as data; "
+            "expected (X, y) tensors or an iterable of (x, y) batches"
+        )
+    return UserModel(ref=ref, model=model, loss_fn=loss_fn, loader=data)
+
+
+# ----------------------------------------------------------------------------------------- checking
+
+
+def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -> tuple[Any, Any]:
+    if um.x is not None and um.y is not None:
+        return um.x[:batch_size], um.y[:batch_size]
+    if um.loader is None:
+        raise UserModelError(f"{where}: no data: neither (X, y) tensors nor a data loader")
+    try:
+        batch = next(iter(um.loader))
+    except StopIteration:
+        raise UserModelError(f"{where}: the data loader yielded no batches") from None
+    except Exception as exc:
+        at = _user_location(exc.__traceback__, path) or where
+        raise UserModelError(f"{at}: the data loader raised {_error_text(exc)}") from None
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise UserModelError(f"{where}: the data loader yielded {_describe(batch)}; expected (x, y) batches")
+    _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y")
+    return batch[0], batch[1]
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return None
+
+
+def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
+    """Run one batch forward and through the loss under ``torch.no_grad()``, and check the loss.
+
+    The model runs in eval mode (so batch-norm statistics are left alone) and gets its
+    training flags back afterwards.
+
+    Raises:
+        UserModelError: a shape mismatch, an exception in the forward or loss, a loss that is not
+            a scalar, or a loss that is NaN or Inf.
+    """
+    path = _ref_path(um.ref)
+    where = path or um.ref
+    x, y = _first_batch(um, where, path, batch_size)
+    device = _model_device(um.model)
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    model_name = type(um.model).__name__
+    forward_at = _definition(um.model)
+    forward = f"{model_name}.forward" + (f" at {forward_at}" if forward_at else "")
+    modes = [(module, module.training) for module in um.model.modules()]
+    um.model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                output = um.model(x)
+            except Exception as exc:
+                at = _user_location(exc.__traceback__, path) or forward_at or where
+                if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
+                    first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+                    raise UserModelError(
+                        f"{at}: model/data shape mismatch: {first} "
+                        f"(in {forward}; input batch of shape {tuple(x.shape)})"
+                    ) from None
+                raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from None
+            loss_at = _definition(um.loss_fn)
+            try:
+                loss = um.loss_fn(output, y)
+            except Exception as exc:
+                at = _user_location(exc.__traceback__, path) or loss_at or where
+                shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
+                raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    for warning in caught:
+        logger.warning("%s: warning while checking the model: %s", where, _one_line(warning.message))
+    at = loss_at if loss_at and path and _same_file(loss_at.rsplit(":", 1)[0], path) else where
+    if not isinstance(loss, torch.Tensor):
+        raise UserModelError(f"{at}: loss_fn returned {_describe(loss)}, expected a scalar tensor")
+    if loss.numel() != 1:
+        raise UserModelError(f"{at}: loss_fn returned shape {tuple(loss.shape)}, expected a scalar")
+    value = float(loss.detach().float())
+    if math.isnan(value) or math.isinf(value):
+        kind = "NaN" if math.isnan(value) else "Inf"
+        raise UserModelError(f"{at}: the loss is {kind} on the first batch (output has NaN/Inf or loss_fn divides by 0?)")
