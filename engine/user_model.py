@@ -316,7 +316,7 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             try:
                 output = um.model(x)
             except Exception as exc:
-                at = _user_location(exc.__traceback__, path) or forward_at or where
+                at = _user_location(exc.__traceback__, path) or where
                 if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
                     first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
                     raise UserModelError(
@@ -328,7 +328,7 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             try:
                 loss = um.loss_fn(output, y)
             except Exception as exc:
-                at = _user_location(exc.__traceback__, path) or loss_at or where
+                at = _user_location(exc.__traceback__, path) or where
                 shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
                 raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from None
     finally:
@@ -341,7 +341,14 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
         raise UserModelError(f"{at}: loss_fn returned {_describe(loss)}, expected a scalar tensor")
     if loss.numel() != 1:
         raise UserModelError(f"{at}: loss_fn returned shape {tuple(loss.shape)}, expected a scalar")
-    value = float(loss.detach().float())
+    if loss.is_complex():
+        raise UserModelError(f"{at}: loss_fn returned a complex tensor, expected a real scalar")
+    value = float(loss.detach())
     if math.isnan(value) or math.isinf(value):
         kind = "NaN" if math.isnan(value) else "Inf"
-        raise UserModelError(f"{at}: the loss is {kind} on the first batch (output has NaN/Inf or loss_fn divides by 0?)")
+        cause = "the model's output is finite, so loss_fn made it"
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            bad = int((~torch.isfinite(output)).sum())
+            if bad:
+                cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
+        raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")

@@ -16,7 +16,7 @@ from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT
 
-__all__ = ["ActivationView"]
+__all__ = ["ActivationView", "row_edges", "resample_rows"]
 
 _NO_DATA = "No activation statistics yet: run a training step"
 _DEAD_BRUSH = pg.mkBrush(214, 96, 77, 220)
@@ -49,6 +49,43 @@ def _normalise_rows(counts: np.ndarray) -> np.ndarray:
     return scaled.astype(np.float32, copy=False)
 
 
+def row_edges(frame: StatsFrame) -> np.ndarray:
+    """(layers, bins + 1) bin edges: each row's own ``hist_ranges`` entry, else ``hist_edges``."""
+    layers, bins = frame.histograms.shape
+    default = np.asarray(frame.hist_edges, dtype=np.float64)
+    if len(default) != bins + 1 or not np.isfinite(default).all() or default[-1] <= default[0]:
+        default = np.arange(bins + 1, dtype=np.float64)  # bins by index: still readable
+    edges = np.repeat(default[None, :], layers, axis=0)
+    ranges = frame.hist_ranges
+    if ranges is not None and np.shape(ranges) == (layers, 2):
+        ranges = np.asarray(ranges, dtype=np.float64)
+        good = np.isfinite(ranges).all(axis=1) & (ranges[:, 1] > ranges[:, 0])
+        ramp = np.linspace(0.0, 1.0, bins + 1)
+        edges[good] = ranges[good, :1] + (ranges[good, 1:] - ranges[good, :1]) * ramp
+    return edges
+
+
+def resample_rows(image: np.ndarray, edges: np.ndarray, max_columns: int = 512) -> tuple[np.ndarray, float, float]:
+    """Put rows with different bin ranges on one shared x axis: ``(image, low, high)``.
+
+    Rows that all share their edges are returned as they are. Otherwise every row is sampled
+    (piecewise constant) at the centres of a finer common grid over the union of the ranges,
+    NaN (transparent) outside its own range, so a sigmoid's [0, 1] sits where 0..1 is on the axis.
+    """
+    low, high = float(edges[:, 0].min()), float(edges[:, -1].max())
+    if (edges == edges[0]).all():
+        return image, low, high
+    bins = image.shape[1]
+    spans = edges[:, -1] - edges[:, 0]
+    columns = int(np.clip(math.ceil(bins * (high - low) / spans.min()), bins, max_columns))
+    centres = low + (np.arange(columns) + 0.5) * (high - low) / columns
+    index = np.floor((centres[None, :] - edges[:, :1]) / spans[:, None] * bins).astype(np.int64)
+    inside = (index >= 0) & (index < bins)
+    out = np.take_along_axis(image, np.clip(index, 0, bins - 1), axis=1).astype(np.float32)
+    out[~inside] = np.nan
+    return out, low, high
+
+
 def _series(data: ViewData, key: str) -> SeriesData | None:
     series = data.series.get(key)
     if series is None or len(series.steps) == 0:
@@ -68,11 +105,13 @@ class ActivationView(View):
         super().__init__(parent)
         self._frame: StatsFrame | None = None
         self._names: tuple[str, ...] = ()
-        self._edges: np.ndarray | None = None
+        self._edges: np.ndarray | None = None  # (layers, bins + 1): each row's own bin edges
+        self._extent = (0.0, 1.0)  # x range of the histogram image: the union of all rows' ranges
         self._focus: str | None = None
         self._time_key: tuple[int, int, str] | None = None
         self._time_steps: np.ndarray = np.zeros(0)
         self._time_counts: np.ndarray | None = None  # (bins, frames) raw fractions
+        self._time_edges = np.zeros(0)
         self._band_series: tuple[SeriesData | None, SeriesData | None] = (None, None)
         self._band_layer: str | None = None
         self._data_selection_seen: str | None = None
@@ -188,21 +227,21 @@ class ActivationView(View):
 
     def _draw_frame(self, frame: StatsFrame) -> None:
         counts = np.asarray(frame.histograms, dtype=np.float32)
-        edges = np.asarray(frame.hist_edges, dtype=np.float64)
-        if len(edges) != counts.shape[1] + 1 or not np.isfinite(edges[[0, -1]]).all() or edges[-1] <= edges[0]:
-            edges = np.arange(counts.shape[1] + 1, dtype=np.float64)  # bins by index, still readable
+        edges = row_edges(frame)
+        image, low, high = resample_rows(_normalise_rows(counts), edges)
         n_layers = counts.shape[0]
-        self.hist_image.setImage(_normalise_rows(counts), levels=(0.0, 1.0), autoLevels=False)
-        self.hist_image.setRect(QtCore.QRectF(edges[0], 0.0, edges[-1] - edges[0], n_layers))
+        self.hist_image.setImage(image, levels=(0.0, 1.0), autoLevels=False)
+        self.hist_image.setRect(QtCore.QRectF(low, 0.0, high - low, n_layers))
         names = tuple(frame.layer_names[:n_layers])
-        if names != self._names or self._edges is None or not np.array_equal(edges[[0, -1]], self._edges[[0, -1]]):
-            self.hist_plot.setRange(xRange=(edges[0], edges[-1]), yRange=(0, n_layers), padding=0.0)
+        if names != self._names or (low, high) != self._extent:
+            self.hist_plot.setRange(xRange=(low, high), yRange=(0, n_layers), padding=0.0)
             ticks = [(i + 0.5, _short(n)) for i, n in enumerate(names)]
             fit_axis_to_labels(self.hist_plot.getAxis("left"), [text for _, text in ticks])
             self.hist_plot.getAxis("left").setTicks([ticks])
             self._focus = None  # forces the selection box to be redrawn for the new rows
         self._names = names
         self._edges = edges
+        self._extent = (low, high)
         self._frame = frame
 
         rows = np.arange(n_layers, dtype=np.float64)
@@ -222,7 +261,7 @@ class ActivationView(View):
             self._selection_box.setData([], [])
             return
         row = self._names.index(self._focus)
-        x0, x1 = float(self._edges[0]), float(self._edges[-1])
+        x0, x1 = self._extent
         self._selection_box.setData([x0, x1, x1, x0, x0], [row, row, row + 1, row + 1, row])
 
     def _draw_history(self, data: ViewData, layer: str) -> None:
@@ -240,7 +279,7 @@ class ActivationView(View):
                 columns.append(frame.histograms[frame.layer_names.index(layer)])
                 steps.append(frame.step)
         self.time_plot.setTitle(f"{layer}: histogram over the last {len(columns)} captured steps", size="9pt")
-        if not columns or self._edges is None:
+        if not columns or self._edges is None or layer not in self._names:
             self._time_counts = None
             self._time_steps = np.zeros(0)
             self.time_image.clear()
@@ -252,10 +291,12 @@ class ActivationView(View):
         per_column = _normalise_rows(counts.T).T
         self.time_image.setImage(per_column, levels=(0.0, 1.0), autoLevels=False)
         x0 = step_array[0] - spacing / 2
-        y0, y1 = float(self._edges[0]), float(self._edges[-1])
+        edges = self._edges[self._names.index(layer)]
+        y0, y1 = float(edges[0]), float(edges[-1])
         self.time_image.setRect(QtCore.QRectF(x0, y0, spacing * len(step_array), y1 - y0))
         self.time_plot.setRange(xRange=(x0, x0 + spacing * len(step_array)), yRange=(y0, y1), padding=0.0)
         self._time_counts = counts
+        self._time_edges = edges
         self._time_steps = step_array
 
     def _draw_band(self, data: ViewData, layer: str) -> None:
@@ -288,12 +329,15 @@ class ActivationView(View):
     # --- readout and clicks ------------------------------------------------------------------
     def describe_point(self, x: float, y: float) -> str:
         """Readout for the histogram plot: ``"layer  bin [a, b): 12.3 %"``."""
-        frame, edges = self._frame, self._edges
-        if frame is None or edges is None or not (math.isfinite(x) and math.isfinite(y)):
+        frame = self._frame
+        if frame is None or self._edges is None or not (math.isfinite(x) and math.isfinite(y)):
             return ""
         row = int(math.floor(y))
+        if not 0 <= row < len(self._names):
+            return ""
+        edges = self._edges[row]
         column = int(np.searchsorted(edges, x, side="right")) - 1
-        if not (0 <= row < len(self._names) and 0 <= column < len(edges) - 1):
+        if not 0 <= column < len(edges) - 1:
             return ""
         value = float(frame.histograms[row, column]) * 100.0
         return f"{self._names[row]}  bin [{edges[column]:.3g}, {edges[column + 1]:.3g}): {value:.1f} %"
@@ -310,8 +354,8 @@ class ActivationView(View):
         return f"{self._names[row]}  " + ("  ".join(parts) if parts else "no dead/saturated statistic")
 
     def _describe_history(self, x: float, y: float) -> str:
-        counts, steps, edges = self._time_counts, self._time_steps, self._edges
-        if counts is None or edges is None or not len(steps) or not (math.isfinite(x) and math.isfinite(y)):
+        counts, steps, edges = self._time_counts, self._time_steps, self._time_edges
+        if counts is None or not len(steps) or not (math.isfinite(x) and math.isfinite(y)):
             return ""
         column = int(np.argmin(np.abs(steps - x)))
         row = int(np.searchsorted(edges, y, side="right")) - 1

@@ -20,13 +20,16 @@ BINS = 10
 EDGES = np.linspace(-2.0, 2.0, BINS + 1).astype(np.float32)
 
 
-def make_frame(step: int, rng: np.random.Generator, names: tuple[str, ...] = NAMES) -> StatsFrame:
+def make_frame(
+    step: int, rng: np.random.Generator, names: tuple[str, ...] = NAMES, ranges: np.ndarray | None = None
+) -> StatsFrame:
     counts = rng.random((len(names), BINS)).astype(np.float32)
     counts /= counts.sum(axis=1, keepdims=True)
     values = np.full((len(names), len(STAT_NAMES)), np.nan)
-    values[1, STAT_INDEX["dead_fraction"]] = 0.25
-    values[3, STAT_INDEX["saturated_fraction"]] = 0.5
-    return StatsFrame(step, 1.0, names, values, counts, EDGES)
+    if names == NAMES:
+        values[1, STAT_INDEX["dead_fraction"]] = 0.25
+        values[3, STAT_INDEX["saturated_fraction"]] = 0.5
+    return StatsFrame(step, 1.0, names, values, counts, EDGES, ranges)
 
 
 def make_data(frames: tuple[StatsFrame, ...], series=None, selected: str | None = None, stats=None) -> ViewData:
@@ -74,6 +77,26 @@ def test_readout_gives_bin_and_percentage(view, frames):
     value = frames[-1].histograms[2, 3] * 100
     assert view.hover_at(-0.6, 2.5) == f"fc2  bin [-0.8, -0.4): {value:.1f} %"
     assert view.hover_at(5.0, 2.5) == ""
+
+
+def test_rows_with_their_own_ranges_share_one_axis(view):
+    rng = np.random.default_rng(3)
+    # fc1/fc2 on the default [-2, 2]; relu1 on [0, 2]; tanh on [-1, 1]
+    ranges = np.array([[-2, 2], [0, 2], [-2, 2], [-1, 1]], np.float32)
+    frame = make_frame(0, rng, ranges=ranges)
+    view.render(make_data((frame,)))
+    image = view.hist_image.image
+    rect = view.hist_image.mapRectToParent(view.hist_image.boundingRect())
+    assert (rect.left(), rect.right()) == pytest.approx((-2.0, 2.0))
+    columns = image.shape[1]
+    centres = -2.0 + (np.arange(columns) + 0.5) * 4.0 / columns
+    assert np.isnan(image[1, centres < 0]).all() and np.isfinite(image[1, centres > 0]).all()
+    assert np.isnan(image[3, np.abs(centres) > 1]).all() and np.isfinite(image[3, np.abs(centres) < 1]).all()
+    # tanh: ten bins over [-1, 1], bin 7 is [0.4, 0.6)
+    assert view.hover_at(0.5, 3.5) == f"tanh  bin [0.4, 0.6): {frame.histograms[3, 7] * 100:.1f} %"
+    # the history of tanh uses tanh's own range on its y axis
+    rect = view.time_image.mapRectToParent(view.time_image.boundingRect())
+    assert (rect.top(), rect.bottom()) == pytest.approx((-1.0, 1.0))
 
 
 def test_dead_and_saturated_bars_skip_nan(view, frames):

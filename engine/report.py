@@ -1,0 +1,233 @@
+"""`glassbox report`: train headless for N steps and describe every layer. Imports no Qt."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["build_parser", "collect_report", "main", "write_atomic"]
+
+log = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.scenarios import DEFAULT_SCENARIO, SCENARIOS
+
+    parser = argparse.ArgumentParser(
+        prog="glassbox report",
+        description="Train a model headless for N steps, print a per-layer table and write JSON.",
+        epilog="Scenarios: " + ", ".join(SCENARIOS) + f". Default: {DEFAULT_SCENARIO}.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--scenario", metavar="NAME", help="a built-in scenario (see the list below)")
+    source.add_argument("--model", metavar="FILE.py:FUNC",
+                        help="your model: a function with no arguments returning "
+                             "(model, (X, y), loss_fn) or (model, data_loader, loss_fn)")
+    parser.add_argument("--steps", type=int, default=200, metavar="N", help="training steps (default 200)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to train (default: auto, CUDA when present)")
+    parser.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
+                        help="optimizer (default: the scenario's, or adam for your model)")
+    parser.add_argument("--lr", type=float, metavar="X", help="learning rate")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="batch size")
+    parser.add_argument("--every", type=int, default=1, metavar="K",
+                        help="measure layers every K steps (default 1); other steps report null")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout")
+    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
+    parser.add_argument("--save", metavar="RUNFILE", help="save the run (history and tensors) to a run file")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
+    """Train ``run`` for ``steps`` steps and gather the report's per-step series."""
+    trainer = run.trainer
+    layers = None
+    losses = np.full(steps, np.nan)
+    series: dict[str, np.ndarray] = {}
+    names = ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction")
+    for k in range(steps):
+        capture = (k + 1) % every == 0 or k == steps - 1
+        result = trainer.step(capture=capture)
+        if result.capture is None:
+            continue
+        got = result.capture.get()
+        frame = got.frame
+        scalars = got.scalars
+        losses[k - len(scalars) + 1:k + 1] = scalars[:, 0]
+        if layers is None:
+            layers = trainer.probe.layers
+            for name in names:
+                series[name] = np.full((len(layers), steps), np.nan)
+        for name in names:
+            series[name][:, k] = frame.stat(name)
+    assert layers is not None
+    out_layers = []
+    for i, layer in enumerate(layers):
+        entry: dict[str, Any] = {"name": layer.name, "type": layer.type_name, "params": layer.params}
+        for name in names:
+            values = series[name][i]
+            applies = {
+                "grad_norm": layer.params > 0, "weight_norm": layer.params > 0,
+                "act_mean": layer.called, "act_std": layer.called,
+                "dead_fraction": not np.isnan(values).all() and layer.role == "activation",
+                "saturated_fraction": not np.isnan(values).all() and layer.role == "activation",
+            }[name]
+            entry[name] = _json_list(values) if applies else None
+        out_layers.append(entry)
+    return {
+        "steps": steps, "device": str(trainer.device), "scenario": run.name,
+        "loss": _json_list(losses), "layers": out_layers, "diagnoses": [],
+    }
+
+
+def _json_list(values: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fmt(value: float | None, pattern: str = "{:.3g}") -> str:
+    return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else pattern.format(value)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    header = f"{'layer':<28} {'type':<20} {'params':>8} {'|g| first':>10} {'|g| last':>10} " \
+             f"{'act std':>9} {'dead %':>7} {'sat %':>7}"
+    lines = [header, "-" * len(header)]
+
+    def last(values: list | None) -> float | None:
+        if not values:
+            return None
+        finite = [v for v in values if v is not None]
+        return finite[-1] if finite else None
+
+    def first(values: list | None) -> float | None:
+        if not values:
+            return None
+        finite = [v for v in values if v is not None]
+        return finite[0] if finite else None
+
+    for layer in report["layers"]:
+        dead = last(layer["dead_fraction"])
+        sat = last(layer["saturated_fraction"])
+        lines.append(
+            f"{layer['name'][:28]:<28} {layer['type'][:20]:<20} {layer['params']:>8} "
+            f"{_fmt(first(layer['grad_norm'])):>10} {_fmt(last(layer['grad_norm'])):>10} "
+            f"{_fmt(last(layer['act_std'])):>9} {_fmt(None if dead is None else 100 * dead, '{:.1f}'):>7} "
+            f"{_fmt(None if sat is None else 100 * sat, '{:.1f}'):>7}")
+    losses = [v for v in report["loss"] if v is not None]
+    lines.append("")
+    lines.append(f"loss: first {_fmt(losses[0] if losses else None, '{:.4g}')}, "
+                 f"last {_fmt(losses[-1] if losses else None, '{:.4g}')} over {report['steps']} steps "
+                 f"on {report['device']}")
+    if report["diagnoses"]:
+        lines.append("diagnoses:")
+        for d in report["diagnoses"]:
+            lines.append(f"  [{d['severity']}] {d['code']} ({', '.join(d['layers'])}) from step {d['step']}: "
+                         f"{d['message']}")
+    else:
+        lines.append("diagnoses: none")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("glassbox report: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line for any bad input; the traceback only on --debug
+        if args.debug:
+            raise
+        print(f"glassbox report: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.scenarios import DEFAULT_SCENARIO, build_run, build_user_run
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.every < 1:
+        raise ValueError(f"--every must be at least 1, got {args.every}")
+    hyper = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr),
+                               ("batch_size", args.batch_size)) if v is not None}
+    if args.model:
+        run = build_user_run(args.model, device=args.device, seed=args.seed, hyper=hyper)
+    else:
+        run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
+    started = time.perf_counter()
+    try:
+        report = collect_report(run, args.steps, args.every)
+    finally:
+        run.trainer.close()
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    print(format_table(report))
+    if args.json:
+        write_atomic(args.json, json.dumps(report, indent=1).encode())
+        print(f"wrote {args.json}")
+    if args.save:
+        _save(args.save, run, report)
+        print(f"saved run to {args.save}")
+    return 0
+
+
+def _save(path: str, run: Any, report: dict[str, Any]) -> None:
+    from engine.history import History
+    from engine.runfile import save_run
+    from engine.worker import history_columns
+
+    names = [layer["name"] for layer in report["layers"]]
+    columns = history_columns(tuple(names))
+    history = History(columns)
+    steps = report["steps"]
+    rows = np.full((steps, len(columns)), np.nan)
+    rows[:, 0] = [np.nan if v is None else v for v in report["loss"]]
+    index = {c: i for i, c in enumerate(columns)}
+    for layer in report["layers"]:
+        for stat in ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction"):
+            if layer[stat] is not None:
+                rows[:, index[f"{stat}/{layer['name']}"]] = [np.nan if v is None else v for v in layer[stat]]
+    history.append_many(np.arange(1, steps + 1), rows)
+    tensors = {}
+    for layer in run.trainer.probe.layers:
+        module = dict(run.trainer.model.named_modules()).get(layer.name)
+        weight = getattr(module, "weight", None) if module is not None else None
+        if weight is not None and hasattr(weight, "detach"):
+            from engine.reduce import as_matrix, shrink_2d
+            tensors[f"weight/{layer.name}"] = shrink_2d(as_matrix(weight.detach())).cpu().float().numpy()
+    save_run(path, config=run.config, history=history, tensors=tensors, step=steps)

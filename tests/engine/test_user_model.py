@@ -1,0 +1,403 @@
+"""Loading and checking a user's own model file: every failure is one clear line."""
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.user_model import UserModel, UserModelError, load_user_model, validate_user_model
+
+HEADER = "import torch\nfrom torch import nn\n"
+
+
+def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
+    """A model file: HEADER (2 lines) then ``source``, so user code starts on line 3."""
+    path = tmp_path / name
+    path.write_text(HEADER + textwrap.dedent(source))
+    return path
+
+
+def line_of(path: Path, text: str) -> int:
+    """1-based line of the first line of ``path`` containing ``text``."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+def load_error(ref: str) -> str:
+    with pytest.raises(UserModelError) as info:
+        load_user_model(ref)
+    return _checked(str(info.value))
+
+
+def validate_error(ref: str, **kwargs) -> str:
+    um = load_user_model(ref)
+    with pytest.raises(UserModelError) as info:
+        validate_user_model(um, **kwargs)
+    return _checked(str(info.value))
+
+
+def _checked(message: str) -> str:
+    assert "\n" not in message and message == message.strip()
+    return message
+
+
+VALID_TENSORS = """
+def build():
+    X = torch.arange(300, dtype=torch.float32).reshape(150, 2) / 100
+    y = (X[:, 0] > 1.5).long()
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2))
+    return model, (X, y), nn.CrossEntropyLoss()
+"""
+
+VALID_LOADER = """
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.body(x).squeeze(1)
+
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(100, 3, generator=g)
+    y = X.sum(dim=1)
+    return Net(), DataLoader(TensorDataset(X, y), batch_size=16, shuffle=True), nn.MSELoss()
+"""
+
+
+# ------------------------------------------------------------------------------------- valid files
+
+
+def test_valid_tensor_form(tmp_path):
+    path = write(tmp_path, VALID_TENSORS)
+    path_entries = list(sys.path)
+    um = load_user_model(f"{path}:build")
+    assert isinstance(um, UserModel) and um.ref == f"{path}:build"
+    assert isinstance(um.model, nn.Sequential) and isinstance(um.loss_fn, nn.CrossEntropyLoss)
+    assert um.loader is None
+    expected_x = np.arange(300, dtype=np.float32).reshape(150, 2) / 100
+    np.testing.assert_array_equal(um.x.numpy(), expected_x)
+    np.testing.assert_array_equal(um.y.numpy(), (expected_x[:, 0] > 1.5).astype(np.int64))
+    validate_user_model(um, batch_size=64)
+    assert sys.path == path_entries  # the file's folder was only on sys.path while loading
+    assert not (tmp_path / "__pycache__").exists()
+
+
+def test_valid_loader_form_leaves_the_model_as_it_was(tmp_path):
+    path = write(tmp_path, VALID_LOADER, "regression.py")
+    um = load_user_model(f"{path}:make")
+    assert um.x is None and um.y is None and isinstance(um.loader, torch.utils.data.DataLoader)
+    x, y = next(iter(um.loader))
+    np.testing.assert_allclose(y.numpy(), x.numpy().sum(axis=1), rtol=1e-6)
+    bn = um.model.body[1]
+    state = {k: v.clone() for k, v in um.model.state_dict().items()}
+    um.model.body[2].eval()  # a mixed set of training flags must come back as it was
+    flags = [m.training for m in um.model.modules()]
+    validate_user_model(um, batch_size=16)
+    assert [m.training for m in um.model.modules()] == flags
+    for key, value in um.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert int(bn.num_batches_tracked) == 0
+
+
+def test_each_load_is_fresh_and_unique(tmp_path):
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 3), (torch.zeros(4, 2), torch.zeros(4)), nn.MSELoss()\n")
+    first = load_user_model(f"{path}:build")
+    path.write_text(HEADER + "def build():\n    return nn.Linear(2, 5), (torch.zeros(4, 2), torch.zeros(4)), nn.MSELoss()\n")
+    second = load_user_model(f"{path}:build")
+    assert first.model.out_features == 3 and second.model.out_features == 5
+    assert type(first.model).__module__ == type(second.model).__module__  # nn.Linear, both
+    assert sys.modules[first.model.__class__.__module__] is not None
+
+
+def test_sibling_modules_can_be_imported(tmp_path):
+    (tmp_path / "helpers_for_glassbox_test.py").write_text("HIDDEN = 7\n")
+    path = write(tmp_path, """
+    from helpers_for_glassbox_test import HIDDEN
+
+    def build():
+        return nn.Linear(2, HIDDEN), (torch.zeros(4, 2), torch.zeros(4, HIDDEN)), nn.MSELoss()
+    """)
+    um = load_user_model(f"{path}:build")
+    assert um.model.out_features == 7
+    validate_user_model(um)
+
+
+# ------------------------------------------------------------------------------------- load errors
+
+
+def test_missing_file(tmp_path):
+    message = load_error(f"{tmp_path / 'absent.py'}:build")
+    assert message == f"{tmp_path / 'absent.py'}: no such file"
+
+
+@pytest.mark.parametrize("ref", ["model.py", "model.txt:build", "model.py:", "model.py:not-a-name", ":build"])
+def test_not_file_colon_function(ref):
+    assert load_error(ref) == f"{ref}: expected 'path/to/file.py:function'"
+
+
+def test_syntax_error(tmp_path):
+    path = write(tmp_path, "def build(:\n    return 1\n")
+    message = load_error(f"{path}:build")
+    assert message.startswith(f"{path}:3: syntax error: "), message
+
+
+def test_exception_while_importing(tmp_path):
+    path = write(tmp_path, """
+    SIZE = 4
+
+    raise ValueError("no GPU named 'tpu0'")
+    """)
+    message = load_error(f"{path}:build")
+    assert message == f"{path}:{line_of(path, 'raise')}: ValueError: no GPU named 'tpu0' while importing the file"
+    path = write(tmp_path, "import glassbox_no_such_module_xyz\n", "imports.py")
+    message = load_error(f"{path}:build")
+    assert message.startswith(f"{path}:3: ModuleNotFoundError: No module named 'glassbox_no_such_module_xyz'")
+
+
+def test_missing_function(tmp_path):
+    path = write(tmp_path, """
+    from math import sqrt
+
+    def make_model():
+        return None
+
+    def helper():
+        return sqrt(2)
+
+    VALUE = 3
+    """)
+    message = load_error(f"{path}:build")
+    assert message == f"{path}: no function 'build' (functions in the file: helper, make_model)"
+    empty = write(tmp_path, "VALUE = 3\n", "empty.py")
+    assert load_error(f"{empty}:build") == f"{empty}: no function 'build' (the file defines no functions)"
+    assert load_error(f"{empty}:VALUE") == f"{empty}: 'VALUE' is a int, not a function"
+
+
+def test_function_raising(tmp_path):
+    path = write(tmp_path, """
+    def helper(n):
+        return n / 0
+
+    def build():
+        return helper(3)
+    """)
+    message = load_error(f"{path}:build")
+    assert message == f"{path}:{line_of(path, 'n / 0')}: build() raised ZeroDivisionError: division by zero"
+    path = write(tmp_path, "def build(n_layers):\n    return n_layers\n", "needs_args.py")
+    message = load_error(f"{path}:build")
+    assert message.startswith(f"{path}:3: build() raised TypeError: ") and "n_layers" in message
+
+
+@pytest.mark.parametrize(
+    "returned, described",
+    [
+        ("nn.Linear(2, 2), (torch.zeros(3, 2), torch.zeros(3))", "a tuple of 2 items"),
+        ("None", "None"),
+        ("nn.Linear(2, 2)", "a Linear"),
+        ("[1, 2, 3, 4]", "a list of 4 items"),
+    ],
+)
+def test_wrong_return_form(tmp_path, returned, described):
+    path = write(tmp_path, f"def build():\n    return {returned}\n")
+    expected = f"{path}: build() returned {described}; expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+    assert load_error(f"{path}:build") == expected
+
+
+def test_model_and_loss_and_data_of_the_wrong_kind(tmp_path):
+    path = write(tmp_path, "def build():\n    return 'mlp', (torch.zeros(3, 2), torch.zeros(3)), nn.MSELoss()\n")
+    assert load_error(f"{path}:build") == f"{path}: build() returned a str as the model; expected a torch.nn.Module"
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(3, 2), torch.zeros(3)), 'mse'\n", "b.py")
+    assert f"{path}: build() returned a str as loss_fn; expected a callable" in load_error(f"{path}:build")
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), torch.zeros(3, 2), nn.MSELoss()\n", "c.py")
+    assert load_error(f"{path}:build") == (
+        f"{path}: build() returned a tensor of shape (3, 2) as data; "
+        "expected (X, y) tensors or an iterable of (x, y) batches"
+    )
+
+
+def test_x_y_not_tensors_or_mismatched(tmp_path):
+    path = write(tmp_path, """
+    import numpy as np
+
+    def build():
+        return nn.Linear(2, 1), (np.zeros((10, 2)), np.zeros(10)), nn.MSELoss()
+    """)
+    assert load_error(f"{path}:build") == f"{path}: X and y must be torch tensors; got ndarray and ndarray"
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(100, 2), torch.zeros(90)), nn.MSELoss()\n", "n.py")
+    assert load_error(f"{path}:build") == f"{path}: X has 100 examples but y has 90 (shapes (100, 2) and (90,))"
+
+
+def test_nan_and_inf_in_data(tmp_path):
+    path = write(tmp_path, """
+    def build():
+        X = torch.zeros(50, 4)
+        X[1, 2] = float("nan")
+        X[7, 0] = float("nan")
+        X[9, 3] = float("inf")
+        X[9, 1] = -float("inf")
+        X[9, 2] = float("nan")
+        return nn.Linear(4, 1), (X, torch.zeros(50)), nn.MSELoss()
+    """)
+    x = np.zeros((50, 4), dtype=np.float32)
+    x[[1, 7, 9], [2, 0, 2]] = np.nan
+    x[9, 3], x[9, 1] = np.inf, -np.inf
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    assert load_error(f"{path}:build") == f"{path}: X contains non-finite values: {n_nan} NaN, {n_inf} Inf (of {x.size})"
+    path = write(tmp_path, "def build():\n    return nn.Linear(4, 1), (torch.zeros(5, 4), torch.tensor([0, 1, float('inf'), 2, 3.])), nn.MSELoss()\n", "y.py")
+    assert load_error(f"{path}:build") == f"{path}: y contains non-finite values: 0 NaN, 1 Inf (of 5)"
+
+
+# ------------------------------------------------------------------------------------- validate errors
+
+
+def test_shape_mismatch(tmp_path):
+    path = write(tmp_path, """
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Linear(3, 16)
+
+        def forward(self, x):
+            return self.first(x)
+
+    def build():
+        return MLP(), (torch.zeros(100, 2), torch.zeros(100, 16)), nn.MSELoss()
+    """)
+    try:  # the message torch itself gives for the same shapes
+        nn.Linear(3, 16)(torch.zeros(64, 2))
+    except RuntimeError as exc:
+        torch_message = str(exc).splitlines()[0]
+    message = validate_error(f"{path}:build")
+    forward_call = line_of(path, "return self.first(x)")
+    forward_def = line_of(path, "def forward")
+    assert message == (
+        f"{path}:{forward_call}: model/data shape mismatch: {torch_message} "
+        f"(in MLP.forward at {path}:{forward_def}; input batch of shape (64, 2))"
+    )
+
+
+def test_shape_mismatch_in_a_torch_model(tmp_path):
+    path = write(tmp_path, "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3)), (torch.zeros(8, 1, 6, 6), torch.zeros(8)), nn.MSELoss()\n")
+    message = validate_error(f"{path}:build")
+    assert message.startswith(f"{path}: model/data shape mismatch: ")
+    assert "3 channels" in message and "Sequential.forward at " in message and "(8, 1, 6, 6)" in message
+
+
+def test_exception_inside_forward(tmp_path):
+    path = write(tmp_path, """
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(2, 2)
+
+        def forward(self, x):
+            table = {"a": 1}
+            return self.layer(x) * table["b"]
+
+    def build():
+        return Net(), (torch.zeros(10, 2), torch.zeros(10, 2)), nn.MSELoss()
+    """)
+    message = validate_error(f"{path}:build")
+    assert message == (
+        f"{path}:{line_of(path, 'table[')}: exception in Net.forward at {path}:{line_of(path, 'def forward')}: "
+        "KeyError: 'b'"
+    )
+
+
+def test_loss_not_a_scalar(tmp_path):
+    path = write(tmp_path, """
+    def build():
+        X = torch.randn(200, 2)
+        return nn.Linear(2, 3), (X, torch.zeros(200, dtype=torch.long)), nn.CrossEntropyLoss(reduction="none")
+    """)
+    assert validate_error(f"{path}:build") == f"{path}: loss_fn returned shape (64,), expected a scalar"
+    assert validate_error(f"{path}:build", batch_size=10).endswith("returned shape (10,), expected a scalar")
+    path = write(tmp_path, """
+    def per_example(out, y):
+        return (out - y) ** 2
+
+    def build():
+        return nn.Linear(2, 1), (torch.zeros(20, 2), torch.zeros(20, 1)), per_example
+    """, "fn.py")
+    message = validate_error(f"{path}:build")
+    assert message == f"{path}:{line_of(path, 'def per_example')}: loss_fn returned shape (20, 1), expected a scalar"
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(20, 2), torch.zeros(20, 1)), lambda o, y: 0.5\n", "f.py")
+    assert validate_error(f"{path}:build") == f"{path}:4: loss_fn returned a float, expected a scalar tensor"
+
+
+def test_loss_nan_or_inf(tmp_path):
+    path = write(tmp_path, """
+    def log_loss(out, y):
+        return torch.log(out - 10).mean()
+
+    def build():
+        return nn.Linear(2, 1), (torch.zeros(20, 2), torch.zeros(20, 1)), log_loss
+    """)
+    message = validate_error(f"{path}:build")
+    assert message == (
+        f"{path}:{line_of(path, 'def log_loss')}: the loss is NaN on the first batch "
+        "(the model's output is finite, so loss_fn made it)"
+    )
+    path = write(tmp_path, """
+    def build():
+        model = nn.Linear(2, 1)
+        with torch.no_grad():
+            model.bias.fill_(float("inf"))
+        return model, (torch.zeros(20, 2), torch.zeros(20, 1)), nn.L1Loss()
+    """, "inf.py")
+    assert validate_error(f"{path}:build") == (
+        f"{path}: the loss is Inf on the first batch (the model's output holds 20 NaN/Inf values of 20)"
+    )
+
+
+def test_loss_fn_raising(tmp_path):
+    path = write(tmp_path, "def build():\n    return nn.Linear(2, 3), (torch.zeros(20, 2), torch.zeros(20, 3)), nn.CrossEntropyLoss(weight=torch.ones(5))\n")
+    message = validate_error(f"{path}:build")
+    assert message.startswith(f"{path}: loss_fn raised RuntimeError: ")
+    assert message.endswith("(output a tensor of shape (20, 3), target of shape (20, 3))")
+
+
+def test_loader_problems(tmp_path):
+    path = write(tmp_path, """
+    def batches():
+        yield torch.zeros(4, 2)
+
+    def broken():
+        raise OSError("disk gone")
+        yield
+
+    def empty():
+        return nn.Linear(2, 1), [], nn.MSELoss()
+
+    def single():
+        return nn.Linear(2, 1), batches(), nn.MSELoss()
+
+    def raising():
+        return nn.Linear(2, 1), broken(), nn.MSELoss()
+
+    def lists():
+        return nn.Linear(2, 1), [([0.0, 1.0], [1.0])], nn.MSELoss()
+    """)
+    assert validate_error(f"{path}:empty") == f"{path}: the data loader yielded no batches"
+    assert validate_error(f"{path}:single") == (
+        f"{path}: the data loader yielded a tensor of shape (4, 2); expected (x, y) batches"
+    )
+    assert validate_error(f"{path}:raising") == (
+        f"{path}:{line_of(path, 'disk gone')}: the data loader raised OSError: disk gone"
+    )
+    assert validate_error(f"{path}:lists") == (
+        f"{path}: the batch's x and the batch's y must be torch tensors; got list and list"
+    )

@@ -1,0 +1,154 @@
+"""GradientFlow: log-scale gradient norms per layer, their history, weight norm and update ratio."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from engine.snapshot import STAT_INDEX, STAT_NAMES, Hyper, LayerInfo, Metrics, SeriesData, Snapshot, StatsFrame, ViewData
+from widgets.gradient_flow import GradientFlow, abbreviate, align_series
+
+LAYERS = (
+    LayerInfo(0, "encoder.fc1", "Linear", "param", 100, (10, 9)),
+    LayerInfo(1, "encoder.relu", "ReLU", "activation", 0, None, "relu"),
+    LayerInfo(2, "encoder.fc2", "Linear", "param", 44, (4, 10)),
+    LayerInfo(3, "norm", "LayerNorm", "param", 8, (4,)),
+    LayerInfo(4, "head", "Linear", "param", 15, (3, 4)),
+    LayerInfo(5, "unused", "Linear", "param", 0, None),  # no parameters: no gradient
+)
+PARAM_LAYERS = ("encoder.fc1", "encoder.fc2", "norm", "head")
+GRAD = {"encoder.fc1": 1e-1, "encoder.fc2": 3.2e-3, "norm": np.nan, "head": 2e-5}
+
+
+def make_frame(step: int = 1200) -> StatsFrame:
+    names = tuple(layer.name for layer in LAYERS)
+    values = np.full((len(names), len(STAT_NAMES)), np.nan)
+    for i, name in enumerate(names):
+        if name in GRAD:
+            values[i, STAT_INDEX["grad_norm"]] = GRAD[name]
+            values[i, STAT_INDEX["weight_norm"]] = 1.0 + i
+            values[i, STAT_INDEX["update_ratio"]] = 1e-3 * (i + 1)
+    return StatsFrame(step, 0.5, names, values, np.zeros((len(names), 4), np.float32), np.linspace(-1, 1, 5))
+
+
+def make_series(n: int = 300) -> dict[str, SeriesData]:
+    steps = np.arange(n, dtype=np.float64) * 10.0
+    series = {
+        "grad_norm/encoder.fc1": SeriesData(steps, np.full(n, 1e-1)),
+        "grad_norm/encoder.fc2": SeriesData(steps, 1e-3 * (1 + steps / steps[-1])),
+        "grad_norm/norm": SeriesData(steps, np.full(n, np.nan)),  # all NaN: skipped
+        "grad_norm/head": SeriesData(steps, np.full(n, 3.2e-4)),
+    }
+    return series
+
+
+def make_data(frame=None, series=None, layers=LAYERS, selected=None) -> ViewData:
+    snapshot = Snapshot(1, 1200, "running", "test", "cpu", layers, Metrics(1.0), Hyper(), stats=frame)
+    return ViewData(snapshot, (frame,) if frame is not None else (), series or {}, selected_layer=selected)
+
+
+@pytest.fixture
+def view(qtbot):
+    widget = GradientFlow()
+    qtbot.addWidget(widget)
+    widget.resize(800, 600)
+    return widget
+
+
+def click(qtbot, view: GradientFlow, plot, x: float, y: float) -> None:
+    scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
+    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
+
+
+def test_bars_are_log10_norms_of_layers_with_parameters(view):
+    view.render(make_data(make_frame(), make_series()))
+    assert view.layers == PARAM_LAYERS
+    opts = view.bars.opts
+    # NaN (norm) is not drawn: three bars at x = 0, 1, 3
+    np.testing.assert_array_equal(opts["x"], [0.0, 1.0, 3.0])
+    tops = np.asarray(opts["height"]) + opts["y0"]
+    np.testing.assert_allclose(tops, np.log10([1e-1, 3.2e-3, 2e-5]))
+    assert opts["y0"] == np.floor(np.log10(2e-5)) - 1
+    assert view.bar_plot.getAxis("left").logMode
+    ticks = view.bar_plot.getAxis("bottom")._tickLevels[0]
+    assert [text for _, text in ticks] == ["encoder.fc1", "encoder.fc2", "norm", "head"]
+
+
+def test_weight_norm_and_update_ratio_per_layer(view):
+    view.render(make_data(make_frame()))
+    x, y = view.weight_norm_curve.getOriginalDataset()
+    np.testing.assert_array_equal(x, [0, 1, 2, 3])
+    np.testing.assert_allclose(y, np.log10([1.0, 3.0, 4.0, 5.0]))
+    x, y = view.update_ratio_curve.getOriginalDataset()
+    np.testing.assert_allclose(y, np.log10([1e-3, 3e-3, 4e-3, 5e-3]))
+
+
+def test_heatmap_is_log10_series_and_skips_nan_rows(view):
+    series = make_series()
+    view.render(make_data(make_frame(), series))
+    assert view.heatmap_layers == ("encoder.fc1", "encoder.fc2", "head")
+    image = view.heat_image.image
+    assert image.shape == (3, 300)
+    expected = np.log10(np.vstack([series[f"grad_norm/{n}"].values for n in view.heatmap_layers]))
+    np.testing.assert_allclose(image, expected, rtol=1e-6)
+    np.testing.assert_allclose(view.heat_image.levels, [expected.min(), expected.max()], rtol=1e-6)
+
+
+def test_heatmap_aligns_series_of_different_lengths(view):
+    short = SeriesData(np.array([0.0, 1000.0, 2000.0]), np.array([1e-2, 1e-3, 1e-4]))
+    series = {"grad_norm/encoder.fc1": SeriesData(np.linspace(0, 2000, 201), np.full(201, 1.0)), "grad_norm/head": short}
+    view.render(make_data(None, series))
+    image = view.heat_image.image
+    assert image.shape == (2, 201)
+    np.testing.assert_allclose(image[1, [0, 100, 200]], [-2.0, np.log10(np.interp(1000, [0, 1000], [1e-2, 1e-3])), -4.0])
+    steps, values = align_series([short, series["grad_norm/encoder.fc1"]])
+    assert len(steps) == 201 and values.shape == (2, 201)
+
+
+def test_readout_for_the_heatmap_and_a_bar(view):
+    view.render(make_data(make_frame(), make_series()))
+    # row 2 = head; step 1200 is column 120
+    assert view.hover_at(1200.0, 2.5) == "head  step 1200: |g| = 3.2e-04"
+    assert view.hover_at(1200.0, 7.5) == ""
+    assert view.describe_layer(1).startswith("encoder.fc2  step 1200: |g| = 3.2e-03")
+
+
+def test_click_selects_a_layer(view, qtbot):
+    view.render(make_data(make_frame(), make_series()))
+    view.show()
+    qtbot.waitExposed(view)
+    with qtbot.waitSignal(view.layer_selected, timeout=2000) as blocker:
+        click(qtbot, view, view.heat_plot, 1500.0, 1.5)
+    assert blocker.args == ["encoder.fc2"]
+    with qtbot.waitSignal(view.layer_selected, timeout=2000) as blocker:
+        click(qtbot, view, view.bar_plot, 3.0, -3.0)
+    assert blocker.args == ["head"]
+    brushes = view.bars.opts["brushes"]
+    assert brushes[2] is not brushes[0]  # the selected bar is highlighted
+
+
+def test_hints_for_missing_data(view):
+    view.render(make_data())
+    assert view.hint.startswith("No gradients yet")
+    only_activations = (LayerInfo(0, "relu", "ReLU", "activation", 0, None, "relu"),)
+    view.render(make_data(layers=only_activations))
+    assert view.hint == "This model has no layers with parameters"
+    view.render(make_data(make_frame()))  # a frame without any series still draws the bars
+    assert view.hint == ""
+    assert view.heatmap_layers == ()
+    assert view.hover_at(0.0, 0.5) == ""
+
+
+def test_abbreviate_keeps_labels_short():
+    assert abbreviate("fc1") == "fc1"
+    assert abbreviate("encoder.layers.3.self_attn.out_proj") == "…tn.out_proj"
+    assert len(abbreviate("a.very_long_module_name_indeed")) <= 12
+
+
+def test_grab_is_not_flat(view, qtbot):
+    view.render(make_data(make_frame(), make_series()))
+    view.show()
+    qtbot.waitExposed(view)
+    image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
+    assert len(np.unique(pixels[:, :3], axis=0)) > 20
