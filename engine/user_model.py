@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import sysconfig
 import traceback
 import types
 import warnings
@@ -33,8 +34,16 @@ _EXPECTED = "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
 _MAX_MESSAGE = 400
 # Torch's RuntimeErrors about incompatible shapes, as opposed to other failures in a forward.
 _SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2", re.IGNORECASE)
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Frames in these folders are never "the user's code": torch, this engine, installed packages
+# and the standard library.
+_LIBRARY_DIRS = tuple(
+    os.path.join(os.path.abspath(folder), "")
+    for folder in {
+        os.path.dirname(os.path.abspath(torch.__file__)),
+        os.path.dirname(os.path.abspath(__file__)),
+        *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+    }
+)
 _module_numbers = itertools.count()
 
 
@@ -76,8 +85,8 @@ def _same_file(a: str | None, b: str | None) -> bool:
 def _user_location(tb: types.TracebackType | None, path: str | None) -> str | None:
     """``file:line`` of the innermost traceback frame in the user's code.
 
-    The user's own file wins; failing that, the innermost frame outside torch and this engine
-    (a helper module the user's file imported).
+    The user's own file wins; failing that, the innermost frame outside the libraries (a helper
+    module next to the user's file, say).
     """
     frames = traceback.extract_tb(tb)
     for frame in reversed(frames):
@@ -85,7 +94,7 @@ def _user_location(tb: types.TracebackType | None, path: str | None) -> str | No
             return f"{frame.filename}:{frame.lineno}"
     for frame in reversed(frames):
         name = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else ""
-        if name and not name.startswith((_TORCH_DIR, _ENGINE_DIR)):
+        if name and not name.startswith(_LIBRARY_DIRS):
             return f"{frame.filename}:{frame.lineno}"
     return None
 
@@ -102,6 +111,10 @@ def _definition(obj: Any) -> str | None:
     return f"{code.co_filename}:{code.co_firstlineno}"
 
 
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "None"
@@ -110,7 +123,7 @@ def _describe(value: Any) -> str:
         return f"a {type(value).__name__} of {len(value)} {noun}"
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"
+    return _a(type(value).__name__)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -206,7 +219,7 @@ def load_user_model(ref: str) -> UserModel:
             raise UserModelError(f"{where}: syntax error: {_one_line(exc.msg)}") from None
         except (Exception, SystemExit) as exc:
             where = _user_location(exc.__traceback__, path) or path
-            raise UserModelError(f"{where}: {_error_text(exc)} while importing the file") from None
+            raise UserModelError(f"{where}: {_error_text(exc)} while importing the file") from exc
         fn = getattr(module, function, None)
         if fn is None:
             names = sorted(
@@ -222,7 +235,7 @@ def load_user_model(ref: str) -> UserModel:
             result = fn()
         except (Exception, SystemExit) as exc:
             where = _user_location(exc.__traceback__, path) or _definition(fn) or path
-            raise UserModelError(f"{where}: {function}() raised {_error_text(exc)}") from None
+            raise UserModelError(f"{where}: {function}() raised {_error_text(exc)}") from exc
         user_model = _unpack(f"{path}:{function}", path, function, result)
         ok = True
         logger.info("loaded user model %s (%s)", user_model.ref, type(user_model.model).__name__)
@@ -235,7 +248,7 @@ def load_user_model(ref: str) -> UserModel:
 
 
 def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
-    where = f"{path}"
+    where = path
     if not isinstance(result, (tuple, list)) or len(result) != 3:
         raise UserModelError(f"{where}: {function}() returned {_describe(result)}; {_EXPECTED}")
     model, data, loss_fn = result
@@ -276,7 +289,7 @@ def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -
         raise UserModelError(f"{where}: the data loader yielded no batches") from None
     except Exception as exc:
         at = _user_location(exc.__traceback__, path) or where
-        raise UserModelError(f"{at}: the data loader raised {_error_text(exc)}") from None
+        raise UserModelError(f"{at}: the data loader raised {_error_text(exc)}") from exc
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise UserModelError(f"{where}: the data loader yielded {_describe(batch)}; expected (x, y) batches")
     _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y")
@@ -322,15 +335,15 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
                     raise UserModelError(
                         f"{at}: model/data shape mismatch: {first} "
                         f"(in {forward}; input batch of shape {tuple(x.shape)})"
-                    ) from None
-                raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from None
+                    ) from exc
+                raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from exc
             loss_at = _definition(um.loss_fn)
             try:
                 loss = um.loss_fn(output, y)
             except Exception as exc:
                 at = _user_location(exc.__traceback__, path) or where
                 shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
-                raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from None
+                raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc
     finally:
         for module, training in modes:
             module.training = training

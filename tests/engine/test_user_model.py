@@ -183,7 +183,7 @@ def test_missing_function(tmp_path):
     assert message == f"{path}: no function 'build' (functions in the file: helper, make_model)"
     empty = write(tmp_path, "VALUE = 3\n", "empty.py")
     assert load_error(f"{empty}:build") == f"{empty}: no function 'build' (the file defines no functions)"
-    assert load_error(f"{empty}:VALUE") == f"{empty}: 'VALUE' is a int, not a function"
+    assert load_error(f"{empty}:VALUE") == f"{empty}: 'VALUE' is an int, not a function"
 
 
 def test_function_raising(tmp_path):

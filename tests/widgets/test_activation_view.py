@@ -53,6 +53,7 @@ def frames():
 
 def click(qtbot, view: ActivationView, plot, x: float, y: float) -> None:
     """A real mouse click at data coordinates (x, y) of ``plot``."""
+    qtbot.wait(10)  # let pending auto-range updates land, as they would between a user's clicks
     scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
     qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
 

@@ -56,6 +56,7 @@ def view(qtbot):
 
 
 def click(qtbot, view: GradientFlow, plot, x: float, y: float) -> None:
+    qtbot.wait(10)  # let pending auto-range updates land, as they would between a user's clicks
     scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
     qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
 

@@ -1,0 +1,184 @@
+"""`glassbox report` end to end: JSON against a direct computation, and every kind of bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.report import main
+
+GOOD = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 2))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 3, generator=g)
+    y = (x[:, 0] > 0).long()
+    return model, (x, y), nn.functional.cross_entropy
+'''
+
+
+def write(tmp_path: Path, body: str, name: str = "user_model.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def direct(steps: int, lr: float) -> tuple[list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """The same training with a plain loop: full batch (32 < 64), SGD."""
+    namespace: dict = {}
+    exec(GOOD, namespace)
+    model, (x, y), loss_fn = namespace["build"]()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses, grad_norms, act_std = [], {}, {}
+    outs = {}
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: outs.__setitem__(n, o.detach()))
+               for n, m in model.named_modules() if n]
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        losses.append(loss.item())
+        for name, module in model.named_modules():
+            if not name:
+                continue
+            params = list(module.parameters(recurse=False))
+            if params:
+                norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in params)).item()
+                grad_norms.setdefault(name, []).append(norm)
+            act_std.setdefault(name, []).append(outs[name].double().std(unbiased=False).item())
+        opt.step()
+    for h in handles:
+        h.remove()
+    return losses, grad_norms, act_std
+
+
+def test_report_json_matches_direct_computation(tmp_path: Path, capsys) -> None:
+    model_file = write(tmp_path, GOOD)
+    out = tmp_path / "report.json"
+    code = main(["--model", f"{model_file}:build", "--steps", "6", "--optimizer", "sgd", "--lr", "0.5",
+                 "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "0.weight" not in printed and "Sigmoid" in printed
+    report = json.loads(out.read_text())
+    assert report["steps"] == 6 and report["device"] == "cpu" and len(report["loss"]) == 6
+    losses, grad_norms, act_std = direct(6, 0.5)
+    # The report shuffles the full batch each epoch: same sums in another order, so float32
+    # rounding differs slightly.
+    np.testing.assert_allclose(report["loss"], losses, rtol=1e-5)
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert list(layers) == ["0", "1", "2", "3", "4"]
+    assert layers["0"]["params"] == 3 * 5 + 5 and layers["1"]["params"] == 0
+    for name, expected in grad_norms.items():
+        np.testing.assert_allclose(layers[name]["grad_norm"], expected, rtol=1e-5)
+    for name, expected in act_std.items():
+        np.testing.assert_allclose(layers[name]["act_std"], expected, rtol=1e-5)
+    assert layers["1"]["grad_norm"] is None and layers["1"]["dead_fraction"] is not None
+    assert layers["3"]["saturated_fraction"] is not None and layers["1"]["saturated_fraction"] is None
+    assert layers["0"]["dead_fraction"] is None
+    assert report["diagnoses"] == []
+
+
+def test_report_every_k_leaves_gaps_and_keeps_every_loss(tmp_path: Path) -> None:
+    model_file = write(tmp_path, GOOD)
+    out = tmp_path / "r.json"
+    assert main(["--model", f"{model_file}:build", "--steps", "6", "--every", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert all(v is not None for v in report["loss"])
+    grad = report["layers"][0]["grad_norm"]
+    assert [v is not None for v in grad] == [False, False, True, False, False, True]
+
+
+BAD_CASES = {
+    "missing file": (None, "no_such_file.py:build", "no_such_file.py"),
+    "syntax error": ("def build(:\n    pass\n", "{f}:build", "syntax"),
+    "missing function": ("def other():\n    return 1\n", "{f}:build", "build"),
+    "wrong return form": ("def build():\n    return 1, 2\n", "{f}:build", "expected"),
+    "shape mismatch": ('''
+import torch
+from torch import nn
+def build():
+    return nn.Linear(4, 2), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "shape"),
+    "non-scalar loss": ('''
+import torch
+from torch import nn
+def build():
+    return nn.Linear(3, 2), (torch.randn(8, 3), torch.randn(8, 2)), lambda o, t: (o - t) ** 2
+''', "{f}:build", "scalar"),
+    "raises in forward": ('''
+import torch
+from torch import nn
+class Net(nn.Module):
+    def forward(self, x):
+        raise ValueError("my forward is broken")
+def build():
+    return Net(), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "my forward is broken"),
+    "nan in data": ('''
+import torch
+from torch import nn
+def build():
+    x = torch.randn(8, 3)
+    x[2, 1] = float("nan")
+    return nn.Linear(3, 2), (x, torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_gives_one_line_and_exit_2(case: str, tmp_path: Path, capsys) -> None:
+    body, ref, needle = BAD_CASES[case]
+    path = write(tmp_path, body) if body is not None else tmp_path / "no_such_file.py"
+    out = tmp_path / "keep.json"
+    out.write_text('{"earlier": true}')
+    code = main(["--model", ref.format(f=path), "--steps", "3", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("glassbox report: error: ")
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in err
+    assert out.read_text() == '{"earlier": true}'  # what was written before stays intact
+
+
+def test_report_subprocess_imports_no_qt_and_fails_cleanly(tmp_path: Path) -> None:
+    code = ("import sys\nfrom app.main import main\nrc = main(['report', '--steps', '3', '--every', '1'])\n"
+            "assert rc == 0, rc\nleaked = [m for m in ('PySide6', 'pyqtgraph', 'widgets') if m in sys.modules]\n"
+            "assert not leaked, leaked\nprint('clean')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("clean")
+    bad = subprocess.run([sys.executable, "-m", "app", "report", "--model", str(tmp_path / "nope.py:f")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_report_help_documents_every_flag() -> None:
+    done = subprocess.run([sys.executable, "-m", "app", "report", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    for flag in ("--scenario", "--model", "--steps", "--device", "--optimizer", "--lr", "--batch-size",
+                 "--every", "--json", "--save"):
+        assert flag in done.stdout
+
+
+def test_report_save_writes_a_loadable_run_file(tmp_path: Path) -> None:
+    from engine.runfile import load_run
+
+    path = tmp_path / "run.glassbox"
+    assert main(["--scenario", "xor-mlp", "--steps", "5", "--save", str(path)]) == 0
+    loaded = load_run(path)
+    assert loaded.config["scenario"] == "xor-mlp"
+    assert len(loaded.history.series("loss").values) == 5
