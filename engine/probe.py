@@ -293,7 +293,7 @@ class Probe:
     def _make_attention_hook(self, layer: _Layer) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             self._on_forward(layer, args, output)
-            if self._capturing and self._want_tensors and self._is_focus(layer):
+            if self._capturing and self._want_tensors and layer.name == self._step_targets.get("attention"):
                 self._capture_attention(layer, args, kwargs)
         return hook
 
@@ -307,6 +307,7 @@ class Probe:
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
         self._focus_weight_before: torch.Tensor | None = None
+        self._step_targets: dict[str, str | None] = {}
 
     def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
         """Arm the hooks for the coming forward/backward."""
@@ -315,6 +316,8 @@ class Probe:
         self._want_tensors = tensors and self._capturing
         self._recording = record
         self._forward_order = []
+        self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
+            if self._want_tensors else {}
 
     @property
     def capturing(self) -> bool:
@@ -333,6 +336,18 @@ class Probe:
 
     def _is_focus(self, layer: _Layer) -> bool:
         return self.focus_layer is not None and layer.name == self.focus_layer
+
+    def _target(self, kind: str) -> str | None:
+        """The layer whose feature maps ('conv') or attention ('attention') the views get: the
+        focused one if it is of that kind, else the first of that kind in forward order."""
+        def matches(layer: _Layer) -> bool:
+            if kind == "attention":
+                return layer.role == "attention"
+            return layer.main_weight is not None and layer.main_weight.dim() == 4
+        focused = next((l for l in self._layers if self._is_focus(l)), None)
+        if focused is not None and matches(focused):
+            return focused.name
+        return next((l.name for l in self._layers if matches(l) and l.called), None)
 
     def _push(self, kind: str, layer: int, key: str, tensor: torch.Tensor) -> None:
         self._pieces.append(tensor.detach().reshape(-1).float())
@@ -364,8 +379,8 @@ class Probe:
                 self._push("tensor", layer.index, "unit_value", example.reshape(-1))
             if self._is_focus(layer):
                 self._push("tensor", layer.index, "activation", shrink_2d(as_matrix(example)))
-                if example.dim() == 3:
-                    self._push("tensor", layer.index, "feature_maps", shrink_maps(example))
+            if example.dim() == 3 and layer.name == self._step_targets.get("conv"):
+                self._push("tensor", layer.index, "feature_maps", shrink_maps(example))
         if self._recording:
             inp = first_tensor(args)
             tensors = {"output": out}
@@ -488,9 +503,9 @@ class Probe:
                 self._push("tensor", layer.index, "weight", shrink_2d(as_matrix(w)))
                 if w.grad is not None:
                     self._push("tensor", layer.index, "weight_grad", shrink_2d(as_matrix(w.grad)))
-                if w.dim() == 4:
-                    self._push("tensor", layer.index, "kernels",
-                               shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
+            if self._want_tensors and w is not None and w.dim() == 4 and layer.name == self._step_targets.get("conv"):
+                self._push("tensor", layer.index, "kernels",
+                           shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
         if self._recording:
             self._record_param_grads()
 
@@ -557,13 +572,14 @@ class Probe:
         layers = list(self._layers)
         names = self.layer_names
         config = self.config
-        focus = self.focus_layer if self._want_tensors else None
+        focus = self.focus_layer
+        tensors_wanted = self._want_tensors
         example = self.focus_example
         ranges = {layer.index: self.hist_range(layer) for layer in layers}
 
         def parse(host: np.ndarray) -> Capture:
             return _parse_capture(host, layout, layers, names, act_calls, act_units, ranges,
-                                  config, step, focus, example)
+                                  config, step, focus, example, tensors_wanted)
 
         if flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
@@ -577,7 +593,7 @@ class Probe:
 def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: tuple[str, ...],
                    act_calls: dict[int, list[int]], act_units: dict[int, list[int]],
                    ranges: dict[int, tuple[float, float]], config: ProbeConfig, step: int,
-                   focus: str | None, example: int) -> Capture:
+                   focus: str | None, example: int, tensors_wanted: bool) -> Capture:
     """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
     n_layers = len(layers)
     values = np.full((n_layers, len(STAT_NAMES)), np.nan)
@@ -641,16 +657,19 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
                        hist_edges=np.linspace(lo, hi, bins + 1, dtype=np.float32),
                        hist_ranges=np.array([ranges[layer.index] for layer in layers], np.float32))
     views = None
-    if focus is not None:
+    if tensors_wanted:
         focus_index = names.index(focus) if focus in names else None
-        if focus_index is not None:
-            get = lambda key: tensors.get((focus_index, key))  # noqa: E731
-            views = TensorViews(
-                step=step, layer=focus, example=example, weight=get("weight"),
-                weight_grad=get("weight_grad"), weight_update=get("weight_update"),
-                activation=get("activation"), output_grad=get("output_grad"),
-                feature_maps=get("feature_maps"), kernels=get("kernels"), attention=get("attention"),
-            )
+        get = lambda key: tensors.get((focus_index, key))  # noqa: E731
+        by_key = {key: (names[i], v) for (i, key), v in tensors.items()}
+        feature_layer, feature_maps = by_key.get("feature_maps", (None, None))
+        attention_layer, attention = by_key.get("attention", (None, None))
+        views = TensorViews(
+            step=step, layer=focus or "", example=example, weight=get("weight"),
+            weight_grad=get("weight_grad"), weight_update=get("weight_update"),
+            activation=get("activation"), output_grad=get("output_grad"),
+            feature_maps=feature_maps, kernels=by_key.get("kernels", (None, None))[1],
+            attention=attention, feature_layer=feature_layer, attention_layer=attention_layer,
+        )
     unit_values = {names[i]: v for (i, key), v in tensors.items() if key == "unit_value"}
     unit_grads = {names[i]: v for (i, key), v in tensors.items() if key == "unit_grad"}
     graph_weights = {names[i]: v for (i, key), v in tensors.items() if key == "graph_weight"}

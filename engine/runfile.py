@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import secrets
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,9 +110,11 @@ def save_run(
     }
 
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    # Same folder, so os.replace is an atomic rename; created with open(), not mkstemp, so the
+    # file gets the user's usual permissions (umask) rather than 0600.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with open(tmp, "xb") as raw:
             # Stored, not deflated: float arrays barely compress and saving stays disk-bound.
             with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.writestr(_MANIFEST, json.dumps(manifest, indent=1))
@@ -124,7 +126,7 @@ def save_run(
     except BaseException:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except FileNotFoundError:  # never created, or already renamed
             pass
         raise
     _fsync_folder(folder)

@@ -105,6 +105,10 @@ class TensorViews:
     kernels: np.ndarray | None = None  # (n, kh, kw) conv kernels
     attention: np.ndarray | None = None  # (heads, T, T)
     tokens: tuple[str, ...] | None = None  # labels for attention axes
+    # Feature maps/kernels and attention come from the focused layer when it is a conv or
+    # attention layer, otherwise from the model's first such layer; these name the source.
+    feature_layer: str | None = None
+    attention_layer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,9 +209,9 @@ class Worker:
 
     def _handle(self, command: Command) -> None:
         if isinstance(command, Replace):
-            self._close_run()
             self._running = False
-            run = command.factory()
+            run = command.factory()  # may fail on bad input: the current run then stays as it is
+            self._close_run()
             self._run_id += 1
             self.run = run
             with self._history_lock:
@@ -220,9 +220,6 @@ class Worker:
             self._last_phase = None
             self._boundary = None
             self._rate = _Rate()
-            # A first captured step of zero length would skew nothing: measure layers by a
-            # validation-free dry look at the probe's layer list instead.
-            self._layers = run.trainer.probe.layers
             self._publish_snapshot(force=True)
             return
         if self.run is None:

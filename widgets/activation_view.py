@@ -164,9 +164,9 @@ class ActivationView(View):
         # FillBetweenItem fills between those paths.
         self._upper = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
         self._lower = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
-        for curve in (self.mean_curve, self._upper, self._lower):
-            curve.setDownsampling(auto=True, method="peak")
-            curve.setClipToView(True)
+        # On the plot, not the curves: PlotItem.addItem overwrites a curve's own settings.
+        self.band_plot.setDownsampling(auto=True, mode="peak")
+        self.band_plot.setClipToView(True)
         self.band = pg.FillBetweenItem(self._lower, self._upper, brush=_BAND_BRUSH)
         self.band_plot.addItem(self.band)
         self.band_plot.addItem(self.mean_curve)

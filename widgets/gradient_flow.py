@@ -94,7 +94,6 @@ class GradientFlow(View):
         self.bar_plot.setTitle("gradient norm ‖g‖ per layer", size="9pt")
         self.bar_plot.getAxis("left").setLogMode(False, True)  # bars are given in log10 units
         self.bar_plot.setMenuEnabled(False)
-        self.bar_plot.showGrid(y=True, alpha=0.2)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, y0=0, brush=_BAR_BRUSH, pen=None)
         self.bar_plot.addItem(self.bars)
 
@@ -108,7 +107,6 @@ class GradientFlow(View):
         self.ratio_plot.getAxis("left").setLogMode(False, True)
         self.ratio_plot.setXLink(self.bar_plot)
         self.ratio_plot.setMenuEnabled(False)
-        self.ratio_plot.showGrid(y=True, alpha=0.2)
         self.weight_norm_curve = pg.PlotDataItem(
             pen=pg.mkPen(150, 220, 150), symbol="o", symbolSize=6, symbolBrush=(150, 220, 150)
         )

@@ -45,7 +45,7 @@ def _bucket(array: np.ndarray, size: int, how: str) -> np.ndarray:
 
 
 def decimate(series: SeriesData, max_points: int = 2000) -> Decimated:
-    """``series`` with at most ``max_points + 1`` points, min/max kept per bucket.
+    """``series`` with at most ``max_points`` points, min/max kept per bucket.
 
     A series already short enough is passed through untouched (no copy).
     """
@@ -77,24 +77,36 @@ def _nearest(steps: np.ndarray, x: float) -> int:
 
 
 def _curve(colour: tuple[int, int, int], name: str | None, width: float = 1.5, alpha: int = 255) -> pg.PlotDataItem:
-    curve = pg.PlotDataItem(pen=pg.mkPen(*colour, alpha, width=width), name=name)
-    curve.setDownsampling(auto=True, method="peak")
-    curve.setClipToView(True)
-    return curve
+    return pg.PlotDataItem(pen=pg.mkPen(*colour, alpha, width=width), name=name)
+
+
+def _decimating_plot(canvas: pg.GraphicsLayoutWidget, row: int) -> pg.PlotItem:
+    plot = canvas.addPlot(row=row, col=0)
+    # Set on the plot, not the curve: PlotItem.addItem overwrites a curve's own downsampling and
+    # clip-to-view with the plot's defaults (off).
+    plot.setDownsampling(auto=True, mode="peak")
+    plot.setClipToView(True)
+    # No grid: pyqtgraph's translucent grid lines cost more to paint than all the curves.
+    plot.setMenuEnabled(False)
+    plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
+    return plot
 
 
 class _Trace:
-    """One series' mean curve and its faint min..max band (two edge curves and a fill)."""
+    """One series: its mean curve and a faint min..max band behind it."""
 
     def __init__(self, plot: pg.PlotItem, colour: tuple[int, int, int], name: str) -> None:
-        # The band edges need a pen: pyqtgraph skips building the path of a pen-less curve, and
-        # FillBetweenItem fills between those paths (which also keeps it right in log mode).
-        self.lower = _curve(colour, None, width=1.0, alpha=40)
-        self.upper = _curve(colour, None, width=1.0, alpha=40)
-        self.band = pg.FillBetweenItem(self.lower, self.upper, brush=pg.mkBrush(*colour, 45))
+        # The band is ONE closed polygon (hi forwards, lo backwards) filled by pyqtgraph's
+        # 'enclosed' mode: a FillBetweenItem rebuilds its path on each edge's change and cost
+        # several ms per frame for 2000 points. It follows log mode like any PlotDataItem.
+        self.band = pg.PlotDataItem(pen=None, fillLevel="enclosed", fillBrush=pg.mkBrush(*colour, 50))
         self.mean = _curve(colour, name)
-        for item in (self.band, self.lower, self.upper, self.mean):
-            plot.addItem(item)
+        plot.addItem(self.band)
+        plot.addItem(self.mean)
+        # The polygon's x runs there and back: clipping and peak-decimating it would tear it.
+        # It is already bounded (2 × max_points) by decimate().
+        self.band.setDownsampling(ds=1, auto=False)
+        self.band.setClipToView(False)
         self.source: SeriesData | None = None
         self.data: Decimated | None = None
 
@@ -104,18 +116,19 @@ class _Trace:
         self.source = series
         if series is None or len(series.steps) == 0:
             self.data = None
-            for curve in (self.mean, self.lower, self.upper):
-                curve.setData([], [])
+            self.mean.setData([], [])
+            self.band.setData([], [])
             return
         self.data = decimate(series, max_points)
         steps = self.data.steps
         self.mean.setData(steps, self.data.values, connect="finite")
-        if self.data.lo is not None and self.data.hi is not None:
-            self.lower.setData(steps, self.data.lo, connect="finite")
-            self.upper.setData(steps, self.data.hi, connect="finite")
-        else:
-            self.lower.setData([], [])
-            self.upper.setData([], [])
+        lo, hi = self.data.lo, self.data.hi
+        if lo is None or hi is None:
+            self.band.setData([], [])
+            return
+        finite = np.isfinite(lo) & np.isfinite(hi)  # a gap would break the polygon: bridge it
+        x = steps[finite]
+        self.band.setData(np.concatenate([x, x[::-1]]), np.concatenate([hi[finite], lo[finite][::-1]]))
 
     def value_near(self, x: float) -> tuple[int, float] | None:
         if self.data is None or not len(self.data.steps):
@@ -147,21 +160,15 @@ class LossCurve(View):
         self._layout.addLayout(controls)
 
         self.canvas = pg.GraphicsLayoutWidget()
-        self.loss_plot = self.canvas.addPlot(row=0, col=0)
+        self.loss_plot = _decimating_plot(self.canvas, 0)
         self.loss_plot.setLabel("left", "loss")
-        self.loss_plot.showGrid(x=True, y=True, alpha=0.15)
-        self.loss_plot.setMenuEnabled(False)
-        self.loss_plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
         self.train = _Trace(self.loss_plot, _TRAIN, "train loss")
         self.val = _Trace(self.loss_plot, _VAL, "val loss")
 
-        self.acc_plot = self.canvas.addPlot(row=1, col=0)
+        self.acc_plot = _decimating_plot(self.canvas, 1)
         self.acc_plot.setLabel("left", "accuracy")
         self.acc_plot.setLabel("bottom", "step")
         self.acc_plot.setXLink(self.loss_plot)
-        self.acc_plot.showGrid(x=True, y=True, alpha=0.15)
-        self.acc_plot.setMenuEnabled(False)
-        self.acc_plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
         self.train_acc = _Trace(self.acc_plot, _TRAIN, "train acc")
         self.val_acc = _Trace(self.acc_plot, _VAL, "val acc")
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
@@ -201,7 +208,7 @@ class LossCurve(View):
         """How many points each curve was last given with setData (before pyqtgraph's own thinning)."""
         counts: dict[str, int] = {}
         for name, trace in (("loss", self.train), ("val_loss", self.val), ("train_acc", self.train_acc), ("val_acc", self.val_acc)):
-            for part, curve in (("", trace.mean), ("/lo", trace.lower), ("/hi", trace.upper)):
+            for part, curve in (("", trace.mean), ("/band", trace.band)):
                 counts[name + part] = 0 if curve.xData is None else len(curve.xData)
         return counts
 

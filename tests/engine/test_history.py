@@ -329,6 +329,7 @@ def test_reader_and_writer_threads():
     errors: list[BaseException] = []
     done = threading.Event()
     reads = [0]
+    reads_while_writing = [0]
 
     def write() -> None:
         try:
@@ -362,6 +363,7 @@ def test_reader_and_writer_threads():
                 assert grid.shape == (30, axis.shape[0])
                 assert len(history) >= before
                 reads[0] += 1
+                reads_while_writing[0] += not done.is_set()
         except BaseException as exc:
             errors.append(exc)
 
@@ -371,5 +373,5 @@ def test_reader_and_writer_threads():
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors
-    assert reads[0] >= 5
+    assert reads[0] >= 5 and reads_while_writing[0] >= 2, (reads, reads_while_writing)
     assert len(history) == n_steps and history.latest_step == n_steps - 1

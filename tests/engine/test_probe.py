@@ -298,3 +298,21 @@ def test_uncaptured_step_records_nothing() -> None:
         model(torch.randn(3, 5)).sum().backward()
         probe.after_backward()
         assert probe.finish(1, torch.zeros(1, 2)) is None
+
+
+def test_attention_and_feature_maps_follow_first_layer_of_their_kind_when_focus_is_elsewhere() -> None:
+    torch.manual_seed(3)
+    model = TinyTransformer()
+    probe = Probe(model)
+    probe.focus_layer = "head"
+    with probe:
+        for _ in range(2):  # the first step fixes the forward order
+            probe.begin_step(True, tensors=True)
+            model(torch.randint(0, 7, (2, 4))).sum().backward()
+            probe.after_backward()
+            capture = probe.finish(1, torch.zeros(1, 2)).get()
+    views = capture.tensors
+    assert views.layer == "head" and views.weight.shape == (7, 16)
+    assert views.attention_layer == "attn" and views.attention.shape == (4, 4, 4)
+    np.testing.assert_allclose(views.attention.sum(axis=-1), 1.0, rtol=1e-5)
+    assert views.feature_maps is None and views.feature_layer is None

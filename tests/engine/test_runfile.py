@@ -81,6 +81,9 @@ def test_save_replaces_and_leaves_no_temp(tmp_path, saved, history, tensors):
     save_run(saved, config={"scenario": "xor"}, history=history, tensors={}, step=1)
     assert load_run(saved).config == {"scenario": "xor"} and load_run(saved).tensors == {}
     assert os.listdir(tmp_path) == [os.path.basename(saved)]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(saved).st_mode & 0o777 == 0o666 & ~umask  # not a temp file's 0600
 
 
 def test_failed_save_keeps_old_file(tmp_path, saved, history, tensors, monkeypatch):

@@ -22,6 +22,11 @@ def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
     return path
 
 
+def returning(tmp_path: Path, returned: str, name: str = "model.py") -> Path:
+    """A model file whose ``build()`` (line 3) returns ``returned`` (line 4)."""
+    return write(tmp_path, f"def build():\n    return {returned}\n", name)
+
+
 def line_of(path: Path, text: str) -> int:
     """1-based line of the first line of ``path`` containing ``text``."""
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -113,9 +118,11 @@ def test_valid_loader_form_leaves_the_model_as_it_was(tmp_path):
 
 
 def test_each_load_is_fresh_and_unique(tmp_path):
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 3), (torch.zeros(4, 2), torch.zeros(4)), nn.MSELoss()\n")
+    path = returning(
+        tmp_path, "nn.Linear(2, 3), (torch.zeros(4, 2), torch.zeros(4)), nn.MSELoss()"
+    )
     first = load_user_model(f"{path}:build")
-    path.write_text(HEADER + "def build():\n    return nn.Linear(2, 5), (torch.zeros(4, 2), torch.zeros(4)), nn.MSELoss()\n")
+    path.write_text(path.read_text().replace("nn.Linear(2, 3)", "nn.Linear(2, 5)"))
     second = load_user_model(f"{path}:build")
     assert first.model.out_features == 3 and second.model.out_features == 5
     assert type(first.model).__module__ == type(second.model).__module__  # nn.Linear, both
@@ -212,16 +219,25 @@ def test_function_raising(tmp_path):
 )
 def test_wrong_return_form(tmp_path, returned, described):
     path = write(tmp_path, f"def build():\n    return {returned}\n")
-    expected = f"{path}: build() returned {described}; expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+    expected = (
+        f"{path}: build() returned {described}; "
+        "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+    )
     assert load_error(f"{path}:build") == expected
 
 
 def test_model_and_loss_and_data_of_the_wrong_kind(tmp_path):
-    path = write(tmp_path, "def build():\n    return 'mlp', (torch.zeros(3, 2), torch.zeros(3)), nn.MSELoss()\n")
+    path = returning(
+        tmp_path, "'mlp', (torch.zeros(3, 2), torch.zeros(3)), nn.MSELoss()"
+    )
     assert load_error(f"{path}:build") == f"{path}: build() returned a str as the model; expected a torch.nn.Module"
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(3, 2), torch.zeros(3)), 'mse'\n", "b.py")
+    path = returning(
+        tmp_path, "nn.Linear(2, 1), (torch.zeros(3, 2), torch.zeros(3)), 'mse'", "b.py"
+    )
     assert f"{path}: build() returned a str as loss_fn; expected a callable" in load_error(f"{path}:build")
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), torch.zeros(3, 2), nn.MSELoss()\n", "c.py")
+    path = returning(
+        tmp_path, "nn.Linear(2, 1), torch.zeros(3, 2), nn.MSELoss()", "c.py"
+    )
     assert load_error(f"{path}:build") == (
         f"{path}: build() returned a tensor of shape (3, 2) as data; "
         "expected (X, y) tensors or an iterable of (x, y) batches"
@@ -236,7 +252,9 @@ def test_x_y_not_tensors_or_mismatched(tmp_path):
         return nn.Linear(2, 1), (np.zeros((10, 2)), np.zeros(10)), nn.MSELoss()
     """)
     assert load_error(f"{path}:build") == f"{path}: X and y must be torch tensors; got ndarray and ndarray"
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(100, 2), torch.zeros(90)), nn.MSELoss()\n", "n.py")
+    path = returning(
+        tmp_path, "nn.Linear(2, 1), (torch.zeros(100, 2), torch.zeros(90)), nn.MSELoss()", "n.py"
+    )
     assert load_error(f"{path}:build") == f"{path}: X has 100 examples but y has 90 (shapes (100, 2) and (90,))"
 
 
@@ -255,8 +273,11 @@ def test_nan_and_inf_in_data(tmp_path):
     x[[1, 7, 9], [2, 0, 2]] = np.nan
     x[9, 3], x[9, 1] = np.inf, -np.inf
     n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-    assert load_error(f"{path}:build") == f"{path}: X contains non-finite values: {n_nan} NaN, {n_inf} Inf (of {x.size})"
-    path = write(tmp_path, "def build():\n    return nn.Linear(4, 1), (torch.zeros(5, 4), torch.tensor([0, 1, float('inf'), 2, 3.])), nn.MSELoss()\n", "y.py")
+    expected = f"{path}: X contains non-finite values: {n_nan} NaN, {n_inf} Inf (of {x.size})"
+    assert load_error(f"{path}:build") == expected
+    path = returning(
+        tmp_path, "nn.Linear(4, 1), (torch.zeros(5, 4), torch.tensor([0, 1, float('inf'), 2, 3.])), nn.MSELoss()", "y.py"
+    )
     assert load_error(f"{path}:build") == f"{path}: y contains non-finite values: 0 NaN, 1 Inf (of 5)"
 
 
@@ -290,7 +311,9 @@ def test_shape_mismatch(tmp_path):
 
 
 def test_shape_mismatch_in_a_torch_model(tmp_path):
-    path = write(tmp_path, "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3)), (torch.zeros(8, 1, 6, 6), torch.zeros(8)), nn.MSELoss()\n")
+    path = returning(
+        tmp_path, "nn.Sequential(nn.Conv2d(3, 4, 3)), (torch.zeros(8, 1, 6, 6), torch.zeros(8)), nn.MSELoss()"
+    )
     message = validate_error(f"{path}:build")
     assert message.startswith(f"{path}: model/data shape mismatch: ")
     assert "3 channels" in message and "Sequential.forward at " in message and "(8, 1, 6, 6)" in message
@@ -334,7 +357,9 @@ def test_loss_not_a_scalar(tmp_path):
     """, "fn.py")
     message = validate_error(f"{path}:build")
     assert message == f"{path}:{line_of(path, 'def per_example')}: loss_fn returned shape (20, 1), expected a scalar"
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 1), (torch.zeros(20, 2), torch.zeros(20, 1)), lambda o, y: 0.5\n", "f.py")
+    path = returning(
+        tmp_path, "nn.Linear(2, 1), (torch.zeros(20, 2), torch.zeros(20, 1)), lambda o, y: 0.5", "f.py"
+    )
     assert validate_error(f"{path}:build") == f"{path}:4: loss_fn returned a float, expected a scalar tensor"
 
 
@@ -364,7 +389,9 @@ def test_loss_nan_or_inf(tmp_path):
 
 
 def test_loss_fn_raising(tmp_path):
-    path = write(tmp_path, "def build():\n    return nn.Linear(2, 3), (torch.zeros(20, 2), torch.zeros(20, 3)), nn.CrossEntropyLoss(weight=torch.ones(5))\n")
+    path = returning(
+        tmp_path, "nn.Linear(2, 3), (torch.zeros(20, 2), torch.zeros(20, 3)), nn.CrossEntropyLoss(weight=torch.ones(5))"
+    )
     message = validate_error(f"{path}:build")
     assert message.startswith(f"{path}: loss_fn raised RuntimeError: ")
     assert message.endswith("(output a tensor of shape (20, 3), target of shape (20, 3))")
