@@ -24,6 +24,7 @@ _SATURATED_BRUSH = pg.mkBrush(240, 180, 60, 220)
 _MEAN_PEN = pg.mkPen(110, 190, 255, width=1.5)
 _BAND_BRUSH = pg.mkBrush(110, 190, 255, 60)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
+_MAX_BAND_POINTS = 2000  # so the band polygon gets at most 4000 points
 
 
 def _short(name: str, limit: int = 16) -> str:
@@ -108,13 +109,14 @@ class ActivationView(View):
         self._edges: np.ndarray | None = None  # (layers, bins + 1): each row's own bin edges
         self._extent = (0.0, 1.0)  # x range of the histogram image: the union of all rows' ranges
         self._focus: str | None = None
-        self._time_key: tuple[int, int, str] | None = None
+        self._time_key: tuple[StatsFrame | None, int, str] | None = None
         self._time_steps: np.ndarray = np.zeros(0)
         self._time_counts: np.ndarray | None = None  # (bins, frames) raw fractions
         self._time_edges = np.zeros(0)
         self._band_series: tuple[SeriesData | None, SeriesData | None] = (None, None)
         self._band_layer: str | None = None
         self._data_selection_seen: str | None = None
+        self._titles: dict[int, str] = {}
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
@@ -133,6 +135,7 @@ class ActivationView(View):
         self.fraction_plot.setTitle("dead / saturated", size="9pt")
         self.fraction_plot.setFixedWidth(150)
         self.fraction_plot.setYLink(self.hist_plot)
+        self.fraction_plot.invertY(True)  # a y link shares the range, not the direction
         self.fraction_plot.hideAxis("left")
         self.fraction_plot.setXRange(0.0, 1.0, padding=0.02)
         self.fraction_plot.setMouseEnabled(False, False)
@@ -159,19 +162,22 @@ class ActivationView(View):
         self.band_plot.setLabel("bottom", "step")
         self.band_plot.setLabel("left", "mean ± std")
         self.band_plot.setMenuEnabled(False)
-        self.mean_curve = pg.PlotDataItem(pen=_MEAN_PEN)
-        # Band edges need a (faint) pen: pyqtgraph builds no path for a pen-less curve, and
-        # FillBetweenItem fills between those paths.
-        self._upper = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
-        self._lower = pg.PlotDataItem(pen=pg.mkPen(110, 190, 255, 50))
-        # On the plot, not the curves: PlotItem.addItem overwrites a curve's own settings.
+        # On the plot, not the curve: PlotItem.addItem overwrites a curve's own settings.
         self.band_plot.setDownsampling(auto=True, mode="peak")
         self.band_plot.setClipToView(True)
-        self.band = pg.FillBetweenItem(self._lower, self._upper, brush=_BAND_BRUSH)
+        # The band is ONE closed polygon (mean + std forwards, mean - std back) in pyqtgraph's
+        # 'enclosed' fill mode: a FillBetweenItem rebuilds its path on each edge's change and cost
+        # ~4 ms per frame. Its x runs there and back, so it must not be clipped or decimated.
+        self.band = pg.PlotDataItem(pen=None, fillLevel="enclosed", fillBrush=_BAND_BRUSH)
+        self.mean_curve = pg.PlotDataItem(pen=_MEAN_PEN)
         self.band_plot.addItem(self.band)
         self.band_plot.addItem(self.mean_curve)
-        self.band_plot.addItem(self._upper)
-        self.band_plot.addItem(self._lower)
+        self.band.setDownsampling(ds=1, auto=False)
+        self.band.setClipToView(False)
+        for plot in (self.hist_plot, self.fraction_plot, self.time_plot, self.band_plot):
+            for side in ("left", "bottom"):
+                # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
+                plot.getAxis(side).enableAutoSIPrefix(False)
         layout.layout.setRowStretchFactor(0, 3)
         layout.layout.setRowStretchFactor(1, 2)
         layout.layout.setRowStretchFactor(2, 2)
@@ -266,19 +272,25 @@ class ActivationView(View):
 
     def _draw_history(self, data: ViewData, layer: str) -> None:
         frames = data.frames or ((self._frame,) if self._frame is not None else ())
-        key = (id(frames[-1]), len(frames), layer) if frames else None
-        if key == self._time_key:
+        key = (frames[-1] if frames else None, len(frames), layer)
+        if self._time_key is not None and key[0] is self._time_key[0] and key[1:] == self._time_key[1:]:
             return
         self._time_key = key
         bins = 0 if self._frame is None else self._frame.histograms.shape[1]
         columns: list[np.ndarray] = []
         steps: list[int] = []
+        names: tuple[str, ...] | None = None
+        row: int | None = None
         for frame in frames:
+            if frame.layer_names is not names and frame.layer_names != names:
+                # Consecutive frames share their layer list: look the row up once per list.
+                names = frame.layer_names
+                row = names.index(layer) if layer in names else None
             # Frames from an older layout (another run, another bin count) cannot share the image.
-            if layer in frame.layer_names and frame.histograms.ndim == 2 and frame.histograms.shape[1] == bins:
-                columns.append(frame.histograms[frame.layer_names.index(layer)])
+            if row is not None and frame.histograms.ndim == 2 and frame.histograms.shape[1] == bins:
+                columns.append(frame.histograms[row])
                 steps.append(frame.step)
-        self.time_plot.setTitle(f"{layer}: histogram over the last {len(columns)} captured steps", size="9pt")
+        self._set_title(self.time_plot, f"{layer}: histogram over the last {len(columns)} captured steps")
         if not columns or self._edges is None or layer not in self._names:
             self._time_counts = None
             self._time_steps = np.zeros(0)
@@ -308,9 +320,9 @@ class ActivationView(View):
         self._band_layer = layer
         self._band_series = (mean, std)
         if mean is None:
-            for curve in (self.mean_curve, self._upper, self._lower):
-                curve.setData([], [])
-            self.band_plot.setTitle(f"{layer}: no mean/std series yet", size="9pt")
+            self.mean_curve.setData([], [])
+            self.band.setData([], [])
+            self._set_title(self.band_plot, f"{layer}: no mean/std series yet")
             return
         steps = np.asarray(mean.steps, dtype=np.float64)
         values = np.asarray(mean.values, dtype=np.float64)
@@ -321,10 +333,24 @@ class ActivationView(View):
         else:
             # Series from one History share steps; anything else is aligned by interpolation.
             spread = np.interp(steps, np.asarray(std.steps, float), np.asarray(std.values, float))
+        if len(steps) > _MAX_BAND_POINTS:
+            # Run-long series arrive decimated; a raw one is strided (mean and std are smooth).
+            stride = math.ceil(len(steps) / _MAX_BAND_POINTS)
+            steps, values, spread = steps[::stride], values[::stride], spread[::stride]
         self.mean_curve.setData(steps, values, connect="finite")
-        self._upper.setData(steps, values + spread, connect="finite")
-        self._lower.setData(steps, values - spread, connect="finite")
-        self.band_plot.setTitle(f"{layer}: mean ± std over the run", size="9pt")
+        finite = np.isfinite(values) & np.isfinite(spread)  # a NaN would tear the polygon
+        x = steps[finite]
+        self.band.setData(
+            np.concatenate([x, x[::-1]]),
+            np.concatenate([(values + spread)[finite], (values - spread)[finite][::-1]]),
+        )
+        self._set_title(self.band_plot, f"{layer}: mean ± std over the run")
+
+    def _set_title(self, plot: pg.PlotItem, text: str) -> None:
+        """Set a plot title only when it changes: setTitle re-lays out HTML (~0.1 ms)."""
+        if self._titles.get(id(plot)) != text:
+            self._titles[id(plot)] = text
+            plot.setTitle(text, size="9pt")
 
     # --- readout and clicks ------------------------------------------------------------------
     def describe_point(self, x: float, y: float) -> str:
@@ -350,7 +376,8 @@ class ActivationView(View):
             return ""
         dead = float(self._frame.stat("dead_fraction")[row])
         saturated = float(self._frame.stat("saturated_fraction")[row])
-        parts = [f"{label} {value * 100:.1f} %" for label, value in (("dead", dead), ("saturated", saturated)) if math.isfinite(value)]
+        pairs = (("dead", dead), ("saturated", saturated))
+        parts = [f"{label} {value * 100:.1f} %" for label, value in pairs if math.isfinite(value)]
         return f"{self._names[row]}  " + ("  ".join(parts) if parts else "no dead/saturated statistic")
 
     def _describe_history(self, x: float, y: float) -> str:

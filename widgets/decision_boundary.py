@@ -131,6 +131,7 @@ class DecisionBoundary(View):
         self.connect_hover(self.plot)
         self._connect_miniature_mouse()
 
+    @property
     def hint(self) -> str:
         """The centred hint shown instead of the view, or "" when the view is shown."""
         return self._hint.text() if self._stack.currentWidget() is self._hint else ""

@@ -169,7 +169,8 @@ class FeatureMaps(View):
         if previous is None or previous.image.shape != tiles.image.shape:
             plot.setRange(xRange=(0, tiles.image.shape[1]), yRange=(0, tiles.image.shape[0]), padding=0.02)
         count, h, w = stack.shape
-        scale = "own range each" if image is self.maps_image and not self._shared else f"{levels[0]:.3g} … {levels[1]:.3g}"
+        per_map = image is self.maps_image and not self._shared
+        scale = "own range each" if per_map else f"{levels[0]:.3g} … {levels[1]:.3g}"
         plot.setTitle(f"{self._layer} {label}: {count} × {h}×{w}  ({scale})", size="9pt")
         return tiles
 

@@ -23,6 +23,8 @@ _NO_PARAMS = "This model has no layers with parameters"
 _BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
 _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
+_WEIGHT_BRUSH = pg.mkBrush(150, 220, 150)
+_RATIO_BRUSH = pg.mkBrush(240, 160, 90)
 _MAX_TICK_LABELS = 16
 
 
@@ -87,6 +89,7 @@ class GradientFlow(View):
         self._heat_sources: tuple[object, ...] = ()
         self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
         self._data_selection_seen: str | None = None
+        self._titles: dict[int, str] = {}
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
@@ -107,14 +110,12 @@ class GradientFlow(View):
         self.ratio_plot.getAxis("left").setLogMode(False, True)
         self.ratio_plot.setXLink(self.bar_plot)
         self.ratio_plot.setMenuEnabled(False)
-        self.weight_norm_curve = pg.PlotDataItem(
-            pen=pg.mkPen(150, 220, 150), symbol="o", symbolSize=6, symbolBrush=(150, 220, 150)
-        )
-        self.update_ratio_curve = pg.PlotDataItem(
-            pen=pg.mkPen(240, 160, 90), symbol="t", symbolSize=7, symbolBrush=(240, 160, 90)
-        )
-        self.ratio_plot.addItem(self.weight_norm_curve)
-        self.ratio_plot.addItem(self.update_ratio_curve)
+        # Both statistics in ONE scatter item (per-point symbol and brush): two symbol curves
+        # cost twice as much per frame, and lines between layers would suggest a continuum.
+        self.ratio_points = pg.ScatterPlotItem(size=7, pen=None)
+        self.ratio_plot.addItem(self.ratio_points)
+        self.weight_norm_log = np.zeros(0)  # log10 ‖w‖ per layer (NaN: not drawn)
+        self.update_ratio_log = np.zeros(0)
 
         self.heat_plot = layout.addPlot(row=1, col=0, colspan=2)
         self.heat_plot.setTitle("log10 ‖g‖ over the run", size="9pt")
@@ -126,6 +127,10 @@ class GradientFlow(View):
         self.heat_plot.addItem(self.heat_image)
         self._heat_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.heat_plot.addItem(self._heat_box)
+        for plot in (self.bar_plot, self.ratio_plot, self.heat_plot):
+            for side in ("left", "bottom"):
+                # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
+                plot.getAxis(side).enableAutoSIPrefix(False)
         layout.layout.setColumnStretchFactor(0, 3)
         layout.layout.setColumnStretchFactor(1, 2)
         layout.layout.setRowStretchFactor(0, 1)
@@ -204,8 +209,8 @@ class GradientFlow(View):
         if frame is None:
             self._grad_norms = np.full(len(self._layers), np.nan)
             self.bars.setOpts(x=[], height=[], y0=0, brushes=[])
-            self.weight_norm_curve.setData([], [])
-            self.update_ratio_curve.setData([], [])
+            self.weight_norm_log = self.update_ratio_log = np.full(len(self._layers), np.nan)
+            self.ratio_points.setData(x=[], y=[])
             return
         self._grad_norms = self._stat_per_layer(frame, "grad_norm")
         logs = _log10(self._grad_norms)
@@ -215,11 +220,20 @@ class GradientFlow(View):
         self.bars.setOpts(
             x=index[shown], height=logs[shown] - floor, y0=floor, brushes=[_BAR_BRUSH] * int(shown.sum())
         )
-        for curve, name in ((self.weight_norm_curve, "weight_norm"), (self.update_ratio_curve, "update_ratio")):
-            values = _log10(self._stat_per_layer(frame, name))
+        self.weight_norm_log = _log10(self._stat_per_layer(frame, "weight_norm"))
+        self.update_ratio_log = _log10(self._stat_per_layer(frame, "update_ratio"))
+        xs, ys, symbols, brushes = [], [], [], []
+        for values, symbol, brush in (
+            (self.weight_norm_log, "o", _WEIGHT_BRUSH),
+            (self.update_ratio_log, "t", _RATIO_BRUSH),
+        ):
             good = np.isfinite(values)
-            curve.setData(index[good], values[good])
-        self.bar_plot.setTitle(f"gradient norm ‖g‖ per layer  (step {frame.step})", size="9pt")
+            xs.append(index[good])
+            ys.append(values[good])
+            symbols += [symbol] * int(good.sum())
+            brushes += [brush] * int(good.sum())
+        self.ratio_points.setData(x=np.concatenate(xs), y=np.concatenate(ys), symbol=symbols, brush=brushes)
+        self._set_title(self.bar_plot, f"gradient norm ‖g‖ per layer  (step {frame.step})")
         self._drawn_selection = None
 
     def _draw_heatmap(self, data: ViewData) -> None:
@@ -244,9 +258,8 @@ class GradientFlow(View):
         x0 = steps[0] - spacing / 2
         levels = finite_levels(logs)
         self.heat_image.setImage(logs.astype(np.float32), levels=levels, autoLevels=False)
-        self.heat_plot.setTitle(
-            f"log10 ‖g‖ over the run  (colour: {10 ** levels[0]:.0e} … {10 ** levels[1]:.0e})", size="9pt"
-        )
+        colours = f"{10 ** levels[0]:.0e} … {10 ** levels[1]:.0e}"
+        self._set_title(self.heat_plot, f"log10 ‖g‖ over the run  (colour: {colours})")
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
         if names != self._heat_layers or len(steps) != len(self._heat_steps):
             self.heat_plot.setRange(xRange=(x0, x0 + spacing * len(steps)), yRange=(0, len(names)), padding=0.0)
@@ -260,6 +273,12 @@ class GradientFlow(View):
         self._heat_steps = steps
         self._heat_values = values
         self._drawn_selection = None
+
+    def _set_title(self, plot: pg.PlotItem, text: str) -> None:
+        """Set a plot title only when it changes: setTitle re-lays out HTML (~0.1 ms)."""
+        if self._titles.get(id(plot)) != text:
+            self._titles[id(plot)] = text
+            plot.setTitle(text, size="9pt")
 
     def _clear_heatmap(self) -> None:
         self.heat_image.clear()
@@ -276,7 +295,8 @@ class GradientFlow(View):
         self._drawn_selection = key
         if len(self._layers) and self._frame is not None:
             shown = np.isfinite(_log10(self._grad_norms))
-            brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name, s in zip(self._layers, shown) if s]
+            drawn = [name for name, s in zip(self._layers, shown) if s]
+            brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name in drawn]
             self.bars.setOpts(brushes=brushes)
         if selection in self._heat_layers and len(self._heat_steps):
             row = self._heat_layers.index(selection)

@@ -171,6 +171,10 @@ class LossCurve(View):
         self.acc_plot.setXLink(self.loss_plot)
         self.train_acc = _Trace(self.acc_plot, _TRAIN, "train acc")
         self.val_acc = _Trace(self.acc_plot, _VAL, "val acc")
+        for plot in (self.loss_plot, self.acc_plot):
+            for side in ("left", "bottom"):
+                # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
+                plot.getAxis(side).enableAutoSIPrefix(False)
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 1)
 
@@ -207,7 +211,8 @@ class LossCurve(View):
     def handed_points(self) -> dict[str, int]:
         """How many points each curve was last given with setData (before pyqtgraph's own thinning)."""
         counts: dict[str, int] = {}
-        for name, trace in (("loss", self.train), ("val_loss", self.val), ("train_acc", self.train_acc), ("val_acc", self.val_acc)):
+        traces = (("loss", self.train), ("val_loss", self.val), ("train_acc", self.train_acc), ("val_acc", self.val_acc))
+        for name, trace in traces:
             for part, curve in (("", trace.mean), ("/band", trace.band)):
                 counts[name + part] = 0 if curve.xData is None else len(curve.xData)
         return counts

@@ -203,6 +203,7 @@ class NetworkGraph(View):
         self.plot.scene().sigMouseClicked.connect(self._on_scene_clicked)
         self.connect_hover(self.plot)
 
+    @property
     def hint(self) -> str:
         """The centred hint shown instead of the view, or "" when the view is shown."""
         return self._hint.text() if self._stack.currentWidget() is self._hint else ""

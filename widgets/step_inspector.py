@@ -308,6 +308,7 @@ class StepInspector(View):
         self.more_label.setVisible(extra > 0)
         self.no_tensors.setVisible(not shown)
 
+    @property
     def hint(self) -> str:
         """The centred hint shown instead of the view, or "" when the view is shown."""
         return self._hint.text() if self._stack.currentWidget() is self._hint else ""

@@ -51,7 +51,8 @@ class WeightHeatmap(View):
         super().__init__(parent)
         self._mode = "weight"
         self._layer_names: tuple[str, ...] = ()
-        self._shown: tuple[int, str] | None = None  # (id of the array drawn, mode) to skip redraws
+        # (array drawn, mode, layer): the array itself, not its id, so a freed one cannot alias
+        self._shown: tuple[np.ndarray, str, str] | None = None
         self._matrix: np.ndarray | None = None
         self._matrix_layer = ""
         self._levels = (-1.0, 1.0)
@@ -145,8 +146,8 @@ class WeightHeatmap(View):
             self._shown = None
             self._show_hint(_MISSING_HINTS[self._mode])
             return
-        key = (id(array), self._mode)
-        if key == self._shown and self._matrix_layer == tensors.layer:
+        shown = self._shown
+        if shown is not None and shown[0] is array and shown[1:] == (self._mode, tensors.layer):
             return  # same array as the last frame: nothing to redo at 30 Hz
         matrix = _as_matrix(array)
         if not np.isfinite(matrix).any():
@@ -164,7 +165,7 @@ class WeightHeatmap(View):
         self._levels = levels
         self._matrix = matrix
         self._matrix_layer = tensors.layer
-        self._shown = key
+        self._shown = (array, self._mode, tensors.layer)
         self.plot.setTitle(f"{tensors.layer}  {self._mode}  {matrix.shape[0]}×{matrix.shape[1]}", size="9pt")
         self.range_label.setText(f"±{levels[1]:.3g}")
         self._show_content()

@@ -40,6 +40,7 @@ class LoadedData:
     class_names: tuple[str, ...] = ()
     vocab_size: int | None = None
     token_names: tuple[str, ...] | None = None
+    groups: np.ndarray | None = None  # examples sharing a group id stay on one side of the split
 
 
 def _visible(entry: Path) -> bool:
@@ -92,6 +93,8 @@ def load_folder(path: str | Path, image_size: int = 28) -> LoadedData:
         class_names.append(class_dir.name)
     if not images:
         raise DataError(f"no images found in the class sub-folders of {root}")
+    if len(class_names) < 2:
+        raise DataError(f"only one class folder with images in {root}: {class_names[0]!r}")
 
     stack = np.stack(images)  # (N, H, W, 3) uint8
     gray = bool(np.all(stack[..., 0] == stack[..., 1]) and np.all(stack[..., 1] == stack[..., 2]))
@@ -106,7 +109,9 @@ def load_folder(path: str | Path, image_size: int = 28) -> LoadedData:
     )
 
 
-def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...], role: str, path: Path) -> tuple[str, np.ndarray]:
+def _pick(
+    arrays: dict[str, np.ndarray], keys: tuple[str, ...], role: str, path: Path
+) -> tuple[str, np.ndarray]:
     for key in keys:
         if key in arrays:
             return key, arrays[key]
@@ -153,7 +158,9 @@ def load_npz(path: str | Path) -> LoadedData:
     y_key, y = _pick(arrays, _Y_KEYS, "target", file)
     for key, array in ((x_key, x), (y_key, y)):
         if array.ndim == 0 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise DataError(f"{file}: array {key!r} must be a numeric array, got {array.dtype} {array.shape}")
+            raise DataError(
+                f"{file}: array {key!r} must be a numeric array, got {array.dtype} {array.shape}"
+            )
     if len(x) != len(y):
         raise DataError(f"{file}: {x_key!r} has {len(x)} examples but {y_key!r} has {len(y)}")
     if len(x) == 0:
@@ -191,8 +198,12 @@ def load_npz(path: str | Path) -> LoadedData:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{file}: integer {y_key!r} must hold one label per example, got shape {y.shape}")
+        raise DataError(
+            f"{file}: integer {y_key!r} must hold one label per example, got shape {y.shape}"
+        )
     values, labels = np.unique(y, return_inverse=True)
+    if len(values) < 2:
+        raise DataError(f"{file}: {y_key!r} holds a single class ({values[0]}); need at least two")
     return LoadedData(
         x=x,
         y=labels.astype(np.int64).reshape(-1),

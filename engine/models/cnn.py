@@ -21,7 +21,11 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, spec: ModelSpec, pool: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, spec.kernel_size, padding=spec.kernel_size // 2, bias=spec.bias
+            in_channels,
+            out_channels,
+            spec.kernel_size,
+            padding=spec.kernel_size // 2,
+            bias=spec.bias,
         )
         self.norm: nn.Module | None = None
         if spec.norm == "batch":
@@ -41,12 +45,14 @@ class ConvBlock(nn.Module):
 
 
 class CNN(nn.Module):
-    """Conv stacks over (C, H, W) images, then a hidden linear layer of ``width`` units and a head."""
+    """Conv stacks over (C, H, W) images, a hidden linear layer of ``width`` units, a head."""
 
     def __init__(self, input_shape: tuple[int, ...], out_features: int, spec: ModelSpec) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"a CNN needs image inputs (C, H, W), got examples of shape {input_shape}")
+            raise ValueError(
+                f"a CNN needs image inputs (C, H, W), got examples of shape {input_shape}"
+            )
         channels, height, width = input_shape
         # Padding k // 2 keeps the size for odd kernels and grows it by one pixel for even ones;
         # track the size to size the hidden layer.

@@ -29,6 +29,8 @@ NORMS: tuple[str, ...] = ("none", "batch", "layer")
 MODEL_KINDS: tuple[str, ...] = ("mlp", "cnn", "transformer", "rnn", "lstm", "gru")
 
 _LEAKY_SLOPE = 0.01
+_MATRIX = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BIASED = (*_MATRIX, nn.RNNBase, nn.MultiheadAttention)
 
 ModelKind = Literal["mlp", "cnn", "transformer", "rnn", "lstm", "gru"]
 
@@ -92,13 +94,17 @@ class ModelSpec:
             if value not in allowed:
                 raise ValueError(f"ModelSpec.{field_name}={value!r}; expected one of {allowed}")
         if self.depth < 0 or self.width < 1:
-            raise ValueError(f"ModelSpec needs depth >= 0 and width >= 1, got {self.depth}, {self.width}")
+            raise ValueError(
+                f"ModelSpec needs depth >= 0 and width >= 1, got {self.depth}, {self.width}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelSpec.dropout must be in [0, 1), got {self.dropout}")
         if any(c < 1 for c in self.channels) or self.kernel_size < 1:
             raise ValueError("ModelSpec.channels and kernel_size must be positive")
         if self.kind == "transformer" and self.width % self.heads != 0:
-            raise ValueError(f"transformer width {self.width} is not divisible by {self.heads} heads")
+            raise ValueError(
+                f"transformer width {self.width} is not divisible by {self.heads} heads"
+            )
         if self.kind in ("rnn", "lstm", "gru") and self.depth < 1:
             raise ValueError("a recurrent model needs depth >= 1")
 
@@ -168,7 +174,7 @@ def _weight_matrices(model: nn.Module, activation: str) -> list[tuple[torch.Tens
     act_gain = activation_gain(activation)
     tanh_gain = nn.init.calculate_gain("tanh")
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, _MATRIX):
             out.append((module.weight, act_gain))
         elif isinstance(module, nn.RNNBase):
             # Gates are stacked along dim 0 (4 for LSTM, 3 for GRU); drawing each gate's block
@@ -196,8 +202,9 @@ def init_weights(model: nn.Module, spec: ModelSpec) -> None:
     'xavier' N(0, gain * sqrt(2 / (fan_in + fan_out))) with the gain of ``spec.activation``
     (recurrent matrices: tanh's; attention q/k/v: 1); 'normal' draws N(0, init_std); 'zeros' and
     'constant' fill. Every scheme then multiplies those weights by ``init_scale``, and every
-    scheme but 'default' zeroes their biases. Norm layers return to weight 1, bias 0 (and fresh
-    running statistics). Embeddings are lookup tables, not maps of activations, so they always
+    scheme but 'default' zeroes their biases; LSTM forget-gate biases then get +1 (see
+    ``_open_forget_gates``). Norm layers return to weight 1, bias 0 (and fresh running
+    statistics). Embeddings are lookup tables, not maps of activations, so they always
     get PyTorch's N(0, 1) and no scale.
     """
     _reset_default(model)
@@ -205,11 +212,26 @@ def init_weights(model: nn.Module, spec: ModelSpec) -> None:
     if spec.init == "default":
         for weight, _ in matrices:
             weight.mul_(spec.init_scale)
-        return
-    for weight, gain in matrices:
-        _fill(weight, spec, gain)
+    else:
+        for weight, gain in matrices:
+            _fill(weight, spec, gain)
+        for module in model.modules():
+            if isinstance(module, _BIASED):
+                for name, param in module.named_parameters(recurse=False):
+                    if "bias" in name:
+                        param.zero_()
+    _open_forget_gates(model)
+
+
+def _open_forget_gates(model: nn.Module) -> None:
+    """Add 1 to every LSTM forget-gate bias (Jozefowicz et al., 2015; Keras does the same).
+
+    With PyTorch's zero-centred biases the forget gate starts near 0.5, so the cell keeps only
+    ~0.5**T of what it saw T steps ago and the LSTM loses the very advantage over a plain RNN
+    that the long_range task demonstrates; at 0.73 it learns that task in a few hundred steps.
+    """
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)):
+        if isinstance(module, nn.LSTM) and module.bias:
             for name, param in module.named_parameters(recurse=False):
-                if "bias" in name:
-                    param.zero_()
+                if name.startswith("bias_ih"):
+                    param.chunk(4)[1].add_(1.0)  # gate order: input, forget, cell, output

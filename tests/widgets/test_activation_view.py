@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 from PySide6 import QtCore, QtGui
 
-from engine.snapshot import STAT_INDEX, STAT_NAMES, Hyper, LayerInfo, Metrics, SeriesData, Snapshot, StatsFrame, ViewData
+from engine.snapshot import (
+    STAT_INDEX,
+    STAT_NAMES,
+    Hyper,
+    LayerInfo,
+    Metrics,
+    SeriesData,
+    Snapshot,
+    StatsFrame,
+    ViewData,
+)
 from widgets.activation_view import ActivationView
 from widgets.colormaps import SEQUENTIAL_LUT
 
@@ -55,7 +65,8 @@ def click(qtbot, view: ActivationView, plot, x: float, y: float) -> None:
     """A real mouse click at data coordinates (x, y) of ``plot``."""
     qtbot.wait(10)  # let pending auto-range updates land, as they would between a user's clicks
     scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
-    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
+    position = view.canvas.mapFromScene(scene_point)
+    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=position)
 
 
 def test_histogram_image_is_layers_by_bins_scaled_per_row(view, frames):
@@ -108,6 +119,17 @@ def test_dead_and_saturated_bars_skip_nan(view, frames):
     assert saturated["width"][0] == pytest.approx(0.5) and 3.0 < saturated["y0"][0] < 4.0  # tanh's row
 
 
+def test_bars_sit_beside_their_histogram_rows(view, frames, qtbot):
+    view.render(make_data(frames))
+    view.show()
+    qtbot.waitExposed(view)
+    qtbot.wait(10)
+    for row in range(len(NAMES)):
+        in_hist = view.hist_plot.getViewBox().mapViewToScene(QtCore.QPointF(0.0, row + 0.5)).y()
+        in_bars = view.fraction_plot.getViewBox().mapViewToScene(QtCore.QPointF(0.5, row + 0.5)).y()
+        assert in_bars == pytest.approx(in_hist, abs=1.0)
+
+
 def test_history_of_last_layer_then_selected_layer(view, frames):
     view.render(make_data(frames))
     assert view.focus_layer == "tanh"
@@ -130,8 +152,9 @@ def test_mean_std_band_from_series(view, frames):
     view.render(make_data(frames, series, selected="fc2"))
     x, y = view.mean_curve.getOriginalDataset()
     np.testing.assert_allclose(y, np.sin(steps / 50))
-    np.testing.assert_allclose(view._upper.getOriginalDataset()[1], np.sin(steps / 50) + 0.5)
-    np.testing.assert_allclose(view._lower.getOriginalDataset()[1], np.sin(steps / 50) - 0.5)
+    band_x, band_y = view.band.getOriginalDataset()  # one closed polygon: mean+std out, mean-std back
+    np.testing.assert_allclose(band_x, np.concatenate([steps, steps[::-1]]))
+    np.testing.assert_allclose(band_y, np.concatenate([np.sin(steps / 50) + 0.5, (np.sin(steps / 50) - 0.5)[::-1]]))
     view.set_selection("fc1")  # no series for fc1: curves empty, no error
     assert len(view.mean_curve.getOriginalDataset()[0] or []) == 0
 

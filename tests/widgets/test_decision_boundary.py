@@ -135,12 +135,12 @@ def test_mouse_click_on_a_miniature(view, qtbot):
 
 def test_missing_or_odd_data_shows_a_hint(view):
     view.render(view_data(None))
-    assert view.hint()
+    assert view.hint
     view.render(view_data(boundary(prediction=np.zeros(5))))
-    assert view.hint()
+    assert view.hint
     nan_prediction = np.full((30, 40), np.nan)
     view.render(view_data(boundary(prediction=nan_prediction, labels=np.zeros(3))))
-    assert view.hint() == ""
+    assert view.hint == ""
     assert len(view.points.getData()[0]) == 0  # labels do not match points: none drawn
     assert view.hover_at(0.0, 0.0) == "x=0.00, y=0.00: no prediction"
 

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 from PySide6 import QtCore, QtGui
 
-from engine.snapshot import STAT_INDEX, STAT_NAMES, Hyper, LayerInfo, Metrics, SeriesData, Snapshot, StatsFrame, ViewData
+from engine.snapshot import (
+    STAT_INDEX,
+    STAT_NAMES,
+    Hyper,
+    LayerInfo,
+    Metrics,
+    SeriesData,
+    Snapshot,
+    StatsFrame,
+    ViewData,
+)
 from widgets.gradient_flow import GradientFlow, abbreviate, align_series
 
 LAYERS = (
@@ -58,7 +68,8 @@ def view(qtbot):
 def click(qtbot, view: GradientFlow, plot, x: float, y: float) -> None:
     qtbot.wait(10)  # let pending auto-range updates land, as they would between a user's clicks
     scene_point = plot.getViewBox().mapViewToScene(QtCore.QPointF(x, y))
-    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene_point))
+    position = view.canvas.mapFromScene(scene_point)
+    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=position)
 
 
 def test_bars_are_log10_norms_of_layers_with_parameters(view):
@@ -77,11 +88,13 @@ def test_bars_are_log10_norms_of_layers_with_parameters(view):
 
 def test_weight_norm_and_update_ratio_per_layer(view):
     view.render(make_data(make_frame()))
-    x, y = view.weight_norm_curve.getOriginalDataset()
-    np.testing.assert_array_equal(x, [0, 1, 2, 3])
-    np.testing.assert_allclose(y, np.log10([1.0, 3.0, 4.0, 5.0]))
-    x, y = view.update_ratio_curve.getOriginalDataset()
-    np.testing.assert_allclose(y, np.log10([1e-3, 3e-3, 4e-3, 5e-3]))
+    np.testing.assert_allclose(view.weight_norm_log, np.log10([1.0, 3.0, 4.0, 5.0]))
+    np.testing.assert_allclose(view.update_ratio_log, np.log10([1e-3, 3e-3, 4e-3, 5e-3]))
+    # both drawn by one scatter item: circles for ‖w‖, triangles for the update ratio
+    x, y = view.ratio_points.getData()
+    np.testing.assert_array_equal(x, [0, 1, 2, 3] * 2)
+    np.testing.assert_allclose(y, np.concatenate([view.weight_norm_log, view.update_ratio_log]))
+    assert list(view.ratio_points.data["symbol"]) == ["o"] * 4 + ["t"] * 4
 
 
 def test_heatmap_is_log10_series_and_skips_nan_rows(view):
@@ -97,12 +110,14 @@ def test_heatmap_is_log10_series_and_skips_nan_rows(view):
 
 def test_heatmap_aligns_series_of_different_lengths(view):
     short = SeriesData(np.array([0.0, 1000.0, 2000.0]), np.array([1e-2, 1e-3, 1e-4]))
-    series = {"grad_norm/encoder.fc1": SeriesData(np.linspace(0, 2000, 201), np.full(201, 1.0)), "grad_norm/head": short}
+    long = SeriesData(np.linspace(0, 2000, 201), np.full(201, 1.0))
+    series = {"grad_norm/encoder.fc1": long, "grad_norm/head": short}
     view.render(make_data(None, series))
     image = view.heat_image.image
     assert image.shape == (2, 201)
-    np.testing.assert_allclose(image[1, [0, 100, 200]], [-2.0, np.log10(np.interp(1000, [0, 1000], [1e-2, 1e-3])), -4.0])
-    steps, values = align_series([short, series["grad_norm/encoder.fc1"]])
+    middle = np.log10(np.interp(1000, [0, 1000], [1e-2, 1e-3]))
+    np.testing.assert_allclose(image[1, [0, 100, 200]], [-2.0, middle, -4.0])
+    steps, values = align_series([short, long])
     assert len(steps) == 201 and values.shape == (2, 201)
 
 
@@ -138,6 +153,19 @@ def test_hints_for_missing_data(view):
     assert view.hint == ""
     assert view.heatmap_layers == ()
     assert view.hover_at(0.0, 0.5) == ""
+
+
+def test_new_run_with_other_layers(view):
+    view.render(make_data(make_frame(), make_series()))
+    layers = (LayerInfo(0, "conv", "Conv2d", "param", 10, (2, 1, 2, 2)),)
+    values = np.full((1, len(STAT_NAMES)), np.nan)
+    values[0, STAT_INDEX["grad_norm"]] = 0.5
+    frame = StatsFrame(3, 1.0, ("conv",), values, np.zeros((1, 4), np.float32), np.linspace(-1, 1, 5))
+    view.render(make_data(frame, {}, layers=layers))
+    assert view.layers == ("conv",)
+    np.testing.assert_array_equal(view.bars.opts["x"], [0.0])
+    assert view.heatmap_layers == ()  # the old run's series are gone
+    assert [text for _, text in view.bar_plot.getAxis("bottom")._tickLevels[0]] == ["conv"]
 
 
 def test_abbreviate_keeps_labels_short():

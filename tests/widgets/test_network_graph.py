@@ -188,10 +188,10 @@ def test_selection_from_the_app_does_not_emit(graph, qtbot):
 
 def test_missing_parts_and_new_runs_never_raise(graph):
     graph.render(view_data(None))
-    assert graph.hint() == "No network to show yet"
+    assert graph.hint == "No network to show yet"
     net = network(activations=(None, np.full(16, np.nan), None, None), weights=(None, None, None))
     graph.render(view_data(net))
-    assert graph.hint() == ""
+    assert graph.hint == ""
     grey = spot_colour(graph, 0)
     assert grey.red() == grey.green() == grey.blue() or abs(grey.red() - grey.blue()) < 20
     assert edge_count(graph) == 0

@@ -39,12 +39,12 @@ def inspector(qtbot) -> StepInspector:
 
 def test_hint_without_a_phase(inspector):
     inspector.render(view_data(None))
-    assert inspector.hint() == "Press Shift+\u2192 to step through one training step phase by phase"
+    assert inspector.hint == "Press Shift+\u2192 to step through one training step phase by phase"
 
 
 def test_forward_phase_labels_and_highlighted_row(inspector):
     inspector.render(view_data(phase(index=6, kind="forward", module="layers.6.linear")))
-    assert inspector.hint() == ""
+    assert inspector.hint == ""
     assert inspector.direction_label.text() == "FORWARD \u2192"
     assert DIRECTION_COLOURS["forward"] in inspector.direction_label.styleSheet()
     assert inspector.module_label.text() == "layers.6.linear"

@@ -16,7 +16,9 @@ LAYERS = (
 )
 
 
-def make_data(tensors: TensorViews | None, layers: tuple[LayerInfo, ...] = LAYERS, selected: str | None = None) -> ViewData:
+def make_data(
+    tensors: TensorViews | None, layers: tuple[LayerInfo, ...] = LAYERS, selected: str | None = None
+) -> ViewData:
     snapshot = Snapshot(1, 10, "running", "test", "cpu", layers, Metrics(1.0), Hyper(), tensors=tensors)
     return ViewData(snapshot, selected_layer=selected)
 

@@ -1,0 +1,58 @@
+"""Starting the desktop app: the window first, then the engine behind a visible status."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+__all__ = ["run_app"]
+
+
+def run_app(options: argparse.Namespace) -> int:
+    if options.smoke_test is not None and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The training thread runs Python between torch calls; a short switch interval keeps the GUI
+    # thread's share of the interpreter frequent, so frames and input stay smooth.
+    sys.setswitchinterval(0.001)
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app.setApplicationName("Glassbox")
+    app.setOrganizationName("Glassbox")
+    _apply_style(app)
+    from app.main_window import MainWindow
+
+    smoke = options.smoke_test is not None
+    window = MainWindow(remember_layout=not smoke)
+    if smoke:
+        window.show_every_view()
+    window.show()
+    app.processEvents()
+    try:
+        window.start_engine(scenario=options.scenario, model=options.model, device=options.device,
+                            play=not (smoke or options.paused))
+    except ValueError as exc:  # e.g. an unknown scenario or an absent CUDA device
+        print(f"glassbox: error: {exc}", file=sys.stderr)
+        window.shutdown()
+        return 2
+    if smoke:
+        from app.smoke import run_smoke_test
+
+        return run_smoke_test(window, options.smoke_test)
+    code = app.exec()
+    window.shutdown()
+    return code
+
+
+def _apply_style(app) -> None:
+    from importlib import resources
+
+    try:
+        style = resources.files("assets").joinpath("style.qss").read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError, OSError):
+        style = ""
+    app.setStyle("Fusion")
+    if style:
+        app.setStyleSheet(style)

@@ -1,0 +1,93 @@
+"""Saving what the window shows: PNG of a view, CSV of the run's series, run files."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any, Callable
+
+import numpy as np
+from PySide6 import QtWidgets
+
+from engine.history import History
+from engine.report import write_atomic
+from engine.snapshot import Snapshot
+
+__all__ = ["save_png", "save_history_csv", "save_run_file", "restore_run_factory"]
+
+
+def save_png(widget: QtWidgets.QWidget, path: str) -> None:
+    """Grab the widget as it is on screen and write it atomically."""
+    from PySide6 import QtCore
+
+    pixmap = widget.grab()
+    buffer = QtCore.QBuffer()
+    buffer.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    if not pixmap.save(buffer, "PNG"):
+        raise OSError(f"could not encode {path} as PNG")
+    write_atomic(path, bytes(buffer.data()))
+
+
+def save_history_csv(history: History, path: str, max_points: int | None = None) -> None:
+    """One row per kept point (full resolution recently, bucket means further back)."""
+    columns = [c for c in history.columns if not np.isnan(history.last(c)) or c in ("loss",)]
+    series = {c: history.series(c, max_points=max_points) for c in columns}
+    steps = np.unique(np.concatenate([s.steps for s in series.values()])) if series else np.zeros(0)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["step", *columns])
+    lookups = {c: dict(zip(s.steps.tolist(), s.values.tolist())) for c, s in series.items()}
+    for step in steps.tolist():
+        row = [f"{step:g}"]
+        for c in columns:
+            value = lookups[c].get(step)
+            row.append("" if value is None or not np.isfinite(value) else f"{value:.7g}")
+        writer.writerow(row)
+    write_atomic(path, out.getvalue().encode())
+
+
+def save_run_file(path: str, bridge: Any, snapshot: Snapshot, current: dict[str, Any]) -> None:
+    from engine.runfile import save_run
+
+    history = bridge.history
+    tensors = {}
+    views = snapshot.tensors
+    if views is not None:
+        for name in ("weight", "weight_grad", "weight_update", "activation", "output_grad",
+                     "feature_maps", "kernels", "attention"):
+            value = getattr(views, name)
+            if value is not None:
+                tensors[f"{name}/{views.layer}"] = value
+    config = {"kind": current.get("kind"), "name": current.get("name"), "model": current.get("model"),
+              "scenario": snapshot.scenario, "hyper": _hyper_dict(snapshot), "step": snapshot.step}
+    save_run(path, config=config, history=history, tensors=tensors, step=snapshot.step)
+
+
+def _hyper_dict(snapshot: Snapshot) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(snapshot.hyper)
+
+
+def restore_run_factory(path: str, device: str) -> tuple[Callable, dict[str, Any]]:
+    """Rebuild a saved run's configuration; raises RunFileError for a bad file."""
+    import functools
+
+    from engine import scenarios
+    from engine.runfile import RunFileError, load_run
+
+    loaded = load_run(path)
+    config = loaded.config
+    if config.get("kind") == "user":
+        ref = config.get("name")
+        if not ref or not os.path.exists(ref.rsplit(":", 1)[0]):
+            raise RunFileError(f"{path}: its model file {ref} is no longer there")
+        return functools.partial(scenarios.build_user_run, ref, device=device, hyper=config.get("hyper")), \
+            {"kind": "user", "name": ref, "model": None}
+    name = config.get("scenario") or config.get("name")
+    if name not in scenarios.SCENARIOS:
+        raise RunFileError(f"{path}: unknown scenario {name!r}")
+    hyper = config.get("hyper")
+    model = config.get("model") if isinstance(config.get("model"), dict) else None
+    return functools.partial(scenarios.build_run, name, device=device, hyper=hyper, model=model), \
+        {"kind": "scenario", "name": name, "model": model}

@@ -1,0 +1,614 @@
+"""The main window: docks of views, transport controls, hyperparameters, status and errors.
+
+The window is built without touching torch, so it can be on screen before the engine has
+loaded; ``start_engine`` then brings in the bridge and the first run.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from app.error_banner import ErrorBanner
+from app.hyper_panel import HyperPanel
+from app.settings import app_settings
+from engine.snapshot import ErrorEvent, Snapshot, ViewData
+from widgets.activation_view import ActivationView
+from widgets.attention_view import AttentionView
+from widgets.base import View
+from widgets.decision_boundary import DecisionBoundary
+from widgets.feature_maps import FeatureMaps
+from widgets.gradient_flow import GradientFlow
+from widgets.loss_curve import LossCurve
+from widgets.network_graph import NetworkGraph
+from widgets.step_inspector import StepInspector
+from widgets.timeline import Timeline
+from widgets.weight_heatmap import WeightHeatmap
+
+__all__ = ["MainWindow", "VIEW_CLASSES"]
+
+log = logging.getLogger(__name__)
+
+#: Every view, keyed by the name its dock is saved under.
+VIEW_CLASSES: dict[str, type[View]] = {
+    "network": NetworkGraph,
+    "boundary": DecisionBoundary,
+    "loss": LossCurve,
+    "weights": WeightHeatmap,
+    "activations": ActivationView,
+    "gradients": GradientFlow,
+    "features": FeatureMaps,
+    "attention": AttentionView,
+    "inspector": StepInspector,
+}
+SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("10 steps/s", 10.0),
+          ("3 steps/s", 3.0), ("1 step/s", 1.0))
+OPEN_MODEL = "Open model file…"
+LAYOUT_VERSION = 1
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """Glassbox's window. ``start_engine`` must be called once the window is shown."""
+
+    def __init__(self, remember_layout: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("Glassbox")
+        self.setDockOptions(QtWidgets.QMainWindow.DockOption.AnimatedDocks
+                            | QtWidgets.QMainWindow.DockOption.AllowNestedDocks
+                            | QtWidgets.QMainWindow.DockOption.AllowTabbedDocks)
+        self.resize(1500, 940)
+        self._remember = remember_layout
+        self.bridge: Any = None
+        self._scenarios: dict[str, Any] = {}
+        self._current: dict[str, Any] = {"kind": "scenario", "name": None, "device": "auto", "model": None}
+        self._running = False
+        self._last_snapshot: Snapshot | None = None
+        self.errors: list[ErrorEvent] = []
+
+        self.views: dict[str, View] = {}
+        self.docks: dict[str, QtWidgets.QDockWidget] = {}
+        for key, cls in VIEW_CLASSES.items():
+            view = cls()
+            self.views[key] = view
+            self.docks[key] = self._dock(key, cls.title, view)
+            view.layer_selected.connect(lambda name: self.select(name, None))
+            view.unit_selected.connect(lambda name, unit: self.select(name, unit))
+        self.hyper_panel = HyperPanel()
+        self.docks["controls"] = self._dock("controls", "Hyperparameters", self.hyper_panel)
+        self._arrange_default()
+
+        self.banner = ErrorBanner(self)
+        self.timeline = Timeline()
+        central = QtWidgets.QWidget()
+        central_layout = QtWidgets.QVBoxLayout(central)
+        central_layout.setContentsMargins(4, 0, 4, 0)
+        central_layout.addWidget(self.banner)
+        central_layout.addWidget(self.timeline)
+        central.setMaximumHeight(120)
+        self.setCentralWidget(central)
+
+        self._build_actions()
+        self._build_toolbar()
+        self._build_menus()
+        self._build_status()
+        self.hyper_panel.setEnabled(False)
+        if remember_layout:
+            self._restore_layout()
+
+    # --- construction --------------------------------------------------------------------
+    def _dock(self, key: str, title: str, widget: QtWidgets.QWidget) -> QtWidgets.QDockWidget:
+        dock = QtWidgets.QDockWidget(title, self)
+        dock.setObjectName(f"dock-{key}")
+        dock.setWidget(widget)
+        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetClosable
+                         | QtWidgets.QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        dock.visibilityChanged.connect(lambda visible, k=key: self._dock_shown(k, visible))
+        return dock
+
+    def _arrange_default(self) -> None:
+        """Controls on the left; graph and boundary on top; curves and matrices below."""
+        area = QtCore.Qt.DockWidgetArea
+        d = self.docks
+        self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
+        self.addDockWidget(area.TopDockWidgetArea, d["network"])
+        self.splitDockWidget(d["network"], d["boundary"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["boundary"], d["loss"], QtCore.Qt.Orientation.Horizontal)
+        self.addDockWidget(area.BottomDockWidgetArea, d["weights"])
+        self.splitDockWidget(d["weights"], d["gradients"], QtCore.Qt.Orientation.Horizontal)
+        self.splitDockWidget(d["gradients"], d["activations"], QtCore.Qt.Orientation.Horizontal)
+        self.tabifyDockWidget(d["boundary"], d["features"])
+        self.tabifyDockWidget(d["features"], d["attention"])
+        self.tabifyDockWidget(d["activations"], d["inspector"])
+        d["boundary"].raise_()
+        d["activations"].raise_()
+        for dock in d.values():
+            dock.show()
+
+    def show_every_view(self) -> None:
+        """Untabify so every view is on screen at once (the smoke test uses this)."""
+        area = QtCore.Qt.DockWidgetArea
+        d = self.docks
+        for dock in d.values():
+            self.removeDockWidget(dock)
+        self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
+        self.addDockWidget(area.TopDockWidgetArea, d["network"])
+        for left, right in (("network", "boundary"), ("boundary", "loss"), ("loss", "inspector")):
+            self.splitDockWidget(d[left], d[right], QtCore.Qt.Orientation.Horizontal)
+        self.addDockWidget(area.BottomDockWidgetArea, d["weights"])
+        for left, right in (("weights", "gradients"), ("gradients", "activations"),
+                            ("activations", "features"), ("features", "attention")):
+            self.splitDockWidget(d[left], d[right], QtCore.Qt.Orientation.Horizontal)
+        for dock in d.values():
+            dock.show()
+
+    def _action(self, text: str, slot: Callable, shortcut: str | QtGui.QKeySequence | None = None,
+                tip: str = "") -> QtGui.QAction:
+        action = QtGui.QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QtGui.QKeySequence(shortcut))
+            action.setShortcutContext(QtCore.Qt.ShortcutContext.ApplicationShortcut)
+        action.setToolTip(f"{tip or text} ({action.shortcut().toString()})" if shortcut else tip or text)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        self.act_play = self._action("▶ Play", self.toggle_play, "Space", "Run or pause training")
+        self.act_step = self._action("Step", self.step_once, "Right", "One optimizer step")
+        self.act_phase = self._action("Phase", self.step_phase, "Shift+Right",
+                                      "One phase: forward module by module, loss, backward, update")
+        self.act_reinit = self._action("Reinitialize", self.reinitialize, "Ctrl+R",
+                                       "Fresh weights and optimizer state; the step counter restarts")
+        self.act_open_model = self._action("Open model file…", self.open_model_file, "Ctrl+O")
+        self.act_open_run = self._action("Open run…", self.open_run, "Ctrl+Shift+O")
+        self.act_save_run = self._action("Save run…", self.save_run, "Ctrl+S")
+        self.act_export_csv = self._action("Export series as CSV…", self.export_csv, "Ctrl+E")
+        self.act_quit = self._action("Quit", self.close, "Ctrl+Q")
+        self.act_live = self._action("Back to live", self.timeline.go_live if hasattr(self, "timeline") else
+                                     (lambda: None), "End")
+        self.act_reset_layout = self._action("Reset layout", self.reset_layout)
+
+    def _build_toolbar(self) -> None:
+        bar = self.addToolBar("Transport")
+        bar.setObjectName("toolbar-transport")
+        bar.setMovable(False)
+        for action in (self.act_play, self.act_step, self.act_phase, self.act_reinit):
+            bar.addAction(action)
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" Speed "))
+        self.speed = QtWidgets.QComboBox()
+        for label, _ in SPEEDS:
+            self.speed.addItem(label)
+        self.speed.currentIndexChanged.connect(self._speed_changed)
+        bar.addWidget(self.speed)
+        bar.addSeparator()
+        bar.addWidget(QtWidgets.QLabel(" Scenario "))
+        self.scenario = QtWidgets.QComboBox()
+        self.scenario.setMinimumWidth(260)
+        self.scenario.activated.connect(self._scenario_chosen)
+        bar.addWidget(self.scenario)
+        bar.addWidget(QtWidgets.QLabel(" Device "))
+        self.device = QtWidgets.QComboBox()
+        self.device.addItem("CPU", "cpu")
+        self.device.activated.connect(self._device_chosen)
+        bar.addWidget(self.device)
+        self.timeline.step_chosen.connect(self._scrub)
+        self.timeline.live_requested.connect(lambda: self._scrub(None))
+        self.hyper_panel.hyper_changed.connect(self._hyper_changed)
+        self.hyper_panel.rebuild_requested.connect(self._rebuild_requested)
+        self.hyper_panel.example_changed.connect(lambda e: self.select(self._selected_layer, None, example=e))
+
+    def _build_menus(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        for action in (self.act_open_model, self.act_open_run, self.act_save_run):
+            file_menu.addAction(action)
+        export = file_menu.addMenu("Export view as PNG")
+        for key, view in self.views.items():
+            export.addAction(view.title, functools.partial(self.export_png, key))
+        file_menu.addAction(self.act_export_csv)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_quit)
+        run_menu = menu.addMenu("&Run")
+        for action in (self.act_play, self.act_step, self.act_phase, self.act_reinit, self.act_live):
+            run_menu.addAction(action)
+        view_menu = menu.addMenu("&View")
+        for dock in self.docks.values():
+            view_menu.addAction(dock.toggleViewAction())
+        view_menu.addSeparator()
+        view_menu.addAction(self.act_reset_layout)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction("About Glassbox", self._about)
+
+    def _build_status(self) -> None:
+        status = self.statusBar()
+        self.status_state = QtWidgets.QLabel("Loading PyTorch…")
+        self.status_step = QtWidgets.QLabel("")
+        self.status_rate = QtWidgets.QLabel("")
+        self.status_device = QtWidgets.QLabel("")
+        self.status_overhead = QtWidgets.QLabel("")
+        self.status_overhead.setToolTip("Extra time a measured step costs compared with a bare one")
+        status.addWidget(self.status_state, 1)
+        for label in (self.status_step, self.status_rate, self.status_device, self.status_overhead):
+            label.setMinimumWidth(110)
+            status.addPermanentWidget(label)
+
+    # --- engine --------------------------------------------------------------------------
+    def start_engine(self, scenario: str | None = None, model: str | None = None, device: str = "auto",
+                     play: bool = True) -> None:
+        """Import the engine (torch), fill the pickers and start the first run."""
+        import torch
+
+        from app.bridge import Bridge
+        from engine import scenarios
+
+        # Leave a core to the GUI thread: torch's intra-op threads spin while they wait and would
+        # otherwise starve the event loop on small machines.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+        self._scenarios = scenarios.SCENARIOS
+        self._scenario_module = scenarios
+        for name, sc in self._scenarios.items():
+            self.scenario.addItem(sc.title, name)
+        self.scenario.addItem(OPEN_MODEL, OPEN_MODEL)
+        if torch.cuda.is_available():
+            self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", "cuda")
+        self._current["device"] = scenarios.resolve_device(device)
+        self.device.setCurrentIndex(max(0, self.device.findData(self._current["device"])))
+        self.bridge = Bridge(parent=self)
+        self.bridge.frame_ready.connect(self._on_frame)
+        self.bridge.error.connect(self._on_error)
+        self.bridge.run_started.connect(self._on_run_started)
+        name = scenario or self._saved("scenario", scenarios.DEFAULT_SCENARIO)
+        if name not in self._scenarios:
+            name = scenarios.DEFAULT_SCENARIO
+        if model:
+            factory = self._user_factory(model)
+        else:
+            factory = self._scenario_factory(name)
+        self.bridge.start(factory)
+        self._speed_changed(self.speed.currentIndex())
+        self.hyper_panel.setEnabled(True)
+        self.status_state.setText("Ready")
+        if play:
+            self.play()
+
+    def _scenario_factory(self, name: str, model: dict | None = None, hyper: dict | None = None) -> Callable:
+        self._current.update(kind="scenario", name=name, model=model)
+        self.scenario.setCurrentIndex(max(0, self.scenario.findData(name)))
+        return functools.partial(self._scenario_module.build_run, name, device=self._current["device"],
+                                 model=model, hyper=hyper)
+
+    def _user_factory(self, ref: str) -> Callable:
+        self._current.update(kind="user", name=ref, model=None)
+        return functools.partial(self._scenario_module.build_user_run, ref, device=self._current["device"])
+
+    def _saved(self, key: str, default: Any) -> Any:
+        return app_settings().value(key, default) if self._remember else default
+
+    # --- transport -----------------------------------------------------------------------
+    def play(self) -> None:
+        from engine.worker import Play
+
+        if self.bridge is None:
+            return
+        self.bridge.scrub_to(None)
+        self.banner.dismiss()
+        self.bridge.send(Play())
+        self._set_running(True)
+
+    def pause(self) -> None:
+        from engine.worker import Pause
+
+        if self.bridge is not None:
+            self.bridge.send(Pause())
+        self._set_running(False)
+
+    def toggle_play(self) -> None:
+        self.pause() if self._running else self.play()
+
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        self.act_play.setText("⏸ Pause" if running else "▶ Play")
+
+    def step_once(self) -> None:
+        from engine.worker import Step
+
+        if self.bridge is not None:
+            self._set_running(False)
+            self.bridge.send(Step())
+
+    def step_phase(self) -> None:
+        from engine.worker import PhaseStep
+
+        if self.bridge is not None:
+            self._set_running(False)
+            self.docks["inspector"].show()
+            self.docks["inspector"].raise_()
+            self.bridge.send(PhaseStep())
+
+    def reinitialize(self) -> None:
+        from engine.worker import Reinitialize
+
+        if self.bridge is not None:
+            self.bridge.send(Reinitialize())
+
+    def _speed_changed(self, index: int) -> None:
+        from engine.worker import SetSpeed
+
+        if self.bridge is not None:
+            self.bridge.send(SetSpeed(SPEEDS[index][1]))
+
+    def _hyper_changed(self, changes: dict) -> None:
+        from engine.worker import SetHyper
+
+        if self.bridge is not None:
+            self.bridge.send(SetHyper(changes))
+
+    def _scenario_chosen(self, index: int) -> None:
+        name = self.scenario.itemData(index)
+        if name == OPEN_MODEL:
+            self.open_model_file()
+            return
+        if name and (name != self._current["name"] or self._current["kind"] != "scenario"):
+            self._replace(self._scenario_factory(name))
+
+    def _device_chosen(self, index: int) -> None:
+        device = self.device.itemData(index)
+        if device == self._current["device"]:
+            return
+        self._current["device"] = device
+        if self._current["kind"] == "user":
+            self._replace(self._user_factory(self._current["name"]))
+        else:
+            self._replace(self._scenario_factory(self._current["name"], self._current["model"]))
+
+    def _replace(self, factory: Callable) -> None:
+        was_running = self._running
+        self.bridge.replace_run(factory)
+        self.status_state.setText("Building the run…")
+        if was_running:
+            self.play()
+
+    def _rebuild_requested(self, overrides: dict) -> None:
+        if self._current["kind"] != "scenario":
+            return
+        answer = QtWidgets.QMessageBox.question(
+            self, "Rebuild the model?",
+            "Rebuilding the model with these settings starts training again from fresh weights. "
+            "Continue?")
+        if answer == QtWidgets.QMessageBox.StandardButton.Yes:
+            hyper = None
+            if self._last_snapshot is not None:
+                import dataclasses
+                hyper = dataclasses.asdict(self._last_snapshot.hyper)
+            self._replace(self._scenario_factory(self._current["name"], overrides, hyper))
+
+    def open_model_file(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open a model file", str(Path.home()),
+                                                        "Python files (*.py)")
+        if not path:
+            self.scenario.setCurrentIndex(max(0, self.scenario.findData(self._current["name"])))
+            return
+        candidates = _zero_argument_functions(path)
+        if len(candidates) == 1:
+            function = candidates[0]
+        else:
+            function, ok = QtWidgets.QInputDialog.getItem(
+                self, "Which function?", "The function that returns (model, data, loss_fn):",
+                candidates or ["build"], 0, True)
+            if not ok:
+                return
+        self.open_model(f"{path}:{function}")
+
+    def open_model(self, ref: str) -> None:
+        """Train the user's ``file.py:function`` (errors arrive as a one-line banner)."""
+        if self.bridge is not None:
+            self._replace(self._user_factory(ref))
+
+    # --- selection and scrubbing ----------------------------------------------------------
+    @property
+    def _selected_layer(self) -> str | None:
+        return self.bridge.selected_layer if self.bridge is not None else None
+
+    def select(self, layer: str | None, unit: int | None, example: int | None = None) -> None:
+        """A layer or unit picked in any view is selected in every view."""
+        if self.bridge is None:
+            return
+        self.bridge.select(layer, unit, example if example is not None else self.hyper_panel.example.value())
+        for view in self.views.values():
+            view.set_selection(layer, unit)
+
+    def _scrub(self, step: int | None) -> None:
+        if self.bridge is not None:
+            self.bridge.scrub_to(step)
+
+    # --- frames from the bridge ----------------------------------------------------------
+    def _on_run_started(self, run_id: int) -> None:
+        self.timeline.set_steps([])
+        self.timeline.go_live()
+
+    def _on_frame(self, data: ViewData) -> None:
+        snapshot = data.snapshot
+        first = self._last_snapshot is None or self._last_snapshot.run_id != snapshot.run_id
+        self._last_snapshot = snapshot
+        if first:
+            self._first_frame_of_run(snapshot)
+        for key, view in self.views.items():
+            if view.isVisible():
+                view.render(data)
+        if self.bridge.live:
+            self.timeline.set_steps([s.step for s in self.bridge.snapshots])
+        self._show_status(snapshot)
+
+    def _first_frame_of_run(self, snapshot: Snapshot) -> None:
+        model = None
+        description = ""
+        if snapshot.scenario in self._scenarios:
+            sc = self._scenarios[snapshot.scenario]
+            import dataclasses
+            model = dataclasses.asdict(sc.model)
+            model.update(self._current.get("model") or {})
+            description = f"<b>{sc.title}</b><br>{sc.description}"
+        else:
+            description = f"<b>Your model</b><br>{snapshot.scenario}"
+        self.hyper_panel.show_run(description, snapshot.hyper, model)
+        default = next((l.name for l in snapshot.layers if l.params and l.weight_shape and len(l.weight_shape) >= 2),
+                       None)
+        if default is not None:
+            self.select(default, None)
+        self.setWindowTitle(f"Glassbox — {snapshot.scenario}")
+        if self._remember and snapshot.scenario in self._scenarios:
+            app_settings().setValue("scenario", snapshot.scenario)
+
+    def _show_status(self, snapshot: Snapshot) -> None:
+        live = self.bridge.live
+        state = {"running": "Training", "paused": "Paused", "stepping": "Stepping through phases"}[snapshot.state]
+        if not live:
+            state = "Viewing a recorded step (End: back to live)"
+        self.status_state.setText(state)
+        if snapshot.state != "running" and self._running and snapshot.state == "paused" and self.errors:
+            self._set_running(False)
+        loss = snapshot.metrics.train_loss
+        self.status_step.setText(f"step {snapshot.step:,}" + (f" · loss {loss:.4g}" if math.isfinite(loss) else ""))
+        self.status_rate.setText(f"{snapshot.steps_per_s:,.0f} steps/s" if snapshot.state == "running" else "")
+        self.status_device.setText(snapshot.device.upper())
+        self.status_overhead.setText(f"probe +{100 * snapshot.probe_overhead:.0f} %")
+
+    def _on_error(self, event: ErrorEvent) -> None:
+        self.errors.append(event)
+        where = " · ".join(p for p in (event.phase and f"during {event.phase}",
+                                       event.module and f"in {event.module}",
+                                       event.step and f"step {event.step}") if p)
+        self.banner.show_error(event.message, where)
+        self._set_running(False)
+
+    def _dock_shown(self, key: str, visible: bool) -> None:
+        if visible and self.bridge is not None and self.bridge.latest is not None and key in self.views:
+            self.views[key].render(self.bridge.view_data())
+
+    # --- files ---------------------------------------------------------------------------
+    def export_png(self, key: str, path: str | None = None) -> str | None:
+        if path is None:
+            path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export view", f"glassbox-{key}.png",
+                                                            "PNG images (*.png)")
+        if not path:
+            return None
+        from app.exporting import save_png
+
+        save_png(self.views[key], path)
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return path
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        if self.bridge is None or self.bridge.history is None:
+            self.banner.show_error("Nothing to export yet: train at least one step.", "")
+            return None
+        if path is None:
+            path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export series", "glassbox-series.csv",
+                                                            "CSV files (*.csv)")
+        if not path:
+            return None
+        from app.exporting import save_history_csv
+
+        save_history_csv(self.bridge.history, path)
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return path
+
+    def save_run(self, path: str | None = None) -> str | None:
+        if self.bridge is None or self.bridge.history is None or self._last_snapshot is None:
+            self.banner.show_error("Nothing to save yet: train at least one step.", "")
+            return None
+        if path is None:
+            path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save run", "run.glassbox",
+                                                            "Glassbox runs (*.glassbox)")
+        if not path:
+            return None
+        from app.exporting import save_run_file
+
+        try:
+            save_run_file(path, self.bridge, self._last_snapshot, self._current)
+        except Exception as exc:  # disk full, permissions: say so, keep running
+            self.banner.show_error(f"Could not save the run: {exc}", path)
+            return None
+        self.statusBar().showMessage(f"Saved {path}", 4000)
+        return path
+
+    def open_run(self, path: str | None = None) -> bool:
+        if path is None:
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open run", "", "Glassbox runs (*.glassbox)")
+        if not path:
+            return False
+        from app.exporting import restore_run_factory
+
+        try:
+            factory, current = restore_run_factory(path, self._current["device"])
+        except Exception as exc:  # a corrupt or foreign file: one line, nothing lost
+            self.banner.show_error(str(exc), "")
+            return False
+        self._current.update(current)
+        self.pause()
+        self._replace(factory)
+        self.statusBar().showMessage(f"Opened {path}: its run restarts from its saved configuration", 6000)
+        return True
+
+    # --- layout --------------------------------------------------------------------------
+    def _restore_layout(self) -> None:
+        settings = app_settings()
+        geometry = settings.value("geometry")
+        state = settings.value("window_state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        if state is not None and int(settings.value("layout_version", 0)) == LAYOUT_VERSION:
+            self.restoreState(state, LAYOUT_VERSION)
+        self.speed.setCurrentIndex(int(settings.value("speed", 0)))
+
+    def reset_layout(self) -> None:
+        self._arrange_default()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        if self._remember:
+            settings = app_settings()
+            settings.setValue("geometry", self.saveGeometry())
+            settings.setValue("window_state", self.saveState(LAYOUT_VERSION))
+            settings.setValue("layout_version", LAYOUT_VERSION)
+            settings.setValue("speed", self.speed.currentIndex())
+            settings.sync()
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop the worker cleanly; no thread is left behind."""
+        if self.bridge is not None:
+            if not self.bridge.stop(timeout=3.0):
+                log.warning("the training thread did not stop within 3 s")
+
+    def _about(self) -> None:
+        QtWidgets.QMessageBox.about(
+            self, "About Glassbox",
+            "<b>Glassbox</b><br>See inside a neural network while it trains.<br><br>"
+            "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize")
+
+
+def _zero_argument_functions(path: str) -> list[str]:
+    """Top-level functions of a Python file that take no arguments (without running it)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            a = node.args
+            if not (a.args or a.posonlyargs or a.kwonlyargs) or len(a.defaults) == len(a.args):
+                names.append(node.name)
+    return names

@@ -1,0 +1,78 @@
+"""The bridge: latest-only frames at display rate, errors in order, a clean stop."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from app.bridge import Bridge
+from engine.snapshot import ErrorEvent, Hyper, Metrics, Snapshot
+from engine.worker import Pause, Play
+
+
+def snapshot(step: int, run_id: int = 1) -> Snapshot:
+    return Snapshot(run_id=run_id, step=step, state="running", scenario="s", device="cpu", layers=(),
+                    metrics=Metrics(train_loss=1.0 / (step + 1)), hyper=Hyper())
+
+
+def test_latest_only_one_frame_for_many_publishes(qtbot) -> None:
+    bridge = Bridge()
+    frames = []
+    bridge.frame_ready.connect(frames.append)
+    publisher = threading.Thread(target=lambda: [bridge._on_publish(snapshot(i)) for i in range(1, 1001)])
+    publisher.start()
+    publisher.join()
+    bridge.tick()
+    bridge.tick()  # nothing new: no second frame
+    assert len(frames) == 1
+    assert frames[0].snapshot.step == 1000
+
+
+def test_errors_then_frame_in_order(qtbot) -> None:
+    bridge = Bridge()
+    first, second = ErrorEvent("first"), ErrorEvent("second")
+    bridge._on_publish(first)
+    bridge._on_publish(snapshot(3))
+    bridge._on_publish(second)
+    seen = []
+    bridge.error.connect(lambda e: seen.append(e.message))
+    with qtbot.waitSignals([bridge.error, bridge.error, bridge.run_started, bridge.frame_ready],
+                           order="strict", timeout=1000):
+        bridge.tick()
+    assert seen == ["first", "second"]
+
+
+def test_new_run_resets_timeline_and_scrub_shows_older_step(qtbot) -> None:
+    bridge = Bridge()
+    for step in (1, 2, 3):
+        bridge._on_publish(snapshot(step))
+        bridge.tick()
+    assert [s.step for s in bridge.snapshots] == [1, 2, 3]
+    bridge.scrub_to(2)
+    assert bridge.view_data().snapshot.step == 2 and not bridge.live
+    bridge.scrub_to(None)
+    assert bridge.view_data().snapshot.step == 3
+    with qtbot.waitSignal(bridge.run_started, timeout=1000) as blocker:
+        bridge._on_publish(snapshot(1, run_id=2))
+        bridge.tick()
+    assert blocker.args == [2]
+    assert [s.step for s in bridge.snapshots] == [1]
+
+
+def test_real_worker_frames_arrive_and_stop_leaves_no_thread(qtbot, run_factory) -> None:
+    bridge = Bridge(fps=60)
+    bridge.start(run_factory)
+    try:
+        bridge.send(Play())
+        qtbot.waitUntil(lambda: bridge.latest is not None and bridge.latest.step >= 30, timeout=20000)
+        qtbot.waitUntil(lambda: "loss" in bridge.view_data().series, timeout=5000)
+        series = bridge.view_data().series
+        assert np.isfinite(series["loss"].values).any()
+        assert any(name.startswith("grad_norm/") for name in series)
+        bridge.send(Pause())
+        qtbot.waitUntil(lambda: bridge.latest.state == "paused", timeout=5000)
+        # frames are thinned at the source: far fewer frames than steps at full speed
+        assert bridge.frames_emitted <= bridge.latest.step + 5
+    finally:
+        assert bridge.stop(timeout=2.0)
+    assert not bridge.worker.alive

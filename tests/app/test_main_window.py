@@ -1,0 +1,153 @@
+"""The main window end to end, offscreen, on every built-in scenario."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui
+
+from app.main_window import VIEW_CLASSES, MainWindow
+from engine.scenarios import SCENARIOS
+
+
+def grab_not_blank(widget) -> bool:
+    image = widget.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    width, height = image.width(), image.height()
+    if width < 10 or height < 10:
+        return False
+    data = np.frombuffer(image.constBits(), np.uint8, count=image.sizeInBytes()).reshape(height, -1)[:, :width * 4]
+    return len(np.unique(data.reshape(-1, 4)[::7], axis=0)) > 8
+
+
+@pytest.fixture
+def window(qtbot):
+    win = MainWindow(remember_layout=False)
+    qtbot.addWidget(win)
+    win.show_every_view()
+    win.show()
+    yield win
+    win.shutdown()
+
+
+def wait_step(qtbot, win: MainWindow, step: int, timeout: int = 60000) -> None:
+    qtbot.waitUntil(lambda: win.bridge.latest is not None and win.bridge.latest.step >= step, timeout=timeout)
+
+
+# Views that have nothing to show for a scenario say so with a hint (checked separately).
+EXPECTED_HINTS = {
+    "features": lambda name: not name.startswith("shapes-cnn"),
+    "attention": lambda name: "transformer" not in name,
+    "boundary": lambda name: name.split("-")[0] not in ("spirals", "xor", "circles", "moons", "blobs"),
+    "inspector": lambda name: True,
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_scenario_trains_and_every_view_draws(qtbot, window: MainWindow, scenario: str) -> None:
+    window.start_engine(scenario=scenario, device="cpu", play=True)
+    wait_step(qtbot, window, 6)
+    window.pause()
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
+    qtbot.wait(400)  # a frame or two after the pause, and the series refresh
+    window.bridge.tick()
+    assert not window.errors, window.errors
+    for key, view in window.views.items():
+        assert view.isVisible(), key
+        hinted = EXPECTED_HINTS.get(key, lambda name: False)(scenario)
+        if hinted:
+            assert view.hint, f"{key} should explain why it is empty for {scenario}"
+        else:
+            assert not getattr(view, "hint", ""), f"{key} shows hint {view.hint!r} for {scenario}"
+            assert grab_not_blank(view), f"{key} is blank for {scenario}"
+
+
+def test_phase_stepping_shows_modules_in_the_inspector(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.step_phase()
+    qtbot.waitUntil(lambda: window.bridge.latest.phase is not None, timeout=10000)
+    inspector = window.views["inspector"]
+    qtbot.waitUntil(lambda: not inspector.hint, timeout=5000)
+    phase = window.bridge.latest.phase
+    assert phase.kind == "forward" and phase.module == "flatten"
+    assert "forward layers.0.linear" in phase.names and "backward layers.0.linear" in phase.names
+    assert inspector.module_label.text() == "flatten"
+    for _ in range(phase.total - 1):
+        window.step_phase()
+    qtbot.waitUntil(lambda: window.bridge.latest.phase.kind == "update", timeout=10000)
+    assert window.bridge.latest.step == 1
+
+
+def test_selection_propagates_to_every_view(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="spirals-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.step_once()
+    wait_step(qtbot, window, 1)
+    window.views["gradients"].layer_selected.emit("layers.1.linear")
+    assert all(v.selected_layer == "layers.1.linear" for v in window.views.values())
+    qtbot.waitUntil(lambda: window.bridge.latest.tensors is not None
+                    and window.bridge.latest.tensors.layer == "layers.1.linear", timeout=10000)
+    assert window.bridge.latest.tensors.weight.shape == (32, 32)
+
+
+def test_live_hyperparameter_change_reaches_the_trainer(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.hyper_panel.optimizer.setCurrentText("sgd")
+    window.hyper_panel.lr.set_value(0.2)
+    window.hyper_panel.lr.value_changed.emit(0.2)
+    qtbot.waitUntil(lambda: window.bridge.latest.hyper.optimizer == "sgd"
+                    and window.bridge.latest.hyper.lr == 0.2, timeout=10000)
+
+
+def test_bad_model_file_shows_one_line_and_app_survives(qtbot, window: MainWindow, tmp_path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("def build(:\n")
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.open_model(f"{bad}:build")
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=20000)
+    message = window.errors[-1].message
+    assert "broken.py" in message and "syntax" in message.lower() and "\n" not in message
+    assert window.banner.isVisible() and "broken.py" in window.banner.message.text()
+    window.step_once()  # the previous run is still there and still trains
+    wait_step(qtbot, window, 1)
+    assert window.bridge.latest.scenario == "xor-mlp"
+
+
+def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=True)
+    wait_step(qtbot, window, 20)
+    window.pause()
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
+    png = window.export_png("loss", str(tmp_path / "loss.png"))
+    assert QtGui.QImage(png).width() > 50
+    csv_path = window.export_csv(str(tmp_path / "series.csv"))
+    lines = (tmp_path / "series.csv").read_text().splitlines()
+    assert lines[0].startswith("step,loss") and len(lines) > 10
+    run_path = window.save_run(str(tmp_path / "run.glassbox"))
+    assert run_path and window.open_run(run_path)
+    (tmp_path / "bad.glassbox").write_bytes(b"not a zip at all")
+    assert not window.open_run(str(tmp_path / "bad.glassbox"))
+    assert "bad.glassbox" in window.banner.message.text()
+
+
+def test_layout_and_scenario_remembered(qtbot, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GLASSBOX_SETTINGS_DIR", str(tmp_path))
+    first = MainWindow(remember_layout=True)
+    qtbot.addWidget(first)
+    first.show()
+    first.start_engine(scenario="moons-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: first.bridge.latest is not None, timeout=20000)
+    qtbot.waitUntil(lambda: first.windowTitle().endswith("moons-mlp"), timeout=5000)
+    first.docks["attention"].hide()
+    first.close()
+    second = MainWindow(remember_layout=True)
+    qtbot.addWidget(second)
+    second.show()
+    try:
+        assert not second.docks["attention"].isVisible()
+        second.start_engine(device="cpu", play=False)
+        qtbot.waitUntil(lambda: second.bridge.latest is not None, timeout=20000)
+        assert second.bridge.latest.scenario == "moons-mlp"
+    finally:
+        second.shutdown()
