@@ -61,6 +61,7 @@ class Bridge(QtCore.QObject):
         self._frames: collections.deque[StatsFrame] = collections.deque(maxlen=KEPT_FRAMES)
         self._series: dict[str, SeriesData] = {}
         self._series_time = 0.0
+        self._series_step: int | None = None
         self._run_id = -1
         self._scrub_step: int | None = None
         self.selected_layer: str | None = None
@@ -138,15 +139,20 @@ class Bridge(QtCore.QObject):
                 self._frames.clear()
                 self._series = {}
                 self._series_time = 0.0
+                self._series_step = None
                 self._scrub_step = None
                 self.run_started.emit(latest.run_id)
             self._shown = latest
             self._keep(latest)
         now = time.perf_counter()
-        series_due = now - self._series_time >= SERIES_INTERVAL_S
-        if series_due and (new or not self._series):
-            self._series = self._read_series(latest)
-            self._series_time = now
+        if now - self._series_time >= SERIES_INTERVAL_S:
+            history = self.history
+            recorded = history.latest_step if history is not None else None
+            if recorded != self._series_step:
+                self._series = self._read_series(latest)
+                self._series_step = recorded
+                self._series_time = now
+                self._dirty = True
         if not (new or self._dirty):
             return
         self._dirty = False

@@ -230,7 +230,10 @@ class Worker:
             self._next_allowed = 0.0
         elif isinstance(command, Pause):
             self._running = False
-            self._publish_snapshot(force=True)
+            if self._focus_is_stale():
+                self._refresh_focus()
+            else:
+                self._publish_snapshot(force=True)
         elif isinstance(command, Step):
             self._running = False
             self._train_one(force_publish=True)
@@ -266,6 +269,14 @@ class Worker:
         self._pending = []
         self._rate = _Rate()
         self._publish_snapshot(force=True)
+
+    def _focus_is_stale(self) -> bool:
+        """The views' tensors are of another layer than the one now focused."""
+        trainer = self.run.trainer if self.run else None
+        capture = self._last_capture
+        if trainer is None or trainer.probe.focus_layer is None:
+            return False
+        return capture is None or capture.tensors is None or capture.tensors.layer != trainer.probe.focus_layer
 
     def _refresh_focus(self) -> None:
         """While paused, show the newly focused layer's tensors of the current state."""
