@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable
 
+import numpy as np
 from PySide6 import QtCore
 
 from engine.history import History
@@ -187,7 +188,11 @@ class Bridge(QtCore.QObject):
         series: dict[str, SeriesData] = {}
         for name in RUN_SERIES:
             if name in history.columns:
-                series[name] = history.series(name, max_points=2000)
+                data = history.series(name, max_points=2000)
+                keep = np.isfinite(data.values)  # validation runs every N steps: drop the gaps
+                series[name] = SeriesData(data.steps[keep], data.values[keep],
+                                          None if data.lo is None else data.lo[keep],
+                                          None if data.hi is None else data.hi[keep])
         for stat in LAYER_SERIES:
             names = [f"{stat}/{layer.name}" for layer in snapshot.layers if f"{stat}/{layer.name}" in history.columns]
             if not names:

@@ -9,6 +9,8 @@ __all__ = ["ErrorBanner"]
 class ErrorBanner(QtWidgets.QFrame):
     """Shows the newest error; training has paused, the rest of the app stays usable."""
 
+    visibility_changed = QtCore.Signal(bool)
+
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("ErrorBanner")
@@ -27,15 +29,14 @@ class ErrorBanner(QtWidgets.QFrame):
         layout.addWidget(self.message, 1)
         layout.addWidget(self.where)
         layout.addWidget(close)
-        self.hide()
+        self.shown = False
 
     def show_error(self, message: str, where: str = "") -> None:
         self.message.setText(message)
         self.where.setText(where)
-        self.show()
+        self.shown = True
+        self.visibility_changed.emit(True)
 
     def dismiss(self) -> None:
-        self.hide()
-
-    def text(self) -> str:
-        return self.message.text() if self.isVisible() or not self.isHidden() else ""
+        self.shown = False
+        self.visibility_changed.emit(False)

@@ -80,21 +80,23 @@ class MainWindow(QtWidgets.QMainWindow):
             view.layer_selected.connect(lambda name: self.select(name, None))
             view.unit_selected.connect(lambda name, unit: self.select(name, unit))
         self.hyper_panel = HyperPanel()
+        self.hyper_panel.setMaximumWidth(330)
         self.docks["controls"] = self._dock("controls", "Hyperparameters", self.hyper_panel)
         self._arrange_default()
 
-        self.banner = ErrorBanner(self)
         self.timeline = Timeline()
-        central = QtWidgets.QWidget()
-        central_layout = QtWidgets.QVBoxLayout(central)
-        central_layout.setContentsMargins(4, 0, 4, 0)
-        central_layout.addWidget(self.banner)
-        central_layout.addWidget(self.timeline)
-        central.setMaximumHeight(120)
-        self.setCentralWidget(central)
-
         self._build_actions()
         self._build_toolbar()
+        # No central widget: the docks share the whole window. The error banner is a toolbar
+        # row under the transport controls, shown only while there is something to say.
+        self.banner = ErrorBanner(self)
+        self.addToolBarBreak(QtCore.Qt.ToolBarArea.TopToolBarArea)
+        self.banner_bar = self._toolbar("toolbar-errors", "Errors", QtCore.Qt.ToolBarArea.TopToolBarArea)
+        self.banner_bar.addWidget(self.banner)
+        self.banner_bar.hide()
+        self.banner.visibility_changed.connect(self.banner_bar.setVisible)
+        timeline_bar = self._toolbar("toolbar-timeline", "Timeline", QtCore.Qt.ToolBarArea.BottomToolBarArea)
+        timeline_bar.addWidget(self.timeline)
         self._build_menus()
         self._build_status()
         self.hyper_panel.setEnabled(False)
@@ -113,40 +115,39 @@ class MainWindow(QtWidgets.QMainWindow):
         return dock
 
     def _arrange_default(self) -> None:
-        """Controls on the left; graph and boundary on top; curves and matrices below."""
-        area = QtCore.Qt.DockWidgetArea
-        d = self.docks
-        self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
-        self.addDockWidget(area.TopDockWidgetArea, d["network"])
-        self.splitDockWidget(d["network"], d["boundary"], QtCore.Qt.Orientation.Horizontal)
-        self.splitDockWidget(d["boundary"], d["loss"], QtCore.Qt.Orientation.Horizontal)
-        self.addDockWidget(area.BottomDockWidgetArea, d["weights"])
-        self.splitDockWidget(d["weights"], d["gradients"], QtCore.Qt.Orientation.Horizontal)
-        self.splitDockWidget(d["gradients"], d["activations"], QtCore.Qt.Orientation.Horizontal)
-        self.tabifyDockWidget(d["boundary"], d["features"])
-        self.tabifyDockWidget(d["features"], d["attention"])
-        self.tabifyDockWidget(d["activations"], d["inspector"])
-        d["boundary"].raise_()
-        d["activations"].raise_()
-        for dock in d.values():
-            dock.show()
+        """Controls on the left; graph, boundary and loss on top; matrices and flows below.
+
+        With no central widget the right dock area takes all the room the controls leave.
+        """
+        self._arrange([["network", "boundary", "loss"], ["weights", "gradients", "activations"]],
+                      tabs={"boundary": ["features", "attention"], "activations": ["inspector"]})
+        self.docks["boundary"].raise_()
+        self.docks["activations"].raise_()
 
     def show_every_view(self) -> None:
-        """Untabify so every view is on screen at once (the smoke test uses this)."""
+        """Every view on screen at once, none behind a tab (the smoke test uses this)."""
+        self._arrange([["network", "boundary", "loss", "inspector"],
+                       ["weights", "gradients", "activations", "features", "attention"]], tabs={})
+
+    def _arrange(self, rows: list[list[str]], tabs: dict[str, list[str]]) -> None:
         area = QtCore.Qt.DockWidgetArea
         d = self.docks
         for dock in d.values():
             self.removeDockWidget(dock)
         self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
-        self.addDockWidget(area.TopDockWidgetArea, d["network"])
-        for left, right in (("network", "boundary"), ("boundary", "loss"), ("loss", "inspector")):
-            self.splitDockWidget(d[left], d[right], QtCore.Qt.Orientation.Horizontal)
-        self.addDockWidget(area.BottomDockWidgetArea, d["weights"])
-        for left, right in (("weights", "gradients"), ("gradients", "activations"),
-                            ("activations", "features"), ("features", "attention")):
-            self.splitDockWidget(d[left], d[right], QtCore.Qt.Orientation.Horizontal)
+        self.addDockWidget(area.RightDockWidgetArea, d[rows[0][0]])
+        for row_above, row in zip(rows, rows[1:]):
+            self.splitDockWidget(d[row_above[0]], d[row[0]], QtCore.Qt.Orientation.Vertical)
+        for row in rows:
+            for left, right in zip(row, row[1:]):
+                self.splitDockWidget(d[left], d[right], QtCore.Qt.Orientation.Horizontal)
+        for front, behind in tabs.items():
+            for key in behind:
+                self.tabifyDockWidget(d[front], d[key])
         for dock in d.values():
             dock.show()
+        self.resizeDocks([d["controls"]], [270], QtCore.Qt.Orientation.Horizontal)
+        self.resizeDocks([d[row[0]] for row in rows], [1] * len(rows), QtCore.Qt.Orientation.Vertical)
 
     def _action(self, text: str, slot: Callable, shortcut: str | QtGui.QKeySequence | None = None,
                 tip: str = "") -> QtGui.QAction:
@@ -171,14 +172,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self.act_save_run = self._action("Save run…", self.save_run, "Ctrl+S")
         self.act_export_csv = self._action("Export series as CSV…", self.export_csv, "Ctrl+E")
         self.act_quit = self._action("Quit", self.close, "Ctrl+Q")
-        self.act_live = self._action("Back to live", self.timeline.go_live if hasattr(self, "timeline") else
-                                     (lambda: None), "End")
+        self.act_live = self._action("Back to live", self.timeline.go_live, "End")
         self.act_reset_layout = self._action("Reset layout", self.reset_layout)
 
-    def _build_toolbar(self) -> None:
-        bar = self.addToolBar("Transport")
-        bar.setObjectName("toolbar-transport")
+    def _toolbar(self, name: str, title: str, area: QtCore.Qt.ToolBarArea) -> QtWidgets.QToolBar:
+        bar = QtWidgets.QToolBar(title, self)
+        bar.setObjectName(name)
         bar.setMovable(False)
+        self.addToolBar(area, bar)
+        return bar
+
+    def _build_toolbar(self) -> None:
+        bar = self._toolbar("toolbar-transport", "Transport", QtCore.Qt.ToolBarArea.TopToolBarArea)
         for action in (self.act_play, self.act_step, self.act_phase, self.act_reinit):
             bar.addAction(action)
         bar.addSeparator()
@@ -460,6 +465,13 @@ class MainWindow(QtWidgets.QMainWindow):
         else:
             description = f"<b>Your model</b><br>{snapshot.scenario}"
         self.hyper_panel.show_run(description, snapshot.hyper, model)
+        kinds = {layer.type_name for layer in snapshot.layers}
+        if "MultiheadAttention" in kinds:
+            self.docks["attention"].raise_()
+        elif "Conv2d" in kinds or "Conv1d" in kinds:
+            self.docks["features"].raise_()
+        else:
+            self.docks["boundary"].raise_()
         default = next((l.name for l in snapshot.layers if l.params and l.weight_shape and len(l.weight_shape) >= 2),
                        None)
         if default is not None:

@@ -32,6 +32,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+#: When every step is captured, one step in this many runs bare to keep the overhead measured.
+BARE_SAMPLE_EVERY = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,12 @@ class Trainer:
 
     # --- steps ---------------------------------------------------------------------------
     def should_capture(self) -> bool:
-        return (self.step_count + 1) % max(1, self.capture_every) == 0
+        """Whether the coming step is measured. Capturing every step, one step in
+        ``BARE_SAMPLE_EVERY`` still runs bare so the probe's overhead stays measured."""
+        upcoming = self.step_count + 1
+        if self.capture_every <= 1:
+            return upcoming % BARE_SAMPLE_EVERY != 0
+        return upcoming % self.capture_every == 0
 
     def step(self, capture: bool | None = None, tensors: bool = False) -> StepResult:
         """One optimizer step (finishing a phase-by-phase step first if one is pending)."""

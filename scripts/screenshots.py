@@ -1,0 +1,61 @@
+"""Render the main window for each scenario to PNG (offscreen), for looking at and for the README.
+
+Usage: python scripts/screenshots.py [OUT_DIR] [--steps N] [--scenario NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", nargs="?", default="screenshots")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--scenario", nargs="*")
+    parser.add_argument("--size", default="1600x1000")
+    args = parser.parse_args()
+    from PySide6 import QtWidgets
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app.setStyle("Fusion")
+    from app.application import _apply_style
+    from app.main_window import MainWindow
+    from engine.scenarios import SCENARIOS
+
+    _apply_style(app)
+    os.makedirs(args.out, exist_ok=True)
+    width, height = (int(v) for v in args.size.split("x"))
+    for name in args.scenario or list(SCENARIOS):
+        window = MainWindow(remember_layout=False)
+        window.resize(width, height)
+        window.show()
+        window.start_engine(scenario=name, device="cpu", play=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            app.processEvents()
+            latest = window.bridge.latest
+            if latest is not None and latest.step >= args.steps:
+                break
+            time.sleep(0.005)
+        window.pause()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.01)
+        path = os.path.join(args.out, f"{name}.png")
+        window.grab().save(path)
+        print(path, "step", window.bridge.latest.step, "errors", [e.message for e in window.errors])
+        window.shutdown()
+        window.close()
+        window.deleteLater()
+        app.processEvents()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
