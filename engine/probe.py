@@ -14,6 +14,8 @@ Definitions (documented once, here):
   ``saturation_margin`` (0.01, i.e. 1 % of the unit scale) of a bound, where the derivative is ~0.
 - *histogram*: ``hist_bins`` equal bins over the activation's natural range (sigmoid/softmax
   [0, 1], tanh [-1, 1]) or [-hist_range, hist_range]; outliers are clamped into the edge bins.
+  Big outputs are histogrammed over an evenly strided sample of at most 65,536 values
+  (``engine.stats.HIST_SAMPLE``); every other statistic uses every value.
 - *std* is the population standard deviation (numpy's default).
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
+from engine.stats import dead_units, histogram, moments, nonfinite_counts, unit_count
 from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -144,17 +147,6 @@ def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
     if matrices:
         return matrices[0]
     return next(iter(named.values()), None)
-
-
-def _unit_axis_view(x: torch.Tensor) -> torch.Tensor:
-    """Arrange an output as (examples*positions, units) for the dead-unit test."""
-    if x.dim() <= 1:
-        return x.reshape(1, -1)
-    if x.dim() == 2:
-        return x
-    if x.dim() == 3:
-        return x.reshape(-1, x.shape[-1])
-    return x.transpose(0, 1).reshape(x.shape[1], -1).T  # channels as units
 
 
 class Probe:
@@ -301,7 +293,7 @@ class Probe:
     def _reset_step(self) -> None:
         self._pieces: list[torch.Tensor] = []
         self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
-        self._act_calls: dict[int, list[int]] = {}  # layer -> numel per call
+        self._act_calls: dict[int, list[tuple[int, int]]] = {}  # layer -> (numel, sampled) per call
         self._act_units: dict[int, list[int]] = {}
         self._before: dict[int, list[torch.Tensor]] = {}
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
@@ -367,10 +359,12 @@ class Probe:
             return
         call = self._calls.get(layer.index, 0)
         self._calls[layer.index] = call + 1
-        self._push("act", layer.index, "stats", self._activation_stats(layer, out))
-        self._act_calls.setdefault(layer.index, []).append(out.numel())
-        units = _unit_axis_view(out).shape[1] if out.dim() >= 1 else 1
-        self._act_units.setdefault(layer.index, []).append(units)
+        if out.numel() == 0:
+            return
+        stats, sampled = self._activation_stats(layer, out)
+        self._push("act", layer.index, "stats", stats)
+        self._act_calls.setdefault(layer.index, []).append((out.numel(), sampled))
+        self._act_units.setdefault(layer.index, []).append(unit_count(out))
         if out.requires_grad:
             out.register_hook(self._make_grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
@@ -417,27 +411,22 @@ class Probe:
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
         return on_grad
 
-    def _activation_stats(self, layer: _Layer, out: torch.Tensor) -> torch.Tensor:
+    def _activation_stats(self, layer: _Layer, out: torch.Tensor) -> tuple[torch.Tensor, int]:
         x = out.detach().float()
         flat = x.reshape(-1)
-        var, mean = torch.var_mean(flat, correction=0)
+        mean, var = moments(flat)
         low, high = torch.aminmax(flat)
-        nan = torch.isnan(flat).sum(dtype=torch.float32)
-        inf = torch.isinf(flat).sum(dtype=torch.float32)
-        if layer.relu_like and x.dim() >= 1:
-            dead = (_unit_axis_view(x) <= 0).all(dim=0).sum(dtype=torch.float32)
-        else:
-            dead = torch.zeros((), device=x.device)
+        nan, inf = nonfinite_counts(flat, mean)
+        zero = torch.zeros((), device=x.device)
+        dead = dead_units(x) if layer.relu_like else zero
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
             margin = self.config.saturation_margin
             saturated = ((flat < lo + margin) | (flat > hi - margin)).sum(dtype=torch.float32)
         else:
-            saturated = torch.zeros((), device=x.device)
-        lo, hi = self.hist_range(layer)
-        clean = torch.nan_to_num(flat.clamp(lo, hi), nan=lo - 1.0)
-        hist = torch.histc(clean, bins=self.config.hist_bins, min=lo, max=hi)
-        return torch.cat([torch.stack([mean, var, low, high, nan, inf, dead, saturated]), hist])
+            saturated = zero
+        hist, sampled = histogram(flat, *self.hist_range(layer), self.config.hist_bins)
+        return torch.cat([torch.stack([mean, var, low, high, nan, inf, dead, saturated]), hist]), sampled
 
     def hist_range(self, layer: _Layer) -> tuple[float, float]:
         if layer.bounds is not None:
@@ -481,10 +470,9 @@ class Probe:
     def _param_stats(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) if len(tensors) > 1 \
             else tensors[0].detach().reshape(-1).float()
-        var, mean = torch.var_mean(flat, correction=0)
-        return torch.stack([torch.linalg.vector_norm(flat), mean, var,
-                            torch.isnan(flat).sum(dtype=torch.float32),
-                            torch.isinf(flat).sum(dtype=torch.float32)])
+        mean, var = moments(flat)
+        nan, inf = nonfinite_counts(flat, mean)
+        return torch.stack([torch.linalg.vector_norm(flat), mean, var, nan, inf])
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""
@@ -591,7 +579,7 @@ class Probe:
 
 
 def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: tuple[str, ...],
-                   act_calls: dict[int, list[int]], act_units: dict[int, list[int]],
+                   act_calls: dict[int, list[tuple[int, int]]], act_units: dict[int, list[int]],
                    ranges: dict[int, tuple[float, float]], config: ProbeConfig, step: int,
                    focus: str | None, example: int, tensors_wanted: bool) -> Capture:
     """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
@@ -630,7 +618,8 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             scalars = chunk.reshape(shape)
     for index, pieces in act_pieces.items():
         layer = layers[index]
-        counts = np.asarray(act_calls[index][:len(pieces)], np.float64)
+        calls = np.asarray(act_calls[index][:len(pieces)], np.float64).reshape(-1, 2)
+        counts, sampled = calls[:, 0], calls[:, 1]
         stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
         total = counts.sum()
         mean = float((counts * stats[:, 0]).sum() / total)
@@ -647,7 +636,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             row[STAT_INDEX["dead_fraction"]] = stats[:, 6].sum() / units.sum()
         if layer.saturating:
             row[STAT_INDEX["saturated_fraction"]] = stats[:, 7].sum() / total
-        hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / total).astype(np.float32)
+        hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / sampled.sum()).astype(np.float32)
     for index, sumsq in gout.items():
         values[index, STAT_INDEX["grad_output_norm"]] = np.sqrt(sumsq)
     # Histograms of different layers share bin *count*; each row's edges come from its range.

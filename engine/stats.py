@@ -1,0 +1,61 @@
+"""Device-side reductions the probe runs on every captured tensor, written to be cheap.
+
+Each returns 0-d tensors on the tensor's device (never Python numbers on CUDA). On the CPU a
+value can be read for free, so the NaN/Inf counts are skipped when the mean shows there are none;
+on CUDA they are always computed so the training thread never synchronises.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram"]
+
+#: Histograms are taken over at most this many evenly strided elements of a tensor; a display
+#: of a distribution needs no more, and it keeps big conv outputs cheap.
+HIST_SAMPLE = 65536
+
+
+def moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance, two-pass (exact even when the mean dwarfs the spread)."""
+    mean = flat.mean()
+    centred = flat - mean
+    return mean, torch.dot(centred, centred) / flat.numel()
+
+
+def nonfinite_counts(flat: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many NaN and how many ±Inf values (a finite mean proves there are none)."""
+    if not flat.is_cuda and bool(torch.isfinite(mean)):
+        zero = torch.zeros((), device=flat.device)
+        return zero, zero
+    return torch.isnan(flat).sum(dtype=torch.float32), torch.isinf(flat).sum(dtype=torch.float32)
+
+
+def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
+    """Dimensions reduced over to judge each unit: all but the feature (or channel) axis."""
+    if x.dim() == 2:
+        return (0,)
+    if x.dim() == 3:
+        return (0, 1)  # (batch, positions, features)
+    return tuple(d for d in range(x.dim()) if d != 1)  # (batch, channels, ...spatial)
+
+
+def unit_count(x: torch.Tensor) -> int:
+    if x.dim() <= 1:
+        return max(1, x.numel())
+    return x.shape[-1] if x.dim() in (2, 3) else x.shape[1]
+
+
+def dead_units(x: torch.Tensor) -> torch.Tensor:
+    """Units whose output is <= 0 for every example (and position) of the batch."""
+    if x.dim() <= 1:
+        return (x <= 0).sum(dtype=torch.float32)
+    return (x.amax(dim=_unit_dims(x)) <= 0).sum(dtype=torch.float32)
+
+
+def histogram(flat: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torch.Tensor, int]:
+    """Counts in ``bins`` equal bins over [lo, hi] (outliers clamped into the edge bins, NaN
+    dropped) of an evenly strided sample, and the sample's size."""
+    stride = max(1, -(-flat.numel() // HIST_SAMPLE))
+    sample = flat[::stride]
+    clean = torch.nan_to_num(sample.clamp(lo, hi), nan=lo - 1.0)
+    return torch.histc(clean, bins=bins, min=lo, max=hi), sample.numel()

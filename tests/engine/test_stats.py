@@ -1,0 +1,54 @@
+"""The probe's cheap reductions against numpy."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.stats import HIST_SAMPLE, dead_units, histogram, moments, nonfinite_counts, unit_count
+
+
+def test_moments_exact_when_mean_dwarfs_spread() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = 1000.0 + 0.01 * torch.randn(100_000, generator=g)
+    mean, var = moments(x)
+    ref = x.double().numpy()
+    np.testing.assert_allclose(mean.item(), ref.mean(), rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(var.item()), ref.std(), rtol=1e-3)
+
+
+def test_nonfinite_counts() -> None:
+    x = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), float("nan"), 2.0])
+    mean, _ = moments(x)
+    nan, inf = nonfinite_counts(x, mean)
+    assert (nan.item(), inf.item()) == (2, 2)
+    clean = torch.ones(10)
+    assert [t.item() for t in nonfinite_counts(clean, moments(clean)[0])] == [0, 0]
+
+
+def test_dead_units_per_layout() -> None:
+    g = torch.Generator().manual_seed(1)
+    for shape in [(16, 10), (4, 7, 10), (8, 6, 5, 5)]:
+        x = torch.relu(torch.randn(*shape, generator=g))
+        units = 10 if len(shape) < 4 else 6
+        kill = [1, 3] if len(shape) < 4 else [0, 4]
+        if len(shape) == 4:
+            x[:, kill] = 0
+        else:
+            x[..., kill] = 0
+        a = x.numpy()
+        per_unit = np.moveaxis(a, 1 if a.ndim == 4 else -1, 0).reshape(units, -1)
+        assert unit_count(x) == units
+        assert dead_units(x).item() == (per_unit <= 0).all(axis=1).sum() == 2
+
+
+def test_histogram_of_big_tensor_uses_strided_sample() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3 * HIST_SAMPLE + 5, generator=g) * 3
+    x[7] = float("nan")
+    counts, sampled = histogram(x, -4.0, 4.0, 20)
+    stride = -(-x.numel() // HIST_SAMPLE)
+    sample = x[::stride].numpy()
+    assert sampled == sample.size <= HIST_SAMPLE
+    finite = sample[np.isfinite(sample)]
+    ref = np.histogram(np.clip(finite, -4, 4), bins=20, range=(-4, 4))[0]
+    np.testing.assert_array_equal(counts.numpy(), ref)
