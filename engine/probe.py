@@ -14,7 +14,7 @@ Definitions (documented once, here):
   ``saturation_margin`` (0.01, i.e. 1 % of the unit scale) of a bound, where the derivative is ~0.
 - *histogram*: ``hist_bins`` equal bins over the activation's natural range (sigmoid/softmax
   [0, 1], tanh [-1, 1]) or [-hist_range, hist_range]; outliers are clamped into the edge bins.
-  Big outputs are histogrammed over an evenly strided sample of at most 65,536 values
+  Big outputs are histogrammed over an evenly strided sample of at most 8,192 values
   (``engine.stats.HIST_SAMPLE``); every other statistic uses every value.
 - *std* is the population standard deviation (numpy's default).
 """

@@ -12,7 +12,7 @@ __all__ = ["HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_cou
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
 #: of a distribution needs no more, and it keeps big conv outputs cheap.
-HIST_SAMPLE = 65536
+HIST_SAMPLE = 8192
 
 
 def moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
