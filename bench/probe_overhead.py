@@ -1,0 +1,200 @@
+"""What the probe costs: step time and peak memory with the probe vs. without, in one process.
+
+For the built-in MLP, CNN and Transformer (and larger variants whose steps take >= 10 ms), on the
+CPU and on CUDA when present, prints per configuration:
+
+- bare ms/step (no hooks attached at all),
+- ratio capturing every step, and every 16 steps,
+- ratio of a captured step that also ships one example's feature maps / attention maps vs. one
+  that doesn't, and (CUDA) its peak-memory ratio,
+- peak-memory ratio capturing every step (CUDA; the CPU has no per-allocation peak counter).
+
+Modes are interleaved in blocks and the median block is used, so machine noise hits all alike.
+Targets (issue #3): every 16 steps <= 1.05x; every step <= 1.5x on CPU and <= 1.25x on CUDA for
+steps of 10 ms or more; one example's maps <= 1.10x time and <= 1.10x peak GPU memory.
+
+Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 16] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.batches import TensorBatches  # noqa: E402
+from engine.data import DataSpec, Dataset, make_dataset  # noqa: E402
+from engine.models import ModelSpec, build_model  # noqa: E402
+from engine.snapshot import Hyper  # noqa: E402
+from engine.trainer import Trainer, TrainerConfig, loss_for_task  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    data: DataSpec
+    model: ModelSpec
+    batch: int
+    maps_layer_kind: str  # 'conv' | 'attention' | 'none'
+
+
+CONFIGS = [
+    Config("mlp", DataSpec("spirals", n=4096), ModelSpec("mlp", depth=3, width=32, activation="tanh"), 64, "none"),
+    Config("cnn", DataSpec("shapes", n=2048), ModelSpec("cnn", channels=(8, 16), norm="batch"), 64, "conv"),
+    Config("transformer", DataSpec("reverse", n=4096), ModelSpec("transformer", depth=2, width=64), 64, "attention"),
+    Config("mlp-large", DataSpec("spirals", n=8192), ModelSpec("mlp", depth=6, width=1024, activation="relu"),
+           1024, "none"),
+    Config("cnn-large", DataSpec("shapes", n=4096), ModelSpec("cnn", channels=(32, 64, 128), norm="batch", width=128),
+           256, "conv"),
+    Config("transformer-large", DataSpec("reverse", n=4096, seq_len=32, vocab=16),
+           ModelSpec("transformer", depth=4, width=256, heads=8), 128, "attention"),
+]
+
+
+def make_trainer(config: Config, dataset: Dataset, device: str) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model(config.model, dataset)
+    return Trainer(model, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train),
+                   hyper=Hyper(optimizer="adam", lr=1e-3, batch_size=config.batch),
+                   config=TrainerConfig(device=device, val_every=0, capture_every=1))
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_block(trainer: Trainer, mode: str, steps: int, device: str) -> float:
+    """Seconds per step of ``steps`` steps in ``mode``; captures are read as the app does."""
+    probe = trainer.probe
+    if mode == "bare":
+        probe.detach()
+    elif not probe.attached:
+        probe.attach()
+    pending = []
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        if mode == "bare":
+            capture, tensors = False, False
+        elif mode == "every":
+            capture, tensors = True, False
+        elif mode == "every16":
+            capture, tensors = (i % 16 == 15), False
+        elif mode == "captured":
+            capture, tensors = True, False
+        elif mode == "maps":
+            capture, tensors = True, True
+        else:
+            raise ValueError(mode)
+        result = trainer.step(capture=capture, tensors=tensors)
+        if result.capture is not None:
+            pending.append(result.capture)
+        while pending and pending[0].ready():  # read finished copies, never wait on fresh ones
+            pending.pop(0).get()
+    for item in pending:
+        item.get()
+    trainer.flush_scalars()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def peak_memory(trainer: Trainer, mode: str, device: str, steps: int = 4) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run_block(trainer, mode, steps, device)
+    return torch.cuda.max_memory_allocated()
+
+
+def bench(config: Config, device: str, blocks: int, steps: int) -> dict:
+    dataset = make_dataset(config.data)
+    trainer = make_trainer(config, dataset, device)
+    probe = trainer.probe
+    layers = [layer for layer in probe.layers]
+    if config.maps_layer_kind == "attention":
+        probe.focus_layer = next((l.name for l in layers if l.role == "attention"), None)
+    elif config.maps_layer_kind == "conv":
+        probe.focus_layer = next((l.name for l in layers if l.weight_shape and len(l.weight_shape) == 4), None)
+    else:
+        probe.focus_layer = layers[0].name
+    modes = ["bare", "every", "every16", "captured", "maps"]
+    for mode in modes:  # warm up every path (allocator, lazy inits)
+        run_block(trainer, mode, 3, device)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(blocks):
+        for mode in modes:
+            length = steps if mode != "every16" else max(16, steps)
+            times[mode].append(run_block(trainer, mode, length, device))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    memory = {m: peak_memory(trainer, m, device) for m in ("bare", "every", "captured", "maps")}
+    trainer.close()
+    result = {
+        "config": config.name, "device": device, "batch": config.batch,
+        "bare_ms": round(1000 * med["bare"], 3),
+        "every_step": round(med["every"] / med["bare"], 3),
+        "every_16": round(med["every16"] / med["bare"], 3),
+        "maps_time": round(med["maps"] / med["captured"], 3),
+        "peak_mem_every_step": None if memory["bare"] is None else round(memory["every"] / memory["bare"], 3),
+        "maps_mem": None if memory["captured"] is None else round(memory["maps"] / memory["captured"], 3),
+    }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--blocks", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--only", nargs="*", help="config names")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if args.device == "cuda" and "cuda" not in devices:
+        print("no CUDA device", file=sys.stderr)
+        return 1
+    rows = []
+    header = f"{'config':<18} {'device':<6} {'batch':>5} {'bare ms':>8} {'every':>7} {'every16':>8} " \
+             f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+          + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        for config in CONFIGS:
+            if args.only and config.name not in args.only:
+                continue
+            row = bench(config, device, args.blocks, args.steps)
+            rows.append(row)
+            target = 1.25 if device == "cuda" else 1.5
+            notes = []
+            if row["bare_ms"] >= 10 and row["every_step"] > target:
+                notes.append(f"every step over {target}x")
+            if row["every_16"] > 1.05:
+                notes.append("every-16 over 1.05x")
+            if config.maps_layer_kind != "none" and row["maps_time"] > 1.10:
+                notes.append("maps over 1.10x")
+            if row["bare_ms"] < 10:
+                notes.append("step < 10 ms: every-step target n/a")
+            fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"{row['config']:<18} {device:<6} {row['batch']:>5} {row['bare_ms']:>8.2f} "
+                  f"{fmt(row['every_step']):>7} {fmt(row['every_16']):>8} "
+                  f"{fmt(row['maps_time']) if config.maps_layer_kind != 'none' else '—':>7} "
+                  f"{fmt(row['peak_mem_every_step']):>9} {fmt(row['maps_mem']):>9}  {'; '.join(notes)}",
+                  flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
