@@ -50,6 +50,8 @@ VIEW_CLASSES: dict[str, type[View]] = {
 SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("10 steps/s", 10.0),
           ("3 steps/s", 3.0), ("1 step/s", 1.0))
 OPEN_MODEL = "Open model file…"
+#: Views refreshed per display frame while training runs (in turn; all of them when paused).
+VIEWS_PER_FRAME = 3
 LAYOUT_VERSION = 1
 
 
@@ -70,6 +72,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._running = False
         self._last_snapshot: Snapshot | None = None
         self.errors: list[ErrorEvent] = []
+        self._render_cursor = 0
 
         self.views: dict[str, View] = {}
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
@@ -446,9 +449,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_snapshot = snapshot
         if first:
             self._first_frame_of_run(snapshot)
-        for key, view in self.views.items():
-            if view.isVisible():
-                view.render(data)
+        # Painting is the GUI's main cost: each frame refreshes a few views in turn, so a
+        # frame stays short (the event loop stays responsive) and each view still updates
+        # several times a second. A new run, a phase or a paused state refresh them all.
+        visible = [view for view in self.views.values() if view.isVisible()]
+        if first or snapshot.state != "running" or not self.bridge.live:
+            chosen = visible
+        else:
+            start = self._render_cursor % max(1, len(visible))
+            chosen = (visible[start:] + visible[:start])[:VIEWS_PER_FRAME]
+            self._render_cursor += VIEWS_PER_FRAME
+        for view in chosen:
+            view.render(data)
         if self.bridge.live:
             self.timeline.set_steps([s.step for s in self.bridge.snapshots])
         self._show_status(snapshot)

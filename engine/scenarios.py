@@ -92,16 +92,16 @@ _LIST = [
     Scenario("long-range-rnn", "Long-range memory · tanh RNN",
              "The label is decided by the first token of a long sequence. A plain RNN's gradient "
              "fades on its way back through time, so it stays near chance.",
-             DataSpec("long_range", n=2000), ModelSpec(kind="rnn", width=32),
-             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+             DataSpec("long_range"), ModelSpec(kind="rnn", depth=1, width=32),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64, clip_norm=1.0), val_every=100),
     Scenario("long-range-lstm", "Long-range memory · LSTM",
              "The same task with an LSTM: its cell state carries the first token to the end.",
-             DataSpec("long_range", n=2000), ModelSpec(kind="lstm", width=32),
-             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+             DataSpec("long_range"), ModelSpec(kind="lstm", depth=1, width=32),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64, clip_norm=1.0), val_every=100),
     Scenario("long-range-gru", "Long-range memory · GRU",
              "The same task with a GRU, whose gates also keep the gradient alive.",
-             DataSpec("long_range", n=2000), ModelSpec(kind="gru", width=32),
-             Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
+             DataSpec("long_range"), ModelSpec(kind="gru", depth=1, width=32),
+             Hyper(optimizer="adam", lr=0.002, batch_size=64, clip_norm=1.0), val_every=100),
 ]
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in _LIST}
