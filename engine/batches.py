@@ -51,7 +51,9 @@ class TensorBatches:
         size = max(1, min(batch_size, n))
         if self._perm is None or self._cursor + size > n:
             order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
-            self._perm = order.to(self.x.device)
+            if self.x.is_cuda:  # pinned + non-blocking: a new epoch never stalls the GPU queue
+                order = order.pin_memory()
+            self._perm = order.to(self.x.device, non_blocking=True)
             self._cursor = 0
         index = self._perm[self._cursor:self._cursor + size]
         self._cursor += size

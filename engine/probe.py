@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
-from engine.stats import dead_units, histogram, moments, nonfinite_counts, unit_count
+from engine.stats import (
+    dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count,
+)
 from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -168,6 +170,8 @@ class Probe:
                            if not list(m.children()) and id(m) not in measured and name]
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
+        self._order_version = 0
+        self._plan: tuple | None = None
         self._forward_order: list[int] = []
         self.focus_layer: str | None = None
         self.focus_example: int = 0
@@ -225,6 +229,7 @@ class Probe:
             layer.index = index
         self._layers = ordered
         self._order_fixed = True
+        self._order_version += 1
 
     # --- hooks ---------------------------------------------------------------------------
     def attach(self) -> "Probe":
@@ -295,11 +300,10 @@ class Probe:
         self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
         self._act_calls: dict[int, list[tuple[int, int]]] = {}  # layer -> (numel, sampled) per call
         self._act_units: dict[int, list[int]] = {}
-        self._before: dict[int, list[torch.Tensor]] = {}
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
-        self._focus_weight_before: torch.Tensor | None = None
         self._step_targets: dict[str, str | None] = {}
+        self._before_flat: torch.Tensor | None = None
 
     def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
         """Arm the hooks for the coming forward/backward."""
@@ -467,35 +471,48 @@ class Probe:
             maps = weights[0] if weights.dim() == 4 else weights
             self._push("tensor", layer.index, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
-    def _param_stats(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors]) if len(tensors) > 1 \
-            else tensors[0].detach().reshape(-1).float()
-        mean, var = moments(flat)
-        nan, inf = nonfinite_counts(flat, mean)
-        return torch.stack([torch.linalg.vector_norm(flat), mean, var, nan, inf])
+    def _param_plan(self, device: torch.device) -> tuple[list[_Layer], torch.Tensor]:
+        """Layers owning parameters, in order, and their sizes as a device tensor (cached, so
+        no host-to-device copy happens inside a captured step after the first)."""
+        if self._plan is None or self._plan[2] != device or self._plan[3] != self._order_version:
+            layers = [layer for layer in self._layers if layer.params]
+            lengths = torch.tensor([sum(p.numel() for p in layer.params) for layer in layers], device=device)
+            self._plan = (layers, lengths, device, self._order_version)
+        return self._plan[0], self._plan[1]
+
+    @staticmethod
+    def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in tensors]).to(torch.float64)
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""
         if not self._capturing:
             return
-        for layer in self._layers:
-            if not layer.params:
-                continue
-            self._push("weight", layer.index, "stats", self._param_stats(layer.params))
-            grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in layer.params]
-            self._push("grad", layer.index, "stats", self._param_stats(grads))
-            w = layer.main_weight
-            if self._want_tensors and w is not None and w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
-                self._push("tensor", layer.index, "graph_weight", w)
-            if self._want_tensors and self._is_focus(layer) and w is not None:
-                self._push("tensor", layer.index, "weight", shrink_2d(as_matrix(w)))
-                if w.grad is not None:
-                    self._push("tensor", layer.index, "weight_grad", shrink_2d(as_matrix(w.grad)))
-            if self._want_tensors and w is not None and w.dim() == 4 and layer.name == self._step_targets.get("conv"):
-                self._push("tensor", layer.index, "kernels",
-                           shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
+        first = next(self.model.parameters(), None)
+        layers, lengths = self._param_plan(first.device if first is not None else torch.device("cpu"))
+        if layers:
+            params = [p for layer in layers for p in layer.params]
+            grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in params]
+            self._push("pstats", -1, "weight", segment_stats(self._flat(params), lengths))
+            self._push("pstats", -1, "grad", segment_stats(self._flat(grads), lengths))
+        if self._want_tensors:
+            for layer in layers:
+                self._push_weight_views(layer)
         if self._recording:
             self._record_param_grads()
+
+    def _push_weight_views(self, layer: _Layer) -> None:
+        w = layer.main_weight
+        if w is None:
+            return
+        if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
+            self._push("tensor", layer.index, "graph_weight", w)
+        if self._is_focus(layer):
+            self._push("tensor", layer.index, "weight", shrink_2d(as_matrix(w)))
+            if w.grad is not None:
+                self._push("tensor", layer.index, "weight_grad", shrink_2d(as_matrix(w.grad)))
+        if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
+            self._push("tensor", layer.index, "kernels", shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase."""
@@ -513,26 +530,30 @@ class Probe:
     def before_update(self) -> None:
         if not self._capturing:
             return
-        for layer in self._layers:
-            if layer.params:
-                self._before[layer.index] = [p.detach().clone() for p in layer.params]
+        layers = [layer for layer in self._layers if layer.params]
+        if layers:
+            # One copy of every parameter (a single kernel), kept until after the update.
+            self._before_flat = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
 
     def after_update(self) -> None:
-        if not self._capturing:
+        if not self._capturing or self._before_flat is None:
             return
-        for layer in self._layers:
-            before = self._before.get(layer.index)
-            if before is None:
-                continue
-            delta = torch.cat([(p.detach() - b).reshape(-1).float() for p, b in zip(layer.params, before)])
-            base = torch.cat([b.reshape(-1).float() for b in before])
-            self._push("update", layer.index, "norms",
-                        torch.stack([torch.linalg.vector_norm(delta), torch.linalg.vector_norm(base)]))
-            if self._want_tensors and self._is_focus(layer) and layer.main_weight is not None:
-                position = next(i for i, p in enumerate(layer.params) if p is layer.main_weight)
-                change = layer.main_weight.detach() - before[position]
-                self._push("tensor", layer.index, "weight_update", shrink_2d(as_matrix(change)))
-        self._before = {}
+        before = self._before_flat
+        self._before_flat = None
+        layers, lengths = self._param_plan(before.device)
+        after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
+        delta = after - before
+        self._push("update", -1, "norms", torch.stack([segment_sumsq(delta, lengths),
+                                                         segment_sumsq(before, lengths)], dim=1))
+        focus = next((layer for layer in layers if self._is_focus(layer)), None)
+        if self._want_tensors and focus is not None and focus.main_weight is not None:
+            offset = 0
+            for layer in layers:
+                for p in layer.params:
+                    if p is focus.main_weight:
+                        change = delta[offset:offset + p.numel()].reshape(p.shape)
+                        self._push("tensor", focus.index, "weight_update", shrink_2d(as_matrix(change)))
+                    offset += p.numel()
 
     def phase_events(self) -> list[PhaseRecord]:
         """The recorded step's forward/backward events, on the host."""
@@ -584,6 +605,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
                    focus: str | None, example: int, tensors_wanted: bool) -> Capture:
     """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
     n_layers = len(layers)
+    param_layers = [layer for layer in layers if layer.params]
     values = np.full((n_layers, len(STAT_NAMES)), np.nan)
     bins = config.hist_bins
     hist = np.zeros((n_layers, bins), np.float32)
@@ -600,18 +622,22 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             act_pieces.setdefault(index, []).append(chunk)
         elif kind == "gout":
             gout[index] = gout.get(index, 0.0) + float(chunk[0])
-        elif kind in ("weight", "grad"):
-            norm, mean, var, nan, inf = chunk
-            prefix = "weight" if kind == "weight" else "grad"
-            values[index, STAT_INDEX[f"{prefix}_norm"]] = norm
-            values[index, STAT_INDEX[f"{prefix}_mean"]] = mean
-            values[index, STAT_INDEX[f"{prefix}_std"]] = np.sqrt(max(var, 0.0))
-            suffix = "weights" if kind == "weight" else "grads"
-            values[index, STAT_INDEX[f"nan_{suffix}"]] = nan
-            values[index, STAT_INDEX[f"inf_{suffix}"]] = inf
+        elif kind == "pstats":
+            rows = chunk.reshape(shape)
+            prefix, suffix = ("weight", "weights") if key == "weight" else ("grad", "grads")
+            for row_index, layer in enumerate(param_layers):
+                norm, mean, var, nan, inf = rows[row_index]
+                target = values[layer.index]
+                target[STAT_INDEX[f"{prefix}_norm"]] = norm
+                target[STAT_INDEX[f"{prefix}_mean"]] = mean
+                target[STAT_INDEX[f"{prefix}_std"]] = np.sqrt(max(var, 0.0))
+                target[STAT_INDEX[f"nan_{suffix}"]] = nan
+                target[STAT_INDEX[f"inf_{suffix}"]] = inf
         elif kind == "update":
-            delta, base = chunk
-            values[index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
+            rows = chunk.reshape(shape)
+            for row_index, layer in enumerate(param_layers):
+                delta, base = np.sqrt(rows[row_index])
+                values[layer.index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
         elif kind == "tensor":
             tensors[(index, key)] = chunk.astype(np.float32).reshape(shape)
         elif kind == "scalars":

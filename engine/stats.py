@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram"]
+__all__ = [
+    "HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram", "segment_stats",
+    "segment_sumsq",
+]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
 #: of a distribution needs no more, and it keeps big conv outputs cheap.
@@ -17,6 +20,9 @@ HIST_SAMPLE = 8192
 
 def moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance, two-pass (exact even when the mean dwarfs the spread)."""
+    if flat.is_cuda:  # one fused kernel; on the CPU the two passes below are faster
+        variance, mean = torch.var_mean(flat, correction=0)
+        return mean, variance
     mean = flat.mean()
     centred = flat - mean
     return mean, torch.dot(centred, centred) / flat.numel()
@@ -59,3 +65,28 @@ def histogram(flat: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torc
     sample = flat[::stride]
     clean = torch.nan_to_num(sample.clamp(lo, hi), nan=lo - 1.0)
     return torch.histc(clean, bins=bins, min=lo, max=hi), sample.numel()
+
+
+def segment_stats(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-segment (L2 norm, mean, population variance, NaN count, Inf count), shape (L, 5).
+
+    ``flat`` holds the segments back to back (float64, so sums of many values stay exact);
+    a handful of kernels cover every layer at once instead of a dozen per layer.
+    """
+    sums = torch.segment_reduce(flat, "sum", lengths=lengths)
+    squares = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+    if not flat.is_cuda and bool(torch.isfinite(sums).all()) and bool(torch.isfinite(squares).all()):
+        nan = inf = torch.zeros_like(sums)
+    else:
+        nan = torch.segment_reduce(torch.isnan(flat).to(flat.dtype), "sum", lengths=lengths)
+        inf = torch.segment_reduce(torch.isinf(flat).to(flat.dtype), "sum", lengths=lengths)
+    count = lengths.to(flat.dtype)
+    mean = sums / count
+    variance = squares / count - mean * mean
+    return torch.stack([squares.sqrt(), mean, variance, nan, inf], dim=1)
+
+
+def segment_sumsq(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-segment sum of squares (float64)."""
+    flat = flat.to(torch.float64)
+    return torch.segment_reduce(flat * flat, "sum", lengths=lengths)

@@ -15,8 +15,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT
+from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
 
-__all__ = ["ActivationView", "row_edges", "resample_rows"]
+__all__ = ["ActivationView", "row_edges", "resample_rows", "fit_axis_to_labels", "NARROW_WIDTH"]
+
+#: Narrower than this (px), the dead/saturated plot shrinks so the histograms keep their room.
+NARROW_WIDTH = 440
+_FRACTION_WIDTH = {True: 78, False: 150}  # px, by narrowness
 
 _NO_DATA = "No activation statistics yet: run a training step"
 _DEAD_BRUSH = pg.mkBrush(214, 96, 77, 220)
@@ -25,19 +30,6 @@ _MEAN_PEN = pg.mkPen(110, 190, 255, width=1.5)
 _BAND_BRUSH = pg.mkBrush(110, 190, 255, 60)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
 _MAX_BAND_POINTS = 2000  # so the band polygon gets at most 4000 points
-
-
-def _short(name: str, limit: int = 16) -> str:
-    """Layer names like ``encoder.blocks.3.mlp.fc1`` trimmed from the left to stay readable."""
-    return name if len(name) <= limit else "…" + name[-(limit - 1):]
-
-
-def fit_axis_to_labels(axis: pg.AxisItem, labels: list[str]) -> None:
-    """Fix a vertical axis's width to its longest label: pyqtgraph grows it only after a paint,
-    dropping the labels that do not fit on the first one."""
-    metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtWidgets.QApplication.font())
-    widest = max((metrics.horizontalAdvance(text) for text in labels), default=0)
-    axis.setWidth(min(180, widest + 14))
 
 
 def _normalise_rows(counts: np.ndarray) -> np.ndarray:
@@ -116,12 +108,13 @@ class ActivationView(View):
         self._band_series: tuple[SeriesData | None, SeriesData | None] = (None, None)
         self._band_layer: str | None = None
         self._data_selection_seen: str | None = None
-        self._titles: dict[int, str] = {}
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
-        self.hist_plot = layout.addPlot(row=0, col=0)
-        self.hist_plot.setTitle("output histogram per layer", size="9pt")
+        self.hist_plot = layout.addPlot(row=0, col=0, axisItems={
+            "left": CategoryAxis("left", max_label_width=100), "bottom": FittedAxis("bottom")})
+        self.hist_title = FittedTitle(self.hist_plot)
+        self.hist_title.set("output histogram per layer", "histogram per layer", "histograms")
         self.hist_plot.setLabel("bottom", "activation")
         self.hist_plot.invertY(True)  # first layer at the top, as in the model
         self.hist_plot.setMenuEnabled(False)
@@ -131,9 +124,15 @@ class ActivationView(View):
         self._selection_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.hist_plot.addItem(self._selection_box)
 
-        self.fraction_plot = layout.addPlot(row=0, col=1)
-        self.fraction_plot.setTitle("dead / saturated", size="9pt")
-        self.fraction_plot.setFixedWidth(150)
+        self.fraction_plot = layout.addPlot(row=0, col=1, axisItems={"bottom": FittedAxis("bottom")})
+        # Coloured title instead of a legend: a legend box would cover the bars.
+        self.fraction_title = FittedTitle(self.fraction_plot)
+        self.fraction_title.set(
+            '<span style="color:#d6604d">■ dead</span>&nbsp;<span style="color:#f0b43c">■ saturated</span>',
+            '<span style="color:#d6604d">■ dead</span>&nbsp;<span style="color:#f0b43c">■ sat.</span>',
+        )
+        self._narrow: bool | None = None
+        self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[False])
         self.fraction_plot.setYLink(self.hist_plot)
         self.fraction_plot.invertY(True)  # a y link shares the range, not the direction
         self.fraction_plot.hideAxis("left")
@@ -146,11 +145,10 @@ class ActivationView(View):
         self.saturated_bars = pg.BarGraphItem(x0=[], y0=[], width=[], height=[], brush=_SATURATED_BRUSH, pen=None)
         self.fraction_plot.addItem(self.dead_bars)
         self.fraction_plot.addItem(self.saturated_bars)
-        legend = self.fraction_plot.addLegend(offset=(-4, -4), labelTextSize="8pt")
-        legend.addItem(self.dead_bars, "dead")
-        legend.addItem(self.saturated_bars, "saturated")
 
-        self.time_plot = layout.addPlot(row=1, col=0, colspan=2)
+        self.time_plot = layout.addPlot(row=1, col=0, colspan=2, axisItems={
+            "left": FittedAxis("left"), "bottom": FittedAxis("bottom")})
+        self.time_title = FittedTitle(self.time_plot)
         self.time_plot.setLabel("bottom", "step")
         self.time_plot.setLabel("left", "activation")
         self.time_plot.setMenuEnabled(False)
@@ -158,7 +156,9 @@ class ActivationView(View):
         self.time_image.setLookupTable(SEQUENTIAL_LUT)
         self.time_plot.addItem(self.time_image)
 
-        self.band_plot = layout.addPlot(row=2, col=0, colspan=2)
+        self.band_plot = layout.addPlot(row=2, col=0, colspan=2, axisItems={
+            "left": FittedAxis("left"), "bottom": FittedAxis("bottom")})
+        self.band_title = FittedTitle(self.band_plot)
         self.band_plot.setLabel("bottom", "step")
         self.band_plot.setLabel("left", "mean ± std")
         self.band_plot.setMenuEnabled(False)
@@ -210,6 +210,14 @@ class ActivationView(View):
         """Name of histogram row ``row`` (0 = top), or None."""
         return self._names[row] if 0 <= row < len(self._names) else None
 
+    # --- layout ----------------------------------------------------------------------------
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
+        super().resizeEvent(event)
+        narrow = self.width() < NARROW_WIDTH
+        if narrow != self._narrow:
+            self._narrow = narrow
+            self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[narrow])
+
     # --- drawing ---------------------------------------------------------------------------
     def draw(self, data: ViewData) -> None:
         frame = data.frames[-1] if data.frames else data.snapshot.stats
@@ -241,9 +249,9 @@ class ActivationView(View):
         names = tuple(frame.layer_names[:n_layers])
         if names != self._names or (low, high) != self._extent:
             self.hist_plot.setRange(xRange=(low, high), yRange=(0, n_layers), padding=0.0)
-            ticks = [(i + 0.5, _short(n)) for i, n in enumerate(names)]
-            fit_axis_to_labels(self.hist_plot.getAxis("left"), [text for _, text in ticks])
-            self.hist_plot.getAxis("left").setTicks([ticks])
+            # Every layer named when the rows are tall enough; every k-th one when not.
+            self.hist_plot.getAxis("left").set_categories(
+                [i + 0.5 for i in range(len(names))], short_names(names, limit=16), names)
             self._focus = None  # forces the selection box to be redrawn for the new rows
         self._names = names
         self._edges = edges
@@ -290,7 +298,8 @@ class ActivationView(View):
             if row is not None and frame.histograms.ndim == 2 and frame.histograms.shape[1] == bins:
                 columns.append(frame.histograms[row])
                 steps.append(frame.step)
-        self._set_title(self.time_plot, f"{layer}: histogram over the last {len(columns)} captured steps")
+        self.time_title.set(f"{layer}: histogram over the last {len(columns)} captured steps",
+                            f"{layer}: last {len(columns)} captured steps", f"{layer}: recent steps", layer)
         if not columns or self._edges is None or layer not in self._names:
             self._time_counts = None
             self._time_steps = np.zeros(0)
@@ -322,7 +331,7 @@ class ActivationView(View):
         if mean is None:
             self.mean_curve.setData([], [])
             self.band.setData([], [])
-            self._set_title(self.band_plot, f"{layer}: no mean/std series yet")
+            self.band_title.set(f"{layer}: no mean/std series yet", f"{layer}: no series yet", layer)
             return
         steps = np.asarray(mean.steps, dtype=np.float64)
         values = np.asarray(mean.values, dtype=np.float64)
@@ -344,13 +353,7 @@ class ActivationView(View):
             np.concatenate([x, x[::-1]]),
             np.concatenate([(values + spread)[finite], (values - spread)[finite][::-1]]),
         )
-        self._set_title(self.band_plot, f"{layer}: mean ± std over the run")
-
-    def _set_title(self, plot: pg.PlotItem, text: str) -> None:
-        """Set a plot title only when it changes: setTitle re-lays out HTML (~0.1 ms)."""
-        if self._titles.get(id(plot)) != text:
-            self._titles[id(plot)] = text
-            plot.setTitle(text, size="9pt")
+        self.band_title.set(f"{layer}: mean ± std over the run", f"{layer}: mean ± std", layer)
 
     # --- readout and clicks ------------------------------------------------------------------
     def describe_point(self, x: float, y: float) -> str:

@@ -15,8 +15,10 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
+from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
 
-__all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels"]
+__all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels", "fill_missing_columns",
+           "SIDE_BY_SIDE_WIDTH"]
 
 _NO_DATA = "No gradients yet: run a training step"
 _NO_PARAMS = "This model has no layers with parameters"
@@ -25,7 +27,8 @@ _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
 _WEIGHT_BRUSH = pg.mkBrush(150, 220, 150)
 _RATIO_BRUSH = pg.mkBrush(240, 160, 90)
-_MAX_TICK_LABELS = 16
+#: Narrower than this (px), the weight/update plot goes under the gradient bars, not beside them.
+SIDE_BY_SIDE_WIDTH = 600
 
 
 def abbreviate(name: str, limit: int = 12) -> str:
@@ -34,12 +37,21 @@ def abbreviate(name: str, limit: int = 12) -> str:
     return short if len(short) <= limit else "…" + short[-(limit - 1):]
 
 
-def fit_axis_to_labels(axis: pg.AxisItem, labels: list[str]) -> None:
-    """Fix a vertical axis's width to its longest label: pyqtgraph grows it only after a paint,
-    dropping the labels that do not fit on the first one."""
-    metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtWidgets.QApplication.font())
-    widest = max((metrics.horizontalAdvance(text) for text in labels), default=0)
-    axis.setWidth(min(180, widest + 14))
+def fill_missing_columns(image: np.ndarray) -> np.ndarray:
+    """``image`` (rows, steps) with each all-NaN column replaced by the last complete one before it.
+
+    A step that was not measured (the trainer samples the probe) leaves a whole column NaN; drawn
+    as it is, it reads as a black stripe, as if every gradient had vanished at once. A NaN in
+    some rows only (one layer's value is missing) is kept.
+    """
+    if image.ndim != 2 or image.size == 0:
+        return image
+    missing = np.isnan(image).all(axis=0)
+    if not missing.any() or missing.all():
+        return image
+    source = np.where(missing, 0, np.arange(image.shape[1]))
+    np.maximum.accumulate(source, out=source)
+    return image[:, source]
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
@@ -89,23 +101,28 @@ class GradientFlow(View):
         self._heat_sources: tuple[object, ...] = ()
         self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
         self._data_selection_seen: str | None = None
-        self._titles: dict[int, str] = {}
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
-        self.bar_plot = layout.addPlot(row=0, col=0)
-        self.bar_plot.setTitle("gradient norm ‖g‖ per layer", size="9pt")
+        self.bar_plot = layout.addPlot(row=0, col=0, axisItems={
+            "left": FittedAxis("left"), "bottom": CategoryAxis("bottom")})
+        self.bar_title = FittedTitle(self.bar_plot)
+        self.bar_title.set("gradient norm ‖g‖ per layer", "‖g‖ per layer")
         self.bar_plot.getAxis("left").setLogMode(False, True)  # bars are given in log10 units
         self.bar_plot.setMenuEnabled(False)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, y0=0, brush=_BAR_BRUSH, pen=None)
         self.bar_plot.addItem(self.bars)
 
-        self.ratio_plot = layout.addPlot(row=0, col=1)
+        self.ratio_plot = layout.addPlot(row=0, col=1, axisItems={
+            "left": FittedAxis("left"), "bottom": CategoryAxis("bottom")})
         # Coloured title instead of a legend: a legend box would cover the points.
-        self.ratio_plot.setTitle(
+        self.ratio_title = FittedTitle(self.ratio_plot)
+        self.ratio_title.set(
+            '<span style="color:#96dc96">● weight norm ‖w‖</span>&nbsp;&nbsp;'
+            '<span style="color:#f0a05a">▼ update ratio ‖Δw‖/‖w‖</span>',
             '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;'
             '<span style="color:#f0a05a">▼ update ratio ‖Δw‖/‖w‖</span>',
-            size="9pt",
+            '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;<span style="color:#f0a05a">▼ ‖Δw‖/‖w‖</span>',
         )
         self.ratio_plot.getAxis("left").setLogMode(False, True)
         self.ratio_plot.setXLink(self.bar_plot)
@@ -117,8 +134,10 @@ class GradientFlow(View):
         self.weight_norm_log = np.zeros(0)  # log10 ‖w‖ per layer (NaN: not drawn)
         self.update_ratio_log = np.zeros(0)
 
-        self.heat_plot = layout.addPlot(row=1, col=0, colspan=2)
-        self.heat_plot.setTitle("log10 ‖g‖ over the run", size="9pt")
+        self.heat_plot = layout.addPlot(row=1, col=0, colspan=2, axisItems={
+            "left": CategoryAxis("left", max_label_width=96), "bottom": FittedAxis("bottom")})
+        self.heat_title = FittedTitle(self.heat_plot)
+        self.heat_title.set("log10 ‖g‖ over the run", "log10 ‖g‖")
         self.heat_plot.setLabel("bottom", "step")
         self.heat_plot.invertY(True)
         self.heat_plot.setMenuEnabled(False)
@@ -131,10 +150,8 @@ class GradientFlow(View):
             for side in ("left", "bottom"):
                 # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
                 plot.getAxis(side).enableAutoSIPrefix(False)
-        layout.layout.setColumnStretchFactor(0, 3)
-        layout.layout.setColumnStretchFactor(1, 2)
-        layout.layout.setRowStretchFactor(0, 1)
-        layout.layout.setRowStretchFactor(1, 1)
+        self._side_by_side = True
+        self._arrange(side_by_side=False)
 
         self._hint = QtWidgets.QLabel(self)
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
@@ -165,6 +182,43 @@ class GradientFlow(View):
         """Rows of the heatmap, top to bottom (layers whose series is all NaN are skipped)."""
         return self._heat_layers
 
+    @property
+    def side_by_side(self) -> bool:
+        """Whether the weight/update plot sits beside the bars (wide view) or under them."""
+        return self._side_by_side
+
+    # --- layout ----------------------------------------------------------------------------
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
+        super().resizeEvent(event)
+        self._arrange(side_by_side=self.width() >= SIDE_BY_SIDE_WIDTH)
+
+    def _arrange(self, side_by_side: bool) -> None:
+        """Bars and weight/update plot side by side when wide, stacked when narrow.
+
+        Moves the items within the grid (no item is created); done only when the choice changes.
+        """
+        if side_by_side == self._side_by_side:
+            return
+        self._side_by_side = side_by_side
+        grid = self.canvas.ci.layout
+        for plot in (self.ratio_plot, self.heat_plot):
+            grid.removeItem(plot)
+        if side_by_side:
+            grid.addItem(self.ratio_plot, 0, 1)
+            grid.addItem(self.heat_plot, 1, 0, 1, 2)
+            stretches_rows, stretches_columns = (1, 1, 0), (3, 2)
+        else:
+            grid.addItem(self.ratio_plot, 1, 0)
+            grid.addItem(self.heat_plot, 2, 0)
+            stretches_rows, stretches_columns = (3, 2, 3), (1, 0)
+        for row, stretch in enumerate(stretches_rows):
+            grid.setRowStretchFactor(row, stretch)
+        for column, stretch in enumerate(stretches_columns):
+            grid.setColumnStretchFactor(column, stretch)
+        # Stacked, the bars and the points share their x axis: name the layers once, below both.
+        self.bar_plot.getAxis("bottom").setStyle(showValues=side_by_side)
+        grid.invalidate()
+
     # --- drawing ---------------------------------------------------------------------------
     def draw(self, data: ViewData) -> None:
         layers = tuple(
@@ -192,10 +246,11 @@ class GradientFlow(View):
         self._show_content()
 
     def _set_layer_ticks(self, layers: tuple[str, ...]) -> None:
-        every = max(1, math.ceil(len(layers) / _MAX_TICK_LABELS))
-        ticks = [[(float(i), abbreviate(name)) for i, name in enumerate(layers) if i % every == 0]]
-        self.bar_plot.getAxis("bottom").setTicks(ticks)
-        self.ratio_plot.getAxis("bottom").setTicks(ticks)
+        # Every layer named when there is room; the axes shorten and thin their labels when not.
+        positions = [float(i) for i in range(len(layers))]
+        labels = short_names(layers)
+        self.bar_plot.getAxis("bottom").set_categories(positions, labels, layers)
+        self.ratio_plot.getAxis("bottom").set_categories(positions, labels, layers)
         self.bar_plot.setXRange(-0.6, len(layers) - 0.4, padding=0.0)
 
     def _stat_per_layer(self, frame: StatsFrame, name: str) -> np.ndarray:
@@ -233,7 +288,8 @@ class GradientFlow(View):
             symbols += [symbol] * int(good.sum())
             brushes += [brush] * int(good.sum())
         self.ratio_points.setData(x=np.concatenate(xs), y=np.concatenate(ys), symbol=symbols, brush=brushes)
-        self._set_title(self.bar_plot, f"gradient norm ‖g‖ per layer  (step {frame.step})")
+        self.bar_title.set(f"gradient norm ‖g‖ per layer  (step {frame.step})", f"‖g‖ per layer  (step {frame.step})",
+                           "‖g‖ per layer")
         self._drawn_selection = None
 
     def _draw_heatmap(self, data: ViewData) -> None:
@@ -257,28 +313,21 @@ class GradientFlow(View):
         spacing = spacing if spacing > 0 else 1.0
         x0 = steps[0] - spacing / 2
         levels = finite_levels(logs)
-        self.heat_image.setImage(logs.astype(np.float32), levels=levels, autoLevels=False)
+        self.heat_image.setImage(fill_missing_columns(logs).astype(np.float32), levels=levels, autoLevels=False)
         colours = f"{10 ** levels[0]:.0e} … {10 ** levels[1]:.0e}"
-        self._set_title(self.heat_plot, f"log10 ‖g‖ over the run  (colour: {colours})")
+        self.heat_title.set(f"log10 ‖g‖ over the run  (colour: {colours})", f"log10 ‖g‖  (colour: {colours})",
+                            f"‖g‖ {colours}", "log10 ‖g‖")
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
         if names != self._heat_layers or len(steps) != len(self._heat_steps):
             self.heat_plot.setRange(xRange=(x0, x0 + spacing * len(steps)), yRange=(0, len(names)), padding=0.0)
         if names != self._heat_layers:
-            every = max(1, math.ceil(len(names) / _MAX_TICK_LABELS))
-            ticks = [(i + 0.5, abbreviate(n)) for i, n in enumerate(names) if i % every == 0]
-            fit_axis_to_labels(self.heat_plot.getAxis("left"), [text for _, text in ticks])
-            self.heat_plot.getAxis("left").setTicks([ticks])
+            self.heat_plot.getAxis("left").set_categories(
+                [i + 0.5 for i in range(len(names))], short_names(names), names)
         self._heat_layers = names
         self._heat_extent = (x0, x0 + spacing * len(steps))
         self._heat_steps = steps
         self._heat_values = values
         self._drawn_selection = None
-
-    def _set_title(self, plot: pg.PlotItem, text: str) -> None:
-        """Set a plot title only when it changes: setTitle re-lays out HTML (~0.1 ms)."""
-        if self._titles.get(id(plot)) != text:
-            self._titles[id(plot)] = text
-            plot.setTitle(text, size="9pt")
 
     def _clear_heatmap(self) -> None:
         self.heat_image.clear()

@@ -1,6 +1,7 @@
 """The network as columns of units joined by their weights, coloured by what flows through them."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,8 +11,9 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import NetworkView, ViewData
 from widgets import colormaps
 from widgets.base import View
+from widgets.label_fit import elide, unique_suffixes
 
-__all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS"]
+__all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS", "column_label_layout"]
 
 #: A column with more units than this is drawn as one labelled block, its edges as one band.
 COLLAPSE_ABOVE = 64
@@ -48,6 +50,57 @@ def _edge_pen(sign: int, level: int, thick: bool) -> QtGui.QPen:
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
+
+
+_LABEL_GAP = 6  # px between two column labels on one line
+_MARGIN_PX = 6  # px kept free above the tallest column and below the labels
+
+
+def column_label_layout(names: tuple[str, ...], spacing: float, width_of,
+                        elide_to=None) -> tuple[tuple[str, ...], int, tuple[bool, ...]]:
+    """Column labels that fit columns ``spacing`` px apart: ``(texts, lines, shown)``.
+
+    Tried in order: full names on one line; their unique tails (``layers.0.linear`` →
+    ``0.linear``) on one line; the tails staggered over two lines; those elided to the room
+    two columns give (``elide_to(text, px)``); and every k-th label only when even that is too
+    tight. ``width_of(text)`` measures a label in px. Labels at either end may lean inwards
+    (they are drawn aligned to the view's edge), so they only need to fit inside the view.
+    """
+    n = len(names)
+    if n == 0:
+        return (), 1, ()
+    short = unique_suffixes(names)
+    total = spacing * n
+
+    def fits(texts: tuple[str, ...], lines: int, shown: tuple[bool, ...]) -> bool:
+        last_end = [-math.inf] * lines
+        count = 0
+        for i, (text, visible) in enumerate(zip(texts, shown)):
+            if not visible:
+                continue
+            width = width_of(text)
+            if width > total:
+                return False
+            start = min(max((i + 0.5) * spacing - width / 2.0, 0.0), total - width)
+            line = count % lines
+            count += 1
+            if start < last_end[line] + _LABEL_GAP:
+                return False
+            last_end[line] = start + width
+        return True
+
+    every = (True,) * n
+    for texts, lines in ((names, 1), (short, 1), (short, 2)):
+        if fits(texts, lines, every):
+            return texts, lines, every
+    lines = 2 if n > 1 else 1
+    for stride in range(1, n + 1):
+        shown = tuple(i % stride == 0 for i in range(n))
+        room = lines * stride * spacing - _LABEL_GAP
+        texts = short if elide_to is None else tuple(elide_to(text, room) for text in short)
+        if fits(texts, lines, shown):
+            return texts, lines, shown
+    return short, lines, (True,) + (False,) * (n - 1)
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # compared by identity: it holds arrays
@@ -189,6 +242,10 @@ class NetworkGraph(View):
         self.block_images: list[pg.ImageItem] = []
         self.block_labels: list[pg.TextItem] = []
         self.column_labels: list[pg.TextItem] = []
+        self._label_anchor: list[tuple[float, float]] = []
+        self._labels_fitted: tuple | None = None
+        self._label_line = 0.05  # data units per line of label text
+        self._label_top = 0.0  # y of the first line of labels
 
         self._geometry: _Layout | None = None
         self._edge_pairs: set[int] = set()  # column pairs whose edges are drawn one by one
@@ -258,6 +315,8 @@ class NetworkGraph(View):
             return None
         size = geometry.sizes[col]
         name = geometry.names[col]
+        if y < self._label_top and abs(x - col) <= 0.5:
+            return (name, None)  # its label, below the columns: the whole layer
         if geometry.collapsed[col]:
             half = geometry.height / 2.0
             if abs(x - col) > _BLOCK_WIDTH / 2 or abs(y) > half:
@@ -286,6 +345,8 @@ class NetworkGraph(View):
             return ""
         name, index = target
         col = self._geometry.names.index(name)
+        if index is None and not self._geometry.collapsed[col]:
+            return f"{name}: {self._geometry.sizes[col]} units"
         if index is None:
             return f"{name}: {self._geometry.sizes[col]} units (collapsed)"
         values = self._column_values(network, col)
@@ -343,10 +404,8 @@ class NetworkGraph(View):
         """Lay out a new network shape: positions, block outlines, label pools."""
         geometry = _make_layout(names, sizes)
         self._geometry = geometry
-        half = geometry.height / 2.0
-        self.view_box.setRange(xRange=(-0.5, len(sizes) - 0.5),
-                               yRange=(-half - 0.28 * geometry.height - 0.05, half + 0.06 * geometry.height + 0.02),
-                               padding=0)
+        self._labels_fitted = None
+        self._fit_range(lines=1)
         self._unit_size = self._fit_unit_size()
         self.units.setData(x=geometry.unit_x, y=geometry.unit_y, size=self._unit_size,
                            brush=self._brush_table[256])
@@ -388,6 +447,7 @@ class NetworkGraph(View):
             label.setZValue(5)
             self.plot.addItem(label)
             self.column_labels.append(label)
+            self._label_anchor.append((0.5, 0.0))
         n_blocks = sum(geometry.collapsed)
         while len(self.block_images) < n_blocks:
             image = pg.ImageItem()
@@ -400,15 +460,10 @@ class NetworkGraph(View):
             self.plot.addItem(label)
             self.block_labels.append(label)
         block = 0
-        for col, (name, size) in enumerate(zip(names, sizes)):
-            label = self.column_labels[col]
-            label.setText(name)
-            label.setPos(col, -half - 0.06 * geometry.height - 0.02)
-            label.setVisible(True)
+        for col in range(len(sizes)):
             if geometry.collapsed[col]:
                 rect = self._block_rect(col)
                 self.block_images[block].setRect(rect)
-                self.block_labels[block].setText(f"{name}\n{size} units")
                 self.block_labels[block].setPos(col, 0.0)
                 self.block_labels[block].setVisible(True)
                 block += 1
@@ -417,6 +472,88 @@ class NetworkGraph(View):
         for image, label in zip(self.block_images[block:], self.block_labels[block:]):
             image.setVisible(False)
             label.setVisible(False)
+        self._fit_labels()
+
+    # --- labels that fit the view ---------------------------------------------------------------
+    def _label_metrics(self) -> QtGui.QFontMetrics:
+        font = self.column_labels[0].textItem.font() if self.column_labels else QtWidgets.QApplication.font()
+        return QtGui.QFontMetrics(font)
+
+    def _fit_range(self, lines: int) -> None:
+        """Fit the diagram to the view, leaving ``lines`` lines of label text below the columns.
+
+        Computed in pixels so labels and the largest spots fit at any view height.
+        """
+        geometry = self._geometry
+        half = geometry.height / 2.0
+        height_px = self.view_box.height()
+        line_px = self._label_metrics().height()
+        spot_px = 18.0 / 2.0 + 3.0  # largest spot radius and its selection ring
+        below_px = spot_px + lines * line_px + _MARGIN_PX
+        above_px = spot_px + _MARGIN_PX
+        if height_px > below_px + above_px + 20:
+            per_px = geometry.height / (height_px - below_px - above_px)
+        else:  # not laid out yet (or tiny): proportions that read at a usual size
+            per_px = geometry.height / 240.0
+        self._label_line = line_px * per_px
+        self._label_top = -half - spot_px * per_px
+        self.view_box.setRange(xRange=(-0.5, len(geometry.sizes) - 0.5),
+                               yRange=(-half - below_px * per_px, half + above_px * per_px), padding=0)
+
+    def _fit_labels(self) -> None:
+        """Column labels (and block captions) that fit the columns' on-screen spacing."""
+        geometry = self._geometry
+        if geometry is None or not self.column_labels:
+            return
+        names, sizes = geometry.names, geometry.sizes
+        width_px = self.view_box.width()
+        key = (geometry, round(width_px), round(self.view_box.height()))
+        if key == self._labels_fitted:
+            return
+        self._labels_fitted = key
+        metrics = self._label_metrics()
+        font = self.column_labels[0].textItem.font()
+        spacing = width_px / max(len(sizes), 1) if width_px > 1 else math.inf
+        if math.isinf(spacing):
+            texts, lines, shown = names, 1, (True,) * len(names)
+        else:
+            texts, lines, shown = column_label_layout(
+                names, spacing, metrics.horizontalAdvance, lambda text, room: elide(text, room, font, QtCore.Qt.TextElideMode.ElideRight))
+        self._fit_range(lines)
+        count = 0
+        for col, (text, visible) in enumerate(zip(texts, shown)):
+            label = self.column_labels[col]
+            if label.toPlainText() != text:
+                label.setText(text)
+            label.setVisible(visible)
+            if not visible:
+                continue
+            width = metrics.horizontalAdvance(text)
+            # Labels at either end lean inwards rather than leave the view.
+            if not math.isinf(spacing) and (col + 0.5) * spacing - width / 2.0 < 0:
+                anchor, x = (0.0, 0.0), -0.5
+            elif not math.isinf(spacing) and (col + 0.5) * spacing + width / 2.0 > spacing * len(sizes):
+                anchor, x = (1.0, 0.0), len(sizes) - 0.5
+            else:
+                anchor, x = (0.5, 0.0), float(col)
+            if anchor != self._label_anchor[col]:
+                label.setAnchor(anchor)
+                self._label_anchor[col] = anchor
+            label.setPos(x, self._label_top - (count % lines) * self._label_line)
+            count += 1
+        block = 0
+        short = unique_suffixes(names)
+        for col, (name, size) in enumerate(zip(names, sizes)):
+            if not geometry.collapsed[col]:
+                continue
+            options = (f"{name}\n{size} units", f"{short[col]}\n{size} units", f"{size} units", f"{size}")
+            room = spacing - 4
+            text = next((option for option in options
+                         if max(metrics.horizontalAdvance(line) for line in option.split("\n")) <= room),
+                        options[-1])
+            if self.block_labels[block].toPlainText() != text:
+                self.block_labels[block].setText(text)
+            block += 1
 
     def _block_rect(self, col: int) -> QtCore.QRectF:
         height = self._geometry.height if self._geometry is not None else 1.0
@@ -433,6 +570,7 @@ class NetworkGraph(View):
         return float(np.clip(0.72 * geometry.spacing / pixel, 5.0, 18.0))
 
     def _on_resized(self) -> None:
+        self._fit_labels()
         size = self._fit_unit_size()
         if self._geometry is not None and abs(size - self._unit_size) > 0.5:
             self._unit_size = size
