@@ -21,7 +21,9 @@ __all__ = ["ActivationView", "row_edges", "resample_rows", "fit_axis_to_labels",
 
 #: Narrower than this (px), the dead/saturated plot shrinks so the histograms keep their room.
 NARROW_WIDTH = 440
-_FRACTION_WIDTH = {True: 78, False: 150}  # px, by narrowness
+_FRACTION_WIDTH = {True: 100, False: 150}  # px, by narrowness
+#: Lower than this (px), the axis names under the plots go: the titles say what the axes are.
+COMPACT_HEIGHT = 420
 
 _NO_DATA = "No activation statistics yet: run a training step"
 _DEAD_BRUSH = pg.mkBrush(214, 96, 77, 220)
@@ -132,11 +134,12 @@ class ActivationView(View):
             '<span style="color:#d6604d">■ dead</span>&nbsp;<span style="color:#f0b43c">■ sat.</span>',
         )
         self._narrow: bool | None = None
+        self._compact: bool | None = None
         self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[False])
         self.fraction_plot.setYLink(self.hist_plot)
         self.fraction_plot.invertY(True)  # a y link shares the range, not the direction
         self.fraction_plot.hideAxis("left")
-        self.fraction_plot.setXRange(0.0, 1.0, padding=0.02)
+        self.fraction_plot.setXRange(0.0, 1.0, padding=0.1)  # room for the "0" and "1" labels
         self.fraction_plot.setMouseEnabled(False, False)
         self.fraction_plot.setMenuEnabled(False)
         self.fraction_plot.hideButtons()
@@ -217,6 +220,12 @@ class ActivationView(View):
         if narrow != self._narrow:
             self._narrow = narrow
             self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[narrow])
+        compact = self.height() < COMPACT_HEIGHT
+        if compact != self._compact:
+            self._compact = compact
+            for plot, side, text in ((self.hist_plot, "bottom", "activation"), (self.time_plot, "bottom", "step"),
+                                     (self.band_plot, "bottom", "step")):
+                plot.getAxis(side).showLabel(not compact)
 
     # --- drawing ---------------------------------------------------------------------------
     def draw(self, data: ViewData) -> None:
@@ -251,7 +260,7 @@ class ActivationView(View):
             self.hist_plot.setRange(xRange=(low, high), yRange=(0, n_layers), padding=0.0)
             # Every layer named when the rows are tall enough; every k-th one when not.
             self.hist_plot.getAxis("left").set_categories(
-                [i + 0.5 for i in range(len(names))], short_names(names, limit=16), names)
+                [i + 0.5 for i in range(len(names))], short_names(names, limit=14), names)
             self._focus = None  # forces the selection box to be redrawn for the new rows
         self._names = names
         self._edges = edges

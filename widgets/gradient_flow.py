@@ -18,7 +18,7 @@ from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
 from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
 
 __all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels", "fill_missing_columns",
-           "SIDE_BY_SIDE_WIDTH"]
+           "SIDE_BY_SIDE_WIDTH", "STACKED_HEIGHT"]
 
 _NO_DATA = "No gradients yet: run a training step"
 _NO_PARAMS = "This model has no layers with parameters"
@@ -29,6 +29,10 @@ _WEIGHT_BRUSH = pg.mkBrush(150, 220, 150)
 _RATIO_BRUSH = pg.mkBrush(240, 160, 90)
 #: Narrower than this (px), the weight/update plot goes under the gradient bars, not beside them.
 SIDE_BY_SIDE_WIDTH = 600
+#: Lower than this (px), a narrow view leaves the weight/update plot out.
+STACKED_HEIGHT = 380
+#: Lower than this (px), the heatmap's "step" axis name goes.
+COMPACT_HEIGHT = 420
 
 
 def abbreviate(name: str, limit: int = 12) -> str:
@@ -150,8 +154,8 @@ class GradientFlow(View):
             for side in ("left", "bottom"):
                 # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
                 plot.getAxis(side).enableAutoSIPrefix(False)
-        self._side_by_side = True
-        self._arrange(side_by_side=False)
+        self._arrangement = "side by side"
+        self._arrange("stacked")
 
         self._hint = QtWidgets.QLabel(self)
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
@@ -185,38 +189,55 @@ class GradientFlow(View):
     @property
     def side_by_side(self) -> bool:
         """Whether the weight/update plot sits beside the bars (wide view) or under them."""
-        return self._side_by_side
+        return self._arrangement == "side by side"
+
+    @property
+    def arrangement(self) -> str:
+        """"side by side", "stacked" or "bars only" (the weight/update plot left out)."""
+        return self._arrangement
 
     # --- layout ----------------------------------------------------------------------------
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
         super().resizeEvent(event)
-        self._arrange(side_by_side=self.width() >= SIDE_BY_SIDE_WIDTH)
+        if self.width() >= SIDE_BY_SIDE_WIDTH:
+            self._arrange("side by side")
+        else:
+            self._arrange("stacked" if self.height() >= STACKED_HEIGHT else "bars only")
+        # A low view keeps its room for the heatmap: the title says what the x axis is.
+        self.heat_plot.getAxis("bottom").showLabel(self.height() >= COMPACT_HEIGHT)
 
-    def _arrange(self, side_by_side: bool) -> None:
-        """Bars and weight/update plot side by side when wide, stacked when narrow.
+    def _arrange(self, arrangement: str) -> None:
+        """Bars and the weight/update plot side by side when wide, stacked when narrow, and the
+        weight/update plot left out when the view is also low (the bars' readout still gives
+        ‖w‖ and the update ratio).
 
         Moves the items within the grid (no item is created); done only when the choice changes.
         """
-        if side_by_side == self._side_by_side:
+        if arrangement == self._arrangement:
             return
-        self._side_by_side = side_by_side
+        self._arrangement = arrangement
         grid = self.canvas.ci.layout
         for plot in (self.ratio_plot, self.heat_plot):
-            grid.removeItem(plot)
-        if side_by_side:
+            if any(grid.itemAt(i) is plot for i in range(grid.count())):
+                grid.removeItem(plot)
+        self.ratio_plot.setVisible(arrangement != "bars only")
+        if arrangement == "side by side":
             grid.addItem(self.ratio_plot, 0, 1)
             grid.addItem(self.heat_plot, 1, 0, 1, 2)
-            stretches_rows, stretches_columns = (1, 1, 0), (3, 2)
-        else:
+            rows, columns = (1, 1, 0), (3, 2)
+        elif arrangement == "stacked":
             grid.addItem(self.ratio_plot, 1, 0)
             grid.addItem(self.heat_plot, 2, 0)
-            stretches_rows, stretches_columns = (3, 2, 3), (1, 0)
-        for row, stretch in enumerate(stretches_rows):
+            rows, columns = (3, 2, 3), (1, 0)
+        else:
+            grid.addItem(self.heat_plot, 1, 0)
+            rows, columns = (1, 1, 0), (1, 0)
+        for row, stretch in enumerate(rows):
             grid.setRowStretchFactor(row, stretch)
-        for column, stretch in enumerate(stretches_columns):
+        for column, stretch in enumerate(columns):
             grid.setColumnStretchFactor(column, stretch)
         # Stacked, the bars and the points share their x axis: name the layers once, below both.
-        self.bar_plot.getAxis("bottom").setStyle(showValues=side_by_side)
+        self.bar_plot.getAxis("bottom").setStyle(showValues=arrangement != "stacked")
         grid.invalidate()
 
     # --- drawing ---------------------------------------------------------------------------
@@ -315,7 +336,7 @@ class GradientFlow(View):
         levels = finite_levels(logs)
         self.heat_image.setImage(fill_missing_columns(logs).astype(np.float32), levels=levels, autoLevels=False)
         colours = f"{10 ** levels[0]:.0e} … {10 ** levels[1]:.0e}"
-        self.heat_title.set(f"log10 ‖g‖ over the run  (colour: {colours})", f"log10 ‖g‖  (colour: {colours})",
+        self.heat_title.set(f"log10 ‖g‖ over the run  (colour: {colours})", f"‖g‖ over the run  ({colours})",
                             f"‖g‖ {colours}", "log10 ‖g‖")
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
         if names != self._heat_layers or len(steps) != len(self._heat_steps):
@@ -388,7 +409,7 @@ class GradientFlow(View):
             self.hover_at(point.x(), point.y())
             return
         for plot in (self.bar_plot, self.ratio_plot):
-            if plot.sceneBoundingRect().contains(pos):
+            if plot.isVisible() and plot.sceneBoundingRect().contains(pos):
                 index = int(round(plot.getViewBox().mapSceneToView(pos).x()))
                 self.readout.setText(self.describe_layer(index) or " ")
                 return
@@ -403,7 +424,7 @@ class GradientFlow(View):
             name = self._heat_layers[row] if 0 <= row < len(self._heat_layers) else None
         else:
             for plot in (self.bar_plot, self.ratio_plot):
-                if plot.sceneBoundingRect().contains(pos):
+                if plot.isVisible() and plot.sceneBoundingRect().contains(pos):
                     index = int(round(plot.getViewBox().mapSceneToView(pos).x()))
                     name = self._layers[index] if 0 <= index < len(self._layers) else None
         if name is not None:

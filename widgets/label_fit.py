@@ -221,15 +221,17 @@ class CategoryAxis(pg.AxisItem):
         spacing = min((b - a for a, b in zip(ordered, ordered[1:])), default=length)
         minimum = metrics.horizontalAdvance("abcd…")
         for stride in range(1, len(order) + 1):
-            kept = list(range(0, len(order), stride))
             room = stride * spacing - _GAP
             candidates = [preferred, short]
             if room >= minimum:
                 # Cut at the end: a unique tail differs from the others at its start.
                 candidates.append(tuple(elide(text, room, font, QtCore.Qt.TextElideMode.ElideRight) for text in short))
             for labels in candidates:
-                widths = [metrics.horizontalAdvance(labels[order[i]]) for i in kept]
-                if _fits([ordered[i] for i in kept], widths, length, _GAP):
+                widths = {i: metrics.horizontalAdvance(labels[order[i]]) for i in range(len(order))}
+                # pyqtgraph drops a label that crosses the axis's ends: leave those out up front.
+                kept = [i for i in range(0, len(order), stride)
+                        if widths[i] / 2.0 <= ordered[i] and ordered[i] + widths[i] / 2.0 <= length]
+                if kept and _fits([ordered[i] for i in kept], [widths[i] for i in kept], None, _GAP):
                     return [(positions[order[i]], labels[order[i]]) for i in sorted(kept)]
         return []
 
@@ -365,9 +367,10 @@ class FittedTitle:
     When none fits, the last is elided if it is plain text, or shown as it is.
     """
 
-    def __init__(self, plot: pg.PlotItem, size: str = "9pt") -> None:
+    def __init__(self, plot: pg.PlotItem, size: str = "9pt", height: int = 22) -> None:
         self.plot = plot
         self.size = size
+        self.height = height
         old = plot.titleLabel
         label = _ShrinkableLabel(" ", parent=plot, size=size)
         plot.layout.removeItem(old)
@@ -424,3 +427,6 @@ class FittedTitle:
         if chosen != self._shown:
             self._shown = chosen
             self.plot.setTitle(chosen, size=self.size)
+            # pyqtgraph reserves 30 px for any title; one line of 9 pt text needs less.
+            self.plot.titleLabel.setMaximumHeight(self.height)
+            self.plot.layout.setRowFixedHeight(0, self.height)

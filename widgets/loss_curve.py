@@ -16,6 +16,7 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import SeriesData, ViewData
 from widgets.base import View
+from widgets.label_fit import FittedAxis, FittedTitle
 
 __all__ = ["LossCurve", "decimate", "Decimated"]
 
@@ -81,15 +82,30 @@ def _curve(colour: tuple[int, int, int], name: str | None, width: float = 1.5, a
 
 
 def _decimating_plot(canvas: pg.GraphicsLayoutWidget, row: int) -> pg.PlotItem:
-    plot = canvas.addPlot(row=row, col=0)
+    plot = canvas.addPlot(row=row, col=0, axisItems={"left": FittedAxis("left"), "bottom": FittedAxis("bottom")})
     # Set on the plot, not the curve: PlotItem.addItem overwrites a curve's own downsampling and
     # clip-to-view with the plot's defaults (off).
     plot.setDownsampling(auto=True, mode="peak")
     plot.setClipToView(True)
     # No grid: pyqtgraph's translucent grid lines cost more to paint than all the curves.
     plot.setMenuEnabled(False)
-    plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
     return plot
+
+
+def _key(colour: tuple[int, int, int], text: str) -> str:
+    """One entry of a title that doubles as the legend: a coloured dash and the series name."""
+    return f'<span style="color:#{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}">━ {text}</span>'
+
+
+def _legend_variants(shown: list[tuple[tuple[int, int, int], str, str]]) -> tuple[str, ...]:
+    """Title variants naming the ``(colour, long name, short name)`` series shown, longest first.
+
+    A legend box inside the plot would sit on the curves; the title row is free.
+    """
+    if not shown:
+        return (" ",)
+    return ("&nbsp;&nbsp;&nbsp;".join(_key(colour, long) for colour, long, _ in shown),
+            "&nbsp;&nbsp;".join(_key(colour, short) for colour, _, short in shown))
 
 
 class _Trace:
@@ -162,6 +178,8 @@ class LossCurve(View):
         self.canvas = pg.GraphicsLayoutWidget()
         self.loss_plot = _decimating_plot(self.canvas, 0)
         self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.setLabel("bottom", "step")  # shown only while the accuracy plot is not
+        self.loss_title = FittedTitle(self.loss_plot)
         self.train = _Trace(self.loss_plot, _TRAIN, "train loss")
         self.val = _Trace(self.loss_plot, _VAL, "val loss")
 
@@ -169,6 +187,7 @@ class LossCurve(View):
         self.acc_plot.setLabel("left", "accuracy")
         self.acc_plot.setLabel("bottom", "step")
         self.acc_plot.setXLink(self.loss_plot)
+        self.acc_title = FittedTitle(self.acc_plot)
         self.train_acc = _Trace(self.acc_plot, _TRAIN, "train acc")
         self.val_acc = _Trace(self.acc_plot, _VAL, "val acc")
         for plot in (self.loss_plot, self.acc_plot):
@@ -177,6 +196,8 @@ class LossCurve(View):
                 plot.getAxis(side).enableAutoSIPrefix(False)
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 1)
+        self._accuracy_shown = True
+        self._show_accuracy(False)  # until a run reports accuracy (a regression never does)
 
         self._hint = QtWidgets.QLabel(self)
         self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
@@ -227,7 +248,40 @@ class LossCurve(View):
         if self.train.data is None and self.val.data is None:
             self._show_hint(_NO_DATA)
             return
+        self._show_accuracy(self.train_acc.data is not None or self.val_acc.data is not None)
+        self.loss_title.set(*_legend_variants(
+            [(_TRAIN, "train loss", "train")] * (self.train.data is not None)
+            + [(_VAL, "val loss", "val")] * (self.val.data is not None)))
+        self.acc_title.set(*_legend_variants(
+            [(_TRAIN, "train accuracy", "train")] * (self.train_acc.data is not None)
+            + [(_VAL, "val accuracy", "val")] * (self.val_acc.data is not None)))
         self._show_content()
+
+    @property
+    def accuracy_shown(self) -> bool:
+        """Whether the accuracy plot is on screen (only for runs that report accuracy)."""
+        return self._accuracy_shown
+
+    def _show_accuracy(self, shown: bool) -> None:
+        """Show the accuracy plot under the loss, or give the loss plot all the room.
+
+        With both shown they share the x axis, so only the lower one labels the steps.
+        """
+        if shown == self._accuracy_shown:
+            return
+        self._accuracy_shown = shown
+        grid = self.canvas.ci.layout
+        self.acc_plot.setVisible(shown)
+        if shown:
+            grid.addItem(self.acc_plot, 1, 0)
+            grid.setRowStretchFactor(1, 1)
+        else:
+            grid.removeItem(self.acc_plot)
+            grid.setRowStretchFactor(1, 0)
+        bottom = self.loss_plot.getAxis("bottom")
+        bottom.setStyle(showValues=not shown)
+        bottom.showLabel(not shown)
+        grid.invalidate()
 
     def describe_point(self, x: float, y: float) -> str:
         """Readout for the loss plot: ``"step 1234: loss 0.123"`` (plus the nearest val loss)."""
@@ -243,7 +297,8 @@ class LossCurve(View):
         return "  ".join(parts)
 
     def _acc_moved(self, pos: QtCore.QPointF) -> None:
-        if self._stack.currentWidget() is not self.canvas or not self.acc_plot.sceneBoundingRect().contains(pos):
+        if (self._stack.currentWidget() is not self.canvas or not self._accuracy_shown
+                or not self.acc_plot.sceneBoundingRect().contains(pos)):
             return
         x = self.acc_plot.getViewBox().mapSceneToView(pos).x()
         parts = []

@@ -10,6 +10,7 @@ from PySide6 import QtCore, QtWidgets
 from engine.snapshot import ViewData
 from widgets.base import View
 from widgets.colormaps import DIVERGING_LUT, symmetric_levels
+from widgets.label_fit import FittedAxis, FittedTitle
 
 __all__ = ["WeightHeatmap"]
 
@@ -75,7 +76,10 @@ class WeightHeatmap(View):
         self._layout.addLayout(controls)
 
         self.canvas = pg.GraphicsLayoutWidget()
-        self.plot = self.canvas.addPlot(row=0, col=0)
+        # Cell axes: whole unit numbers at the cells' centres, never "0.5" or "1.5".
+        self.plot = self.canvas.addPlot(row=0, col=0, axisItems={
+            "left": FittedAxis("left", cells=True), "bottom": FittedAxis("bottom", cells=True)})
+        self.plot_title = FittedTitle(self.plot)
         self.plot.setLabel("bottom", "input unit")
         self.plot.setLabel("left", "output unit")
         self.plot.invertY(True)  # row 0 (output unit 0) at the top, as a matrix reads
@@ -85,7 +89,7 @@ class WeightHeatmap(View):
         self.plot.addItem(self.image)
 
         # Colour bar: a fixed 256-step ramp through the same LUT, stretched over [-m, m].
-        self.colour_bar = self.canvas.addPlot(row=0, col=1)
+        self.colour_bar = self.canvas.addPlot(row=0, col=1, axisItems={"right": FittedAxis("right")})
         self.colour_bar.setFixedWidth(58)
         self.colour_bar.hideAxis("bottom")
         self.colour_bar.hideAxis("left")
@@ -166,7 +170,8 @@ class WeightHeatmap(View):
         self._matrix = matrix
         self._matrix_layer = tensors.layer
         self._shown = (array, self._mode, tensors.layer)
-        self.plot.setTitle(f"{tensors.layer}  {self._mode}  {matrix.shape[0]}×{matrix.shape[1]}", size="9pt")
+        shape = f"{matrix.shape[0]}×{matrix.shape[1]}"
+        self.plot_title.set(f"{tensors.layer}  {self._mode}  {shape}", f"{tensors.layer}  {shape}", shape)
         self.range_label.setText(f"±{levels[1]:.3g}")
         self._show_content()
 
