@@ -13,9 +13,6 @@ def run_app(options: argparse.Namespace) -> int:
     if options.smoke_test is not None and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The training thread runs Python between torch calls; a short switch interval keeps the GUI
-    # thread's share of the interpreter frequent, so frames and input stay smooth.
-    sys.setswitchinterval(0.001)
     from PySide6 import QtCore, QtGui, QtWidgets
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])

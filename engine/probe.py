@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -472,12 +473,14 @@ class Probe:
             self._push("tensor", layer.index, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
     def _param_plan(self, device: torch.device) -> tuple[list[_Layer], torch.Tensor]:
-        """Layers owning parameters, in order, and their sizes as a device tensor (cached, so
-        no host-to-device copy happens inside a captured step after the first)."""
+        """Layers owning parameters, in order, and their segment bounds in the flattened
+        parameters as a device tensor (cached, so no host-to-device copy happens inside a
+        captured step after the first)."""
         if self._plan is None or self._plan[2] != device or self._plan[3] != self._order_version:
             layers = [layer for layer in self._layers if layer.params]
-            lengths = torch.tensor([sum(p.numel() for p in layer.params) for layer in layers], device=device)
-            self._plan = (layers, lengths, device, self._order_version)
+            sizes = [sum(p.numel() for p in layer.params) for layer in layers]
+            bounds = torch.tensor([0] + list(itertools.accumulate(sizes)), device=device)
+            self._plan = (layers, bounds, device, self._order_version)
         return self._plan[0], self._plan[1]
 
     @staticmethod
@@ -489,12 +492,12 @@ class Probe:
         if not self._capturing:
             return
         first = next(self.model.parameters(), None)
-        layers, lengths = self._param_plan(first.device if first is not None else torch.device("cpu"))
+        layers, bounds = self._param_plan(first.device if first is not None else torch.device("cpu"))
         if layers:
             params = [p for layer in layers for p in layer.params]
             grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in params]
-            self._push("pstats", -1, "weight", segment_stats(self._flat(params), lengths))
-            self._push("pstats", -1, "grad", segment_stats(self._flat(grads), lengths))
+            self._push("pstats", -1, "weight", segment_stats(self._flat(params), bounds))
+            self._push("pstats", -1, "grad", segment_stats(self._flat(grads), bounds))
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer)
@@ -540,11 +543,11 @@ class Probe:
             return
         before = self._before_flat
         self._before_flat = None
-        layers, lengths = self._param_plan(before.device)
+        layers, bounds = self._param_plan(before.device)
         after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
         delta = after - before
-        self._push("update", -1, "norms", torch.stack([segment_sumsq(delta, lengths),
-                                                         segment_sumsq(before, lengths)], dim=1))
+        self._push("update", -1, "norms", torch.stack([segment_sumsq(delta, bounds),
+                                                         segment_sumsq(before, bounds)], dim=1))
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0

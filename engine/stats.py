@@ -67,26 +67,36 @@ def histogram(flat: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torc
     return torch.histc(clean, bins=bins, min=lo, max=hi), sample.numel()
 
 
-def segment_stats(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments, from a prefix sum read at the segment bounds.
+
+    ``bounds`` holds the offsets [0, n1, n1 + n2, ...] on the device. A prefix sum and two
+    gathers need no synchronisation (segment_reduce may check its lengths on the host).
+    """
+    prefix = torch.cat([values.new_zeros(1), values.cumsum(0)])
+    return prefix[bounds[1:]] - prefix[bounds[:-1]]
+
+
+def segment_stats(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Per-segment (L2 norm, mean, population variance, NaN count, Inf count), shape (L, 5).
 
     ``flat`` holds the segments back to back (float64, so sums of many values stay exact);
     a handful of kernels cover every layer at once instead of a dozen per layer.
     """
-    sums = torch.segment_reduce(flat, "sum", lengths=lengths)
-    squares = torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+    sums = _segment_sums(flat, bounds)
+    squares = _segment_sums(flat * flat, bounds)
     if not flat.is_cuda and bool(torch.isfinite(sums).all()) and bool(torch.isfinite(squares).all()):
         nan = inf = torch.zeros_like(sums)
     else:
-        nan = torch.segment_reduce(torch.isnan(flat).to(flat.dtype), "sum", lengths=lengths)
-        inf = torch.segment_reduce(torch.isinf(flat).to(flat.dtype), "sum", lengths=lengths)
-    count = lengths.to(flat.dtype)
+        nan = _segment_sums(torch.isnan(flat).to(flat.dtype), bounds)
+        inf = _segment_sums(torch.isinf(flat).to(flat.dtype), bounds)
+    count = (bounds[1:] - bounds[:-1]).to(flat.dtype)
     mean = sums / count
     variance = squares / count - mean * mean
     return torch.stack([squares.sqrt(), mean, variance, nan, inf], dim=1)
 
 
-def segment_sumsq(flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def segment_sumsq(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Per-segment sum of squares (float64)."""
     flat = flat.to(torch.float64)
-    return torch.segment_reduce(flat * flat, "sum", lengths=lengths)
+    return _segment_sums(flat * flat, bounds)

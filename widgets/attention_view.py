@@ -5,11 +5,12 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT
+from widgets.label_fit import CategoryAxis, FittedTitle
 from widgets.tiling import Tiling, grid_columns, tile_maps
 
 __all__ = ["AttentionView"]
@@ -44,7 +45,10 @@ class AttentionView(View):
         self.y_ticks: list[tuple[float, str]] = []
 
         self.canvas = pg.GraphicsLayoutWidget()
-        self.plot = self.canvas.addPlot(row=0, col=0)
+        # Token axes label every token when there is room, every k-th when the maps are small.
+        self.plot = self.canvas.addPlot(row=0, col=0, axisItems={
+            "left": CategoryAxis("left", max_label_width=70), "bottom": CategoryAxis("bottom")})
+        self.plot_title = FittedTitle(self.plot)
         self.plot.invertY(True)  # query 0 at the top, as a matrix reads
         self.plot.setAspectLocked(True)
         self.plot.setLabel("bottom", "key")
@@ -63,6 +67,9 @@ class AttentionView(View):
         self._layout.addWidget(self._stack, 1)
         self.finish_layout()
         self.connect_hover(self.plot)
+        self._titles_fit: bool | None = None
+        self.plot.getViewBox().sigResized.connect(self._fit_head_titles)
+        self.plot.getViewBox().sigRangeChanged.connect(self._fit_head_titles)
         self._show_hint(_NO_ATTENTION)
 
     # --- public ----------------------------------------------------------------------------
@@ -112,7 +119,10 @@ class AttentionView(View):
         self._attention = stack
         self._tokens = tokens
         self._tiles = tiles
-        self.plot.setTitle(f"{tensors.layer}: {heads} head{'s' if heads != 1 else ''}, {queries} tokens", size="9pt")
+        # The maps come from the focused layer when it is an attention layer, else the first one.
+        layer = tensors.attention_layer or tensors.layer
+        plural = "s" if heads != 1 else ""
+        self.plot_title.set(f"{layer}: {heads} head{plural}, {queries} tokens", f"{layer}: {heads} head{plural}", layer)
         self._show_content()
 
     def _place_labels(self, tiles: Tiling, tokens: tuple[str, ...] | None) -> None:
@@ -129,10 +139,13 @@ class AttentionView(View):
         self.y_ticks = [
             (tiles.origin(row * tiles.columns)[1] + k + 0.5, text) for row in range(tiles.rows) for k, text in labels
         ]
-        self.plot.getAxis("bottom").setTicks([self.x_ticks])
-        self.plot.getAxis("left").setTicks([self.y_ticks])
+        self.plot.getAxis("bottom").set_categories([p for p, _ in self.x_ticks], [t for _, t in self.x_ticks])
+        self.plot.getAxis("left").set_categories([p for p, _ in self.y_ticks], [t for _, t in self.y_ticks])
         while len(self._head_titles) < tiles.count:
             title = pg.TextItem(anchor=(0.0, 1.0), color=(214, 217, 224))
+            font = title.textItem.font()
+            font.setPointSizeF(8.0)
+            title.setFont(font)
             self.plot.addItem(title)
             self._head_titles.append(title)
         for head, item in enumerate(self._head_titles):
@@ -140,9 +153,25 @@ class AttentionView(View):
                 x, y = tiles.origin(head)
                 item.setText(f"head {head}")
                 item.setPos(x, y)
-                item.setVisible(True)
-            else:
-                item.setVisible(False)
+        self._titles_fit = None
+        self._fit_head_titles()
+
+    def _fit_head_titles(self) -> None:
+        """Show the head titles only while the gutter above each map is tall enough for them
+        (they would cover the map above); the readout names the head under the pointer."""
+        if self._layout_key is None:
+            return
+        count, queries = self._layout_key[0], self._layout_key[1]
+        gutter = max(1, round(0.12 * queries))
+        pixel = self.plot.getViewBox().viewPixelSize()[1]
+        height = QtGui.QFontMetrics(self._head_titles[0].textItem.font()).height() if self._head_titles else 0
+        # Before the first layout the pixel size is unknown: show them.
+        fits = not (np.isfinite(pixel) and pixel > 0) or gutter / pixel >= 0.8 * height or self.width() <= 0
+        if fits == self._titles_fit:
+            return
+        self._titles_fit = fits
+        for head, item in enumerate(self._head_titles):
+            item.setVisible(fits and head < count)
 
     # --- readout ----------------------------------------------------------------------------
     def describe_point(self, x: float, y: float) -> str:

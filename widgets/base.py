@@ -33,6 +33,10 @@ class View(QtWidgets.QWidget):
         self.readout = QtWidgets.QLabel(" ", self)
         self.readout.setObjectName("readout")
         self.readout.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A long readout must not make the dock wider (a QLabel's minimum width is its text's):
+        # it is clipped at the right instead.
+        self.readout.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.readout.setMinimumWidth(0)
         self.selected_layer: str | None = None
         self.selected_unit: int | None = None
         self._last: ViewData | None = None

@@ -90,6 +90,8 @@ class DecisionBoundary(View):
 
         self.hidden_title = QtWidgets.QLabel(" ", content)
         self.hidden_title.setObjectName("miniatureTitle")
+        # Wraps in a narrow dock instead of holding the dock at the width of its text.
+        self.hidden_title.setWordWrap(True)
         content_layout.addWidget(self.hidden_title)
         self.mini_widget = pg.PlotWidget(content)
         self.mini_plot = self.mini_widget.getPlotItem()
@@ -285,7 +287,7 @@ class DecisionBoundary(View):
             height, width = tiling.image.shape
             self.miniatures.setRect(QtCore.QRectF(0, 0, width, height))
             self.mini_box.setRange(xRange=(0, width), yRange=(0, height), padding=0.02)
-        title = f"{self._hidden_layer}: each unit's response over the plane ({hidden.shape[0]} units, click to select)"
+        title = f"{self._hidden_layer}: each of its {hidden.shape[0]} units over the plane (click one to select it)"
         if self.hidden_title.text() != title:
             self.hidden_title.setText(title)
 

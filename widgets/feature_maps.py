@@ -10,6 +10,7 @@ from PySide6 import QtCore, QtWidgets
 from engine.snapshot import ViewData
 from widgets.base import View
 from widgets.colormaps import DIVERGING_LUT, SEQUENTIAL_LUT, finite_levels, symmetric_levels
+from widgets.label_fit import FittedTitle
 from widgets.tiling import Tiling, normalise_each, tile_maps
 
 __all__ = ["FeatureMaps"]
@@ -75,6 +76,8 @@ class FeatureMaps(View):
         self.canvas = pg.GraphicsLayoutWidget()
         self.maps_plot, self.maps_image = _image_plot(self.canvas, 0, SEQUENTIAL_LUT)
         self.kernel_plot, self.kernel_image = _image_plot(self.canvas, 1, DIVERGING_LUT)
+        self._titles = {id(self.maps_plot): FittedTitle(self.maps_plot),
+                        id(self.kernel_plot): FittedTitle(self.kernel_plot)}
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 2)
 
@@ -136,7 +139,8 @@ class FeatureMaps(View):
             self._map_tiles = self._kernel_tiles = None
             self._show_hint(self._not_conv_text(data))
             return
-        self._layer = tensors.layer if tensors is not None else ""
+        # The maps come from the focused layer if it is a conv layer, else from the first one.
+        self._layer = (tensors.feature_layer or tensors.layer) if tensors is not None else ""
         self._maps, self._kernels = maps, kernels
         self._map_tiles = self._draw_tiles(
             self.maps_plot, self.maps_image, maps, self._map_tiles, finite_levels, "feature maps"
@@ -155,9 +159,10 @@ class FeatureMaps(View):
         levels_of,
         label: str,
     ) -> Tiling | None:
+        title = self._titles[id(plot)]
         if stack is None:
             image.clear()
-            plot.setTitle(f"no {label} for {self._layer}", size="9pt")
+            title.set(f"no {label} for {self._layer}", f"no {label}")
             return None
         if image is self.maps_image and not self._shared:
             tiles = tile_maps(normalise_each(stack))
@@ -171,7 +176,8 @@ class FeatureMaps(View):
         count, h, w = stack.shape
         per_map = image is self.maps_image and not self._shared
         scale = "own range each" if per_map else f"{levels[0]:.3g} … {levels[1]:.3g}"
-        plot.setTitle(f"{self._layer} {label}: {count} × {h}×{w}  ({scale})", size="9pt")
+        title.set(f"{self._layer} {label}: {count} × {h}×{w}  ({scale})", f"{self._layer} {label}: {count} × {h}×{w}",
+                  f"{label}: {count} × {h}×{w}", label)
         return tiles
 
     def _not_conv_text(self, data: ViewData) -> str:

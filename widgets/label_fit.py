@@ -35,7 +35,8 @@ __all__ = [
     "FittedTitle",
 ]
 
-_GAP = 8  # px between neighbouring labels
+_GAP = 8  # px between neighbouring numeric labels
+_NAME_GAP = 3  # px between neighbouring names (most of a space: names are read one by one)
 _TAGS = re.compile(r"<[^>]*>")
 _ENTITIES = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">"}
 
@@ -221,7 +222,7 @@ class CategoryAxis(pg.AxisItem):
         spacing = min((b - a for a, b in zip(ordered, ordered[1:])), default=length)
         minimum = metrics.horizontalAdvance("abcd…")
         for stride in range(1, len(order) + 1):
-            room = stride * spacing - _GAP
+            room = stride * spacing - _NAME_GAP
             candidates = [preferred, short]
             if room >= minimum:
                 # Cut at the end: a unique tail differs from the others at its start.
@@ -231,7 +232,7 @@ class CategoryAxis(pg.AxisItem):
                 # pyqtgraph drops a label that crosses the axis's ends: leave those out up front.
                 kept = [i for i in range(0, len(order), stride)
                         if widths[i] / 2.0 <= ordered[i] and ordered[i] + widths[i] / 2.0 <= length]
-                if kept and _fits([ordered[i] for i in kept], [widths[i] for i in kept], None, _GAP):
+                if kept and _fits([ordered[i] for i in kept], [widths[i] for i in kept], None, _NAME_GAP):
                     return [(positions[order[i]], labels[order[i]]) for i in sorted(kept)]
         return []
 
@@ -289,7 +290,7 @@ class FittedAxis(pg.AxisItem):
         per_pixel = span / size
         # Labelled ticks at least this far apart (px) even when their text is short: a scale
         # reads better with a few round numbers than with many.
-        floor = max(self.min_spacing, 28.0 if self.orientation in ("left", "right") else 60.0)
+        floor = max(self.min_spacing, 28.0 if self.orientation in ("left", "right") else 50.0)
         major = _nice_at_least(floor * per_pixel)
         for _ in range(16):
             if self.cells:
@@ -385,7 +386,8 @@ class FittedTitle:
         self._variants: tuple[str, ...] = ()
         self._shown: str | None = None
         self._width = -1
-        plot.geometryChanged.connect(self._refit)
+        # The title is centred over the view box (the axes have their own columns).
+        plot.getViewBox().sigResized.connect(self._refit)
 
     @property
     def text(self) -> str:
@@ -407,7 +409,7 @@ class FittedTitle:
     def _refit(self) -> None:
         if not self._variants:
             return
-        width = int(self.plot.size().width()) - 12
+        width = int(self.plot.getViewBox().width()) - 8
         if width == self._width:
             return
         self._width = width

@@ -10,6 +10,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import PhaseInfo, ViewData
 from widgets import colormaps
 from widgets.base import View
+from widgets.label_fit import FittedAxis
 
 __all__ = ["StepInspector", "DIRECTION_TEXT", "DIRECTION_COLOURS"]
 
@@ -29,6 +30,8 @@ DIRECTION_COLOURS: dict[str, str] = {
 }
 _HINT = "Press Shift+\u2192 to step through one training step phase by phase"
 _MAX_PANELS = 4
+#: Narrower than this (px), the tensor panels stack in one column instead of two.
+TWO_COLUMNS_WIDTH = 360
 
 
 def _fmt(value: float) -> str:
@@ -36,8 +39,14 @@ def _fmt(value: float) -> str:
 
 
 def _display_array(array: np.ndarray) -> tuple[np.ndarray, str]:
-    """Reduce a tensor to at most 2-D for drawing; returns it and a note on what was kept."""
+    """Reduce a tensor to at most 2-D for drawing; returns it and a note on what was kept.
+
+    Leading axes of length 1 (a batch of one example) are dropped first, so a (1, 32) output is
+    drawn as 32 bars rather than a one-row image, and a (1, 1) loss as a number.
+    """
     note = ""
+    while array.ndim > 1 and array.shape[0] == 1:
+        array = array[0]
     if array.ndim > 2:
         # The leading indices are batch/channel: show the first slice, say so in the caption.
         leading = array.ndim - 2
@@ -59,7 +68,17 @@ class _TensorPanel(QtWidgets.QWidget):
         self.caption = QtWidgets.QLabel(" ", self)
         self.caption.setObjectName("tensorCaption")
         self.caption.setWordWrap(True)
-        self.plot = pg.PlotWidget(self)
+        self.value_label = QtWidgets.QLabel(" ", self)
+        self.value_label.setObjectName("tensorValue")
+        self.value_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        value_font = self.value_label.font()
+        value_font.setPointSizeF(value_font.pointSizeF() * 2.0)
+        value_font.setBold(True)
+        self.value_label.setFont(value_font)
+        self.value_label.setVisible(False)
+        # Cell axes: whole indices at the centres of rows, columns and bars.
+        self.plot = pg.PlotWidget(self, axisItems={"left": FittedAxis("left", cells=True),
+                                                   "bottom": FittedAxis("bottom", cells=True)})
         self.plot.setMinimumSize(80, 60)
         item = self.plot.getPlotItem()
         item.setMenuEnabled(False)
@@ -74,6 +93,7 @@ class _TensorPanel(QtWidgets.QWidget):
         item.addItem(self.image)
         item.addItem(self.bars)
         layout.addWidget(self.caption)
+        layout.addWidget(self.value_label, 1)
         layout.addWidget(self.plot, 1)
         self.name: str | None = None
         self.array: np.ndarray | None = None  # what is drawn, at most 2-D
@@ -99,6 +119,13 @@ class _TensorPanel(QtWidgets.QWidget):
             self.bars.setVisible(False)
             self.array = None
             return
+        scalar = array.size == 1
+        # One number reads best as a number (a loss): a one-cell heatmap says nothing.
+        self.value_label.setVisible(scalar)
+        self.plot.setVisible(not scalar)
+        if scalar:
+            self.value_label.setText(_fmt(float(array.reshape(-1)[0])))
+            self.caption.setText(f"<b>{name}</b>  {shape}")
         if array.ndim == 2:
             low, high = colormaps.symmetric_levels(array)
             self.image.setImage(array, levels=(low, high), autoLevels=False)
@@ -189,23 +216,29 @@ class StepInspector(View):
         # The list follows the engine; clicking must not suggest the user can jump phases.
         self.phase_list.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
         self.phase_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
-        self.phase_list.setMinimumWidth(120)
+        self.phase_list.setMinimumWidth(100)
+        # Long module names keep their start and end ("forward blocks.0…out_proj"), never a
+        # sideways scroll bar.
+        self.phase_list.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)
+        self.phase_list.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         tensors = QtWidgets.QWidget(splitter)
+        self._tensor_area = tensors
         grid = QtWidgets.QGridLayout(tensors)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(4)
+        self._grid = grid
         self.panels: list[_TensorPanel] = []
         for i in range(_MAX_PANELS):
             panel = _TensorPanel(tensors)
             panel.setVisible(False)
-            grid.addWidget(panel, i // 2, i % 2)
             self._connect_panel_hover(panel)
             self.panels.append(panel)
         self.more_label = QtWidgets.QLabel("", tensors)
-        grid.addWidget(self.more_label, 2, 0, 1, 2)
         self.no_tensors = QtWidgets.QLabel("no tensors captured in this phase", tensors)
         self.no_tensors.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        grid.addWidget(self.no_tensors, 0, 0, 2, 2)
+        self._panel_columns = 0
+        self._arrange_panels(2)
+        tensors.installEventFilter(self)
         splitter.addWidget(self.phase_list)
         splitter.addWidget(tensors)
         splitter.setStretchFactor(0, 0)
@@ -224,6 +257,33 @@ class StepInspector(View):
         self._drawn_names: tuple[str, ...] | None = None
         self._highlighted = -1
         self._kind: str | None = None
+
+    # --- layout ----------------------------------------------------------------------------
+    @property
+    def panel_columns(self) -> int:
+        """How many tensor panels sit side by side (two, or one in a narrow view)."""
+        return self._panel_columns
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt name
+        if watched is self._tensor_area and event.type() == QtCore.QEvent.Type.Resize:
+            self._arrange_panels(2 if self._tensor_area.width() >= TWO_COLUMNS_WIDTH else 1)
+        return super().eventFilter(watched, event)
+
+    def _arrange_panels(self, columns: int) -> None:
+        """Lay the (existing) tensor panels out in ``columns`` columns."""
+        if columns == self._panel_columns:
+            return
+        self._panel_columns = columns
+        grid = self._grid
+        for widget in (*self.panels, self.more_label, self.no_tensors):
+            grid.removeWidget(widget)
+        for i, panel in enumerate(self.panels):
+            grid.addWidget(panel, i // columns, i % columns)
+        rows = (len(self.panels) + columns - 1) // columns
+        grid.addWidget(self.more_label, rows, 0, 1, columns)
+        grid.addWidget(self.no_tensors, 0, 0, rows, columns)
+        for column in range(2):
+            grid.setColumnStretch(column, 1 if column < columns else 0)
 
     # --- drawing ---------------------------------------------------------------------------
     def draw(self, data: ViewData) -> None:
