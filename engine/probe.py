@@ -485,7 +485,7 @@ class Probe:
 
     @staticmethod
     def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([t.detach().reshape(-1) for t in tensors]).to(torch.float64)
+        return torch.cat([t.detach().reshape(-1) for t in tensors]).float()
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""

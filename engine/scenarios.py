@@ -176,8 +176,12 @@ def build_run(scenario: Scenario | str, *, device: str = "auto", seed: int = 0,
                token_names=dataset.token_names)
 
 
+#: Models up to this many parameters are measured every step by default; larger ones adaptively.
+SMALL_MODEL_PARAMS = 1_000_000
+
+
 def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict[str, Any] | None = None,
-                   capture_every: int | None = 1) -> Run:
+                   capture_every: int | None | str = "auto") -> Run:
     """A run of the user's ``file.py:function`` model.
 
     Defaults: Adam, lr 1e-3, batch size 64 (the whole set when smaller), per-epoch shuffling.
@@ -188,6 +192,9 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     user = load_user_model(ref)
     validate_user_model(user)
     hp = replace(Hyper(optimizer="adam", lr=1e-3, batch_size=64), **(hyper or {}))
+    if capture_every == "auto":
+        size = sum(p.numel() for p in user.model.parameters())
+        capture_every = 1 if size <= SMALL_MODEL_PARAMS else None
     if user.loader is not None:
         batches = LoaderBatches(user.loader)
     else:

@@ -73,30 +73,30 @@ def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     ``bounds`` holds the offsets [0, n1, n1 + n2, ...] on the device. A prefix sum and two
     gathers need no synchronisation (segment_reduce may check its lengths on the host).
     """
-    prefix = torch.cat([values.new_zeros(1), values.cumsum(0)])
+    prefix = values.cumsum(0, dtype=torch.float64)  # float64 accumulation, float32 input kept
+    prefix = torch.cat([prefix.new_zeros(1), prefix])
     return prefix[bounds[1:]] - prefix[bounds[:-1]]
 
 
 def segment_stats(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Per-segment (L2 norm, mean, population variance, NaN count, Inf count), shape (L, 5).
 
-    ``flat`` holds the segments back to back (float64, so sums of many values stay exact);
-    a handful of kernels cover every layer at once instead of a dozen per layer.
+    ``flat`` holds the segments back to back; sums accumulate in float64 so they stay exact
+    over millions of values. A handful of kernels cover every layer at once.
     """
     sums = _segment_sums(flat, bounds)
     squares = _segment_sums(flat * flat, bounds)
     if not flat.is_cuda and bool(torch.isfinite(sums).all()) and bool(torch.isfinite(squares).all()):
-        nan = inf = torch.zeros_like(sums)
+        nan = inf = torch.zeros_like(sums)  # a finite sum proves there are none
     else:
         nan = _segment_sums(torch.isnan(flat).to(flat.dtype), bounds)
         inf = _segment_sums(torch.isinf(flat).to(flat.dtype), bounds)
-    count = (bounds[1:] - bounds[:-1]).to(flat.dtype)
+    count = (bounds[1:] - bounds[:-1]).to(torch.float64)
     mean = sums / count
     variance = squares / count - mean * mean
     return torch.stack([squares.sqrt(), mean, variance, nan, inf], dim=1)
 
 
 def segment_sumsq(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Per-segment sum of squares (float64)."""
-    flat = flat.to(torch.float64)
+    """Per-segment sum of squares (accumulated in float64)."""
     return _segment_sums(flat * flat, bounds)

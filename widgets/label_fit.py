@@ -208,11 +208,10 @@ class CategoryAxis(pg.AxisItem):
             # Not laid out yet: no room is known, so show everything.
             return list(zip(positions, labels if not self.horizontal else preferred))
         scale = length / (high - low)
-        flipped = self.orientation in ("left", "right") and self._inverted()
+        # In position order, so thinning keeps the first category's label. (Fitting is the same
+        # whichever way the view runs: the constraints are symmetric.)
         centres = [(p - low) * scale for p in positions]
-        if flipped:
-            centres = [length - c for c in centres]
-        order = sorted(range(len(positions)), key=lambda i: centres[i])
+        order = sorted(range(len(positions)), key=lambda i: positions[i])
         if not self.horizontal:
             extent = metrics.height() * 0.8  # pyqtgraph packs rows at 80 % of the line height
             kept = thin_to_fit([centres[i] for i in order], [extent] * len(order), None, 1.0)
@@ -236,12 +235,10 @@ class CategoryAxis(pg.AxisItem):
                     return [(positions[order[i]], labels[order[i]]) for i in sorted(kept)]
         return []
 
-    def _inverted(self) -> bool:
-        view = self.linkedView()
-        return bool(view is not None and view.yInverted())
-
     def _set_width(self, widest: int) -> None:
         width = min(self.max_label_width, widest) + 14
+        if self.label.isVisible():  # the axis name ("query") sits beside the labels
+            width += int(self.label.boundingRect().height() * 0.8)
         if width != self._width_set:
             self._width_set = width
             self.setWidth(width)

@@ -266,8 +266,15 @@ class StepInspector(View):
 
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt name
         if watched is self._tensor_area and event.type() == QtCore.QEvent.Type.Resize:
-            self._arrange_panels(2 if self._tensor_area.width() >= TWO_COLUMNS_WIDTH else 1)
+            self._fit_panels()
         return super().eventFilter(watched, event)
+
+    def _fit_panels(self) -> None:
+        """Two columns of panels, or one when the area is narrow and holds at most two (more
+        than two in one column of a low dock would leave each a sliver)."""
+        shown = sum(not panel.isHidden() for panel in self.panels)
+        narrow = self._tensor_area.width() < TWO_COLUMNS_WIDTH
+        self._arrange_panels(1 if narrow and shown <= 2 else 2)
 
     def _arrange_panels(self, columns: int) -> None:
         """Lay the (existing) tensor panels out in ``columns`` columns."""
@@ -328,6 +335,7 @@ class StepInspector(View):
                 text = f"{row + 1:>3}  {name}"
                 if item.text() != text:
                     item.setText(text)
+                    item.setToolTip(name)  # the list may elide it
                 self._plain(item)
         index = int(phase.index)
         if 0 <= self._highlighted < self.phase_list.count():
@@ -367,6 +375,7 @@ class StepInspector(View):
         self.more_label.setText(f"+{extra} more tensor(s) not shown" if extra > 0 else "")
         self.more_label.setVisible(extra > 0)
         self.no_tensors.setVisible(not shown)
+        self._fit_panels()
 
     @property
     def hint(self) -> str:
