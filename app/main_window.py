@@ -51,7 +51,7 @@ SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("
           ("3 steps/s", 3.0), ("1 step/s", 1.0))
 OPEN_MODEL = "Open model file…"
 #: Views refreshed per display frame while training runs (in turn; all of them when paused).
-VIEWS_PER_FRAME = 2
+VIEWS_PER_FRAME = 1
 LAYOUT_VERSION = 1
 
 

@@ -52,7 +52,7 @@ def headless_rate(scenario: str, seconds: float) -> float:
 
 
 def windowed_rate(scenario: str, seconds: float) -> tuple[float, int]:
-    from PySide6 import QtWidgets
+    from PySide6 import QtCore, QtWidgets
 
     from app.main_window import MainWindow
 
@@ -64,14 +64,15 @@ def windowed_rate(scenario: str, seconds: float) -> tuple[float, int]:
     window.start_engine(scenario=scenario, device="cpu", play=True)
 
     def spin(duration: float) -> None:
-        end = time.perf_counter() + duration
-        while time.perf_counter() < end:
-            app.processEvents()
-            time.sleep(0.002)
+        # A real event loop (as the app runs), not a processEvents() polling loop. (Not
+        # app.exec()/quit(): in Qt 6 quit() closes the window, which stops training.)
+        loop = QtCore.QEventLoop()
+        QtCore.QTimer.singleShot(int(duration * 1000), loop.quit)
+        loop.exec()
 
     try:
         while window.bridge.latest is None:
-            spin(0.01)
+            spin(0.05)
         spin(1.0)
         start_step, frames0, start = window.bridge.latest.step, window.bridge.frames_emitted, time.perf_counter()
         spin(seconds)

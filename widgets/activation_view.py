@@ -15,9 +15,9 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT
-from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
+from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, short_names
 
-__all__ = ["ActivationView", "row_edges", "resample_rows", "fit_axis_to_labels", "NARROW_WIDTH"]
+__all__ = ["ActivationView", "row_edges", "resample_rows", "NARROW_WIDTH", "COMPACT_HEIGHT"]
 
 #: Narrower than this (px), the dead/saturated plot shrinks so the histograms keep their room.
 NARROW_WIDTH = 440

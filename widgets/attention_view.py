@@ -20,6 +20,11 @@ _NO_ATTENTION = "Select an attention layer to see its attention maps"
 MAX_LABELLED_TOKENS = 32
 
 
+def _gutter(queries: int) -> int:
+    """Rows of NaN between two rows of maps: room for a head title."""
+    return max(1, round(0.12 * queries))
+
+
 def _short_token(token: str, limit: int = 8) -> str:
     token = token.replace("\n", "⏎")
     return token if len(token) <= limit else token[: limit - 1] + "…"
@@ -105,8 +110,7 @@ class AttentionView(View):
             return
         heads, queries, keys = stack.shape
         tokens = tensors.tokens if tensors.tokens is not None and len(tensors.tokens) == keys else None
-        # Gutters wide enough for a head title between rows of maps.
-        gutter = max(1, round(0.12 * queries))
+        gutter = _gutter(queries)
         tiles = tile_maps(stack, columns=grid_columns(heads, queries, keys), gutter=gutter)
         self.image.setImage(tiles.image, levels=(0.0, 1.0), autoLevels=False)
         layout_key = (heads, queries, keys, tokens)
@@ -139,8 +143,11 @@ class AttentionView(View):
         self.y_ticks = [
             (tiles.origin(row * tiles.columns)[1] + k + 0.5, text) for row in range(tiles.rows) for k, text in labels
         ]
-        self.plot.getAxis("bottom").set_categories([p for p, _ in self.x_ticks], [t for _, t in self.x_ticks])
-        self.plot.getAxis("left").set_categories([p for p, _ in self.y_ticks], [t for _, t in self.y_ticks])
+        # One group of token labels per column (row) of maps: thinned alike in every group.
+        self.plot.getAxis("bottom").set_categories(
+            [p for p, _ in self.x_ticks], [t for _, t in self.x_ticks], period=len(labels))
+        self.plot.getAxis("left").set_categories(
+            [p for p, _ in self.y_ticks], [t for _, t in self.y_ticks], period=len(labels))
         while len(self._head_titles) < tiles.count:
             title = pg.TextItem(anchor=(0.0, 1.0), color=(214, 217, 224))
             font = title.textItem.font()
@@ -162,7 +169,7 @@ class AttentionView(View):
         if self._layout_key is None:
             return
         count, queries = self._layout_key[0], self._layout_key[1]
-        gutter = max(1, round(0.12 * queries))
+        gutter = _gutter(queries)
         pixel = self.plot.getViewBox().viewPixelSize()[1]
         height = QtGui.QFontMetrics(self._head_titles[0].textItem.font()).height() if self._head_titles else 0
         # Before the first layout the pixel size is unknown: show them.

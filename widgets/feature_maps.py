@@ -176,8 +176,9 @@ class FeatureMaps(View):
         count, h, w = stack.shape
         per_map = image is self.maps_image and not self._shared
         scale = "own range each" if per_map else f"{levels[0]:.3g} … {levels[1]:.3g}"
-        title.set(f"{self._layer} {label}: {count} × {h}×{w}  ({scale})", f"{self._layer} {label}: {count} × {h}×{w}",
-                  f"{label}: {count} × {h}×{w}", label)
+        shape = f"{count} × {h}×{w}"
+        title.set(f"{self._layer} {label}: {shape}  ({scale})", f"{self._layer} {label}: {shape}",
+                  f"{label}: {shape}", label)
         return tiles
 
     def _not_conv_text(self, data: ViewData) -> str:

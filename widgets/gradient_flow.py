@@ -126,7 +126,8 @@ class GradientFlow(View):
             '<span style="color:#f0a05a">▼ update ratio ‖Δw‖/‖w‖</span>',
             '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;'
             '<span style="color:#f0a05a">▼ update ratio ‖Δw‖/‖w‖</span>',
-            '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;<span style="color:#f0a05a">▼ ‖Δw‖/‖w‖</span>',
+            '<span style="color:#96dc96">● ‖w‖</span>&nbsp;&nbsp;'
+            '<span style="color:#f0a05a">▼ ‖Δw‖/‖w‖</span>',
         )
         self.ratio_plot.getAxis("left").setLogMode(False, True)
         self.ratio_plot.setXLink(self.bar_plot)
@@ -309,7 +310,8 @@ class GradientFlow(View):
             symbols += [symbol] * int(good.sum())
             brushes += [brush] * int(good.sum())
         self.ratio_points.setData(x=np.concatenate(xs), y=np.concatenate(ys), symbol=symbols, brush=brushes)
-        self.bar_title.set(f"gradient norm ‖g‖ per layer  (step {frame.step})", f"‖g‖ per layer  (step {frame.step})",
+        step = f"(step {frame.step})"
+        self.bar_title.set(f"gradient norm ‖g‖ per layer  {step}", f"‖g‖ per layer  {step}",
                            "‖g‖ per layer")
         self._drawn_selection = None
 

@@ -149,6 +149,7 @@ class CategoryAxis(pg.AxisItem):
         self._names: tuple[str, ...] = ()
         self._fitted_for: tuple | None = None
         self._width_set: int | None = None
+        self._period: int | None = None
         super().__init__(orientation, **kwargs)
 
     @property
@@ -156,8 +157,13 @@ class CategoryAxis(pg.AxisItem):
         return self.orientation in ("top", "bottom")
 
     def set_categories(self, positions: Sequence[float], labels: Sequence[str],
-                       names: Sequence[str] | None = None) -> None:
-        """Label ``positions`` with ``labels`` (``names``: the full names, for shorter fallbacks)."""
+                       names: Sequence[str] | None = None, period: int | None = None) -> None:
+        """Label ``positions`` with ``labels`` (``names``: the full names, for shorter fallbacks).
+
+        ``period``: the labels repeat in groups of this many (one group per map of a grid);
+        thinning then keeps the same labels in every group.
+        """
+        self._period = period if period and period > 0 else None
         self._positions = tuple(float(p) for p in positions)
         self._labels = tuple(str(text) for text in labels)
         self._names = tuple(str(n) for n in names) if names is not None else self._labels
@@ -214,9 +220,12 @@ class CategoryAxis(pg.AxisItem):
         order = sorted(range(len(positions)), key=lambda i: positions[i])
         if not self.horizontal:
             extent = metrics.height() * 0.8  # pyqtgraph packs rows at 80 % of the line height
-            kept = thin_to_fit([centres[i] for i in order], [extent] * len(order), None, 1.0)
-            chosen = sorted(order[i] for i in kept)
-            return [(positions[i], labels[i]) for i in chosen]
+            ordered = [centres[i] for i in order]
+            for stride in range(1, len(order) + 1):
+                kept = self._every(stride, len(order))
+                if _fits([ordered[i] for i in kept], [extent] * len(kept), None, 1.0):
+                    return [(positions[order[i]], labels[order[i]]) for i in kept]
+            return [(positions[order[0]], labels[order[0]])]
         ordered = [centres[i] for i in order]
         spacing = min((b - a for a, b in zip(ordered, ordered[1:])), default=length)
         minimum = metrics.horizontalAdvance("abcd…")
@@ -229,11 +238,20 @@ class CategoryAxis(pg.AxisItem):
             for labels in candidates:
                 widths = {i: metrics.horizontalAdvance(labels[order[i]]) for i in range(len(order))}
                 # pyqtgraph drops a label that crosses the axis's ends: leave those out up front.
-                kept = [i for i in range(0, len(order), stride)
+                kept = [i for i in self._every(stride, len(order))
                         if widths[i] / 2.0 <= ordered[i] and ordered[i] + widths[i] / 2.0 <= length]
+                texts = [labels[order[i]] for i in kept]
+                if len(set(texts)) < len(set(self._labels[order[i]] for i in kept)):
+                    continue  # cut so short that two labels read the same: thin out instead
                 if kept and _fits([ordered[i] for i in kept], [widths[i] for i in kept], None, _NAME_GAP):
                     return [(positions[order[i]], labels[order[i]]) for i in sorted(kept)]
         return []
+
+    def _every(self, stride: int, count: int) -> list[int]:
+        """Every ``stride``-th index, restarting in each group of ``period`` labels."""
+        if self._period is None:
+            return list(range(0, count, stride))
+        return [i for i in range(count) if (i % self._period) % stride == 0]
 
     def _set_width(self, widest: int) -> None:
         width = min(self.max_label_width, widest) + 14

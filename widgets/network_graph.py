@@ -98,7 +98,9 @@ def column_label_layout(names: tuple[str, ...], spacing: float, width_of,
         shown = tuple(i % stride == 0 for i in range(n))
         room = lines * stride * spacing - _LABEL_GAP
         texts = short if elide_to is None else tuple(elide_to(text, room) for text in short)
-        if fits(texts, lines, shown):
+        shown_texts = [text for text, visible in zip(texts, shown) if visible]
+        distinct = len(set(shown_texts)) == len({name for name, visible in zip(names, shown) if visible})
+        if distinct and fits(texts, lines, shown):
             return texts, lines, shown
     return short, lines, (True,) + (False,) * (n - 1)
 
@@ -517,8 +519,10 @@ class NetworkGraph(View):
         if math.isinf(spacing):
             texts, lines, shown = names, 1, (True,) * len(names)
         else:
+            # Cut at the end: a unique tail differs from the others at its start.
             texts, lines, shown = column_label_layout(
-                names, spacing, metrics.horizontalAdvance, lambda text, room: elide(text, room, font, QtCore.Qt.TextElideMode.ElideRight))
+                names, spacing, metrics.horizontalAdvance,
+                lambda text, room: elide(text, room, font, QtCore.Qt.TextElideMode.ElideRight))
         self._fit_range(lines)
         count = 0
         for col, (text, visible) in enumerate(zip(texts, shown)):

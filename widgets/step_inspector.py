@@ -97,6 +97,7 @@ class _TensorPanel(QtWidgets.QWidget):
         layout.addWidget(self.plot, 1)
         self.name: str | None = None
         self.array: np.ndarray | None = None  # what is drawn, at most 2-D
+        self._caption_parts = (" ", "", "")
         self._mode: str = ""
 
     def show_tensor(self, name: str, tensor: np.ndarray) -> None:
@@ -106,15 +107,17 @@ class _TensorPanel(QtWidgets.QWidget):
         finite = array[np.isfinite(array)]
         shape = tuple(int(n) for n in raw.shape)
         if finite.size:
-            stats = f"min {_fmt(finite.min())}  mean {_fmt(finite.mean())}  max {_fmt(finite.max())}"
+            low, mean, high = _fmt(finite.min()), _fmt(finite.mean()), _fmt(finite.max())
+            stats = f"min {low}  mean {mean}  max {high}"
+            short = f"{low} … {high}"
         else:
-            stats = "no finite values"
-        self.caption.setText(f"<b>{name}</b>  {shape}{note}<br>{stats}")
+            stats = short = "no finite values"
+        self._set_caption(f"<b>{name}</b>  {shape}{note}", stats, short)
         self.name = name
         self.array = array
         view_box = self.plot.getPlotItem().getViewBox()
         if array.size == 0:
-            self.caption.setText(f"<b>{name}</b>  {shape}<br>empty")
+            self._set_caption(f"<b>{name}</b>  {shape}", "empty", "empty")
             self.image.setVisible(False)
             self.bars.setVisible(False)
             self.array = None
@@ -125,7 +128,7 @@ class _TensorPanel(QtWidgets.QWidget):
         self.plot.setVisible(not scalar)
         if scalar:
             self.value_label.setText(_fmt(float(array.reshape(-1)[0])))
-            self.caption.setText(f"<b>{name}</b>  {shape}")
+            self._set_caption(f"<b>{name}</b>  {shape}", "", "")
         if array.ndim == 2:
             low, high = colormaps.symmetric_levels(array)
             self.image.setImage(array, levels=(low, high), autoLevels=False)
@@ -150,6 +153,24 @@ class _TensorPanel(QtWidgets.QWidget):
             if high == low:
                 high = low + 1.0
             view_box.setRange(xRange=(0, values.size), yRange=(low, high), padding=0.05)
+
+    def _set_caption(self, head: str, stats: str, short: str) -> None:
+        """Caption: name and shape, then the statistics (just the range when the panel is narrow;
+        the full line is in the tooltip)."""
+        self._caption_parts = (head, stats, short)
+        self.caption.setToolTip(stats)
+        self._fit_caption()
+
+    def _fit_caption(self) -> None:
+        head, stats, short = self._caption_parts
+        fits = self.caption.fontMetrics().horizontalAdvance(stats) <= max(self.width(), 1) or self.width() <= 1
+        text = head + (f"<br>{stats if fits else short}" if stats else "")
+        if self.caption.text() != text:
+            self.caption.setText(text)
+
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
+        super().resizeEvent(event)
+        self._fit_caption()
 
     def describe(self, x: float, y: float) -> str:
         """Readout for data coordinates (x, y) of this panel."""

@@ -210,3 +210,37 @@ def test_grab_is_not_flat(view, frames, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 20
+
+
+# --- narrow and low docks ------------------------------------------------------------------------
+MANY = tuple(f"blocks.{b}.{part}" for b in range(3) for part in ("norm1", "attn", "norm2", "ff.0", "ff.1", "ff.2"))
+
+
+@pytest.mark.parametrize("size", [(300, 300), (420, 430), (900, 640)])
+def test_many_layers_in_a_small_dock_keep_readable_labels(qtbot, size):
+    view = ActivationView()
+    qtbot.addWidget(view)
+    view.resize(*size)
+    view.show()
+    qtbot.waitExposed(view)
+    rng = np.random.default_rng(1)
+    frames = tuple(make_frame(step, rng, names=MANY) for step in range(5))
+    view.render(make_data(frames))
+    qtbot.wait(30)
+    # Nothing holds the canvas wider than the dock (a long title used to).
+    minimum = view.canvas.ci.effectiveSizeHint(QtCore.Qt.SizeHint.MinimumSize).width()
+    assert minimum <= view.canvas.width()
+    assert view.fraction_plot.sceneBoundingRect().right() <= view.canvas.width() + 1
+    # Row labels: as many as fit, one line apart at least, each naming a distinct layer.
+    axis = view.hist_plot.getAxis("left")
+    ticks = axis._tickLevels[0]
+    assert 1 <= len(ticks) <= len(MANY)
+    scale = axis.size().height() / abs(axis.range[1] - axis.range[0])
+    line = QtGui.QFontMetrics(axis.style["tickFont"] or QtGui.QFont()).height() * 0.8
+    assert all((b[0] - a[0]) * scale >= line for a, b in zip(ticks, ticks[1:]))
+    assert len({text for _, text in ticks}) == len(ticks)
+    # A narrow dock gives the histograms the room: the fractions plot shrinks.
+    assert view.fraction_plot.width() == pytest.approx(100 if size[0] < 440 else 150, abs=1)
+    # No legend box over the bars: the title names the colours.
+    assert view.fraction_plot.legend is None
+    assert "dead" in view.fraction_title.text

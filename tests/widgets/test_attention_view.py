@@ -99,3 +99,29 @@ def test_grab_is_not_flat(view, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 20
+
+
+def test_title_names_the_layer_the_maps_come_from(view):
+    # The focused layer is the embedding; the maps are the first attention layer's.
+    tensors = TensorViews(10, "embed", 0, attention=attention(), tokens=TOKENS, attention_layer="blocks.0.attn")
+    view.render(make_data(tensors))
+    assert view.plot_title.full_text.startswith("blocks.0.attn: 4 heads")
+
+
+def test_small_dock_thins_token_labels_and_keeps_head_titles_off_the_maps(qtbot):
+    view = AttentionView()
+    qtbot.addWidget(view)
+    view.resize(260, 230)
+    view.show()
+    qtbot.waitExposed(view)
+    tokens = tuple(f"tok{i}" for i in range(16))
+    view.render(make_data(TensorViews(10, "attn", 0, attention=attention(heads=4, tokens=16), tokens=tokens)))
+    qtbot.wait(30)
+    bottom = view.plot.getAxis("bottom").shown_labels()
+    assert 0 < len(bottom) < 2 * len(tokens)  # every token would collide
+    assert bottom[: len(bottom) // 2] == bottom[len(bottom) // 2:]  # the same tokens under both columns
+    titles = view.head_titles
+    assert titles in ([], ["head 0", "head 1", "head 2", "head 3"])
+    if titles:  # shown only when the gutter above each map holds them
+        gutter = view.tiling.gutter / view.plot.getViewBox().viewPixelSize()[1]
+        assert gutter >= 0.8 * QtGui.QFontMetrics(view._head_titles[0].textItem.font()).height()

@@ -150,3 +150,13 @@ def test_grab_is_not_flat(view):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
     assert np.unique(pixels).size > 50
+
+
+def test_miniature_caption_wraps_rather_than_widening_the_dock(view, qtbot):
+    view.render(view_data(boundary(units=16)))
+    assert view.hidden_title.wordWrap()
+    assert "16 units" in view.hidden_title.text()
+    # A long caption (or readout) must not hold the dock wider than a narrow window gives it.
+    assert view.minimumSizeHint().width() < 300
+    view.readout.setText("x" * 400)
+    assert view.minimumSizeHint().width() < 300

@@ -161,3 +161,21 @@ def test_grab_is_not_flat(view, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 20
+
+
+def test_maps_of_another_layer_are_named_and_selected_by_their_own_layer(view, qtbot):
+    # The focused layer is a linear one; the maps come from the model's first conv layer.
+    tensors = conv_tensors()
+    tensors = TensorViews(10, "hidden", 0, feature_maps=tensors.feature_maps, kernels=tensors.kernels,
+                          feature_layer="conv1")
+    view.render(make_data(tensors))
+    assert view.hint == ""
+    emitted = []
+    view.unit_selected.connect(lambda layer, unit: emitted.append((layer, unit)))
+    view.show()
+    qtbot.waitExposed(view)
+    qtbot.wait(10)
+    x0, y0 = view.map_tiling.origin(3)
+    scene = view.maps_plot.getViewBox().mapViewToScene(QtCore.QPointF(x0 + 1.5, y0 + 1.5))
+    qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene))
+    assert emitted == [("conv1", 3)]

@@ -16,7 +16,7 @@ from engine.snapshot import (
     StatsFrame,
     ViewData,
 )
-from widgets.gradient_flow import GradientFlow, abbreviate, align_series
+from widgets.gradient_flow import GradientFlow, abbreviate, align_series, fill_missing_columns
 
 LAYERS = (
     LayerInfo(0, "encoder.fc1", "Linear", "param", 100, (10, 9)),
@@ -181,3 +181,81 @@ def test_grab_is_not_flat(view, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 20
+
+
+# --- narrow docks ------------------------------------------------------------------------------
+TRANSFORMER = (
+    "embed", "blocks.0.norm1", "blocks.0.attn.out_proj", "blocks.0.norm2", "blocks.0.ff.0", "blocks.0.ff.2",
+    "blocks.1.norm1", "blocks.1.attn.out_proj", "blocks.1.norm2", "blocks.1.ff.0", "blocks.1.ff.2", "norm", "head",
+)
+
+
+def transformer_data() -> ViewData:
+    layers = tuple(LayerInfo(i, name, "Linear", "param", 10, (4, 4)) for i, name in enumerate(TRANSFORMER))
+    values = np.full((len(TRANSFORMER), len(STAT_NAMES)), np.nan)
+    values[:, STAT_INDEX["grad_norm"]] = np.logspace(-6, -1, len(TRANSFORMER))
+    values[:, STAT_INDEX["weight_norm"]] = 3.0
+    values[:, STAT_INDEX["update_ratio"]] = 1e-4
+    frame = StatsFrame(300, 0.5, TRANSFORMER, values, np.zeros((len(TRANSFORMER), 4), np.float32),
+                       np.linspace(-1, 1, 5))
+    steps = np.arange(300.0)
+    series = {f"grad_norm/{name}": SeriesData(steps, np.full(300, 10.0 ** -(i % 6)))
+              for i, name in enumerate(TRANSFORMER)}
+    return make_data(frame, series, layers=layers)
+
+
+def row_label_gaps(axis, length: float) -> list[float]:
+    """Pixel distances between consecutive labelled rows of a vertical category axis."""
+    positions = [position for position, _ in axis._tickLevels[0]]
+    low, high = axis.range
+    scale = length / abs(high - low)
+    return [abs(b - a) * scale for a, b in zip(positions, positions[1:])]
+
+
+@pytest.mark.parametrize("size, arrangement", [((900, 600), "side by side"), ((420, 430), "stacked"),
+                                               ((300, 330), "bars only")])
+def test_layout_adapts_to_the_dock_and_never_overflows(qtbot, size, arrangement):
+    view = GradientFlow()
+    qtbot.addWidget(view)
+    view.resize(*size)
+    view.show()
+    qtbot.waitExposed(view)
+    view.render(transformer_data())
+    qtbot.wait(30)
+    assert view.arrangement == arrangement
+    assert view.ratio_plot.isVisible() == (arrangement != "bars only")
+    # Everything fits the canvas: no title or axis holds the plots wider than the dock.
+    minimum = view.canvas.ci.effectiveSizeHint(QtCore.Qt.SizeHint.MinimumSize).width()
+    assert minimum <= view.canvas.width()
+    assert view.heat_plot.sceneBoundingRect().right() <= view.canvas.width() + 1
+    # Heatmap rows: 13 layers get as many labels as have room, never one on another.
+    left = view.heat_plot.getAxis("left")
+    shown = left.shown_labels()
+    assert 1 <= len(shown) <= len(TRANSFORMER)
+    line = QtGui.QFontMetrics(left.style["tickFont"] or QtGui.QFont()).height() * 0.8
+    assert all(gap >= line for gap in row_label_gaps(left, left.size().height()))
+    # The layer names under the bars (or the points under them) do not collide.
+    bottom = (view.ratio_plot if arrangement == "stacked" else view.bar_plot).getAxis("bottom")
+    assert bottom.shown_labels()
+    assert len(set(bottom.shown_labels())) == len(bottom.shown_labels())
+
+
+def test_missing_steps_do_not_draw_black_columns(view):
+    steps = np.arange(10.0)
+    gappy = np.full(10, 1e-2)
+    gappy[4] = np.nan  # a step the probe did not measure: every layer NaN there
+    series = {"grad_norm/encoder.fc1": SeriesData(steps, gappy), "grad_norm/head": SeriesData(steps, gappy * 2)}
+    view.render(make_data(make_frame(), series))
+    image = view.heat_image.image
+    assert np.isfinite(image).all()
+    np.testing.assert_allclose(image[:, 4], image[:, 3])
+    assert view.hover_at(4.0, 0.5) == "encoder.fc1  step 4: |g| = nan"  # the readout tells the truth
+
+
+def test_fill_missing_columns_keeps_partial_gaps():
+    image = np.array([[1.0, np.nan, np.nan, 4.0], [1.0, np.nan, 3.0, np.nan]])
+    filled = fill_missing_columns(image)
+    np.testing.assert_array_equal(filled[:, 1], [1.0, 1.0])  # a whole column: the one before
+    assert np.isnan(filled[0, 2]) and filled[1, 2] == 3.0  # one layer missing: kept as a gap
+    leading = fill_missing_columns(np.array([[np.nan, 2.0]]))
+    assert np.isnan(leading[0, 0])

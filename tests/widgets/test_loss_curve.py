@@ -160,3 +160,51 @@ def test_grab_is_not_flat(view, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(-1, 4)
     assert len(np.unique(pixels[:, :3], axis=0)) > 20
+
+
+def test_no_legend_over_the_curves_and_titles_name_the_series(view):
+    view.render(make_data(decimated_series(total=1000, points=100)))
+    assert view.loss_plot.legend is None and view.acc_plot.legend is None
+    assert "train loss" in view.loss_title.text and "val loss" in view.loss_title.text
+    assert "train" in view.acc_title.text and "val" in view.acc_title.text
+    # Only what is drawn is named.
+    series = decimated_series(total=1000, points=100)
+    del series["val_loss"]
+    view.render(make_data(series))
+    assert "train loss" in view.loss_title.full_text and "val" not in view.loss_title.full_text
+
+
+def test_accuracy_plot_only_for_runs_that_report_accuracy(view, qtbot):
+    view.show()
+    qtbot.waitExposed(view)
+    series = decimated_series(total=1000, points=100)
+    regression = {key: value for key, value in series.items() if "acc" not in key}
+    view.render(make_data(regression))
+    qtbot.wait(20)
+    assert not view.accuracy_shown and not view.acc_plot.isVisible()
+    # The loss plot takes the room, and labels its own step axis.
+    assert view.loss_plot.height() > 0.8 * view.canvas.height()
+    assert view.loss_plot.getAxis("bottom").style["showValues"]
+    view.render(make_data(series))
+    qtbot.wait(20)
+    assert view.accuracy_shown and view.acc_plot.isVisible()
+    assert not view.loss_plot.getAxis("bottom").style["showValues"]  # the accuracy plot below does it
+    x, _ = view.train_acc.mean.getOriginalDataset()
+    assert len(x) == 100
+
+
+def test_step_labels_fit_a_narrow_dock(qtbot):
+    view = LossCurve()
+    qtbot.addWidget(view)
+    view.resize(220, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    view.render(make_data(decimated_series(total=400_000, points=200)))
+    qtbot.wait(20)
+    axis = view.acc_plot.getAxis("bottom")
+    low, high = axis.range
+    length = axis.size().width()
+    spacing, values = axis.tickValues(low, high, length)[0]
+    strings = axis.tickStrings(values, 1.0, spacing)
+    metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtGui.QFont())
+    assert values and spacing / (high - low) * length >= max(metrics.horizontalAdvance(s) for s in strings)

@@ -6,7 +6,7 @@ import pytest
 from PySide6 import QtCore, QtGui
 
 from engine.snapshot import Hyper, Metrics, NetworkView, Snapshot, ViewData
-from widgets.network_graph import COLLAPSE_ABOVE, EDGE_LEVELS, NetworkGraph
+from widgets.network_graph import COLLAPSE_ABOVE, EDGE_LEVELS, NetworkGraph, column_label_layout
 
 SMALL = (2, 16, 16, 2)
 NAMES = ("input", "layers.0.linear", "layers.1.linear", "layers.2.linear")
@@ -213,3 +213,80 @@ def test_grab_is_not_flat(graph):
     image = graph.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
     assert np.unique(pixels).size > 50
+
+
+TRANSFORMER_COLUMNS = ("input", "embed", "blocks.0.attn", "blocks.0.ff.0", "blocks.0.ff.2", "blocks.1.attn",
+                       "blocks.1.ff.0", "blocks.1.ff.2", "head")
+
+
+def drawn_label_rects(graph: NetworkGraph) -> list[QtCore.QRectF]:
+    """Scene rectangles of the column labels' text on screen (without the text item's margin)."""
+    rects = []
+    for label in graph.column_labels:
+        if label.isVisible() and label.toPlainText():
+            margin = label.textItem.document().documentMargin()
+            rects.append(label.mapRectToScene(label.boundingRect()).adjusted(margin, margin, -margin, -margin))
+    return rects
+
+
+def test_column_labels_never_overlap_and_stay_in_view(graph, qtbot):
+    sizes = (8, 8, 64, 256, 64, 64, 256, 64, 8)
+    for width in (200, 320, 560, 1100):
+        graph.resize(width, 420)
+        qtbot.wait(20)
+        graph.render(view_data(network(sizes, TRANSFORMER_COLUMNS, collapsed_values=True)))
+        qtbot.wait(20)  # text items follow a new view range when they are next painted
+        rects = drawn_label_rects(graph)
+        assert rects, width
+        for i, a in enumerate(rects):
+            for b in rects[i + 1:]:
+                assert not a.intersects(b), (width, [label.toPlainText() for label in graph.column_labels])
+        view = graph.view_box.sceneBoundingRect()
+        for rect in rects:
+            assert view.left() - 1 <= rect.left() and rect.right() <= view.right() + 1
+            assert rect.bottom() <= view.bottom() + 1  # the range leaves room for them
+    # Wide enough: every column named in full.
+    assert [label.toPlainText() for label in graph.column_labels[:9]] == list(TRANSFORMER_COLUMNS)
+
+
+def test_narrow_graph_abbreviates_labels_and_hover_names_the_layer(graph, qtbot):
+    graph.resize(260, 420)
+    qtbot.wait(20)
+    graph.render(view_data(network()))
+    qtbot.wait(20)
+    texts = [label.toPlainText() for label in graph.column_labels[:4]]
+    assert texts == ["input", "0.linear", "1.linear", "2.linear"]
+    label = graph.column_labels[2]
+    centre = graph.view_box.mapSceneToView(label.mapRectToScene(label.boundingRect()).center())
+    assert graph.hover_at(centre.x(), centre.y()) == "layers.1.linear: 16 units"
+    with qtbot.waitSignal(graph.layer_selected) as blocker:
+        graph.click_at(centre.x(), centre.y())  # clicking a label selects its layer
+    assert blocker.args == ["layers.1.linear"]
+
+
+def test_block_captions_shrink_to_their_column(graph, qtbot):
+    sizes = (784, 128, 10)
+    names = ("input", "layers.0.linear", "layers.1.linear")
+    wide = network((784, 128, 128, 128, 128, 10), ("input", *(f"layers.{i}.linear" for i in range(4)), "head"))
+    graph.resize(200, 400)
+    qtbot.wait(20)
+    graph.render(view_data(wide))
+    captions = [label.toPlainText() for label in graph.block_labels if label.isVisible()]
+    assert captions == ["784", "128", "128", "128", "128"]  # the column labels below name them
+    graph.render(view_data(network(sizes, names)))
+    graph.resize(800, 400)
+    qtbot.wait(20)
+    captions = [label.toPlainText() for label in graph.block_labels if label.isVisible()]
+    assert captions == ["input\n784 units", "layers.0.linear\n128 units"]
+
+
+def test_column_label_layout_ladder():
+    names = ("input", "layers.0.linear", "layers.1.linear", "head")
+    width = lambda text: 7 * len(text)  # noqa: E731 - a fixed-pitch font for the test
+    assert column_label_layout(names, 200, width) == (names, 1, (True,) * 4)
+    texts, lines, shown = column_label_layout(names, 70, width)
+    assert texts == ("input", "0.linear", "1.linear", "head") and lines == 1 and all(shown)
+    texts, lines, shown = column_label_layout(names, 40, width)
+    assert lines == 2 and all(shown)
+    texts, lines, shown = column_label_layout(names * 3, 8, width, lambda text, room: text[: max(3, int(room // 7))])
+    assert not all(shown) and shown[0]

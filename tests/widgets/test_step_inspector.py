@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtGui
+from PySide6 import QtCore, QtGui
 
 from engine.snapshot import Hyper, Metrics, PhaseInfo, Snapshot, ViewData
 from widgets.step_inspector import DIRECTION_COLOURS, StepInspector
@@ -120,3 +120,39 @@ def test_grab_is_not_flat(inspector):
     image = inspector.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
     assert np.unique(pixels).size > 50
+
+
+def test_one_example_tensors_read_as_bars_and_a_loss_as_a_number(inspector):
+    tensors = {"output": np.linspace(-1.0, 1.0, 32).reshape(1, 32), "loss": np.array([[0.0421]])}
+    inspector.render(view_data(phase(index=10, kind="loss", module=None, tensors=tensors)))
+    output, loss = inspector.visible_panels()
+    assert output.bars.isVisible() and not output.image.isVisible()  # not a one-row heatmap
+    assert len(output.bars.getData()[1]) == 32
+    assert "(1, 32)" in output.caption.text()  # the caption keeps the real shape
+    assert loss.value_label.isVisible() and not loss.plot.isVisible()
+    assert loss.value_label.text() == "0.0421"
+    assert "(1, 1)" in loss.caption.text()
+
+
+def test_panels_stack_in_a_narrow_dock_and_the_list_never_scrolls_sideways(qtbot):
+    view = StepInspector()
+    qtbot.addWidget(view)
+    view.resize(330, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    view.render(view_data(phase()))
+    qtbot.wait(20)
+    assert view.panel_columns == 1  # two tensors, one above the other
+    assert view.phase_list.horizontalScrollBarPolicy() == QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    assert view.phase_list.item(6).toolTip() == NAMES[6]  # the full name when the row is elided
+    four = {f"t{i}": np.ones((3, 4)) for i in range(4)}
+    view.render(view_data(phase(index=7, tensors=four)))
+    qtbot.wait(20)
+    assert view.panel_columns == 2  # four in one column would leave each a sliver
+    caption = view.panels[0].caption
+    assert "1 … 1" in caption.text() and "mean" not in caption.text()  # just the range: it fits
+    assert caption.toolTip() == "min 1  mean 1  max 1"
+    view.resize(900, 500)
+    view.render(view_data(phase(index=8)))
+    qtbot.wait(20)
+    assert view.panel_columns == 2

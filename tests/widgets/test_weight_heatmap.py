@@ -174,3 +174,30 @@ def test_grab_is_not_flat(view, qtbot):
     image = view.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(image.height(), -1)
     assert len(np.unique(pixels.reshape(-1, 4)[:, :3], axis=0)) > 20
+
+
+def test_cell_axes_count_units_at_cell_centres(view, qtbot):
+    view.render(make_data(make_tensors(np.random.default_rng(0), shape=(16, 2))))
+    view.show()
+    qtbot.waitExposed(view)
+    bottom = view.plot.getAxis("bottom")
+    spacing, values = bottom.tickValues(0.0, 2.0, bottom.size().width())[0]
+    assert values == [0.5, 1.5]  # input units 0 and 1, not "0.5, 1.0, 1.5"
+    assert bottom.tickStrings(values, 1.0, spacing) == ["0", "1"]
+    assert view.hover_at(1.5, 2.5).startswith("fc1  w[out=2, in=1] = ")
+
+
+def test_narrow_dock_keeps_the_layer_name_readable(qtbot):
+    view = WeightHeatmap()
+    qtbot.addWidget(view)
+    view.resize(300, 330)
+    view.show()
+    qtbot.waitExposed(view)
+    layers = (LayerInfo(0, "layers.0.linear", "Linear", "param", 40, (16, 2)),)
+    view.render(make_data(make_tensors(np.random.default_rng(0), layer="layers.0.linear", shape=(16, 2)), layers))
+    qtbot.wait(20)
+    combo = view.layer_combo
+    text_width = combo.fontMetrics().horizontalAdvance("layers.0.linear")
+    assert combo.width() >= text_width + 16
+    minimum = view.canvas.ci.effectiveSizeHint(QtCore.Qt.SizeHint.MinimumSize).width()
+    assert minimum <= view.canvas.width()
