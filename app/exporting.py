@@ -11,7 +11,7 @@ from PySide6 import QtWidgets
 
 from engine.history import History
 from engine.report import write_atomic
-from engine.snapshot import Snapshot
+from engine.snapshot import Snapshot, ViewData
 
 __all__ = ["save_png", "save_history_csv", "save_run_file", "restore_run_factory"]
 
@@ -58,9 +58,48 @@ def save_run_file(path: str, bridge: Any, snapshot: Snapshot, current: dict[str,
             value = getattr(views, name)
             if value is not None:
                 tensors[f"{name}/{views.layer}"] = value
+    import dataclasses
+
     config = {"kind": current.get("kind"), "name": current.get("name"), "model": current.get("model"),
-              "scenario": snapshot.scenario, "hyper": _hyper_dict(snapshot), "step": snapshot.step}
+              "scenario": snapshot.scenario, "hyper": _hyper_dict(snapshot), "step": snapshot.step,
+              "device": snapshot.device, "tensor_layer": views.layer if views is not None else None,
+              "layers": [dataclasses.asdict(layer) for layer in snapshot.layers]}
     save_run(path, config=config, history=history, tensors=tensors, step=snapshot.step)
+
+
+def saved_view(path: str) -> ViewData:
+    """What a saved run looked like: its series, layers and last tensors, as a paused frame."""
+    import dataclasses
+
+    from app.bridge import LAYER_SERIES, RUN_SERIES
+    from engine.runfile import load_run
+    from engine.snapshot import Hyper, LayerInfo, Metrics, SeriesData, TensorViews
+
+    loaded = load_run(path)
+    config = loaded.config
+    layers = tuple(LayerInfo(**{**layer, "weight_shape": tuple(layer["weight_shape"])
+                                if layer.get("weight_shape") else None})
+                   for layer in config.get("layers", []))
+    history = loaded.history
+    series: dict[str, SeriesData] = {}
+    for name in history.columns:
+        if name in RUN_SERIES or name.split("/", 1)[0] in LAYER_SERIES:
+            data = history.series(name, max_points=2000)
+            keep = np.isfinite(data.values)
+            if keep.any():
+                series[name] = SeriesData(data.steps[keep], data.values[keep])
+    layer = config.get("tensor_layer")
+    fields = {f.name for f in dataclasses.fields(TensorViews)}
+    found = {name.split("/", 1)[0]: value for name, value in loaded.tensors.items()
+             if name.split("/", 1)[0] in fields}
+    tensors = TensorViews(step=int(config.get("step", 0)), layer=layer or "", example=0, **found) if found else None
+    hyper = Hyper(**config["hyper"]) if isinstance(config.get("hyper"), dict) else Hyper()
+    last_loss = history.last("loss") if "loss" in history.columns else float("nan")
+    snapshot = Snapshot(run_id=-1, step=int(config.get("step", history.latest_step or 0)), state="paused",
+                        scenario=str(config.get("scenario") or config.get("name")),
+                        device=str(config.get("device", "cpu")), layers=layers,
+                        metrics=Metrics(train_loss=last_loss), hyper=hyper, tensors=tensors)
+    return ViewData(snapshot=snapshot, series=series, selected_layer=layer)
 
 
 def _hyper_dict(snapshot: Snapshot) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_snapshot: Snapshot | None = None
         self.errors: list[ErrorEvent] = []
         self._render_cursor = 0
+        self._saved_run: Callable | None = None
 
         self.views: dict[str, View] = {}
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
@@ -307,6 +308,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is None:
             return
+        if self._saved_run is not None:
+            factory, self._saved_run = self._saved_run, None
+            self.bridge.replace_run(factory)
         self.bridge.scrub_to(None)
         self.banner.dismiss()
         self.bridge.send(Play())
@@ -379,6 +383,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._replace(self._scenario_factory(self._current["name"], self._current["model"]))
 
     def _replace(self, factory: Callable) -> None:
+        self._saved_run = None
         was_running = self._running
         self.bridge.replace_run(factory)
         self.status_state.setText("Building the run…")
@@ -444,6 +449,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.timeline.go_live()
 
     def _on_frame(self, data: ViewData) -> None:
+        if self._saved_run is not None:
+            return  # a saved run is on screen until the user plays or picks another run
         snapshot = data.snapshot
         first = self._last_snapshot is None or self._last_snapshot.run_id != snapshot.run_id
         self._last_snapshot = snapshot
@@ -547,8 +554,9 @@ class MainWindow(QtWidgets.QMainWindow):
         return path
 
     def save_run(self, path: str | None = None) -> str | None:
-        if self.bridge is None or self.bridge.history is None or self._last_snapshot is None:
-            self.banner.show_error("Nothing to save yet: train at least one step.", "")
+        if self.bridge is None or self.bridge.history is None or self._last_snapshot is None \
+                or self._saved_run is not None:
+            self.banner.show_error("Nothing new to save: train at least one step of a run.", "")
             return None
         if path is None:
             path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save run", "run.glassbox",
@@ -566,21 +574,28 @@ class MainWindow(QtWidgets.QMainWindow):
         return path
 
     def open_run(self, path: str | None = None) -> bool:
+        """Show a saved run (paused); Play then trains its configuration afresh."""
         if path is None:
             path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open run", "", "Glassbox runs (*.glassbox)")
         if not path:
             return False
-        from app.exporting import restore_run_factory
+        from app.exporting import restore_run_factory, saved_view
 
         try:
+            view = saved_view(path)
             factory, current = restore_run_factory(path, self._current["device"])
         except Exception as exc:  # a corrupt or foreign file: one line, nothing lost
-            self.banner.show_error(str(exc), "")
+            self.banner.show_error(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), "")
             return False
-        self._current.update(current)
         self.pause()
-        self._replace(factory)
-        self.statusBar().showMessage(f"Opened {path}: its run restarts from its saved configuration", 6000)
+        self._current.update(current)
+        self._saved_run = factory
+        for key, widget in self.views.items():
+            widget.render(view)
+        self._last_snapshot = view.snapshot
+        self._show_status(view.snapshot)
+        self.status_state.setText(f"Viewing the saved run {Path(path).name} — Play trains its configuration afresh")
+        self.setWindowTitle(f"Glassbox — {Path(path).name}")
         return True
 
     # --- layout --------------------------------------------------------------------------

@@ -124,8 +124,16 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     csv_path = window.export_csv(str(tmp_path / "series.csv"))
     lines = (tmp_path / "series.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss") and len(lines) > 10
+    saved_step = window.bridge.latest.step
     run_path = window.save_run(str(tmp_path / "run.glassbox"))
     assert run_path and window.open_run(run_path)
+    loss_view = window.views["loss"]
+    assert not loss_view.hint  # the saved loss curve is on screen
+    assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
+    assert "Viewing the saved run" in window.status_state.text()
+    window.play()  # trains the saved configuration afresh
+    qtbot.waitUntil(lambda: window.bridge.latest.run_id > 1 and window.bridge.latest.step >= 3, timeout=20000)
+    window.pause()
     (tmp_path / "bad.glassbox").write_bytes(b"not a zip at all")
     assert not window.open_run(str(tmp_path / "bad.glassbox"))
     assert "bad.glassbox" in window.banner.message.text()
