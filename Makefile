@@ -32,3 +32,11 @@ screenshots: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# The one-folder bundle dist/glassbox/ (PyInstaller; see packaging/README.md), and its checks.
+package: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[package]"
+	$(BIN)/python packaging/build.py
+
+package-test: package
+	bash packaging/bundle_test.sh dist/glassbox

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 __all__ = ["run_app"]
 
@@ -27,6 +28,8 @@ def run_app(options: argparse.Namespace) -> int:
         window.show_every_view()
     window.show()
     app.processEvents()
+    if os.environ.get("GLASSBOX_REPORT_STARTUP"):  # packaging/measure.py times launch-to-window by it
+        print(f"glassbox: window shown at {time.time():.3f}", file=sys.stderr, flush=True)
     try:
         window.start_engine(scenario=options.scenario, model=options.model, device=options.device,
                             play=not (smoke or options.paused))
