@@ -73,6 +73,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_snapshot: Snapshot | None = None
         self.errors: list[ErrorEvent] = []
         self._render_cursor = 0
+        self._shown_once = False
+        self._layout_restored = False
         self._saved_run: Callable | None = None
 
         self.views: dict[str, View] = {}
@@ -150,8 +152,26 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.tabifyDockWidget(d[front], d[key])
         for dock in d.values():
             dock.show()
+        self._rows = rows
+        self._share_space()
+
+    def _share_space(self) -> None:
+        """Narrow controls; rows of equal height; the views of a row of equal width."""
+        d = self.docks
+        rows = getattr(self, "_rows", [])
         self.resizeDocks([d["controls"]], [270], QtCore.Qt.Orientation.Horizontal)
-        self.resizeDocks([d[row[0]] for row in rows], [1] * len(rows), QtCore.Qt.Orientation.Vertical)
+        if rows:
+            self.resizeDocks([d[row[0]] for row in rows], [1000] * len(rows), QtCore.Qt.Orientation.Vertical)
+            for row in rows:
+                self.resizeDocks([d[k] for k in row], [1000] * len(row), QtCore.Qt.Orientation.Horizontal)
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            if not self._layout_restored:
+                # Sizes only take once the window has its real size.
+                QtCore.QTimer.singleShot(0, self._share_space)
 
     def _action(self, text: str, slot: Callable, shortcut: str | QtGui.QKeySequence | None = None,
                 tip: str = "") -> QtGui.QAction:
@@ -606,11 +626,12 @@ class MainWindow(QtWidgets.QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
         if state is not None and int(settings.value("layout_version", 0)) == LAYOUT_VERSION:
-            self.restoreState(state, LAYOUT_VERSION)
+            self._layout_restored = self.restoreState(state, LAYOUT_VERSION)
         self.speed.setCurrentIndex(int(settings.value("speed", 0)))
 
     def reset_layout(self) -> None:
         self._arrange_default()
+        QtCore.QTimer.singleShot(0, self._share_space)
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         if self._remember:

@@ -217,7 +217,8 @@ class Probe:
     def _fix_order(self) -> None:
         """Reorder layers by first forward call; uncalled ones follow their parent (out_proj)."""
         called = [self._layers[i] for i in dict.fromkeys(self._forward_order)]
-        rest = [layer for layer in self._layers if not layer.called]
+        seen = {id(layer) for layer in called}
+        rest = [layer for layer in self._layers if id(layer) not in seen]
         ordered = list(called)
         for layer in rest:
             parent = max((i for i, c in enumerate(ordered) if layer.name.startswith(c.name + ".")),
@@ -299,8 +300,8 @@ class Probe:
     def _reset_step(self) -> None:
         self._pieces: list[torch.Tensor] = []
         self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
-        self._act_calls: dict[int, list[tuple[int, int]]] = {}  # layer -> (numel, sampled) per call
-        self._act_units: dict[int, list[int]] = {}
+        self._act_calls: dict[int, list[tuple[int, int]]] = {}  # id(layer) -> (numel, sampled) per call
+        self._act_units: dict[int, list[int]] = {}  # id(layer) -> units per call
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
@@ -336,7 +337,7 @@ class Probe:
 
     def _target(self, kind: str) -> str | None:
         """The layer whose feature maps ('conv') or attention ('attention') the views get: the
-        focused one if it is of that kind, else the first of that kind in forward order."""
+        focused one if it is of that kind, else the first conv or the last attention layer."""
         def matches(layer: _Layer) -> bool:
             if kind == "attention":
                 return layer.role == "attention"
@@ -344,11 +345,18 @@ class Probe:
         focused = next((l for l in self._layers if self._is_focus(l)), None)
         if focused is not None and matches(focused):
             return focused.name
-        return next((l.name for l in self._layers if matches(l) and l.called), None)
+        candidates = [l.name for l in self._layers if matches(l) and l.called]
+        if not candidates:
+            return None
+        # The first conv layer's filters are the readable ones (edges, strokes); the last
+        # attention layer is usually where an alignment such as reversal shows.
+        return candidates[0] if kind == "conv" else candidates[-1]
 
-    def _push(self, kind: str, layer: int, key: str, tensor: torch.Tensor) -> None:
+    def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str, tensor: torch.Tensor) -> None:
+        """Queue a device tensor for the step's single copy. Owners are kept as objects (their
+        index is read when parsing), since the first capture reorders the layers."""
         self._pieces.append(tensor.detach().reshape(-1).float())
-        self._layout.append((kind, layer, key, tuple(tensor.shape)))
+        self._layout.append((kind, owner, key, tuple(tensor.shape)))
 
     def _example(self, x: torch.Tensor) -> torch.Tensor:
         return x[min(self.focus_example, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
@@ -367,19 +375,19 @@ class Probe:
         if out.numel() == 0:
             return
         stats, sampled = self._activation_stats(layer, out)
-        self._push("act", layer.index, "stats", stats)
-        self._act_calls.setdefault(layer.index, []).append((out.numel(), sampled))
-        self._act_units.setdefault(layer.index, []).append(unit_count(out))
+        self._push("act", layer, "stats", stats)
+        self._act_calls.setdefault(id(layer), []).append((out.numel(), sampled))
+        self._act_units.setdefault(id(layer), []).append(unit_count(out))
         if out.requires_grad:
             out.register_hook(self._make_grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
             example = self._example(out)
             if example.numel() <= MAX_GRAPH_UNITS:
-                self._push("tensor", layer.index, "unit_value", example.reshape(-1))
+                self._push("tensor", layer, "unit_value", example.reshape(-1))
             if self._is_focus(layer):
-                self._push("tensor", layer.index, "activation", shrink_2d(as_matrix(example)))
+                self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)))
             if example.dim() == 3 and layer.name == self._step_targets.get("conv"):
-                self._push("tensor", layer.index, "feature_maps", shrink_maps(example))
+                self._push("tensor", layer, "feature_maps", shrink_maps(example))
         if self._recording:
             inp = first_tensor(args)
             tensors = {"output": out}
@@ -404,13 +412,13 @@ class Probe:
         def on_grad(grad: torch.Tensor) -> None:
             if not self._capturing:
                 return
-            self._push("gout", layer.index, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
+            self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 example = self._example(grad)
                 if example.numel() <= MAX_GRAPH_UNITS:
-                    self._push("tensor", layer.index, "unit_grad", example.reshape(-1))
+                    self._push("tensor", layer, "unit_grad", example.reshape(-1))
                 if self._is_focus(layer):
-                    self._push("tensor", layer.index, "output_grad", shrink_2d(as_matrix(example)))
+                    self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)))
             if self._recording:
                 self._phase_events.append(
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
@@ -470,7 +478,7 @@ class Probe:
             module.training = was_training
         if weights is not None:
             maps = weights[0] if weights.dim() == 4 else weights
-            self._push("tensor", layer.index, "attention", shrink_maps(maps, max_count=64, max_side=512))
+            self._push("tensor", layer, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
     def _param_plan(self, device: torch.device) -> tuple[list[_Layer], torch.Tensor]:
         """Layers owning parameters, in order, and their segment bounds in the flattened
@@ -496,8 +504,8 @@ class Probe:
         if layers:
             params = [p for layer in layers for p in layer.params]
             grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in params]
-            self._push("pstats", -1, "weight", segment_stats(self._flat(params), bounds))
-            self._push("pstats", -1, "grad", segment_stats(self._flat(grads), bounds))
+            self._push("pstats", layers, "weight", segment_stats(self._flat(params), bounds))
+            self._push("pstats", layers, "grad", segment_stats(self._flat(grads), bounds))
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer)
@@ -509,13 +517,13 @@ class Probe:
         if w is None:
             return
         if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
-            self._push("tensor", layer.index, "graph_weight", w)
+            self._push("tensor", layer, "graph_weight", w)
         if self._is_focus(layer):
-            self._push("tensor", layer.index, "weight", shrink_2d(as_matrix(w)))
+            self._push("tensor", layer, "weight", shrink_2d(as_matrix(w)))
             if w.grad is not None:
-                self._push("tensor", layer.index, "weight_grad", shrink_2d(as_matrix(w.grad)))
+                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad)))
         if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
-            self._push("tensor", layer.index, "kernels", shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
+            self._push("tensor", layer, "kernels", shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase."""
@@ -546,7 +554,7 @@ class Probe:
         layers, bounds = self._param_plan(before.device)
         after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
         delta = after - before
-        self._push("update", -1, "norms", torch.stack([segment_sumsq(delta, bounds),
+        self._push("update", layers, "norms", torch.stack([segment_sumsq(delta, bounds),
                                                          segment_sumsq(before, bounds)], dim=1))
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
@@ -555,7 +563,7 @@ class Probe:
                 for p in layer.params:
                     if p is focus.main_weight:
                         change = delta[offset:offset + p.numel()].reshape(p.shape)
-                        self._push("tensor", focus.index, "weight_update", shrink_2d(as_matrix(change)))
+                        self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
                     offset += p.numel()
 
     def phase_events(self) -> list[PhaseRecord]:
@@ -578,7 +586,7 @@ class Probe:
         self._capturing = False
         scalars = scalars.detach().reshape(-1, 2).float()
         flat = torch.cat(self._pieces + [scalars.reshape(-1)])
-        layout = list(self._layout) + [("scalars", -1, "scalars", tuple(scalars.shape))]
+        layout = list(self._layout) + [("scalars", None, "scalars", tuple(scalars.shape))]
         act_calls = dict(self._act_calls)
         act_units = dict(self._act_units)
         layers = list(self._layers)
@@ -608,7 +616,6 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
                    focus: str | None, example: int, tensors_wanted: bool) -> Capture:
     """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
     n_layers = len(layers)
-    param_layers = [layer for layer in layers if layer.params]
     values = np.full((n_layers, len(STAT_NAMES)), np.nan)
     bins = config.hist_bins
     hist = np.zeros((n_layers, bins), np.float32)
@@ -617,7 +624,8 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
     tensors: dict[tuple[int, str], np.ndarray] = {}
     scalars = np.zeros((0, 2))
     offset = 0
-    for kind, index, key, shape in layout:
+    for kind, owner, key, shape in layout:
+        index = owner.index if isinstance(owner, _Layer) else -1
         size = int(np.prod(shape)) if shape else 1
         chunk = host[offset:offset + size].astype(np.float64)
         offset += size
@@ -628,7 +636,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
         elif kind == "pstats":
             rows = chunk.reshape(shape)
             prefix, suffix = ("weight", "weights") if key == "weight" else ("grad", "grads")
-            for row_index, layer in enumerate(param_layers):
+            for row_index, layer in enumerate(owner):
                 norm, mean, var, nan, inf = rows[row_index]
                 target = values[layer.index]
                 target[STAT_INDEX[f"{prefix}_norm"]] = norm
@@ -638,7 +646,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
                 target[STAT_INDEX[f"inf_{suffix}"]] = inf
         elif kind == "update":
             rows = chunk.reshape(shape)
-            for row_index, layer in enumerate(param_layers):
+            for row_index, layer in enumerate(owner):
                 delta, base = np.sqrt(rows[row_index])
                 values[layer.index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
         elif kind == "tensor":
@@ -647,7 +655,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             scalars = chunk.reshape(shape)
     for index, pieces in act_pieces.items():
         layer = layers[index]
-        calls = np.asarray(act_calls[index][:len(pieces)], np.float64).reshape(-1, 2)
+        calls = np.asarray(act_calls[id(layer)][:len(pieces)], np.float64).reshape(-1, 2)
         counts, sampled = calls[:, 0], calls[:, 1]
         stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
         total = counts.sum()
@@ -661,7 +669,7 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
         row[STAT_INDEX["nan_acts"]] = stats[:, 4].sum()
         row[STAT_INDEX["inf_acts"]] = stats[:, 5].sum()
         if layer.relu_like:
-            units = np.asarray(act_units[index][:len(pieces)], np.float64)
+            units = np.asarray(act_units[id(layer)][:len(pieces)], np.float64)
             row[STAT_INDEX["dead_fraction"]] = stats[:, 6].sum() / units.sum()
         if layer.saturating:
             row[STAT_INDEX["saturated_fraction"]] = stats[:, 7].sum() / total

@@ -9,7 +9,7 @@ EXE="$BUNDLE/glassbox"
 [ -x "$EXE" ] || { echo "bundle_test: no executable in $BUNDLE (run make package)" >&2; exit 1; }
 export QT_QPA_PLATFORM="${QT_QPA_PLATFORM:-offscreen}"
 CONFIG="$(mktemp -d)"; trap 'rm -rf "$CONFIG"' EXIT
-export XDG_CONFIG_HOME="$CONFIG"   # leave the user's remembered layout alone
+export GLASSBOX_SETTINGS_DIR="$CONFIG"   # leave the user's remembered layout alone
 
 echo "== --version"
 version="$("$EXE" --version)"

@@ -37,7 +37,7 @@ def launch_to_window(command: list[str], timeout_s: float = 60.0) -> float:
     if sys.platform.startswith("linux") and not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
         env.setdefault("QT_QPA_PLATFORM", "offscreen")
     with tempfile.TemporaryDirectory() as home:
-        env["XDG_CONFIG_HOME"] = home  # a first launch: no remembered layout, and no writes to the user's
+        env["GLASSBOX_SETTINGS_DIR"] = home  # a first launch: no remembered layout, no writes to the user's
         started = time.time()
         process = subprocess.Popen(command + ["--paused"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)

@@ -300,7 +300,7 @@ def test_uncaptured_step_records_nothing() -> None:
         assert probe.finish(1, torch.zeros(1, 2)) is None
 
 
-def test_attention_and_feature_maps_follow_first_layer_of_their_kind_when_focus_is_elsewhere() -> None:
+def test_attention_and_feature_maps_follow_a_layer_of_their_kind_when_focus_is_elsewhere() -> None:
     torch.manual_seed(3)
     model = TinyTransformer()
     probe = Probe(model)
@@ -316,3 +316,45 @@ def test_attention_and_feature_maps_follow_first_layer_of_their_kind_when_focus_
     assert views.attention_layer == "attn" and views.attention.shape == (4, 4, 4)
     np.testing.assert_allclose(views.attention.sum(axis=-1), 1.0, rtol=1e-5)
     assert views.feature_maps is None and views.feature_layer is None
+
+
+class DefinedBackwards(nn.Module):
+    """Modules defined in a different order from the one forward calls them in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(6, 2)
+        self.act = nn.Tanh()
+        self.hidden = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.hidden(x)))
+
+
+def test_first_capture_after_reordering_attributes_everything_to_the_right_layer() -> None:
+    torch.manual_seed(4)
+    model = DefinedBackwards()
+    probe = Probe(model)
+    probe.focus_layer = "hidden"
+    x = torch.randn(9, 4)
+    with probe:
+        probe.begin_step(False)
+        model(x)  # an uncaptured forward first: nothing fixes the order yet
+        probe.begin_step(True, tensors=True)
+        out = model(x)
+        out.sum().backward()
+        probe.after_backward()
+        probe.before_update()
+        probe.after_update()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    frame = capture.frame
+    assert frame.layer_names == ("hidden", "act", "head")
+    hidden = model.hidden(x).detach().numpy()
+    row = frame.values[frame.layer_names.index("hidden")]
+    np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], hidden.mean(), rtol=1e-5)
+    np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]],
+                               np.sqrt((model.hidden.weight.detach() ** 2).sum() + (model.hidden.bias.detach() ** 2).sum()),
+                               rtol=1e-5)
+    assert capture.tensors.layer == "hidden" and capture.tensors.weight.shape == (6, 4)
+    assert capture.tensors.activation.shape == (1, 6)
+    np.testing.assert_allclose(capture.tensors.activation[0], hidden[0], rtol=1e-5)
