@@ -63,13 +63,7 @@ class AttentionView(View):
         self.image.setLookupTable(SEQUENTIAL_LUT)
         self.plot.addItem(self.image)
 
-        self._hint = QtWidgets.QLabel(self)
-        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self._hint.setWordWrap(True)
-        self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self.canvas)
-        self._stack.addWidget(self._hint)
-        self._layout.addWidget(self._stack, 1)
+        self.add_content(self.canvas)
         self.finish_layout()
         self.connect_hover(self.plot)
         self._titles_fit: bool | None = None
@@ -78,11 +72,6 @@ class AttentionView(View):
         self._show_hint(_NO_ATTENTION)
 
     # --- public ----------------------------------------------------------------------------
-    @property
-    def hint(self) -> str:
-        """The centred hint shown instead of the maps, or "" when the maps are shown."""
-        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
-
     @property
     def tiling(self) -> Tiling | None:
         """Geometry of the tiled image: head h's map starts at ``tiling.origin(h)``."""
@@ -198,13 +187,3 @@ class AttentionView(View):
             )
         return f"head {head}: query {query} -> key {key} = {value:.2f}"
 
-    def _show_hint(self, text: str) -> None:
-        if self._hint.text() != text:
-            self._hint.setText(text)
-        if self._stack.currentWidget() is not self._hint:
-            self._stack.setCurrentWidget(self._hint)
-            self.readout.setText(" ")
-
-    def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self.canvas:
-            self._stack.setCurrentWidget(self.canvas)

@@ -45,6 +45,36 @@ class View(QtWidgets.QWidget):
         """Put the readout line under the subclass's content."""
         self._layout.addWidget(self.readout)
 
+    # --- content or a centred hint -------------------------------------------------------
+    def add_content(self, content: QtWidgets.QWidget) -> None:
+        """Lay out ``content`` with a centred hint label that replaces it while there is
+        nothing to draw (see ``_show_hint``/``_show_content``)."""
+        self._hint = QtWidgets.QLabel(self)
+        self._hint.setObjectName("hint")
+        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self._hint.setWordWrap(True)
+        self._content = content
+        self._stack = QtWidgets.QStackedWidget(self)
+        self._stack.addWidget(content)
+        self._stack.addWidget(self._hint)
+        self._layout.addWidget(self._stack, 1)
+
+    @property
+    def hint(self) -> str:
+        """The centred hint shown instead of the content, or "" when the content is shown."""
+        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
+
+    def _show_hint(self, text: str) -> None:
+        if self._hint.text() != text:
+            self._hint.setText(text)
+        if self._stack.currentWidget() is not self._hint:
+            self._stack.setCurrentWidget(self._hint)
+            self.readout.setText(" ")
+
+    def _show_content(self) -> None:
+        if self._stack.currentWidget() is not self._content:
+            self._stack.setCurrentWidget(self._content)
+
     # --- driven by the app -------------------------------------------------------------
     def render(self, data: ViewData) -> None:
         """Draw one frame. Subclasses override ``draw`` and keep this bookkeeping."""

@@ -81,13 +81,7 @@ class FeatureMaps(View):
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 2)
 
-        self._hint = QtWidgets.QLabel(self)
-        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self._hint.setWordWrap(True)
-        self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self.canvas)
-        self._stack.addWidget(self._hint)
-        self._layout.addWidget(self._stack, 1)
+        self.add_content(self.canvas)
         self.finish_layout()
         scene = self.canvas.scene()
         scene.sigMouseMoved.connect(self._mouse_moved)
@@ -109,11 +103,6 @@ class FeatureMaps(View):
             self._sources = None
             if self._last is not None:
                 self.draw(self._last)
-
-    @property
-    def hint(self) -> str:
-        """The centred hint shown instead of the maps, or "" when the maps are shown."""
-        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     @property
     def map_tiling(self) -> Tiling | None:
@@ -228,13 +217,3 @@ class FeatureMaps(View):
                 self.selected_unit = hit[0]
                 self.unit_selected.emit(self._layer, hit[0])
 
-    def _show_hint(self, text: str) -> None:
-        if self._hint.text() != text:
-            self._hint.setText(text)
-        if self._stack.currentWidget() is not self._hint:
-            self._stack.setCurrentWidget(self._hint)
-            self.readout.setText(" ")
-
-    def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self.canvas:
-            self._stack.setCurrentWidget(self.canvas)

@@ -158,13 +158,7 @@ class GradientFlow(View):
         self._arrangement = "side by side"
         self._arrange("stacked")
 
-        self._hint = QtWidgets.QLabel(self)
-        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self._hint.setWordWrap(True)
-        self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self.canvas)
-        self._stack.addWidget(self._hint)
-        self._layout.addWidget(self._stack, 1)
+        self.add_content(self.canvas)
         self.finish_layout()
         scene = self.canvas.scene()
         scene.sigMouseMoved.connect(self._mouse_moved)
@@ -172,11 +166,6 @@ class GradientFlow(View):
         self._show_hint(_NO_DATA)
 
     # --- public ----------------------------------------------------------------------------
-    @property
-    def hint(self) -> str:
-        """The centred hint shown instead of the plots, or "" when the plots are shown."""
-        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
-
     @property
     def layers(self) -> tuple[str, ...]:
         """Layers with parameters, in the order of the bars (x = index)."""
@@ -434,13 +423,3 @@ class GradientFlow(View):
             self.layer_selected.emit(name)
             self._draw_selection()
 
-    def _show_hint(self, text: str) -> None:
-        if self._hint.text() != text:
-            self._hint.setText(text)
-        if self._stack.currentWidget() is not self._hint:
-            self._stack.setCurrentWidget(self._hint)
-            self.readout.setText(" ")
-
-    def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self.canvas:
-            self._stack.setCurrentWidget(self.canvas)

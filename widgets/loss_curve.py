@@ -199,13 +199,7 @@ class LossCurve(View):
         self._accuracy_shown = True
         self._show_accuracy(False)  # until a run reports accuracy (a regression never does)
 
-        self._hint = QtWidgets.QLabel(self)
-        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self._hint.setWordWrap(True)
-        self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self.canvas)
-        self._stack.addWidget(self._hint)
-        self._layout.addWidget(self._stack, 1)
+        self.add_content(self.canvas)
         self.finish_layout()
         self.connect_hover(self.loss_plot)
         self.canvas.scene().sigMouseMoved.connect(self._acc_moved)
@@ -223,11 +217,6 @@ class LossCurve(View):
             return
         if self.loss_plot.getAxis("left").logMode != enabled:
             self.loss_plot.setLogMode(x=False, y=enabled)
-
-    @property
-    def hint(self) -> str:
-        """The centred hint shown instead of the plots, or "" when the plots are shown."""
-        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     def handed_points(self) -> dict[str, int]:
         """How many points each curve was last given with setData (before pyqtgraph's own thinning)."""
@@ -308,13 +297,3 @@ class LossCurve(View):
                 parts.append(f"step {hit[0]}: {label} {hit[1]:.3g}")
         self.readout.setText("  ".join(parts) or " ")
 
-    def _show_hint(self, text: str) -> None:
-        if self._hint.text() != text:
-            self._hint.setText(text)
-        if self._stack.currentWidget() is not self._hint:
-            self._stack.setCurrentWidget(self._hint)
-            self.readout.setText(" ")
-
-    def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self.canvas:
-            self._stack.setCurrentWidget(self.canvas)

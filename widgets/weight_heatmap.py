@@ -103,13 +103,7 @@ class WeightHeatmap(View):
         self.colour_bar.addItem(self._bar_image)
         self._set_bar_range(self._levels)
 
-        self._hint = QtWidgets.QLabel(self)
-        self._hint.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-        self._hint.setWordWrap(True)
-        self._stack = QtWidgets.QStackedWidget(self)
-        self._stack.addWidget(self.canvas)
-        self._stack.addWidget(self._hint)
-        self._layout.addWidget(self._stack, 1)
+        self.add_content(self.canvas)
         self.finish_layout()
         self.connect_hover(self.plot)
         self._show_hint("Select a layer with weights")
@@ -132,11 +126,6 @@ class WeightHeatmap(View):
             self.mode_combo.setCurrentText(mode)
         if self._last is not None:
             self.draw(self._last)
-
-    @property
-    def hint(self) -> str:
-        """The centred hint shown instead of the heatmap, or "" when the heatmap is shown."""
-        return self._hint.text() if self._stack.currentWidget() is self._hint else ""
 
     # --- drawing ---------------------------------------------------------------------------
     def draw(self, data: ViewData) -> None:
@@ -221,13 +210,3 @@ class WeightHeatmap(View):
         self._bar_image.setRect(QtCore.QRectF(0.0, low, 1.0, high - low))
         self.colour_bar.setRange(xRange=(0, 1), yRange=(low, high), padding=0.0)
 
-    def _show_hint(self, text: str) -> None:
-        if self._hint.text() != text:
-            self._hint.setText(text)
-        if self._stack.currentWidget() is not self._hint:
-            self._stack.setCurrentWidget(self._hint)
-            self.readout.setText(" ")
-
-    def _show_content(self) -> None:
-        if self._stack.currentWidget() is not self.canvas:
-            self._stack.setCurrentWidget(self.canvas)
