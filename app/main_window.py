@@ -9,7 +9,6 @@ import functools
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 

@@ -56,7 +56,7 @@ def windowed_rate(scenario: str, seconds: float) -> tuple[float, int]:
 
     from app.main_window import MainWindow
 
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    _app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])  # keep it alive
     window = MainWindow(remember_layout=False)
     window.resize(1600, 1000)
     window.show_every_view()

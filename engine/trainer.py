@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.batches import BatchSource
-from engine.probe import PendingCapture, PhaseRecord, Probe, ProbeConfig
+from engine.probe import PendingCapture, Probe, ProbeConfig
 from engine.snapshot import Hyper, PhaseInfo
 
 __all__ = [

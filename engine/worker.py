@@ -129,7 +129,6 @@ class Worker:
         self._boundary = None
         self._rate = _Rate()
         self._next_allowed = 0.0
-        self._layers: tuple = ()
 
     # --- control from any thread ---------------------------------------------------------
     def start(self, factory: Callable[[], Run] | None = None) -> None:
@@ -331,7 +330,6 @@ class Worker:
         frame = capture.frame
         history = self.current_history()
         if history is None:
-            self._layers = self.run.trainer.probe.layers if self.run else ()
             history = History(history_columns(frame.layer_names))
             with self._history_lock:
                 self.history = history

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtCore, QtGui
+from PySide6 import QtGui
 
-from app.main_window import VIEW_CLASSES, MainWindow
+from app.main_window import MainWindow
 from engine.scenarios import SCENARIOS
 
 
@@ -121,7 +121,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
     png = window.export_png("loss", str(tmp_path / "loss.png"))
     assert QtGui.QImage(png).width() > 50
-    csv_path = window.export_csv(str(tmp_path / "series.csv"))
+    assert window.export_csv(str(tmp_path / "series.csv")) == str(tmp_path / "series.csv")
     lines = (tmp_path / "series.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss") and len(lines) > 10
     saved_step = window.bridge.latest.step

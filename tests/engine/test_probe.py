@@ -195,7 +195,6 @@ def test_layers_in_forward_order_and_uncalled_parameter_owner_measured() -> None
     out_proj = probe.layers[names.index("attn.out_proj")]
     assert not out_proj.called and out_proj.params == 16 * 16 + 16
     row = capture.frame.values[names.index("attn.out_proj")]
-    w = model.attn.out_proj.weight
     assert row[STAT_INDEX["grad_norm"]] > 0 and np.isfinite(row[STAT_INDEX["weight_norm"]])
     assert probe.layers[names.index("attn")].role == "attention"
 
