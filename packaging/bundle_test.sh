@@ -26,7 +26,7 @@ echo "== --smoke-test 100"
 "$EXE" --smoke-test 100 | tail -n 1
 
 echo "== excluded from the bundle"
-for unwanted in torch/include torch/test torch/bin PySide6/Qt/translations PySide6/Qt/qml _pytest pytest jinja2 PyQt5 PyQt6 PySide2; do
+for unwanted in torch/include torch/test torch/bin/protoc PySide6/Qt/translations PySide6/Qt/qml _pytest pytest jinja2 PyQt5 PyQt6 PySide2; do
   if [ -e "$BUNDLE/_internal/$unwanted" ]; then echo "bundle_test: $unwanted is in the bundle" >&2; exit 1; fi
 done
 du -sh "$BUNDLE"

@@ -72,7 +72,6 @@ def test_spec_picks_an_icon_per_os(spec):
 def test_spec_excludes_the_dead_weight(spec):
     excludes = set(_Recorder.calls["Analysis"][1]["excludes"])
     assert {"pytest", "_pytest", "jinja2", "PyQt5", "PyQt6", "PySide2"} <= excludes
-    assert "torch._inductor" in spec["BYTECODE_ONLY"]  # bytecode kept, sources dropped
     assert not {"torch", "sympy", "torch._dynamo", "torch._inductor", "PySide6.QtSvg",
                 "PySide6.QtOpenGL", "PySide6.QtTest", "pyqtgraph.util.cupy_helper"} & excludes  # imported at run time
 
@@ -83,7 +82,7 @@ def test_spec_excludes_the_dead_weight(spec):
     "PySide6/plugins/platforms/qwindows.dll", "PySide6/Qt/plugins/imageformats/libqpng.so",
     "PySide6/Qt/plugins/imageformats/libqsvg.so", "PySide6/Qt/lib/libQt6Svg.so.6",
     "PySide6/Qt/plugins/platforms/libqwayland-egl.so", "PySide6/Qt/plugins/platformthemes/libqxdgdesktopportal.so",
-    "libglib-2.0.so.0", "libfontconfig.so.1",
+    "libglib-2.0.so.0", "libfontconfig.so.1", "torch/bin/torch_shm_manager",
     "assets/style.qss", "assets/glassbox.png",
 ])
 def test_spec_keeps(spec, dest):
