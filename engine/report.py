@@ -57,6 +57,7 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
     losses = np.full(steps, np.nan)
     series: dict[str, np.ndarray] = {}
     names = ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction")
+    diagnostics = None
     for k in range(steps):
         capture = (k + 1) % every == 0 or k == steps - 1
         result = trainer.step(capture=capture)
@@ -72,6 +73,10 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
                 series[name] = np.full((len(layers), steps), np.nan)
         for name in names:
             series[name][:, k] = frame.stat(name)
+        if diagnostics is None:
+            from engine.diagnostics import Diagnostics
+            diagnostics = Diagnostics(layers)
+        diagnostics.update(frame)
     assert layers is not None
     out_layers = []
     for i, layer in enumerate(layers):
@@ -88,7 +93,8 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
         out_layers.append(entry)
     return {
         "steps": steps, "device": str(trainer.device), "scenario": run.name,
-        "loss": _json_list(losses), "layers": out_layers, "diagnoses": [],
+        "loss": _json_list(losses), "layers": out_layers,
+        "diagnoses": [d.to_json() for d in diagnostics.findings] if diagnostics is not None else [],
     }
 
 
@@ -150,8 +156,11 @@ def format_table(report: dict[str, Any]) -> str:
     if report["diagnoses"]:
         lines.append("diagnoses:")
         for d in report["diagnoses"]:
-            lines.append(f"  [{d['severity']}] {d['code']} ({', '.join(d['layers'])}) from step {d['step']}: "
-                         f"{d['message']}")
+            shown = d["layers"] if len(d["layers"]) <= 4 else [*d["layers"][:2], "…", d["layers"][-1]]
+            where = f" ({', '.join(shown)})" if shown else ""
+            lines.append(f"  [{d['severity']}] {d['code']}{where} from step {d['step']}: {d['message']}")
+            if d.get("fixes"):
+                lines.append(f"      try: {d['fixes'][0]}")
     else:
         lines.append("diagnoses: none")
     return "\n".join(lines)

@@ -1,0 +1,574 @@
+"""Diagnostics: recognise the classic training pathologies from the probe's measurements.
+
+Feed every captured :class:`~engine.snapshot.StatsFrame` to :meth:`Diagnostics.update`, in step
+order. Each check looks at per-layer statistics (see ``engine.probe`` for how they are measured)
+and keeps a little state across frames, so that a condition must *persist* before it is reported
+and a single noisy batch never raises an alarm. A finding records the step its condition began,
+the layers it concerns, the numbers behind it and concrete fixes; once raised it stays in
+``findings`` (its ``last_step`` moves on while the condition still holds), so a report lists
+everything that went wrong during a run. Windows count *captured frames*, not steps.
+
+Checks and thresholds (the defaults of :class:`Thresholds`). Calibration runs were built with
+``engine.scenarios.build_run`` on CPU, capturing every step, seed 0. "Healthy" means
+circles-mlp and moons-mlp (ReLU, He, 400 steps), spirals-mlp (tanh, Xavier, 400), xor-mlp,
+blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-transformer
+(pre-norm; 150 each), long-range-rnn and -lstm (100).
+
+- ``vanishing_gradients`` (warning): among layers owning parameters, in forward order, the first
+  layer's gradient norm is below ``vanishing_ratio`` = 1e-4 of the last layer's, for ``confirm``
+  = 3 frames in a row. Healthy runs: log10(first/last) never below -1.7 (the transformer's
+  embedding; MLPs >= -1.0). A 10-layer sigmoid MLP: -7 to -9.6 (default init), -10 to -18
+  (``init='normal'``), from step 1. Alternatively the first layer's update ratio stays below
+  ``vanishing_update`` = 1e-7 for ``window`` frames while some layer still moves by >= 1e-4
+  (healthy minimum 5.9e-6, again the embedding).
+- ``exploding_gradients`` (error), any of, for ``confirm`` frames in a row:
+  activations' std growing by ``activation_growth`` = 1e3 from the first layer to a deeper one
+  (healthy max x25, shapes-cnn; a 50-layer ReLU stack with He init x2: x1e11 at step 1);
+  a layer's gradient norm over ``grad_to_weight`` = 1e3 times its weight norm (healthy max 2.5,
+  regression-mlp; that stack: 2e12); the first layer's gradient norm over
+  ``exploding_ratio`` = 1e3 times the last's (healthy max x9, circles); or a gradient norm jumping
+  ``grad_jump`` = 1e4 times above its median over the previous ``window`` frames while it is at
+  least ``jump_floor`` = 10 times its weights (healthy max jump x11.5).
+- ``dead_units`` (warning; error when a whole layer is dead): a ReLU-family layer's dead fraction
+  >= ``dead_fraction`` = 0.9 in every one of ``window`` = 10 frames. Healthy max 0.56 (the
+  shapes-cnn hidden ReLU; the deep He-init stack 0.66); zeros init, a very negative bias or a
+  blown-up ReLU net: 0.94 to 1.0.
+- ``saturation`` (warning): a sigmoid/tanh layer's saturated fraction (outputs within 1 % of a
+  bound) >= ``saturated_fraction`` = 0.5 in every one of ``window`` frames. Healthy max 0.27
+  (spirals and xor, tanh); a sigmoid MLP with ``init_scale=30``: 0.84; tanh x10: 0.87.
+- ``nan_inf`` (error, at once): the first layer in forward order whose weights (written by the
+  previous update) or activations (forward) are non-finite, otherwise the layer closest to the
+  output whose gradients are (backward, where autograd starts). Healthy: never.
+- ``diverging_loss`` (error): a non-finite loss at once, or a loss above ``loss_growth`` = 10 times
+  its starting value (the lowest of the first 3 captured losses; the first is measured before any
+  update) for ``confirm`` frames. Healthy max 1.23 times the start (spirals); SGD lr 100 on xor:
+  x45 from step 2, up to x235; SGD lr 50 on circles: x1e13.
+- ``learning_rate`` (warning): a layer's median update ratio ||dw||/||w|| over ``window`` frames
+  above ``update_high`` = 0.1 (too large), or every layer's below ``update_low`` = 1e-6 (too
+  small; not reported once the run has diverged, blown up or gone non-finite, since huge weights
+  also move little relative to their size). The rule of thumb is ~1e-3; healthy window medians stay below 0.07 (single steps reach
+  0.12 on xor's first Adam steps, hence the median), SGD lr 1e-6: 3e-7 at most.
+- ``symmetry`` (error): a weight layer (2-D or larger weight) with more than one output unit whose
+  parameters are all equal, std <= ``symmetry_rel_std`` = 1e-3 x |mean| (+1e-12; float32 moments
+  of a constant tensor read ~2e-4 x |mean|, healthy layers read >> 1), for ``symmetry_frames`` = 5
+  frames including at least one after an update: its units compute the same function and get the
+  same gradient, so they can never differ. Limitation: the frame holds per-layer moments only, so
+  identical rows with a *different* bias value (constant init with biases) can't be told apart
+  from healthy weights; zeros init, and constant init without biases, are caught.
+
+Severities: ``error`` means training is broken, ``warning`` that it is badly hampered, ``info``
+is reserved for notes. Imports no Qt.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+import numpy as np
+
+from engine.snapshot import STAT_INDEX, LayerInfo, StatsFrame
+
+__all__ = ["CODES", "Diagnosis", "Thresholds", "Diagnostics", "diagnose_frames"]
+
+CODES: tuple[str, ...] = (
+    "vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
+    "diverging_loss", "learning_rate", "symmetry",
+)
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+_RELU_FAMILY = {"relu", "relu6", "leakyrelu", "leaky_relu", "prelu"}
+_SATURATING = {"sigmoid", "tanh", "hardtanh", "hardsigmoid"}
+_NONFINITE = ("nan_weights", "inf_weights", "nan_acts", "inf_acts", "nan_grads", "inf_grads")
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """One recognised problem.
+
+    Attributes:
+        code: one of ``CODES``.
+        severity: 'info', 'warning' or 'error'.
+        layers: the layers concerned, in forward order (empty for the loss).
+        step: the step at which the condition began.
+        message: what is wrong, in plain words.
+        evidence: the numbers behind it.
+        fixes: concrete things to try.
+        last_step: the latest step at which the condition still held.
+    """
+
+    code: str
+    severity: str
+    layers: tuple[str, ...]
+    step: int
+    message: str
+    evidence: dict[str, float]
+    fixes: tuple[str, ...]
+    last_step: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "code": self.code, "severity": self.severity, "layers": list(self.layers),
+            "step": self.step, "last_step": self.last_step, "message": self.message,
+            "evidence": {k: (float(v) if math.isfinite(v) else None) for k, v in self.evidence.items()},
+            "fixes": list(self.fixes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When each check fires; the module docstring gives the calibration behind each value."""
+
+    confirm: int = 3  # frames in a row for fast conditions (gradient flow, loss)
+    window: int = 10  # frames for sustained conditions (dead, saturated, update ratio)
+    vanishing_ratio: float = 1e-4
+    vanishing_update: float = 1e-7
+    exploding_ratio: float = 1e3
+    activation_growth: float = 1e3
+    grad_to_weight: float = 1e3
+    grad_jump: float = 1e4
+    jump_floor: float = 10.0
+    dead_fraction: float = 0.9
+    saturated_fraction: float = 0.5
+    loss_growth: float = 10.0
+    update_high: float = 1e-1
+    update_low: float = 1e-6
+    symmetry_rel_std: float = 1e-3
+    symmetry_frames: int = 5
+
+
+_FIXES = {
+    "vanishing_gradients": (
+        "Initialise weights to match the activation: He for ReLU-like units, Xavier/Glorot for tanh.",
+        "Use a non-saturating activation (ReLU, leaky ReLU, GELU) instead of sigmoid or tanh.",
+        "Add normalisation (BatchNorm or LayerNorm) between layers.",
+        "Add residual connections so the gradient has a short path to the early layers.",
+        "Make the network shallower.",
+    ),
+    "exploding_gradients": (
+        "Scale the initial weights down: He init at scale 1 for ReLU, Xavier for tanh.",
+        "Add normalisation (BatchNorm or LayerNorm) to keep activations at unit scale.",
+        "Clip the gradient norm (e.g. clip_norm 1.0).",
+        "Lower the learning rate.",
+        "Add residual connections with normalisation, or make the network shallower.",
+    ),
+    "dead_units": (
+        "Lower the learning rate; a large step can push biases so negative that units never fire again.",
+        "Use leaky ReLU or GELU, which still pass a gradient for negative inputs.",
+        "Use He initialisation with zero (or slightly positive) biases.",
+        "Add normalisation before the activation.",
+    ),
+    "saturation": (
+        "Shrink the initial weights: Xavier/Glorot init for sigmoid and tanh.",
+        "Normalise the inputs and add BatchNorm or LayerNorm before the activation.",
+        "Prefer ReLU-like activations in hidden layers; keep sigmoid for outputs.",
+        "Lower the learning rate if the pre-activations grew during training.",
+    ),
+    "nan_inf": (
+        "Lower the learning rate and clip the gradient norm.",
+        "Look for log(0), division by zero or sqrt of a negative number in the model or the loss; "
+        "use numerically stable forms (e.g. cross-entropy on logits).",
+        "Normalise the inputs and check the data for NaN or infinite values.",
+    ),
+    "diverging_loss": (
+        "Lower the learning rate, by 10x at a time.",
+        "Clip the gradient norm.",
+        "Use an adaptive optimizer such as Adam, or add a learning-rate warm-up.",
+    ),
+    "learning_rate_high": (
+        "Lower the learning rate until weights change by about 1e-3 of their size per step.",
+        "Use learning-rate warm-up or a decaying schedule.",
+        "Clip the gradient norm.",
+    ),
+    "learning_rate_low": (
+        "Raise the learning rate until weights change by about 1e-3 of their size per step.",
+        "Use an adaptive optimizer such as Adam.",
+    ),
+    "symmetry": (
+        "Initialise weights randomly (He for ReLU, Xavier for tanh/sigmoid); zeros or a constant "
+        "make every unit of a layer compute the same thing.",
+        "Biases may start at zero, but weights may not.",
+    ),
+}
+
+
+class _Streak:
+    """How many frames in a row a condition has held, and the step it began."""
+
+    __slots__ = ("count", "start")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.start = 0
+
+    def see(self, holds: bool, step: int) -> int:
+        if holds:
+            if self.count == 0:
+                self.start = step
+            self.count += 1
+        else:
+            self.count = 0
+        return self.count
+
+
+def _col(frame: StatsFrame, name: str) -> np.ndarray:
+    return frame.values[:, STAT_INDEX[name]]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2g}"
+
+
+class Diagnostics:
+    """Watches a run frame by frame and keeps what it recognised.
+
+    Args:
+        layers: the probe's layers (``trainer.probe.layers``), for their roles and activations.
+        thresholds: when each check fires.
+    """
+
+    def __init__(self, layers: Iterable[LayerInfo], thresholds: Thresholds = Thresholds()) -> None:
+        self.layers = tuple(layers)
+        self.thresholds = thresholds
+        self._info = {layer.name: layer for layer in self.layers}
+        self._found: dict[str, Diagnosis] = {}
+        self._streaks: dict[str, _Streak] = {}
+        self._updates: deque[np.ndarray] = deque(maxlen=thresholds.window)
+        self._steps: deque[int] = deque(maxlen=thresholds.window)
+        self._grads: deque[np.ndarray] = deque(maxlen=thresholds.window)
+        self._losses: list[float] = []
+        self._frames = 0
+        self._names: tuple[str, ...] | None = None
+
+    # --- public ------------------------------------------------------------------------
+    @property
+    def findings(self) -> tuple[Diagnosis, ...]:
+        """Everything found so far, errors first, then by the step it began."""
+        return tuple(sorted(self._found.values(),
+                            key=lambda d: (_SEVERITY_ORDER.get(d.severity, 3), d.step, d.code)))
+
+    def update(self, frame: StatsFrame) -> list[Diagnosis]:
+        """Take one captured frame (in step order) and return the findings so far."""
+        if frame.layer_names != self._names:
+            # A new layer order (the probe fixes it after the first forward): windows restart.
+            self._names = frame.layer_names
+            self._updates.clear()
+            self._steps.clear()
+            self._grads.clear()
+        self._frames += 1
+        self._check_nonfinite(frame)
+        self._check_loss(frame)
+        self._check_gradient_flow(frame)
+        self._check_exploding(frame)
+        self._check_units(frame, "dead_fraction", "dead_units", _RELU_FAMILY, self.thresholds.dead_fraction)
+        self._check_units(frame, "saturated_fraction", "saturation", _SATURATING,
+                          self.thresholds.saturated_fraction)
+        self._check_learning_rate(frame)
+        self._check_symmetry(frame)
+        self._updates.append(_col(frame, "update_ratio").copy())
+        self._steps.append(frame.step)
+        self._grads.append(_col(frame, "grad_norm").copy())
+        return list(self.findings)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _streak(self, key: str) -> _Streak:
+        streak = self._streaks.get(key)
+        if streak is None:
+            streak = self._streaks[key] = _Streak()
+        return streak
+
+    def _raise(self, key: str, code: str, severity: str, layers: Iterable[str], start: int, now: int,
+               message: str, evidence: dict[str, float], fixes: tuple[str, ...]) -> None:
+        known = self._found.get(key)
+        if known is not None:
+            self._found[key] = replace(known, last_step=now)
+            return
+        self._found[key] = Diagnosis(code=code, severity=severity, layers=tuple(layers), step=start,
+                                     message=message, evidence={k: float(v) for k, v in evidence.items()},
+                                     fixes=fixes, last_step=now)
+
+    def _param_rows(self, frame: StatsFrame) -> list[int]:
+        """Rows of layers owning parameters that took part in the step, in forward order."""
+        rows = []
+        for i, name in enumerate(frame.layer_names):
+            info = self._info.get(name)
+            if info is not None and (info.params <= 0 or not info.called):
+                continue
+            if np.isfinite(frame.values[i, STAT_INDEX["weight_norm"]]):
+                rows.append(i)
+        return rows
+
+    def _kind(self, name: str) -> str:
+        info = self._info.get(name)
+        if info is None:
+            return ""
+        return (info.activation or info.type_name or "").lower()
+
+    # --- checks --------------------------------------------------------------------------
+    def _check_nonfinite(self, frame: StatsFrame) -> None:
+        if "nan_inf" in self._found:
+            if self._any_nonfinite(frame):
+                self._raise("nan_inf", "nan_inf", "error", (), frame.step, frame.step, "", {}, ())
+            return
+        counts = {name: np.nan_to_num(_col(frame, name), nan=0.0) for name in _NONFINITE}
+        names = frame.layer_names
+        weights = counts["nan_weights"] + counts["inf_weights"]
+        acts = counts["nan_acts"] + counts["inf_acts"]
+        grads = counts["nan_grads"] + counts["inf_grads"]
+        where = origin = None
+        for i in range(len(names)):
+            if weights[i] > 0:
+                where, origin = i, "weights"
+                break
+            if acts[i] > 0:
+                where, origin = i, "forward"
+                break
+        if where is None:
+            bad = np.flatnonzero(grads > 0)
+            if len(bad):
+                where, origin = int(bad[-1]), "backward"
+        if where is None:
+            return
+        name = names[where]
+        text = {
+            "weights": f"The weights of {name} hold NaN or infinite values at step {frame.step}: the "
+                       "previous update wrote them, so every output from here on is garbage.",
+            "forward": f"The first non-finite value appears in the forward pass, in the output of {name} "
+                       f"at step {frame.step}; everything computed after it is NaN or infinite too.",
+            "backward": f"The forward pass is finite but the gradients turn NaN or infinite in the "
+                        f"backward pass, first at {name} (step {frame.step}).",
+        }[origin]
+        evidence = {f"{key}": float(counts[key][where]) for key in _NONFINITE}
+        evidence["forward"] = float(origin == "forward")
+        evidence["backward"] = float(origin == "backward")
+        self._raise("nan_inf", "nan_inf", "error", (name,), frame.step, frame.step, text, evidence,
+                    _FIXES["nan_inf"])
+
+    def _any_nonfinite(self, frame: StatsFrame) -> bool:
+        return any(np.nansum(_col(frame, name)) > 0 for name in _NONFINITE)
+
+    def _check_loss(self, frame: StatsFrame) -> None:
+        t = self.thresholds
+        loss = frame.loss
+        if not math.isfinite(loss):
+            self._raise("diverging_loss", "diverging_loss", "error", (), frame.step, frame.step,
+                        f"The loss became {'NaN' if loss != loss else 'infinite'} at step {frame.step}; "
+                        "training cannot recover from here.", {"loss": loss}, _FIXES["diverging_loss"])
+            return
+        # The best of the first three losses: the first is measured before any update.
+        reference = min(self._losses) if self._losses else float("nan")
+        grown = bool(self._losses) and reference > 0 and loss > t.loss_growth * reference
+        if len(self._losses) < 3:
+            self._losses.append(loss)
+        streak = self._streak("loss")
+        if streak.see(grown, frame.step) >= t.confirm:
+            self._raise("diverging_loss", "diverging_loss", "error", (), streak.start, frame.step,
+                        f"The loss has grown to {_fmt(loss / reference)} times its starting value "
+                        f"({_fmt(reference)} to {_fmt(loss)}): the updates are making the model worse.",
+                        {"loss": loss, "start_loss": reference, "growth": loss / reference},
+                        _FIXES["diverging_loss"])
+
+    def _check_gradient_flow(self, frame: StatsFrame) -> None:
+        t = self.thresholds
+        rows = self._param_rows(frame)
+        grad = _col(frame, "grad_norm")
+        names = frame.layer_names
+        usable = [i for i in rows if np.isfinite(grad[i]) and grad[i] > 0]
+        vanishing = exploding = False
+        if len(usable) >= 2:
+            first, last = grad[usable[0]], grad[usable[-1]]
+            ratio = first / last
+            vanishing = ratio < t.vanishing_ratio
+            exploding = ratio > t.exploding_ratio
+            streak = self._streak("vanishing")
+            if streak.see(vanishing, frame.step) >= t.confirm:
+                small = [names[i] for i in usable[:-1] if grad[i] < t.vanishing_ratio * last]
+                self._raise("vanishing", "vanishing_gradients", "warning", small, streak.start, frame.step,
+                            f"Gradients shrink by {_fmt(1 / ratio)}x on their way back to the input: "
+                            f"{names[usable[0]]} gets {_fmt(first)} against {_fmt(last)} at "
+                            f"{names[usable[-1]]}, so the early layers barely learn.",
+                            {"first_grad_norm": first, "last_grad_norm": last, "ratio": ratio},
+                            _FIXES["vanishing_gradients"])
+            streak = self._streak("exploding_flow")
+            if streak.see(exploding, frame.step) >= t.confirm:
+                big = [names[i] for i in usable[:-1] if grad[i] > t.exploding_ratio * last]
+                self._raise("exploding", "exploding_gradients", "error", big, streak.start, frame.step,
+                            f"Gradients grow by {_fmt(ratio)}x on their way back to the input: "
+                            f"{names[usable[0]]} gets {_fmt(first)} against {_fmt(last)} at "
+                            f"{names[usable[-1]]}.",
+                            {"first_grad_norm": first, "last_grad_norm": last, "ratio": ratio},
+                            _FIXES["exploding_gradients"])
+        # Early layers that no longer move while later ones still do.
+        update = _col(frame, "update_ratio")
+        moving = [i for i in rows if np.isfinite(update[i])]
+        stalled = False
+        if len(moving) >= 2:
+            stalled = update[moving[0]] < t.vanishing_update and np.nanmax(update[moving]) >= 1e-4
+        streak = self._streak("vanishing_update")
+        if streak.see(stalled, frame.step) >= t.window and "vanishing" not in self._found:
+            still = [names[i] for i in moving if update[i] < t.vanishing_update]
+            self._raise("vanishing", "vanishing_gradients", "warning", still, streak.start, frame.step,
+                        f"{names[moving[0]]} changes by only {_fmt(update[moving[0]])} of its size per "
+                        "step while later layers still move: too little gradient reaches it.",
+                        {"first_update_ratio": float(update[moving[0]]),
+                         "max_update_ratio": float(np.nanmax(update[moving]))},
+                        _FIXES["vanishing_gradients"])
+
+    def _check_exploding(self, frame: StatsFrame) -> None:
+        t = self.thresholds
+        names = frame.layer_names
+        holds = False
+        layers: list[str] = []
+        evidence: dict[str, float] = {}
+        message = ""
+        # Activations growing with depth.
+        std = _col(frame, "act_std")
+        measured = [i for i in range(len(names)) if np.isfinite(std[i]) and std[i] > 0]
+        if len(measured) >= 2:
+            base = std[measured[0]]
+            grown = [i for i in measured[1:] if std[i] > t.activation_growth * base]
+            if grown:
+                holds = True
+                peak = max(grown, key=lambda i: std[i])
+                layers = [names[i] for i in grown]
+                evidence = {"first_act_std": base, "max_act_std": float(std[peak]),
+                            "growth": float(std[peak] / base)}
+                message = (f"Activations blow up with depth: their spread grows from {_fmt(base)} at "
+                           f"{names[measured[0]]} to {_fmt(std[peak])} at {names[peak]} "
+                           f"({_fmt(std[peak] / base)}x), and the gradients follow.")
+        # Gradients far larger than the weights they update, or jumping step over step.
+        rows = self._param_rows(frame)
+        grad = _col(frame, "grad_norm")
+        weight = _col(frame, "weight_norm")
+        if not holds:
+            size = {i: self._info[names[i]].params if names[i] in self._info else 1 for i in rows}
+            over = [i for i in rows if np.isfinite(grad[i]) and weight[i] > 1e-6 * math.sqrt(max(size[i], 1))
+                    and grad[i] > t.grad_to_weight * weight[i]]
+            if over:
+                holds = True
+                worst = max(over, key=lambda i: grad[i] / weight[i])
+                layers = [names[i] for i in over]
+                evidence = {"grad_norm": float(grad[worst]), "weight_norm": float(weight[worst]),
+                            "ratio": float(grad[worst] / weight[worst])}
+                message = (f"The gradient of {names[worst]} is {_fmt(grad[worst] / weight[worst])} times "
+                           "larger than its weights; one step would wipe out what the layer holds.")
+        if not holds and len(self._grads) >= t.window:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                before = np.nanmedian(np.stack(self._grads), axis=0)
+            jumped = [i for i in rows if np.isfinite(grad[i]) and before[i] > 0
+                      and grad[i] > t.grad_jump * before[i] and grad[i] > t.jump_floor * weight[i]]
+            if jumped:
+                holds = True
+                worst = max(jumped, key=lambda i: grad[i] / before[i])
+                layers = [names[i] for i in jumped]
+                evidence = {"grad_norm": float(grad[worst]), "recent_median": float(before[worst]),
+                            "jump": float(grad[worst] / before[worst])}
+                message = (f"The gradient of {names[worst]} jumped {_fmt(grad[worst] / before[worst])}x "
+                           "above its recent level.")
+        streak = self._streak("exploding")
+        if streak.see(holds, frame.step) >= t.confirm:
+            self._raise("exploding", "exploding_gradients", "error", layers, streak.start, frame.step,
+                        message, evidence, _FIXES["exploding_gradients"])
+
+    def _check_units(self, frame: StatsFrame, stat: str, code: str, kinds: set[str], limit: float) -> None:
+        t = self.thresholds
+        values = _col(frame, stat)
+        names = frame.layer_names
+        for i, name in enumerate(names):
+            value = values[i]
+            kind = self._kind(name)
+            applies = np.isfinite(value) and (kind in kinds or name not in self._info)
+            streak = self._streak(f"{code}:{name}")
+            if streak.see(bool(applies and value >= limit), frame.step) < t.window:
+                continue
+            key = code
+            if code == "dead_units":
+                severity = "error" if value >= 0.999 else "warning"
+                text = (f"{100 * value:.0f} % of the units of {name} output zero for every example, "
+                        "so they pass no gradient and cannot recover by themselves.")
+            else:
+                severity = "warning"
+                text = (f"{100 * value:.0f} % of the outputs of {name} sit at the flat ends of the "
+                        "activation, where its slope is nearly zero, so little gradient gets through.")
+            known = self._found.get(key)
+            if known is not None and name not in known.layers:
+                # Another layer joins the finding: keep the earliest start, list layers in order.
+                merged = tuple(n for n in names if n in known.layers or n == name)
+                self._found[key] = replace(
+                    known, layers=merged, last_step=frame.step, step=min(known.step, streak.start),
+                    severity="error" if "error" in (known.severity, severity) else known.severity,
+                    evidence={**known.evidence, f"{stat}:{name}": float(value)})
+                continue
+            self._raise(key, code, severity, (name,), streak.start, frame.step, text,
+                        {f"{stat}:{name}": float(value)}, _FIXES[code])
+
+    def _check_learning_rate(self, frame: StatsFrame) -> None:
+        t = self.thresholds
+        if len(self._updates) + 1 < t.window:
+            return
+        rows = self._param_rows(frame)
+        if not rows:
+            return
+        names = frame.layer_names
+        history = np.stack(list(self._updates)[-(t.window - 1):] + [_col(frame, "update_ratio")])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(history[:, rows], axis=0)
+        finite = np.isfinite(median)
+        start = self._steps[-(t.window - 1)] if t.window > 1 else frame.step
+        high = [rows[k] for k in range(len(rows)) if finite[k] and median[k] > t.update_high]
+        if high:
+            worst = max(high, key=lambda i: median[rows.index(i)])
+            value = float(median[rows.index(worst)])
+            self._raise("learning_rate_high", "learning_rate", "warning", [names[i] for i in high],
+                        start, frame.step,
+                        f"Each step changes the weights of {names[worst]} by {_fmt(value)} of their size "
+                        "(a healthy step is around 0.001): the learning rate is too large for this layer.",
+                        {"median_update_ratio": value, "target": 1e-3}, _FIXES["learning_rate_high"])
+        # Weights that blew up also move little relative to their size; that is not a small rate.
+        broken = any(code in self._found for code in ("nan_inf", "diverging_loss", "exploding"))
+        if finite.any() and np.all(median[finite] < t.update_low) and not broken:
+            value = float(np.max(median[finite]))
+            self._raise("learning_rate_low", "learning_rate", "warning",
+                        [names[rows[k]] for k in range(len(rows)) if finite[k]], start, frame.step,
+                        f"No layer changes by more than {_fmt(value)} of its size per step (a healthy "
+                        "step is around 0.001): the learning rate is too small to make progress.",
+                        {"max_median_update_ratio": value, "target": 1e-3}, _FIXES["learning_rate_low"])
+
+    def _check_symmetry(self, frame: StatsFrame) -> None:
+        t = self.thresholds
+        names = frame.layer_names
+        mean = _col(frame, "weight_mean")
+        std = _col(frame, "weight_std")
+        for i, name in enumerate(names):
+            info = self._info.get(name)
+            if info is None or info.weight_shape is None or len(info.weight_shape) < 2 \
+                    or info.weight_shape[0] < 2 or not info.called:
+                continue
+            uniform = np.isfinite(std[i]) and std[i] <= t.symmetry_rel_std * abs(mean[i]) + 1e-12
+            streak = self._streak(f"symmetry:{name}")
+            if streak.see(bool(uniform), frame.step) < t.symmetry_frames or frame.step < 2:
+                continue
+            known = self._found.get("symmetry")
+            if known is not None and name not in known.layers:
+                merged = tuple(n for n in names if n in known.layers or n == name)
+                self._found["symmetry"] = replace(known, layers=merged, last_step=frame.step,
+                                                  step=min(known.step, streak.start))
+                continue
+            self._raise("symmetry", "symmetry", "error", (name,), streak.start, frame.step,
+                        f"Every weight of {name} still has the same value ({_fmt(mean[i])}) after "
+                        f"{streak.count} steps: its {info.weight_shape[0]} units compute the same thing and "
+                        "receive the same gradient, so they can never become different.",
+                        {"weight_mean": float(mean[i]), "weight_std": float(std[i]),
+                         "units": float(info.weight_shape[0])}, _FIXES["symmetry"])
+
+
+def diagnose_frames(layers: Iterable[LayerInfo], frames: Iterable[StatsFrame],
+                    thresholds: Thresholds = Thresholds()) -> tuple[Diagnosis, ...]:
+    """Run the checks over a sequence of frames at once (e.g. a saved run)."""
+    diagnostics = Diagnostics(layers, thresholds)
+    for frame in frames:
+        diagnostics.update(frame)
+    return diagnostics.findings

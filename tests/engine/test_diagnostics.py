@@ -1,0 +1,189 @@
+"""Diagnostics on real runs: each pathology is found early on its broken network, naming the right
+layers, and healthy networks raise nothing over a whole run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.batches import TensorBatches
+from engine.diagnostics import CODES, Diagnosis, Diagnostics, Thresholds
+from engine.report import main
+from engine.scenarios import build_run
+from engine.trainer import Trainer, TrainerConfig
+from engine.snapshot import Hyper
+
+EARLY = 50  # broken networks must be diagnosed within this many steps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: one intra-op thread is faster than two on a 2-core machine (and than fighting
+    # other test processes for them).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def diagnose(trainer: Trainer, steps: int) -> tuple[Diagnosis, ...]:
+    """Train ``steps`` steps capturing every one, feeding each frame to the diagnostics."""
+    diagnostics = None
+    try:
+        for _ in range(steps):
+            frame = trainer.step(capture=True).capture.get().frame
+            if diagnostics is None:
+                diagnostics = Diagnostics(trainer.probe.layers)
+            diagnostics.update(frame)
+    finally:
+        trainer.close()
+    assert diagnostics is not None
+    return diagnostics.findings
+
+
+def run(scenario: str, steps: int, model: dict | None = None, hyper: dict | None = None) -> tuple[Diagnosis, ...]:
+    return diagnose(build_run(scenario, device="cpu", model=model, hyper=hyper, val_every=0).trainer, steps)
+
+
+def only(findings: tuple[Diagnosis, ...], code: str) -> Diagnosis:
+    matches = [d for d in findings if d.code == code]
+    assert matches, f"no {code} among {[d.code for d in findings]}"
+    return matches[0]
+
+
+def problems(findings: tuple[Diagnosis, ...]) -> list[str]:
+    return [f"{d.code} {d.layers} @ {d.step}: {d.message}" for d in findings if d.severity != "info"]
+
+
+# --- healthy networks: nothing to report over a whole run ----------------------------------
+
+@pytest.mark.parametrize("scenario, steps", [
+    ("circles-mlp", 400), ("moons-mlp", 400), ("spirals-mlp", 400),
+    ("shapes-cnn", 150), ("reverse-transformer", 150),
+])
+def test_healthy_network_raises_nothing(scenario: str, steps: int) -> None:
+    assert problems(run(scenario, steps)) == []
+
+
+# --- broken networks -------------------------------------------------------------------------
+
+def test_deep_sigmoid_mlp_has_vanishing_gradients() -> None:
+    found = run("spirals-mlp", 20, model={"depth": 10, "activation": "sigmoid", "init": "default"})
+    d = only(found, "vanishing_gradients")
+    assert d.step <= EARLY and d.severity == "warning"
+    assert d.layers[0] == "layers.0.linear" and "head" not in d.layers
+    assert d.evidence["ratio"] < 1e-4
+
+
+def test_deep_relu_stack_at_twice_he_explodes() -> None:
+    found = run("spirals-mlp", 8, model={"depth": 50, "activation": "relu", "init": "he", "init_scale": 2.0})
+    d = only(found, "exploding_gradients")
+    assert d.step <= EARLY and d.severity == "error"
+    assert "head" in d.layers and "layers.0.linear" not in d.layers
+    assert d.evidence["growth"] > 1e6
+
+
+def test_negative_bias_kills_relu_units() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model[2].bias.fill_(-20.0)
+    x = torch.randn(256, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), hyper=Hyper(optimizer="adam", lr=0.01),
+                      config=TrainerConfig(val_every=0))
+    d = only(diagnose(trainer, 20), "dead_units")
+    assert d.step <= EARLY and d.layers == ("3",) and d.severity == "error"
+
+
+def test_blown_up_relu_net_has_dead_units() -> None:
+    found = run("circles-mlp", 30, model={"init": "normal", "init_std": 1.0, "init_scale": 10.0},
+                hyper={"optimizer": "sgd", "lr": 1.0})
+    d = only(found, "dead_units")
+    assert d.step <= EARLY and "layers.0.act" in d.layers
+
+
+def test_sigmoid_with_large_weights_saturates() -> None:
+    found = run("spirals-mlp", 20, model={"activation": "sigmoid", "init_scale": 30.0})
+    d = only(found, "saturation")
+    assert d.step <= EARLY and set(d.layers) >= {"layers.1.act", "layers.2.act"}
+    assert all(name.endswith(".act") for name in d.layers)
+
+
+@pytest.mark.parametrize("model, layer", [
+    ({"init": "zeros"}, "layers.1.linear"),
+    ({"init": "constant", "bias": False}, "layers.1.linear"),
+])
+def test_zero_or_constant_init_is_symmetric(model: dict, layer: str) -> None:
+    d = only(run("circles-mlp", 15, model=model), "symmetry")
+    assert d.step <= EARLY and d.severity == "error" and layer in d.layers
+    assert "head" not in d.layers
+
+
+@pytest.fixture(scope="module")
+def huge_lr() -> tuple[Diagnosis, ...]:
+    return run("circles-mlp", 20, hyper={"optimizer": "sgd", "lr": 1e3})
+
+
+def test_huge_learning_rate_diverges(huge_lr: tuple[Diagnosis, ...]) -> None:
+    d = only(huge_lr, "diverging_loss")
+    assert d.step <= EARLY and d.severity == "error" and d.evidence["growth"] > 10
+
+
+def test_huge_learning_rate_goes_non_finite_forward(huge_lr: tuple[Diagnosis, ...]) -> None:
+    d = only(huge_lr, "nan_inf")
+    assert d.step <= EARLY and d.layers == ("layers.1.linear",)
+    assert d.evidence["forward"] == 1.0 and d.evidence["backward"] == 0.0
+    assert "forward" in d.message
+
+
+def test_learning_rate_too_large_and_too_small() -> None:
+    high = only(run("xor-mlp", 20, hyper={"optimizer": "sgd", "lr": 100.0}), "learning_rate")
+    assert high.step <= EARLY and high.evidence["median_update_ratio"] > 0.1 and "head" in high.layers
+    low = only(run("circles-mlp", 20, hyper={"optimizer": "sgd", "lr": 1e-6}), "learning_rate")
+    assert low.step <= EARLY and low.evidence["max_median_update_ratio"] < 1e-6
+    assert "too small" in low.message
+
+
+def test_backward_origin_is_named() -> None:
+    class Root(nn.Module):  # sqrt'(0) is infinite: the forward is finite, the backward is not
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sqrt(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), Root(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()
+    x = torch.randn(32, 2)
+    y = (x[:, 0] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    d = only(diagnose(trainer, 2), "nan_inf")
+    assert d.step == 1 and d.evidence["backward"] == 1.0 and d.layers == ("0",)
+
+
+def test_findings_carry_documented_fields() -> None:
+    assert set(CODES) == {"vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
+                          "diverging_loss", "learning_rate", "symmetry"}
+    assert Thresholds().vanishing_ratio == 1e-4 and Thresholds().dead_fraction == 0.9
+
+
+# --- glassbox report -------------------------------------------------------------------------
+
+def test_report_json_lists_diagnoses(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    assert main(["--scenario", "xor-mlp", "--steps", "20", "--optimizer", "sgd", "--lr", "100",
+                 "--device", "cpu", "--json", str(broken)]) == 0
+    diagnoses = json.loads(broken.read_text())["diagnoses"]
+    assert {"diverging_loss", "learning_rate"} <= {d["code"] for d in diagnoses}
+    for d in diagnoses:
+        assert {"code", "severity", "layers", "step", "message", "fixes", "evidence"} <= set(d)
+        assert d["code"] in CODES and d["severity"] in ("info", "warning", "error")
+        assert isinstance(d["layers"], list) and isinstance(d["step"], int) and 1 <= d["step"] <= 20
+        assert d["message"] and d["fixes"] and all(isinstance(f, str) for f in d["fixes"])
+    healthy = tmp_path / "healthy.json"
+    assert main(["--scenario", "xor-mlp", "--steps", "60", "--device", "cpu", "--json", str(healthy)]) == 0
+    assert json.loads(healthy.read_text())["diagnoses"] == []
