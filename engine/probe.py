@@ -33,7 +33,8 @@ from torch import nn
 
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.stats import (
-    dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count,
+    dead_units, group_change_sumsq, group_stats, histogram, moments, nonfinite_counts, segment_stats,
+    segment_sumsq, unit_count,
 )
 from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
 
@@ -502,10 +503,17 @@ class Probe:
         first = next(self.model.parameters(), None)
         layers, bounds = self._param_plan(first.device if first is not None else torch.device("cpu"))
         if layers:
-            params = [p for layer in layers for p in layer.params]
-            grads = [p.grad if p.grad is not None else torch.full_like(p, float("nan")) for p in params]
-            self._push("pstats", layers, "weight", segment_stats(self._flat(params), bounds))
-            self._push("pstats", layers, "grad", segment_stats(self._flat(grads), bounds))
+            def grad(p: torch.Tensor) -> torch.Tensor:
+                return p.grad if p.grad is not None else torch.full_like(p, float("nan"))
+
+            if bounds.is_cuda:  # few kernel launches for all layers at once
+                params = [p for layer in layers for p in layer.params]
+                self._push("pstats", layers, "weight", segment_stats(self._flat(params), bounds))
+                self._push("pstats", layers, "grad", segment_stats(self._flat([grad(p) for p in params]), bounds))
+            else:  # no copies: reduce each tensor in place
+                self._push("pstats", layers, "weight", group_stats([layer.params for layer in layers]))
+                self._push("pstats", layers, "grad", group_stats([[grad(p) for p in layer.params]
+                                                                  for layer in layers]))
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer)
@@ -552,17 +560,29 @@ class Probe:
         before = self._before_flat
         self._before_flat = None
         layers, bounds = self._param_plan(before.device)
-        after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
-        delta = after - before
-        self._push("update", layers, "norms", torch.stack([segment_sumsq(delta, bounds),
-                                                         segment_sumsq(before, bounds)], dim=1))
+        if before.is_cuda:
+            after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
+            delta = after - before
+            norms = torch.stack([segment_sumsq(delta, bounds), segment_sumsq(before, bounds)], dim=1)
+        else:
+            views, offset = [], 0
+            for layer in layers:
+                views.append([])
+                for p in layer.params:
+                    views[-1].append(before[offset:offset + p.numel()])
+                    offset += p.numel()
+            norms = group_change_sumsq([layer.params for layer in layers], views)
+            delta = None
+        self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0
             for layer in layers:
                 for p in layer.params:
                     if p is focus.main_weight:
-                        change = delta[offset:offset + p.numel()].reshape(p.shape)
+                        earlier = before[offset:offset + p.numel()].reshape(p.shape)
+                        change = p.detach() - earlier if delta is None else \
+                            delta[offset:offset + p.numel()].reshape(p.shape)
                         self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
                     offset += p.numel()
 
