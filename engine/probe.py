@@ -679,8 +679,9 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
         counts, sampled = calls[:, 0], calls[:, 1]
         stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
         total = counts.sum()
-        mean = float((counts * stats[:, 0]).sum() / total)
-        var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite activations stay NaN/Inf
+            mean = float((counts * stats[:, 0]).sum() / total)
+            var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
         row = values[index]
         row[STAT_INDEX["act_mean"]] = mean
         row[STAT_INDEX["act_std"]] = np.sqrt(max(var, 0.0))

@@ -352,7 +352,7 @@ def test_first_capture_after_reordering_attributes_everything_to_the_right_layer
     row = frame.values[frame.layer_names.index("hidden")]
     np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], hidden.mean(), rtol=1e-5)
     np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]],
-                               np.sqrt((model.hidden.weight.detach() ** 2).sum() + (model.hidden.bias.detach() ** 2).sum()),
+                               np.sqrt(float((model.hidden.weight.detach() ** 2).sum() + (model.hidden.bias.detach() ** 2).sum())),
                                rtol=1e-5)
     assert capture.tensors.layer == "hidden" and capture.tensors.weight.shape == (6, 4)
     assert capture.tensors.activation.shape == (1, 6)
