@@ -24,6 +24,7 @@ from widgets.base import View
 from widgets.decision_boundary import DecisionBoundary
 from widgets.feature_maps import FeatureMaps
 from widgets.gradient_flow import GradientFlow
+from widgets.health_panel import HealthPanel
 from widgets.loss_curve import LossCurve
 from widgets.network_graph import NetworkGraph
 from widgets.step_inspector import StepInspector
@@ -45,6 +46,7 @@ VIEW_CLASSES: dict[str, type[View]] = {
     "features": FeatureMaps,
     "attention": AttentionView,
     "inspector": StepInspector,
+    "health": HealthPanel,
 }
 SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("10 steps/s", 10.0),
           ("3 steps/s", 3.0), ("1 step/s", 1.0))
@@ -72,6 +74,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_snapshot: Snapshot | None = None
         self.errors: list[ErrorEvent] = []
         self._render_cursor = 0
+        self._seen_findings: set = set()
         self._shown_once = False
         self._layout_restored = False
         self._saved_run: Callable | None = None
@@ -125,13 +128,15 @@ class MainWindow(QtWidgets.QMainWindow):
         With no central widget the right dock area takes all the room the controls leave.
         """
         self._arrange([["network", "boundary", "loss"], ["weights", "gradients", "activations"]],
-                      tabs={"boundary": ["features", "attention"], "activations": ["inspector"]})
+                      tabs={"boundary": ["features", "attention"], "activations": ["inspector"],
+                            "loss": ["health"]})
         self.docks["boundary"].raise_()
         self.docks["activations"].raise_()
+        self.docks["loss"].raise_()
 
     def show_every_view(self) -> None:
         """Every view on screen at once, none behind a tab (the smoke test uses this)."""
-        self._arrange([["network", "boundary", "loss", "inspector"],
+        self._arrange([["network", "boundary", "loss", "inspector", "health"],
                        ["weights", "gradients", "activations", "features", "attention"]], tabs={})
 
     def _arrange(self, rows: list[list[str]], tabs: dict[str, list[str]]) -> None:
@@ -487,11 +492,23 @@ class MainWindow(QtWidgets.QMainWindow):
             self._render_cursor += VIEWS_PER_FRAME
         for view in chosen:
             view.render(data)
+        self._raise_health_on_news(snapshot)
         if self.bridge.live:
             self.timeline.set_steps([s.step for s in self.bridge.snapshots])
         self._show_status(snapshot)
 
+    def _raise_health_on_news(self, snapshot: Snapshot) -> None:
+        """Bring the health panel forward when a new warning or error appears."""
+        serious = {(d.code, d.layers) for d in snapshot.diagnoses if d.severity in ("warning", "error")}
+        if serious - self._seen_findings:
+            self.docks["health"].show()
+            self.docks["health"].raise_()
+            self.views["health"].render(self.bridge.view_data())
+            self.statusBar().showMessage("Glassbox found a problem: see the Health panel", 6000)
+        self._seen_findings |= serious
+
     def _first_frame_of_run(self, snapshot: Snapshot) -> None:
+        self._seen_findings = set()
         model = None
         description = ""
         if snapshot.scenario in self._scenarios:

@@ -189,6 +189,7 @@ class Snapshot:
     phase: PhaseInfo | None = None
     steps_per_s: float = 0.0
     probe_overhead: float = 0.0  # fractional extra time of captured steps, e.g. 0.12
+    diagnoses: tuple = ()  # engine.diagnostics.Diagnosis findings so far, errors first
 
 
 @dataclass(frozen=True, slots=True)

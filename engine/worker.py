@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engine.diagnostics import Diagnostics
 from engine.history import History
 from engine.probe import Capture, PendingCapture
 from engine.run import Run
@@ -129,6 +130,7 @@ class Worker:
         self._boundary = None
         self._rate = _Rate()
         self._next_allowed = 0.0
+        self._diagnostics: Diagnostics | None = None
 
     # --- control from any thread ---------------------------------------------------------
     def start(self, factory: Callable[[], Run] | None = None) -> None:
@@ -215,6 +217,7 @@ class Worker:
             self.run = run
             with self._history_lock:
                 self.history = None
+            self._diagnostics = None
             self._last_capture = None
             self._last_phase = None
             self._boundary = None
@@ -263,6 +266,7 @@ class Worker:
         self._run_id += 1
         with self._history_lock:
             self.history = None
+        self._diagnostics = None
         self._last_capture = None
         self._last_phase = None
         self._pending = []
@@ -333,6 +337,13 @@ class Worker:
             history = History(history_columns(frame.layer_names))
             with self._history_lock:
                 self.history = history
+            self._diagnostics = Diagnostics(self.run.trainer.probe.layers) if self.run else None
+        if self._diagnostics is not None:
+            try:
+                self._diagnostics.update(frame)
+            except Exception:  # a diagnostics bug must never stop training
+                log.exception("diagnostics failed; turning them off for this run")
+                self._diagnostics = None
         scalars = capture.scalars
         k = len(scalars)
         steps = np.arange(frame.step - k + 1, frame.step + 1)
@@ -386,6 +397,7 @@ class Worker:
             network=network_view(run, capture) if capture else None, boundary=self._boundary,
             phase=self._last_phase, steps_per_s=self._rate.per_second(),
             probe_overhead=trainer.overhead or 0.0,
+            diagnoses=tuple(self._diagnostics.findings) if self._diagnostics is not None else (),
         )
         self._last_publish = now
         self._publish(snapshot)

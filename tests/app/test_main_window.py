@@ -159,3 +159,20 @@ def test_layout_and_scenario_remembered(qtbot, tmp_path, monkeypatch) -> None:
         assert second.bridge.latest.scenario == "moons-mlp"
     finally:
         second.shutdown()
+
+
+def test_a_broken_run_shows_up_in_the_health_panel(qtbot, window: MainWindow) -> None:
+    from engine.worker import SetHyper
+
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.bridge.send(SetHyper({"optimizer": "sgd", "lr": 100.0}))
+    window.play()
+    qtbot.waitUntil(lambda: any(d.severity in ("warning", "error") for d in window.bridge.latest.diagnoses),
+                    timeout=30000)
+    window.pause()
+    qtbot.wait(200)
+    health = window.views["health"]
+    codes = {d.code for d in window.bridge.latest.diagnoses}
+    assert codes & {"diverging_loss", "learning_rate", "nan_inf", "exploding_gradients"}
+    qtbot.waitUntil(lambda: "from step" in health.browser.toPlainText(), timeout=5000)
