@@ -330,13 +330,15 @@ class GradientFlow(View):
         self.heat_title.set(f"log10 ‖g‖ over the run  (colour: {colours})", f"‖g‖ over the run  ({colours})",
                             f"‖g‖ {colours}", "log10 ‖g‖")
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
-        if names != self._heat_layers or len(steps) != len(self._heat_steps):
-            self.heat_plot.setRange(xRange=(x0, x0 + spacing * len(steps)), yRange=(0, len(names)), padding=0.0)
+        extent = (x0, x0 + spacing * len(steps))
+        # The run grows while the decimated point count stays put: follow the extent, not the count.
+        if names != self._heat_layers or extent != self._heat_extent:
+            self.heat_plot.setRange(xRange=extent, yRange=(0, len(names)), padding=0.0)
         if names != self._heat_layers:
             self.heat_plot.getAxis("left").set_categories(
                 [i + 0.5 for i in range(len(names))], short_names(names), names)
         self._heat_layers = names
-        self._heat_extent = (x0, x0 + spacing * len(steps))
+        self._heat_extent = extent
         self._heat_steps = steps
         self._heat_values = values
         self._drawn_selection = None

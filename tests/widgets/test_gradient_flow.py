@@ -259,3 +259,23 @@ def test_fill_missing_columns_keeps_partial_gaps():
     assert np.isnan(filled[0, 2]) and filled[1, 2] == 3.0  # one layer missing: kept as a gap
     leading = fill_missing_columns(np.array([[np.nan, 2.0]]))
     assert np.isnan(leading[0, 0])
+
+
+def test_heatmap_follows_a_growing_run_at_a_fixed_point_count(qtbot) -> None:
+    """Decimated series keep ~256 points while the run grows: the x range must follow the steps."""
+    import numpy as np
+
+    from engine.snapshot import Hyper, LayerInfo, Metrics, SeriesData, Snapshot, ViewData
+    from widgets.gradient_flow import GradientFlow
+
+    view = GradientFlow()
+    qtbot.addWidget(view)
+    view.resize(600, 500)
+    layers = (LayerInfo(index=0, name="fc", type_name="Linear", role="param", params=6, weight_shape=(2, 3)),)
+    for last in (300, 1000):
+        steps = np.linspace(1, last, 256)
+        snap = Snapshot(run_id=1, step=last, state="running", scenario="s", device="cpu", layers=layers,
+                        metrics=Metrics(train_loss=1.0), hyper=Hyper())
+        view.render(ViewData(snapshot=snap, series={"grad_norm/fc": SeriesData(steps, np.full(256, 0.1))}))
+    x_range = view.heat_plot.getViewBox().viewRange()[0]
+    assert x_range[1] >= 1000
