@@ -141,6 +141,21 @@ class HyperPanel(QtWidgets.QWidget):
             "depth": int(self.depth.value()),
         })
 
+    def show_hyper(self, hyper: Any) -> None:
+        """Reflect the trainer's hyperparameters (without emitting), unless the user is dragging."""
+        if self.lr.slider.isSliderDown():
+            return
+        blockers = [QtCore.QSignalBlocker(w) for w in (self.optimizer, self.batch, self.decay, self.clip,
+                                                        self.clip_on)]
+        self.lr.set_value(hyper.lr)
+        self.optimizer.setCurrentText(hyper.optimizer)
+        self.batch.setValue(hyper.batch_size)
+        self.decay.setValue(hyper.weight_decay)
+        self.clip_on.setChecked(hyper.clip_norm is not None)
+        if hyper.clip_norm is not None:
+            self.clip.setValue(hyper.clip_norm)
+        del blockers
+
     def show_run(self, description: str, hyper: Any, model: dict[str, Any] | None) -> None:
         """Fill the controls from a new run without emitting changes."""
         self.description.setText(description)

@@ -75,6 +75,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.errors: list[ErrorEvent] = []
         self._render_cursor = 0
         self._seen_findings: set = set()
+        self._panel_hyper = None
         self._shown_once = False
         self._layout_restored = False
         self._saved_run: Callable | None = None
@@ -480,6 +481,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._last_snapshot = snapshot
         if first:
             self._first_frame_of_run(snapshot)
+        elif snapshot.hyper != self._panel_hyper:
+            self.hyper_panel.show_hyper(snapshot.hyper)
+        self._panel_hyper = snapshot.hyper
         # Painting is the GUI's main cost: each frame refreshes a few views in turn, so a
         # frame stays short (the event loop stays responsive) and each view still updates
         # several times a second. A new run, a phase or a paused state refresh them all.

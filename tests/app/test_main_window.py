@@ -174,5 +174,7 @@ def test_a_broken_run_shows_up_in_the_health_panel(qtbot, window: MainWindow) ->
     qtbot.wait(200)
     health = window.views["health"]
     codes = {d.code for d in window.bridge.latest.diagnoses}
+    assert window.hyper_panel.optimizer.currentText() == "sgd"  # the panel shows what the trainer uses
+    assert window.hyper_panel.lr.label.text() == "100"  # beyond the slider's range, still shown
     assert codes & {"diverging_loss", "learning_rate", "nan_inf", "exploding_gradients"}
     qtbot.waitUntil(lambda: "from step" in health.browser.toPlainText(), timeout=5000)
