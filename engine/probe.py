@@ -673,28 +673,12 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
             tensors[(index, key)] = chunk.astype(np.float32).reshape(shape)
         elif kind == "scalars":
             scalars = chunk.reshape(shape)
+    single = [index for index, pieces in act_pieces.items() if len(pieces) == 1]
+    if single:  # the usual case, one call per layer: all layers at once
+        _fill_single_calls(values, hist, single, act_pieces, act_calls, act_units, layers)
     for index, pieces in act_pieces.items():
-        layer = layers[index]
-        calls = np.asarray(act_calls[id(layer)][:len(pieces)], np.float64).reshape(-1, 2)
-        counts, sampled = calls[:, 0], calls[:, 1]
-        stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
-        total = counts.sum()
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite activations stay NaN/Inf
-            mean = float((counts * stats[:, 0]).sum() / total)
-            var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
-        row = values[index]
-        row[STAT_INDEX["act_mean"]] = mean
-        row[STAT_INDEX["act_std"]] = np.sqrt(max(var, 0.0))
-        row[STAT_INDEX["act_min"]] = stats[:, 2].min()
-        row[STAT_INDEX["act_max"]] = stats[:, 3].max()
-        row[STAT_INDEX["nan_acts"]] = stats[:, 4].sum()
-        row[STAT_INDEX["inf_acts"]] = stats[:, 5].sum()
-        if layer.relu_like:
-            units = np.asarray(act_units[id(layer)][:len(pieces)], np.float64)
-            row[STAT_INDEX["dead_fraction"]] = stats[:, 6].sum() / units.sum()
-        if layer.saturating:
-            row[STAT_INDEX["saturated_fraction"]] = stats[:, 7].sum() / total
-        hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / sampled.sum()).astype(np.float32)
+        if len(pieces) > 1:
+            _fill_repeated_calls(values, hist, index, pieces, act_calls, act_units, layers)
     for index, sumsq in gout.items():
         values[index, STAT_INDEX["grad_output_norm"]] = np.sqrt(sumsq)
     # Histograms of different layers share bin *count*; each row's edges come from its range.
@@ -722,3 +706,53 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
     graph_weights = {names[i]: v for (i, key), v in tensors.items() if key == "graph_weight"}
     return Capture(frame=frame, tensors=views, unit_values=unit_values, unit_grads=unit_grads,
                    scalars=scalars, graph_weights=graph_weights)
+
+
+_COL = STAT_INDEX
+
+
+def _fill_single_calls(values: np.ndarray, hist: np.ndarray, indices: list[int], act_pieces: dict,
+                       act_calls: dict, act_units: dict, layers: list[_Layer]) -> None:
+    """Activation statistics of layers called once, vectorised across layers."""
+    rows = np.array(indices)
+    pieces = np.stack([act_pieces[i][0] for i in indices])
+    counts = np.array([act_calls[id(layers[i])][0][0] for i in indices], np.float64)
+    sampled = np.array([act_calls[id(layers[i])][0][1] for i in indices], np.float64)
+    units = np.array([act_units[id(layers[i])][0] for i in indices], np.float64)
+    values[rows, _COL["act_mean"]] = pieces[:, 0]
+    values[rows, _COL["act_std"]] = np.sqrt(np.maximum(pieces[:, 1], 0.0))
+    values[rows, _COL["act_min"]] = pieces[:, 2]
+    values[rows, _COL["act_max"]] = pieces[:, 3]
+    values[rows, _COL["nan_acts"]] = pieces[:, 4]
+    values[rows, _COL["inf_acts"]] = pieces[:, 5]
+    relu = np.array([layers[i].relu_like for i in indices])
+    saturating = np.array([layers[i].saturating for i in indices])
+    values[rows[relu], _COL["dead_fraction"]] = pieces[relu, 6] / units[relu]
+    values[rows[saturating], _COL["saturated_fraction"]] = pieces[saturating, 7] / counts[saturating]
+    hist[rows] = (pieces[:, _ACT_FIELDS:] / sampled[:, None]).astype(np.float32)
+
+
+def _fill_repeated_calls(values: np.ndarray, hist: np.ndarray, index: int, pieces: list[np.ndarray],
+                         act_calls: dict, act_units: dict, layers: list[_Layer]) -> None:
+    """A layer called several times in one forward: combine the calls (Chan's formula)."""
+    layer = layers[index]
+    calls = np.asarray(act_calls[id(layer)][:len(pieces)], np.float64).reshape(-1, 2)
+    counts, sampled = calls[:, 0], calls[:, 1]
+    stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
+    total = counts.sum()
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite activations stay NaN/Inf
+        mean = float((counts * stats[:, 0]).sum() / total)
+        var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
+    row = values[index]
+    row[_COL["act_mean"]] = mean
+    row[_COL["act_std"]] = np.sqrt(max(var, 0.0))
+    row[_COL["act_min"]] = stats[:, 2].min()
+    row[_COL["act_max"]] = stats[:, 3].max()
+    row[_COL["nan_acts"]] = stats[:, 4].sum()
+    row[_COL["inf_acts"]] = stats[:, 5].sum()
+    if layer.relu_like:
+        units = np.asarray(act_units[id(layer)][:len(pieces)], np.float64)
+        row[_COL["dead_fraction"]] = stats[:, 6].sum() / units.sum()
+    if layer.saturating:
+        row[_COL["saturated_fraction"]] = stats[:, 7].sum() / total
+    hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / sampled.sum()).astype(np.float32)
