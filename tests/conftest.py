@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("GLASSBOX_SETTINGS_DIR", os.path.join(os.path.dirname(__file__), ".settings-tmp"))
+# Never read or write the user's real settings from tests.
+os.environ.setdefault("GLASSBOX_SETTINGS_DIR", tempfile.mkdtemp(prefix="glassbox-test-settings-"))
 
 
 @pytest.fixture(autouse=True)
