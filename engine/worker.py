@@ -198,15 +198,21 @@ class Worker:
             action()
         except StepError as exc:
             self._fail(exc.message, exc.module, exc.phase, exc.step)
+        except ValueError as exc:  # bad input (a model file, data, a setting): its own one line
+            log.info("rejected: %s", exc)
+            self._fail(_first_line(exc), None, None, self.run.trainer.step_count if self.run else None)
         except Exception as exc:  # the loop must survive anything user code does
             log.exception("worker command failed")
-            self._fail(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-                       None, None, self.run.trainer.step_count if self.run else None)
+            self._fail(f"{type(exc).__name__}: {_first_line(exc)}", None, None,
+                       self.run.trainer.step_count if self.run else None)
 
     def _fail(self, message: str, module: str | None, phase: str | None, step: int | None) -> None:
         self._running = False
         self._publish(ErrorEvent(message=message, module=module, phase=phase, step=step, run_id=self._run_id))
-        self._publish_snapshot(force=True)
+        try:
+            self._publish_snapshot(force=True)
+        except Exception:  # never let reporting an error take the loop down
+            log.exception("could not publish a snapshot after an error")
 
     def _handle(self, command: Command) -> None:
         if isinstance(command, Replace):
@@ -401,6 +407,11 @@ class Worker:
         )
         self._last_publish = now
         self._publish(snapshot)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Rate:
