@@ -229,3 +229,21 @@ def test_worked_example_gradients_through_trainer_step() -> None:
     trainer.step()
     assert model[0].weight.item() == pytest.approx(0.5 + 4.5)
     assert model[1].weight.item() == pytest.approx(1.5 + 1.5)
+
+
+class OutOfMemory(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_out_of_memory_is_explained_and_the_trainer_survives() -> None:
+    x, y = torch.randn(10, 3), torch.zeros(10, dtype=torch.long)
+    trainer = Trainer(OutOfMemory(), nn.functional.cross_entropy, TensorBatches(x, y))
+    with pytest.raises(StepError) as info:
+        trainer.step()
+    assert info.value.message == "out of memory during forward in OutOfMemory: try a smaller batch size or model"
+    assert trainer.step_count == 0
