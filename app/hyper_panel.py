@@ -56,6 +56,7 @@ class HyperPanel(QtWidgets.QWidget):
     hyper_changed = QtCore.Signal(dict)
     rebuild_requested = QtCore.Signal(dict)
     example_changed = QtCore.Signal(int)
+    pause_when_changed = QtCore.Signal(dict)
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -116,9 +117,30 @@ class HyperPanel(QtWidgets.QWidget):
         model_form.addRow("depth", self.depth)
         model_form.addRow(self.rebuild)
 
+        pause_box = QtWidgets.QGroupBox("Pause when")
+        pause_form = QtWidgets.QVBoxLayout(pause_box)
+        self.pause_nonfinite = QtWidgets.QCheckBox("a NaN or Inf appears")
+        self.pause_nonfinite.setChecked(True)
+        self.pause_error = QtWidgets.QCheckBox("a diagnosis is an error")
+        self.pause_norm_on = QtWidgets.QCheckBox("a gradient norm exceeds")
+        self.pause_norm = QtWidgets.QDoubleSpinBox()
+        self.pause_norm.setRange(1e-6, 1e9)
+        self.pause_norm.setDecimals(3)
+        self.pause_norm.setValue(100.0)
+        norm_row = QtWidgets.QHBoxLayout()
+        norm_row.addWidget(self.pause_norm_on)
+        norm_row.addWidget(self.pause_norm, 1)
+        pause_form.addWidget(self.pause_nonfinite)
+        pause_form.addWidget(self.pause_error)
+        pause_form.addLayout(norm_row)
+        for widget in (self.pause_nonfinite, self.pause_error, self.pause_norm_on):
+            widget.toggled.connect(self._pause_changed)
+        self.pause_norm.valueChanged.connect(self._pause_changed)
+
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.description)
         layout.addWidget(live)
+        layout.addWidget(pause_box)
         layout.addWidget(self.model_box)
         layout.addStretch(1)
 
@@ -130,6 +152,13 @@ class HyperPanel(QtWidgets.QWidget):
         self.clip.valueChanged.connect(self._clip_changed)
         self.example.valueChanged.connect(self.example_changed)
         self.rebuild.clicked.connect(self._rebuild)
+
+    def pause_conditions(self) -> dict[str, Any]:
+        return {"nonfinite": self.pause_nonfinite.isChecked(), "error_diagnosis": self.pause_error.isChecked(),
+                "grad_norm_above": float(self.pause_norm.value()) if self.pause_norm_on.isChecked() else None}
+
+    def _pause_changed(self, *_: Any) -> None:
+        self.pause_when_changed.emit(self.pause_conditions())
 
     def _clip_changed(self, *_: Any) -> None:
         self.hyper_changed.emit({"clip_norm": float(self.clip.value()) if self.clip_on.isChecked() else None})

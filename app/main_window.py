@@ -238,6 +238,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.hyper_panel.hyper_changed.connect(self._hyper_changed)
         self.hyper_panel.rebuild_requested.connect(self._rebuild_requested)
         self.hyper_panel.example_changed.connect(lambda e: self.select(self._selected_layer, None, example=e))
+        self.hyper_panel.pause_when_changed.connect(self._pause_when_changed)
 
     def _build_menus(self) -> None:
         menu = self.menuBar()
@@ -309,6 +310,7 @@ class MainWindow(QtWidgets.QMainWindow):
             factory = self._scenario_factory(name)
         self.bridge.start(factory)
         self._speed_changed(self.speed.currentIndex())
+        self._pause_when_changed(self.hyper_panel.pause_conditions())
         self.hyper_panel.setEnabled(True)
         self.status_state.setText("Ready")
         if play:
@@ -388,6 +390,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self.bridge.send(SetHyper(changes))
+
+    def _pause_when_changed(self, conditions: dict) -> None:
+        from engine.worker import PauseWhen, SetPauseWhen
+
+        if self.bridge is not None:
+            self.bridge.send(SetPauseWhen(PauseWhen(**conditions)))
 
     def _scenario_chosen(self, index: int) -> None:
         name = self.scenario.itemData(index)

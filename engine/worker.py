@@ -20,13 +20,13 @@ from engine.diagnostics import Diagnostics
 from engine.history import History
 from engine.probe import Capture, PendingCapture
 from engine.run import Run
-from engine.snapshot import STAT_NAMES, ErrorEvent, Metrics, PhaseInfo, Snapshot
+from engine.snapshot import STAT_NAMES, ErrorEvent, Metrics, PhaseInfo, Snapshot, StatsFrame
 from engine.trainer import StepError
 from engine.views import boundary_view, network_view
 
 __all__ = [
     "Worker", "Play", "Pause", "Step", "PhaseStep", "SetHyper", "SetSpeed", "Reinitialize",
-    "Reseed", "Focus", "Replace", "Stop", "history_columns",
+    "Reseed", "Focus", "Replace", "Stop", "PauseWhen", "SetPauseWhen", "history_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,22 @@ class Stop:
     pass
 
 
-Command = Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | Reinitialize | Reseed | Focus | Replace | Stop
+@dataclass(frozen=True, slots=True)
+class PauseWhen:
+    """Conditions that stop training at the step they occur, so it can be stepped through."""
+
+    nonfinite: bool = True  # a NaN or Inf in any activation, weight or gradient
+    error_diagnosis: bool = False  # a diagnosis of severity 'error'
+    grad_norm_above: float | None = None  # any layer's gradient norm above this
+
+
+@dataclass(frozen=True, slots=True)
+class SetPauseWhen:
+    conditions: PauseWhen
+
+
+Command = (Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | Reinitialize | Reseed | Focus | Replace | Stop
+           | SetPauseWhen)
 
 
 def history_columns(layer_names: tuple[str, ...]) -> list[str]:
@@ -131,6 +146,7 @@ class Worker:
         self._rate = _Rate()
         self._next_allowed = 0.0
         self._diagnostics: Diagnostics | None = None
+        self.pause_when = PauseWhen()
 
     # --- control from any thread ---------------------------------------------------------
     def start(self, factory: Callable[[], Run] | None = None) -> None:
@@ -229,6 +245,9 @@ class Worker:
             self._boundary = None
             self._rate = _Rate()
             self._publish_snapshot(force=True)
+            return
+        if isinstance(command, SetPauseWhen):
+            self.pause_when = command.conditions
             return
         if self.run is None:
             return
@@ -344,6 +363,7 @@ class Worker:
             with self._history_lock:
                 self.history = history
             self._diagnostics = Diagnostics(self.run.trainer.probe.layers) if self.run else None
+        errors_before = self._error_findings()
         if self._diagnostics is not None:
             try:
                 self._diagnostics.update(frame)
@@ -368,11 +388,49 @@ class Worker:
             self._fail(f"the loss is not finite ({scalars[int(np.argmax(bad)), 0]}) at step {first}; "
                        "training paused — try a lower learning rate or gradient clipping",
                        None, "loss", first)
+        elif self._running:
+            self._check_pause_conditions(frame, errors_before)
         previous = self._last_capture
         if capture.tensors is None and previous is not None and previous.tensors is not None:
             # A capture without tensors updates the statistics; the views keep the last tensors.
             capture = replace(previous, frame=frame, scalars=capture.scalars)
         self._last_capture = capture
+
+    def _error_findings(self) -> set[tuple]:
+        if self._diagnostics is None:
+            return set()
+        return {(d.code, d.layers) for d in self._diagnostics.findings if d.severity == "error"}
+
+    def _check_pause_conditions(self, frame: StatsFrame, errors_before: set[tuple]) -> None:
+        """Stop at this step when a condition the user asked for holds."""
+        when = self.pause_when
+        names = frame.layer_names
+        if when.nonfinite:
+            for columns, where in ((("nan_acts", "inf_acts", "nan_weights", "inf_weights"), "forward"),
+                                   (("nan_grads", "inf_grads"), "backward")):
+                counts = np.nansum([frame.stat(c) for c in columns], axis=0)
+                if (counts > 0).any():
+                    layer = names[int(np.argmax(counts > 0))]
+                    self._fail(f"paused at step {frame.step}: a NaN or Inf appeared in {layer} "
+                               f"({where} pass); step through the next step phase by phase to see it",
+                               layer, where, frame.step)
+                    return
+        if when.error_diagnosis:
+            new = [d for d in (self._diagnostics.findings if self._diagnostics else ())
+                   if d.severity == "error" and (d.code, d.layers) not in errors_before]
+            if new:
+                first = new[0]
+                self._fail(f"paused at step {frame.step}: {first.code.replace('_', ' ')} — {first.message}",
+                           first.layers[0] if first.layers else None, None, frame.step)
+                return
+        if when.grad_norm_above is not None:
+            norms = frame.stat("grad_norm")
+            over = np.nan_to_num(norms, nan=-np.inf) > when.grad_norm_above
+            if over.any():
+                layer = names[int(np.argmax(over))]
+                self._fail(f"paused at step {frame.step}: the gradient norm of {layer} is "
+                           f"{norms[int(np.argmax(over))]:.3g}, above {when.grad_norm_above:g}",
+                           layer, "backward", frame.step)
 
     # --- publishing ----------------------------------------------------------------------
     def _publish_snapshot(self, force: bool = False) -> None:

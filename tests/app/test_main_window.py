@@ -178,3 +178,15 @@ def test_a_broken_run_shows_up_in_the_health_panel(qtbot, window: MainWindow) ->
     assert window.hyper_panel.lr.label.text() == "100"  # beyond the slider's range, still shown
     assert codes & {"diverging_loss", "learning_rate", "nan_inf", "exploding_gradients"}
     qtbot.waitUntil(lambda: "from step" in health.browser.toPlainText(), timeout=5000)
+
+
+def test_pause_when_a_gradient_norm_exceeds_the_threshold(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.hyper_panel.pause_norm.setValue(0.001)
+    window.hyper_panel.pause_norm_on.setChecked(True)
+    window.play()
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=20000)
+    assert "gradient norm" in window.errors[-1].message and window.banner.shown
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=5000)
+    assert window.act_play.text() == "▶ Play"

@@ -150,3 +150,41 @@ def test_speed_limit() -> None:
         assert 10 <= paused.step <= 25
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_pause_when_a_gradient_norm_passes_a_threshold() -> None:
+    from engine.worker import PauseWhen, SetPauseWhen
+
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot))
+        worker.send(SetPauseWhen(PauseWhen(grad_norm_above=1e-12)))
+        worker.send(Play())
+        event = out.wait_for(lambda e: isinstance(e, ErrorEvent))
+        assert event.message.startswith("paused at step 1: the gradient norm of ")
+        assert event.phase == "backward" and event.module in ("0", "2")
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step >= 1)
+        assert paused.step == 1
+    finally:
+        assert worker.stop(timeout=1.0)
+
+
+def test_pause_when_a_non_finite_value_appears() -> None:
+    out = Collector()
+    worker = Worker(out)
+
+    def poisoned() -> Run:
+        run = small_run()
+        with torch.no_grad():
+            run.trainer.model[2].weight[0, 0] = float("inf")
+        return run
+
+    worker.start(poisoned)
+    try:
+        worker.send(Play())
+        event = out.wait_for(lambda e: isinstance(e, ErrorEvent))
+        assert "NaN or Inf appeared in 2" in event.message or "not finite" in event.message
+    finally:
+        assert worker.stop(timeout=1.0)
