@@ -122,7 +122,7 @@ class HyperPanel(QtWidgets.QWidget):
         self.pause_nonfinite = QtWidgets.QCheckBox("a NaN or Inf appears")
         self.pause_nonfinite.setChecked(True)
         self.pause_error = QtWidgets.QCheckBox("a diagnosis is an error")
-        self.pause_norm_on = QtWidgets.QCheckBox("a gradient norm exceeds")
+        self.pause_norm_on = QtWidgets.QCheckBox("a gradient norm >")
         self.pause_norm = QtWidgets.QDoubleSpinBox()
         self.pause_norm.setRange(1e-6, 1e9)
         self.pause_norm.setDecimals(3)
