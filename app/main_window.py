@@ -27,6 +27,7 @@ from widgets.gradient_flow import GradientFlow
 from widgets.health_panel import HealthPanel
 from widgets.loss_curve import LossCurve
 from widgets.network_graph import NetworkGraph
+from widgets.neuron_inspector import NeuronInspector
 from widgets.step_inspector import StepInspector
 from widgets.timeline import Timeline
 from widgets.weight_heatmap import WeightHeatmap
@@ -47,6 +48,7 @@ VIEW_CLASSES: dict[str, type[View]] = {
     "attention": AttentionView,
     "inspector": StepInspector,
     "health": HealthPanel,
+    "neuron": NeuronInspector,
 }
 SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("10 steps/s", 10.0),
           ("3 steps/s", 3.0), ("1 step/s", 1.0))
@@ -129,7 +131,7 @@ class MainWindow(QtWidgets.QMainWindow):
         With no central widget the right dock area takes all the room the controls leave.
         """
         self._arrange([["network", "boundary", "loss"], ["weights", "gradients", "activations"]],
-                      tabs={"boundary": ["features", "attention"], "activations": ["inspector"],
+                      tabs={"boundary": ["features", "attention"], "activations": ["inspector", "neuron"],
                             "loss": ["health"]})
         self.docks["boundary"].raise_()
         self.docks["activations"].raise_()
@@ -138,7 +140,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def show_every_view(self) -> None:
         """Every view on screen at once, none behind a tab (the smoke test uses this)."""
         self._arrange([["network", "boundary", "loss", "inspector", "health"],
-                       ["weights", "gradients", "activations", "features", "attention"]], tabs={})
+                       ["weights", "gradients", "activations", "features", "attention", "neuron"]], tabs={})
 
     def _arrange(self, rows: list[list[str]], tabs: dict[str, list[str]]) -> None:
         area = QtCore.Qt.DockWidgetArea
@@ -239,6 +241,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.hyper_panel.rebuild_requested.connect(self._rebuild_requested)
         self.hyper_panel.example_changed.connect(lambda e: self.select(self._selected_layer, None, example=e))
         self.hyper_panel.pause_when_changed.connect(self._pause_when_changed)
+        self.views["neuron"].check_requested.connect(self._check_gradient)
 
     def _build_menus(self) -> None:
         menu = self.menuBar()
@@ -391,6 +394,12 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.bridge is not None:
             self.bridge.send(SetHyper(changes))
 
+    def _check_gradient(self, layer: str, unit: int, index: int) -> None:
+        from engine.worker import CheckGradient
+
+        if self.bridge is not None:
+            self.bridge.send(CheckGradient(layer, unit, index))
+
     def _pause_when_changed(self, conditions: dict) -> None:
         from engine.worker import PauseWhen, SetPauseWhen
 
@@ -468,7 +477,10 @@ class MainWindow(QtWidgets.QMainWindow):
         """A layer or unit picked in any view is selected in every view."""
         if self.bridge is None:
             return
+        from engine.worker import TraceUnit
+
         self.bridge.select(layer, unit, example if example is not None else self.hyper_panel.example.value())
+        self.bridge.send(TraceUnit(layer if unit is not None else None, unit or 0))
         for view in self.views.values():
             view.set_selection(layer, unit)
 

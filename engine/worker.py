@@ -26,7 +26,8 @@ from engine.views import boundary_view, network_view
 
 __all__ = [
     "Worker", "Play", "Pause", "Step", "PhaseStep", "SetHyper", "SetSpeed", "Reinitialize",
-    "Reseed", "Focus", "Replace", "Stop", "PauseWhen", "SetPauseWhen", "history_columns",
+    "Reseed", "Focus", "Replace", "Stop", "PauseWhen", "SetPauseWhen", "TraceUnit", "CheckGradient",
+    "history_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,23 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceUnit:
+    """Write out one Linear unit's forward and backward computation (None: stop)."""
+
+    layer: str | None
+    unit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckGradient:
+    """Compare autograd with a finite difference for weight [unit, input] of a Linear layer."""
+
+    layer: str
+    unit: int
+    input: int
+
+
+@dataclass(frozen=True, slots=True)
 class PauseWhen:
     """Conditions that stop training at the step they occur, so it can be stepped through."""
 
@@ -105,7 +123,7 @@ class SetPauseWhen:
 
 
 Command = (Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | Reinitialize | Reseed | Focus | Replace | Stop
-           | SetPauseWhen)
+           | SetPauseWhen | TraceUnit | CheckGradient)
 
 
 def history_columns(layer_names: tuple[str, ...]) -> list[str]:
@@ -147,6 +165,9 @@ class Worker:
         self._next_allowed = 0.0
         self._diagnostics: Diagnostics | None = None
         self.pause_when = PauseWhen()
+        self._unit: TraceUnit | None = None
+        self._neuron = None
+        self._gradient_check = None
 
     # --- control from any thread ---------------------------------------------------------
     def start(self, factory: Callable[[], Run] | None = None) -> None:
@@ -240,6 +261,7 @@ class Worker:
             with self._history_lock:
                 self.history = None
             self._diagnostics = None
+            self._unit = self._neuron = self._gradient_check = None
             self._last_capture = None
             self._last_phase = None
             self._boundary = None
@@ -264,6 +286,9 @@ class Worker:
         elif isinstance(command, Step):
             self._running = False
             self._train_one(force_publish=True)
+            if self._unit is not None:  # the inspected unit, written out again for this step
+                self._neuron = self._trace()
+                self._publish_snapshot(force=True)
         elif isinstance(command, PhaseStep):
             self._running = False
             phase = trainer.next_phase()
@@ -273,6 +298,13 @@ class Worker:
             self._publish_snapshot(force=True)
         elif isinstance(command, SetHyper):
             trainer.set_hyper(**command.changes)
+            self._publish_snapshot(force=True)
+        elif isinstance(command, TraceUnit):
+            self._unit = command if command.layer is not None else None
+            self._neuron = self._trace() if self._unit is not None else None
+            self._publish_snapshot(force=True)
+        elif isinstance(command, CheckGradient):
+            self._gradient_check = self._check(command)
             self._publish_snapshot(force=True)
         elif isinstance(command, SetSpeed):
             self._speed = command.steps_per_s
@@ -396,6 +428,32 @@ class Worker:
             capture = replace(previous, frame=frame, scalars=capture.scalars)
         self._last_capture = capture
 
+    def _trace(self):
+        """The inspected unit written out on the last batch (None when it can't be)."""
+        from engine.neuron import trace_unit
+
+        trainer = self.run.trainer if self.run else None
+        if self._unit is None or trainer is None or trainer.last_batch is None or trainer.in_phased_step:
+            return None
+        x, y = trainer.last_batch
+        try:
+            with trainer.probe.suspended():
+                return trace_unit(trainer.model, trainer.loss_fn, x, y, self._unit.layer, self._unit.unit,
+                                  trainer.probe.focus_example)
+        except (ValueError, IndexError, KeyError):
+            return None  # not a Linear unit: the inspector says what it can show
+
+    def _check(self, command: CheckGradient):
+        from engine.neuron import check_gradient
+
+        trainer = self.run.trainer if self.run else None
+        if trainer is None or trainer.last_batch is None:
+            return None
+        x, y = trainer.last_batch
+        with trainer.probe.suspended():
+            return check_gradient(trainer.model, trainer.loss_fn, x, y, f"{command.layer}.weight",
+                                  (command.unit, command.input))
+
     def _error_findings(self) -> set[tuple]:
         if self._diagnostics is None:
             return set()
@@ -462,6 +520,7 @@ class Worker:
             phase=self._last_phase, steps_per_s=self._rate.per_second(),
             probe_overhead=trainer.overhead or 0.0,
             diagnoses=tuple(self._diagnostics.findings) if self._diagnostics is not None else (),
+            neuron=self._neuron, gradient_check=self._gradient_check,
         )
         self._last_publish = now
         self._publish(snapshot)

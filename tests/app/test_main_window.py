@@ -38,6 +38,7 @@ EXPECTED_HINTS = {
     "attention": lambda name: "transformer" not in name,
     "boundary": lambda name: name.split("-")[0] not in ("spirals", "xor", "circles", "moons", "blobs"),
     "inspector": lambda name: True,
+    "neuron": lambda name: True,  # until a unit is clicked
 }
 
 
@@ -190,3 +191,24 @@ def test_pause_when_a_gradient_norm_exceeds_the_threshold(qtbot, window: MainWin
     assert "gradient norm" in window.errors[-1].message and window.banner.shown
     qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=5000)
     assert window.act_play.text() == "▶ Play"
+
+
+def test_neuron_inspector_writes_out_a_unit_and_checks_its_gradient(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.step_once()
+    qtbot.waitUntil(lambda: window.bridge.latest.step >= 1, timeout=10000)
+    window.views["network"].unit_selected.emit("layers.0.linear", 3)
+    qtbot.waitUntil(lambda: window.bridge.latest.neuron is not None, timeout=10000)
+    trace = window.bridge.latest.neuron
+    assert trace.layer == "layers.0.linear" and trace.unit == 3 and trace.activation == "Tanh"
+    neuron = window.views["neuron"]
+    window.bridge.tick()
+    neuron.render(window.bridge.view_data())
+    assert "z = Σ wᵢaᵢ + b" in neuron.forward.text() and "δ = ∂L/∂z" in neuron.backward.text()
+    neuron.input_index.setValue(1)
+    neuron.check_button.click()
+    qtbot.waitUntil(lambda: window.bridge.latest.gradient_check is not None, timeout=10000)
+    check = window.bridge.latest.gradient_check
+    assert check.parameter == "layers.0.linear.weight" and check.index == (3, 1)
+    assert check.relative_error < 1e-4

@@ -1,0 +1,127 @@
+"""One unit written out: its forward and backward computation with live numbers, and a gradient
+check of one of its weights against a central finite difference."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.probe import first_tensor
+
+__all__ = ["NeuronTrace", "GradientCheck", "trace_unit", "check_gradient"]
+
+
+@dataclass(frozen=True, slots=True)
+class NeuronTrace:
+    """Unit ``unit`` of Linear layer ``layer`` for one example: z = w·a + b, out = g(z)."""
+
+    layer: str
+    unit: int
+    inputs: np.ndarray  # a_i, what the layer received
+    weights: np.ndarray  # w_i of this unit
+    bias: float
+    z: float  # pre-activation
+    activation: str | None  # name of g, or None when no activation module follows
+    output: float  # g(z)
+    delta: float  # dL/dz
+    weight_grads: np.ndarray  # dL/dw_i = delta * a_i
+    bias_grad: float
+
+    def forward_text(self, terms: int = 4) -> str:
+        shown = " + ".join(f"{w:.3g}·{a:.3g}" for w, a in zip(self.weights[:terms], self.inputs[:terms]))
+        more = " + …" if len(self.weights) > terms else ""
+        g = self.activation or "identity"
+        return (f"z = Σ wᵢaᵢ + b = {shown}{more} + {self.bias:.3g} = {self.z:.4g};  "
+                f"a = {g}(z) = {self.output:.4g}")
+
+    def backward_text(self, terms: int = 4) -> str:
+        shown = ", ".join(f"{self.delta:.3g}·{a:.3g} = {g:.3g}"
+                          for a, g in zip(self.inputs[:terms], self.weight_grads[:terms]))
+        return f"δ = ∂L/∂z = {self.delta:.4g};  ∂L/∂wᵢ = δ·aᵢ: {shown}{' …' if len(self.inputs) > terms else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class GradientCheck:
+    parameter: str
+    index: tuple[int, ...]
+    autograd: float
+    numeric: float
+
+    @property
+    def relative_error(self) -> float:
+        scale = max(abs(self.autograd), abs(self.numeric), 1e-12)
+        return abs(self.autograd - self.numeric) / scale
+
+
+def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, layer: str,
+               unit: int, example: int = 0) -> NeuronTrace:
+    """Recompute the batch on a copy of the model and write out one Linear unit of one example.
+
+    The copy keeps the training model, its gradients and its random stream untouched.
+    """
+    twin = copy.deepcopy(model)
+    twin.eval()
+    modules = dict(twin.named_modules())
+    linear = modules.get(layer)
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"{layer!r} is not a Linear layer")
+    names = [name for name, _ in twin.named_modules()]
+    after = names[names.index(layer) + 1:]
+    following = next((modules[n] for n in after if not list(modules[n].children())), None)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(key: str):
+        def hook(_module, args, output):
+            seen[f"{key}_in"] = first_tensor(args)
+            out = first_tensor(output)
+            if out.requires_grad:
+                out.retain_grad()
+            seen[f"{key}_out"] = out
+        return hook
+
+    handles = [linear.register_forward_hook(keep("linear"))]
+    is_activation = following is not None and not list(following.parameters()) and \
+        type(following).__name__ not in ("Dropout", "Flatten", "Identity")
+    if is_activation:
+        handles.append(following.register_forward_hook(keep("act")))
+    try:
+        loss = loss_fn(twin(x), y)
+        loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    a = seen["linear_in"][example].detach().reshape(-1).double().numpy()
+    z_tensor = seen["linear_out"]
+    delta = float(z_tensor.grad[example].reshape(-1)[unit]) if z_tensor.grad is not None else float("nan")
+    w = linear.weight.detach()[unit].double().numpy()
+    b = float(linear.bias.detach()[unit]) if linear.bias is not None else 0.0
+    z = float(z_tensor.detach()[example].reshape(-1)[unit])
+    output = float(seen["act_out"].detach()[example].reshape(-1)[unit]) if is_activation else z
+    return NeuronTrace(layer=layer, unit=unit, inputs=a, weights=w, bias=b, z=z,
+                       activation=type(following).__name__ if is_activation else None, output=output,
+                       delta=delta, weight_grads=delta * a, bias_grad=delta)
+
+
+def check_gradient(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, parameter: str,
+                   index: tuple[int, ...], eps: float = 1e-6) -> GradientCheck:
+    """Autograd's ∂L/∂θ for one weight θ against (L(θ+ε) − L(θ−ε)) / 2ε, in float64, in eval mode."""
+    twin = copy.deepcopy(model).double().eval()
+    x = x.double() if x.is_floating_point() else x
+    y = y.double() if y.is_floating_point() else y
+    param = dict(twin.named_parameters())[parameter]
+    twin.zero_grad()
+    loss_fn(twin(x), y).backward()
+    analytic = float(param.grad[index])
+    with torch.no_grad():
+        original = float(param[index])
+        param[index] = original + eps
+        plus = float(loss_fn(twin(x), y))
+        param[index] = original - eps
+        minus = float(loss_fn(twin(x), y))
+        param[index] = original
+    return GradientCheck(parameter=parameter, index=tuple(index), autograd=analytic,
+                         numeric=(plus - minus) / (2 * eps))
