@@ -81,6 +81,11 @@ class DecisionBoundary(View):
         self.plot.hideButtons()
         self.view_box = self.plot.getViewBox()
         self.view_box.setAspectLocked(True)
+        # With the aspect locked, a tick label that changes the axis width changes the view's
+        # range, which changes the tick labels again: a layout loop that repaints the window
+        # hundreds of times a second. A fixed axis size breaks the loop.
+        self.plot.getAxis("left").setWidth(36)
+        self.plot.getAxis("bottom").setHeight(24)
         self.image = pg.ImageItem()
         self.image.setZValue(-10)
         self.plot.addItem(self.image)

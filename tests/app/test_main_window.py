@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtGui
+from PySide6 import QtCore, QtGui
 
 from app.main_window import MainWindow
 from engine.scenarios import SCENARIOS
@@ -212,3 +212,28 @@ def test_neuron_inspector_writes_out_a_unit_and_checks_its_gradient(qtbot, windo
     check = window.bridge.latest.gradient_check
     assert check.parameter == "layers.0.linear.weight" and check.index == (3, 1)
     assert check.relative_error < 1e-4
+
+
+def test_an_idle_window_does_not_keep_repainting(qtbot, window: MainWindow) -> None:
+    """A layout feedback loop (e.g. an aspect-locked plot whose tick labels resize its axis)
+    once repainted the window hundreds of times a second and starved training."""
+    window.start_engine(scenario="spirals-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.step_once()
+    qtbot.wait(1500)
+    counts = {"layout": 0}
+
+    class Counter(QtCore.QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QtCore.QEvent.Type.LayoutRequest:
+                counts["layout"] += 1
+            return False
+
+    counter = Counter()
+    app = QtCore.QCoreApplication.instance()
+    app.installEventFilter(counter)
+    try:
+        qtbot.wait(1000)
+    finally:
+        app.removeEventFilter(counter)
+    assert counts["layout"] < 30, counts
