@@ -172,8 +172,10 @@ class HyperPanel(QtWidgets.QWidget):
 
     def show_hyper(self, hyper: Any) -> None:
         """Reflect the trainer's hyperparameters (without emitting), unless the user is dragging."""
-        if self.lr.slider.isSliderDown():
-            return
+        if not self.lr.slider.isSliderDown():
+            self._fill_hyper(hyper)
+
+    def _fill_hyper(self, hyper: Any) -> None:
         blockers = [QtCore.QSignalBlocker(w) for w in (self.optimizer, self.batch, self.decay, self.clip,
                                                         self.clip_on)]
         self.lr.set_value(hyper.lr)
@@ -188,16 +190,9 @@ class HyperPanel(QtWidgets.QWidget):
     def show_run(self, description: str, hyper: Any, model: dict[str, Any] | None) -> None:
         """Fill the controls from a new run without emitting changes."""
         self.description.setText(description)
-        blockers = [QtCore.QSignalBlocker(w) for w in (self.optimizer, self.batch, self.decay, self.clip,
-                                                        self.clip_on, self.activation, self.init,
-                                                        self.init_scale, self.width, self.depth)]
-        self.lr.set_value(hyper.lr)
-        self.optimizer.setCurrentText(hyper.optimizer)
-        self.batch.setValue(hyper.batch_size)
-        self.decay.setValue(hyper.weight_decay)
-        self.clip_on.setChecked(hyper.clip_norm is not None)
-        if hyper.clip_norm is not None:
-            self.clip.setValue(hyper.clip_norm)
+        self._fill_hyper(hyper)
+        blockers = [QtCore.QSignalBlocker(w) for w in (self.activation, self.init, self.init_scale,
+                                                        self.width, self.depth)]
         self.model_box.setVisible(model is not None)
         if model is not None:
             self.activation.setCurrentText(model.get("activation", "relu"))
