@@ -28,7 +28,9 @@ blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-tra
   regression-mlp; that stack: 2e12); the first layer's gradient norm over
   ``exploding_ratio`` = 1e3 times the last's (healthy max x9, circles); or a gradient norm jumping
   ``grad_jump`` = 1e4 times above its median over the previous ``window`` frames while it is at
-  least ``jump_floor`` = 10 times its weights (healthy max jump x11.5).
+  least ``jump_floor`` = 10 times its weights (healthy max jump x11.5). Activation growth or a
+  gradient-to-weight ratio of ``extreme_growth`` = 1e9 is reported from its first frame: that
+  stack overflows to NaN on its second step, so there is no third frame to wait for.
 - ``dead_units`` (warning; error when a whole layer is dead): a ReLU-family layer's dead fraction
   >= ``dead_fraction`` = 0.9 in every one of ``window`` = 10 frames. Healthy max 0.56 (the
   shapes-cnn hidden ReLU; the deep He-init stack 0.66); zeros init, a very negative bias or a
@@ -127,6 +129,7 @@ class Thresholds:
     exploding_ratio: float = 1e3
     activation_growth: float = 1e3
     grad_to_weight: float = 1e3
+    extreme_growth: float = 1e9  # growth (activations) or gradient/weight ratio reported at once
     grad_jump: float = 1e4
     jump_floor: float = 10.0
     dead_fraction: float = 0.9
@@ -422,6 +425,7 @@ class Diagnostics:
         layers: list[str] = []
         evidence: dict[str, float] = {}
         message = ""
+        extreme = False
         # Activations growing with depth.
         std = _col(frame, "act_std")
         measured = [i for i in range(len(names)) if np.isfinite(std[i]) and std[i] > 0]
@@ -434,6 +438,7 @@ class Diagnostics:
                 layers = [names[i] for i in grown]
                 evidence = {"first_act_std": base, "max_act_std": float(std[peak]),
                             "growth": float(std[peak] / base)}
+                extreme = evidence["growth"] >= t.extreme_growth
                 message = (f"Activations blow up with depth: their spread grows from {_fmt(base)} at "
                            f"{names[measured[0]]} to {_fmt(std[peak])} at {names[peak]} "
                            f"({_fmt(std[peak] / base)}x), and the gradients follow.")
@@ -451,6 +456,7 @@ class Diagnostics:
                 layers = [names[i] for i in over]
                 evidence = {"grad_norm": float(grad[worst]), "weight_norm": float(weight[worst]),
                             "ratio": float(grad[worst] / weight[worst])}
+                extreme = evidence["ratio"] >= t.extreme_growth
                 message = (f"The gradient of {names[worst]} is {_fmt(grad[worst] / weight[worst])} times "
                            "larger than its weights; one step would wipe out what the layer holds.")
         if not holds and len(self._grads) >= t.window:
@@ -468,7 +474,8 @@ class Diagnostics:
                 message = (f"The gradient of {names[worst]} jumped {_fmt(grad[worst] / before[worst])}x "
                            "above its recent level.")
         streak = self._streak("exploding")
-        if streak.see(holds, frame.step) >= t.confirm:
+        # Growth by a billion cannot be a noisy batch, and the next frame is often already NaN.
+        if streak.see(holds, frame.step) >= t.confirm or extreme:
             self._raise("exploding", "exploding_gradients", "error", layers, streak.start, frame.step,
                         message, evidence, _FIXES["exploding_gradients"])
 

@@ -55,18 +55,26 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
     trainer = run.trainer
     layers = None
     losses = np.full(steps, np.nan)
+    accuracies = np.full(steps, np.nan)
+    validation: dict[str, list] = {"step": [], "loss": [], "accuracy": []}
     series: dict[str, np.ndarray] = {}
     names = ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction")
     diagnostics = None
     for k in range(steps):
         capture = (k + 1) % every == 0 or k == steps - 1
         result = trainer.step(capture=capture)
+        if trainer.last_val is not None and trainer.last_val[2] == trainer.step_count:
+            val_loss, val_acc, val_step = trainer.last_val
+            validation["step"].append(val_step)
+            validation["loss"].append(_json_number(val_loss))
+            validation["accuracy"].append(_json_number(val_acc))
         if result.capture is None:
             continue
         got = result.capture.get()
         frame = got.frame
         scalars = got.scalars
         losses[k - len(scalars) + 1:k + 1] = scalars[:, 0]
+        accuracies[k - len(scalars) + 1:k + 1] = scalars[:, 1]
         if layers is None:
             layers = trainer.probe.layers
             for name in names:
@@ -93,13 +101,19 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
         out_layers.append(entry)
     return {
         "steps": steps, "device": str(trainer.device), "scenario": run.name,
-        "loss": _json_list(losses), "layers": out_layers,
+        "loss": _json_list(losses),
+        "accuracy": None if np.isnan(accuracies).all() else _json_list(accuracies),
+        "validation": validation, "layers": out_layers,
         "diagnoses": [d.to_json() for d in diagnostics.findings] if diagnostics is not None else [],
     }
 
 
 def _json_list(values: np.ndarray) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values]
+
+
+def _json_number(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

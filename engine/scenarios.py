@@ -104,6 +104,97 @@ _LIST = [
              Hyper(optimizer="adam", lr=0.002, batch_size=64, clip_norm=1.0), val_every=100),
 ]
 
+# --- the lessons gallery's problems and cures (engine/lessons.py pairs them up) ------------
+_CIRCLES = DataSpec("circles", n=800, noise=0.08)
+_MOONS = DataSpec("moons", n=800, noise=0.15)
+# 200 noisy points, half held out: few enough for a big MLP to memorise the training half.
+_SMALL_NOISY = DataSpec("moons", n=200, noise=0.35, val_fraction=0.5)
+_BIG_MLP = _mlp(depth=3, width=256, activation="relu", init="he")
+_SPIRALS = DataSpec("spirals", n=1000, noise=0.05)
+_50_RELU = dict(depth=50, width=64, activation="relu", init="he")
+_SGD_DEEP = Hyper(optimizer="sgd", lr=0.01, batch_size=64)
+_SMALL_MLP = _mlp(depth=2, width=16, activation="relu", init="he")
+
+
+def _sgd(lr: float, clip: float | None = None) -> Hyper:
+    return Hyper(optimizer="sgd", lr=lr, clip_norm=clip, batch_size=64)
+
+
+_LIST += [
+    Scenario("xor-linear", "XOR · no hidden layer",
+             "A single linear layer draws one straight line through the plane, and no straight line "
+             "puts XOR's opposite corners together: the loss stays near log 2 and accuracy near chance.",
+             DataSpec("xor", n=400, noise=0.1), _mlp(depth=0),
+             Hyper(optimizer="adam", lr=0.03, batch_size=32)),
+    Scenario("deep-sigmoid", "10 sigmoid layers · vanishing gradients",
+             "Ten sigmoid layers with PyTorch's default initialization. Each layer multiplies the "
+             "error signal by at most 0.25 on its way back, so the first layers get almost nothing.",
+             _CIRCLES, _mlp(depth=10, width=32, activation="sigmoid"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("deep-relu-he", "10 ReLU layers · He init",
+             "The same ten layers with ReLU and He initialization: the gradient reaches the first "
+             "layer at full strength and the network learns the circles within a hundred steps.",
+             _CIRCLES, _mlp(depth=10, width=32, activation="relu", init="he"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("init-he-half", "50 ReLU layers · He init × 0.5",
+             "Weights half as large as He's: every layer halves the spread of its input, and after "
+             "fifty layers the signal has shrunk by about 1e-15. Nothing reaches the output.",
+             _CIRCLES, _mlp(**_50_RELU, init_scale=0.5), _SGD_DEEP),
+    Scenario("init-he", "50 ReLU layers · He init",
+             "He initialization keeps the spread of the activations roughly constant from layer to "
+             "layer, so even fifty layers pass a usable signal forward and a usable gradient back.",
+             _CIRCLES, _mlp(**_50_RELU), _SGD_DEEP),
+    Scenario("init-he-double", "50 ReLU layers · He init × 2",
+             "Weights twice He's: each layer doubles the spread, fifty layers multiply it by about "
+             "1e15, and the very first step overflows into NaN.",
+             _CIRCLES, _mlp(**_50_RELU, init_scale=2.0), _SGD_DEEP),
+    Scenario("init-zeros", "All-zero initialization",
+             "Every weight starts at zero, so every hidden unit computes the same thing and receives "
+             "the same gradient. They can never become different: the network stays at chance.",
+             _CIRCLES, _mlp(depth=2, width=16, activation="relu", init="zeros"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("lr-too-small", "Learning rate too small (SGD 1e-4)",
+             "Plain SGD with a learning rate of 1e-4: each update moves the weights by about a "
+             "millionth of their size and the loss barely moves in hundreds of steps.",
+             _MOONS, _SMALL_MLP, _sgd(1e-4)),
+    Scenario("lr-right", "Learning rate about right (SGD 0.1)",
+             "SGD with a learning rate of 0.1: updates near a thousandth of the weights, a loss that "
+             "falls steadily, the moons apart in a few hundred steps.",
+             _MOONS, _SMALL_MLP, _sgd(0.1)),
+    Scenario("lr-too-large", "Learning rate too large (SGD 10)",
+             "SGD with a learning rate of 10: the first update overshoots so far that the loss jumps "
+             "a hundredfold, the ReLUs die, and the network never recovers.",
+             _MOONS, _SMALL_MLP, _sgd(10.0)),
+    Scenario("lr-clipped", "Learning rate 10 with gradient clipping",
+             "The same learning rate of 10, but each gradient is scaled down to a norm of at most "
+             "0.05 before the update: no single step can throw the weights far, and it trains.",
+             _MOONS, _SMALL_MLP, _sgd(10.0, clip=0.05)),
+    Scenario("overfit-mlp", "Overfitting · big MLP, small noisy set",
+             "A 133,000-parameter MLP on 100 noisy training points. It learns them by heart: the "
+             "training loss heads for zero while the validation loss turns around and climbs.",
+             _SMALL_NOISY, _BIG_MLP, Hyper(optimizer="adam", lr=0.003, batch_size=100), val_every=10),
+    Scenario("overfit-weight-decay", "Overfitting tamed · weight decay",
+             "The same network with an L2 penalty (weight decay 0.01) that keeps the weights small: "
+             "the training loss stops near 0.2 and the validation loss stays down.",
+             _SMALL_NOISY, _BIG_MLP, Hyper(optimizer="adam", lr=0.003, weight_decay=0.01, batch_size=100),
+             val_every=10),
+    Scenario("overfit-dropout", "Overfitting tamed · dropout",
+             "The same network with dropout 0.5 after each hidden layer: no unit can rely on any "
+             "other, which slows the memorising down.",
+             _SMALL_NOISY, replace(_BIG_MLP, dropout=0.5), Hyper(optimizer="adam", lr=0.003, batch_size=100),
+             val_every=10),
+    Scenario("deep-relu-plain", "20 ReLU layers · no normalization",
+             "Twenty ReLU layers with PyTorch's default initialization, which is too small for ReLU: "
+             "the signal fades layer by layer and the loss sits at log 2.",
+             _SPIRALS, _mlp(depth=20, width=32, activation="relu"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+    Scenario("deep-relu-batchnorm", "20 ReLU layers · BatchNorm",
+             "The same twenty layers with BatchNorm after each linear layer: every layer's output is "
+             "rescaled to zero mean and unit spread, so depth no longer shrinks the signal.",
+             _SPIRALS, _mlp(depth=20, width=32, activation="relu", norm="batch"),
+             Hyper(optimizer="adam", lr=0.01, batch_size=64)),
+]
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in _LIST}
 DEFAULT_SCENARIO = "spirals-mlp"
 

@@ -1,0 +1,158 @@
+"""The lessons gallery: classic experiments, each a problem next to its cure.
+
+A lesson names two or more built-in scenarios (``engine.scenarios``): the first shows the problem,
+the others the cure (or the alternatives). The app runs any of them on its own, or the first two
+side by side; ``glassbox report --scenario NAME`` runs each headless. ``outcome`` states in one
+line what a user should see, and ``tests/engine/test_lessons.py`` checks exactly that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Lesson", "LESSONS", "lesson_for_scenario"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """One experiment of the gallery.
+
+    Attributes:
+        name: short key ("learning-rate").
+        title: what the menu shows.
+        runs: scenario names, the problem first.
+        explanation: a few short paragraphs of plain text, separated by blank lines.
+        outcome: what to expect, in one sentence.
+        watch: the views (dock keys of the app) that show the effect, most telling first.
+        steps: about how many steps the effect needs to show.
+    """
+
+    name: str
+    title: str
+    runs: tuple[str, ...]
+    explanation: str
+    outcome: str
+    watch: tuple[str, ...]
+    steps: int = 300
+
+
+_LIST = (
+    Lesson(
+        "xor", "XOR needs a hidden layer", ("xor-linear", "xor-mlp"),
+        "XOR puts one class in the top-right and bottom-left quadrants and the other class in "
+        "the remaining two. A network without a hidden layer computes a weighted sum of the two "
+        "coordinates, so its decision boundary is a single straight line, and every straight line "
+        "leaves at least one quadrant on the wrong side.\n\n"
+        "Add one hidden layer of a few tanh units and each unit contributes its own line; the "
+        "output layer combines them into a bent boundary that can wrap around the quadrants.",
+        "Without a hidden layer the loss stays at about 0.69 (log 2, a coin toss) and accuracy "
+        "near 50 %; with one, accuracy passes 95 % within a few hundred steps.",
+        ("boundary", "loss"), 400),
+    Lesson(
+        "vanishing-gradients", "Vanishing gradients: sigmoid vs ReLU", ("deep-sigmoid", "deep-relu-he"),
+        "Backpropagation multiplies the error signal by each layer's local derivative on its way "
+        "back to the input. A sigmoid's derivative is never larger than 0.25, so after ten layers "
+        "the signal reaching the first one is millions of times weaker than at the output: those "
+        "layers hardly learn, and the whole network stalls.\n\n"
+        "ReLU's derivative is exactly 1 wherever a unit is active, and He initialization chooses "
+        "weights whose scale keeps the signal's size steady from layer to layer. Compare the "
+        "gradient-flow bars: flat for ReLU, a steep staircase for sigmoid.",
+        "The sigmoid stack's first-layer gradient norm is below 1e-4 of its last layer's and it "
+        "stays at chance; the ReLU stack learns the circles.",
+        ("gradients", "health", "loss"), 300),
+    Lesson(
+        "initialization", "Initialization: too small, just right, too large, all zeros",
+        ("init-he-half", "init-he", "init-he-double", "init-zeros"),
+        "In a stack of ReLU layers every layer multiplies the spread of its input by a factor set "
+        "by the size of its weights. He initialization picks weights with variance 2 / fan-in, "
+        "which makes that factor about 1.\n\n"
+        "Halve the weights and each layer halves the spread: after fifty layers the activations "
+        "are around 1e-15 of the input and the output no longer depends on it. Double them and the "
+        "spread doubles fifty times over, overflowing on the first step.\n\n"
+        "All-zero weights fail differently: every unit of a layer computes the same value and gets "
+        "the same gradient, so they stay identical forever. Random initialization exists to break "
+        "that symmetry.",
+        "With He × 0.5 the last layer's activation spread is below 1e-3 of the input's; with He "
+        "× 2 it is above 1e3 and the loss turns to NaN; with He × 1 it stays within a factor of "
+        "ten and the stack trains; all-zero weights get a symmetry diagnosis.",
+        ("activations", "health", "gradients"), 200),
+    Lesson(
+        "learning-rate", "Learning rate: too small, right, too large, clipped",
+        ("lr-too-large", "lr-clipped", "lr-right", "lr-too-small"),
+        "The learning rate sets how far each update moves the weights along the negative gradient. "
+        "A useful rule of thumb: each update should change a layer's weights by about a thousandth "
+        "of their size (the update ratio in the gradient-flow view).\n\n"
+        "Too small and the loss creeps down so slowly that training seems stuck. Too large and "
+        "an update overshoots the valley it was meant to descend into, landing higher than it "
+        "started; the loss explodes, or ReLU units are thrown into the region where they never "
+        "fire again.\n\n"
+        "Gradient clipping caps the length of the gradient before the update, so even a large "
+        "learning rate can only move the weights a bounded distance per step.",
+        "SGD with learning rate 10 sends the loss up a hundredfold and stays at chance; the same "
+        "rate with clipping at 0.05 trains like learning rate 0.1; 1e-4 barely moves the loss.",
+        ("loss", "gradients", "health"), 300),
+    Lesson(
+        "recurrent", "Memory through time: RNN vs LSTM", ("long-range-rnn", "long-range-lstm"),
+        "A recurrent network reads a sequence one token at a time and carries a hidden state from "
+        "step to step. Training it means backpropagating through every step, so the gradient is "
+        "multiplied by the recurrent weights and the tanh derivative once per step: over thirty "
+        "steps it fades away, and a plain RNN cannot learn that the answer hinges on the first "
+        "token.\n\n"
+        "An LSTM adds a cell state that is updated by addition and guarded by gates. While its "
+        "forget gate stays open, information and gradient pass through many steps almost "
+        "unchanged.",
+        "After about 1,000 steps the LSTM's validation accuracy passes 90 % while the tanh RNN "
+        "stays near 50 %.",
+        ("loss", "gradients"), 1200),
+    Lesson(
+        "regularization", "Overfitting and regularization",
+        ("overfit-mlp", "overfit-weight-decay", "overfit-dropout"),
+        "A network with far more parameters than training examples can memorise them, noise and "
+        "all. The training loss keeps falling, but from some step on the validation loss, measured "
+        "on examples the network never trains on, turns around and rises: the model is learning "
+        "the noise. The dashed line in the loss view marks the step where validation loss was "
+        "lowest, the point early stopping would keep.\n\n"
+        "Weight decay adds a penalty on the size of the weights, favouring smooth functions. "
+        "Dropout switches off a random half of the units at every step, so no unit can depend on "
+        "a particular partner. Both trade a little training accuracy for better generalization.",
+        "Without regularization the validation loss ends several times above its minimum while the "
+        "training loss approaches zero; with weight decay it stays close to its minimum.",
+        ("loss", "boundary"), 1000),
+    Lesson(
+        "normalization", "Normalization: BatchNorm in a deep MLP", ("deep-relu-plain", "deep-relu-batchnorm"),
+        "PyTorch's default initialization is a little too small for ReLU layers, which is harmless "
+        "in a shallow network. Twenty layers compound it: the activations shrink layer by layer, "
+        "the output barely depends on the input, and the loss sits at log 2.\n\n"
+        "Batch normalization standardises each unit's output over the batch (zero mean, unit "
+        "spread) before a learned scale and shift. Whatever the weights do, every layer receives "
+        "well-scaled input, and the same twenty layers train.",
+        "Without BatchNorm the loss stays near 0.69; with it the spirals are learned (accuracy "
+        "above 90 % within 600 steps).",
+        ("activations", "loss", "gradients"), 600),
+    Lesson(
+        "cnn-features", "Convolutions: what a CNN sees", ("shapes-mlp", "shapes-cnn"),
+        "A convolutional layer slides the same small filter over every position of the image, "
+        "so a pattern learned in one place is recognised everywhere. Its output is one feature "
+        "map per filter: bright where the filter's pattern appears.\n\n"
+        "Watch the first layer's filters turn into edge and stroke detectors, and compare how "
+        "quickly the CNN learns with an MLP that must learn each position on its own.",
+        "The CNN reaches 90 % on the shapes within 500 steps; its feature maps light up along "
+        "the edges of the drawn shape.",
+        ("features", "loss"), 500),
+    Lesson(
+        "attention", "Attention: learning where to look", ("reverse-transformer", "copy-transformer"),
+        "Self-attention lets every position of a sequence read from every other position, with "
+        "weights the model computes from the data. To reverse a sequence, output position i must "
+        "read input position T - 1 - i; to copy, it reads position i.\n\n"
+        "Watch the attention maps of the last layer: the weight gathers on the anti-diagonal for "
+        "reversing and on the diagonal for copying.",
+        "After 500 steps the reverse task is above 90 % token accuracy and the last layer's "
+        "attention concentrates on the anti-diagonal.",
+        ("attention", "loss"), 500),
+)
+
+LESSONS: dict[str, Lesson] = {lesson.name: lesson for lesson in _LIST}
+
+
+def lesson_for_scenario(scenario: str) -> Lesson | None:
+    """The first lesson that runs ``scenario``, if any."""
+    return next((lesson for lesson in _LIST if scenario in lesson.runs), None)
