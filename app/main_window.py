@@ -16,11 +16,13 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.error_banner import ErrorBanner
 from app.hyper_panel import HyperPanel
+from app.lesson_panel import LessonPanel
 from app.settings import app_settings
 from engine.snapshot import ErrorEvent, Snapshot, ViewData
 from widgets.activation_view import ActivationView
 from widgets.attention_view import AttentionView
 from widgets.base import View
+from widgets.comparison_view import ComparisonView
 from widgets.decision_boundary import DecisionBoundary
 from widgets.feature_maps import FeatureMaps
 from widgets.gradient_flow import GradientFlow
@@ -55,7 +57,9 @@ SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("
 OPEN_MODEL = "Open model file…"
 #: Views refreshed per display frame while training runs (in turn; all of them when paused).
 VIEWS_PER_FRAME = 1
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+#: The Compare view redraws each side at most this often (it shows slow-moving curves).
+COMPARE_INTERVAL_S = 0.2
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -81,6 +85,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._shown_once = False
         self._layout_restored = False
         self._saved_run: Callable | None = None
+        self.partner: Any = None  # a second Bridge while two runs train side by side
+        self._compare_drawn = [0.0, 0.0]
 
         self.views: dict[str, View] = {}
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
@@ -93,6 +99,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.hyper_panel = HyperPanel()
         self.hyper_panel.setMaximumWidth(330)
         self.docks["controls"] = self._dock("controls", "Hyperparameters", self.hyper_panel)
+        self.lesson_panel = LessonPanel()
+        self.lesson_panel.setMaximumWidth(330)
+        self.docks["lessons"] = self._dock("lessons", "Lessons", self.lesson_panel)
+        self.comparison = ComparisonView()
+        self.docks["compare"] = self._dock("compare", ComparisonView.title, self.comparison)
         self._arrange_default()
 
         self.timeline = Timeline()
@@ -136,6 +147,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.docks["boundary"].raise_()
         self.docks["activations"].raise_()
         self.docks["loss"].raise_()
+        self.docks["controls"].raise_()
 
     def show_every_view(self) -> None:
         """Every view on screen at once, none behind a tab (the smoke test uses this)."""
@@ -148,6 +160,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for dock in d.values():
             self.removeDockWidget(dock)
         self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
+        self.tabifyDockWidget(d["controls"], d["lessons"])
         self.addDockWidget(area.RightDockWidgetArea, d[rows[0][0]])
         for row_above, row in zip(rows, rows[1:]):
             self.splitDockWidget(d[row_above[0]], d[row[0]], QtCore.Qt.Orientation.Vertical)
@@ -157,6 +170,8 @@ class MainWindow(QtWidgets.QMainWindow):
         for front, behind in tabs.items():
             for key in behind:
                 self.tabifyDockWidget(d[front], d[key])
+        if not any("compare" in behind for behind in tabs.values()):
+            self.tabifyDockWidget(d[rows[0][-1]], d["compare"])
         for dock in d.values():
             dock.show()
         self._rows = rows
@@ -262,6 +277,7 @@ class MainWindow(QtWidgets.QMainWindow):
             view_menu.addAction(dock.toggleViewAction())
         view_menu.addSeparator()
         view_menu.addAction(self.act_reset_layout)
+        self.lessons_menu = menu.addMenu("&Lessons")
         help_menu = menu.addMenu("&Help")
         help_menu.addAction("About Glassbox", self._about)
 
@@ -296,6 +312,14 @@ class MainWindow(QtWidgets.QMainWindow):
         for name, sc in self._scenarios.items():
             self.scenario.addItem(sc.title, name)
         self.scenario.addItem(OPEN_MODEL, OPEN_MODEL)
+        from engine.lessons import LESSONS
+
+        self.lesson_panel.set_lessons(LESSONS, {name: sc.title for name, sc in self._scenarios.items()})
+        for lesson in LESSONS.values():
+            self.lessons_menu.addAction(lesson.title, functools.partial(self.show_lesson, lesson.name))
+        self.lesson_panel.run_requested.connect(self.run_scenario)
+        self.lesson_panel.compare_requested.connect(self.compare)
+        self.lesson_panel.stop_compare_requested.connect(self.stop_compare)
         if torch.cuda.is_available():
             self.device.addItem(f"CUDA ({torch.cuda.get_device_name(0)})", "cuda")
         self._current["device"] = scenarios.resolve_device(device)
@@ -343,14 +367,14 @@ class MainWindow(QtWidgets.QMainWindow):
             self.bridge.replace_run(factory)
         self.bridge.scrub_to(None)
         self.banner.dismiss()
-        self.bridge.send(Play())
+        self._send_all(Play())
         self._set_running(True)
 
     def pause(self) -> None:
         from engine.worker import Pause
 
         if self.bridge is not None:
-            self.bridge.send(Pause())
+            self._send_all(Pause())
         self._set_running(False)
 
     def toggle_play(self) -> None:
@@ -365,13 +389,15 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self._set_running(False)
-            self.bridge.send(Step())
+            self._send_all(Step())
 
     def step_phase(self) -> None:
-        from engine.worker import PhaseStep
+        from engine.worker import Pause, PhaseStep
 
         if self.bridge is not None:
             self._set_running(False)
+            if self.partner is not None:
+                self.partner.send(Pause())
             self.docks["inspector"].show()
             self.docks["inspector"].raise_()
             self.bridge.send(PhaseStep())
@@ -380,13 +406,13 @@ class MainWindow(QtWidgets.QMainWindow):
         from engine.worker import Reinitialize
 
         if self.bridge is not None:
-            self.bridge.send(Reinitialize())
+            self._send_all(Reinitialize())
 
     def _speed_changed(self, index: int) -> None:
         from engine.worker import SetSpeed
 
         if self.bridge is not None:
-            self.bridge.send(SetSpeed(SPEEDS[index][1]))
+            self._send_all(SetSpeed(SPEEDS[index][1]))
 
     def _hyper_changed(self, changes: dict) -> None:
         from engine.worker import SetHyper
@@ -404,7 +430,86 @@ class MainWindow(QtWidgets.QMainWindow):
         from engine.worker import PauseWhen, SetPauseWhen
 
         if self.bridge is not None:
-            self.bridge.send(SetPauseWhen(PauseWhen(**conditions)))
+            self._send_all(SetPauseWhen(PauseWhen(**conditions)))
+
+    def _send_all(self, command: Any) -> None:
+        """Transport and watch settings apply to both runs while two train side by side."""
+        self.bridge.send(command)
+        if self.partner is not None:
+            self.partner.send(command)
+
+    # --- lessons and side-by-side runs ---------------------------------------------------------
+    def show_lesson(self, name: str) -> None:
+        self.lesson_panel.show_lesson(name)
+        self.docks["lessons"].show()
+        self.docks["lessons"].raise_()
+
+    def run_scenario(self, name: str) -> None:
+        """Train a built-in scenario in the main views (one run), starting at once."""
+        if self.bridge is None or name not in self._scenarios:
+            return
+        self.stop_compare()
+        self._replace(self._scenario_factory(name))
+        if not self._running:
+            self.play()
+
+    def compare(self, first: str, second: str) -> None:
+        """Train two scenarios at once: ``first`` in every view, both in the Compare view."""
+        from app.bridge import Bridge
+        from engine.worker import Play, PauseWhen, SetPauseWhen, SetSpeed
+
+        if self.bridge is None or first not in self._scenarios or second not in self._scenarios:
+            return
+        self.stop_compare()
+        self._replace(self._scenario_factory(first))
+        partner = Bridge(parent=self)
+        partner.frame_ready.connect(self._on_partner_frame)
+        partner.error.connect(self._on_partner_error)
+        partner.start(functools.partial(self._scenario_module.build_run, second, device=self._current["device"]))
+        partner.send(SetSpeed(SPEEDS[self.speed.currentIndex()][1]))
+        partner.send(SetPauseWhen(PauseWhen(**self.hyper_panel.pause_conditions())))
+        self.partner = partner
+        self.comparison.clear()
+        self.comparison.set_names(self._scenarios[first].title, self._scenarios[second].title)
+        self._compare_drawn = [0.0, 0.0]
+        self.lesson_panel.set_comparing(True)
+        self.docks["compare"].show()
+        self.docks["compare"].raise_()
+        if self._running:
+            partner.send(Play())
+        else:
+            self.play()
+        self.statusBar().showMessage("Two runs side by side: the blue one fills every view, both fill Compare", 8000)
+
+    def stop_compare(self) -> None:
+        """Back to one run: the second trainer stops and its thread ends."""
+        if self.partner is None:
+            return
+        partner, self.partner = self.partner, None
+        if not partner.stop(timeout=3.0):
+            log.warning("the second training thread did not stop within 3 s")
+        partner.deleteLater()
+        self.comparison.clear()
+        self.lesson_panel.set_comparing(False)
+
+    def _on_partner_frame(self, data: ViewData) -> None:
+        self._feed_comparison(1, data)
+
+    def _feed_comparison(self, side: int, data: ViewData) -> None:
+        import time
+
+        now = time.perf_counter()
+        if data.snapshot.state == "running" and now - self._compare_drawn[side] < COMPARE_INTERVAL_S:
+            return
+        self._compare_drawn[side] = now
+        self.comparison.set_side(side, data)
+
+    def _on_partner_error(self, event: ErrorEvent) -> None:
+        self.errors.append(event)
+        where = " · ".join(p for p in (event.phase and f"during {event.phase}",
+                                       event.module and f"in {event.module}",
+                                       event.step and f"step {event.step}") if p)
+        self.banner.show_error(f"Orange run: {event.message}", where)
 
     def _scenario_chosen(self, index: int) -> None:
         name = self.scenario.itemData(index)
@@ -412,6 +517,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.open_model_file()
             return
         if name and (name != self._current["name"] or self._current["kind"] != "scenario"):
+            self.stop_compare()
             self._replace(self._scenario_factory(name))
 
     def _device_chosen(self, index: int) -> None:
@@ -419,6 +525,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if device == self._current["device"]:
             return
         self._current["device"] = device
+        self.stop_compare()
         if self._current["kind"] == "user":
             self._replace(self._user_factory(self._current["name"]))
         else:
@@ -466,6 +573,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def open_model(self, ref: str) -> None:
         """Train the user's ``file.py:function`` (errors arrive as a one-line banner)."""
         if self.bridge is not None:
+            self.stop_compare()
             self._replace(self._user_factory(ref))
 
     # --- selection and scrubbing ----------------------------------------------------------
@@ -516,6 +624,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self._render_cursor += VIEWS_PER_FRAME
         for view in chosen:
             view.render(data)
+        if self.partner is not None:
+            self._feed_comparison(0, data)
         self._raise_health_on_news(snapshot)
         if self.bridge.live:
             self.timeline.set_steps([s.step for s in self.bridge.snapshots])
@@ -647,6 +757,7 @@ class MainWindow(QtWidgets.QMainWindow):
         except Exception as exc:  # a corrupt or foreign file: one line, nothing lost
             self.banner.show_error(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), "")
             return False
+        self.stop_compare()
         self.pause()
         self._current.update(current)
         self._saved_run = factory
@@ -686,6 +797,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def shutdown(self) -> None:
         """Stop the worker cleanly; no thread is left behind."""
+        self.stop_compare()
         if self.bridge is not None:
             if not self.bridge.stop(timeout=3.0):
                 log.warning("the training thread did not stop within 3 s")

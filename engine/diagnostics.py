@@ -407,7 +407,8 @@ class Diagnostics:
         moving = [i for i in rows if np.isfinite(update[i])]
         stalled = False
         if len(moving) >= 2:
-            stalled = update[moving[0]] < t.vanishing_update and np.nanmax(update[moving]) >= 1e-4
+            # Exactly zero is no gradient at all (dead units, zero weights): not a vanishing one.
+            stalled = 0.0 < update[moving[0]] < t.vanishing_update and np.nanmax(update[moving]) >= 1e-4
         streak = self._streak("vanishing_update")
         if streak.see(stalled, frame.step) >= t.window and "vanishing" not in self._found:
             still = [names[i] for i in moving if update[i] < t.vanishing_update]

@@ -1,6 +1,7 @@
 """Render the main window for each scenario to PNG (offscreen), for looking at and for the README.
 
 Usage: python scripts/screenshots.py [OUT_DIR] [--steps N] [--scenario NAME ...]
+                                    [--compare FIRST SECOND] [--lesson NAME] [--raise DOCK ...]
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--scenario", nargs="*")
     parser.add_argument("--size", default="1600x1000")
+    parser.add_argument("--compare", nargs=2, metavar=("FIRST", "SECOND"),
+                        help="train two scenarios side by side (one picture)")
+    parser.add_argument("--lesson", help="open this lesson in the Lessons panel")
+    parser.add_argument("--raise", dest="docks", nargs="*", default=[], help="docks to bring forward")
     args = parser.parse_args()
     from PySide6 import QtWidgets
 
@@ -30,11 +35,19 @@ def main() -> int:
     _apply_style(app)
     os.makedirs(args.out, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
-    for name in args.scenario or list(SCENARIOS):
+    names = [args.compare[0]] if args.compare else args.scenario or list(SCENARIOS)
+    for name in names:
         window = MainWindow(remember_layout=False)
         window.resize(width, height)
         window.show()
         window.start_engine(scenario=name, device="cpu", play=True)
+        if args.lesson:
+            window.show_lesson(args.lesson)
+        if args.compare:
+            window.compare(*args.compare)
+            name = "compare-" + "-vs-".join(args.compare)
+        for dock in args.docks:
+            window.docks[dock].raise_()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             app.processEvents()
@@ -43,6 +56,8 @@ def main() -> int:
                 break
             time.sleep(0.005)
         window.pause()
+        for dock in args.docks:
+            window.docks[dock].raise_()
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             app.processEvents()

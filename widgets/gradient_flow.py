@@ -15,6 +15,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import SeriesData, StatsFrame, ViewData
 from widgets.base import View
 from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
+from widgets.findings import SEVERITY_RGB, flagged_layers
 from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
 
 __all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels", "fill_missing_columns",
@@ -25,6 +26,8 @@ _NO_PARAMS = "This model has no layers with parameters"
 _BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
 _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
+#: Outlines of bars whose layer a diagnosis names, by severity.
+_FLAG_PENS = {severity: pg.mkPen(*rgb, width=2.5) for severity, rgb in SEVERITY_RGB.items()}
 _WEIGHT_BRUSH = pg.mkBrush(150, 220, 150)
 _RATIO_BRUSH = pg.mkBrush(240, 160, 90)
 #: Narrower than this (px), the weight/update plot goes under the gradient bars, not beside them.
@@ -105,6 +108,7 @@ class GradientFlow(View):
         self._heat_sources: tuple[object, ...] = ()
         self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
         self._data_selection_seen: str | None = None
+        self.flagged: dict[str, tuple[str, tuple[str, ...]]] = {}  # layer -> (severity, codes)
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
@@ -243,6 +247,7 @@ class GradientFlow(View):
         if not layers:
             self._show_hint(_NO_PARAMS if data.snapshot.layers else _NO_DATA)
             return
+        self.flagged = flagged_layers(data.snapshot.diagnoses)
         layers_changed = layers != self._layers
         if layers_changed:
             self._layers = layers
@@ -352,7 +357,7 @@ class GradientFlow(View):
 
     def _draw_selection(self) -> None:
         selection = self.selected_layer
-        key = (selection, self._layers, self._heat_layers)
+        key = (selection, self._layers, self._heat_layers, tuple(self.flagged.items()))
         if key == self._drawn_selection:
             return
         self._drawn_selection = key
@@ -360,7 +365,11 @@ class GradientFlow(View):
             shown = np.isfinite(_log10(self._grad_norms))
             drawn = [name for name, s in zip(self._layers, shown) if s]
             brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name in drawn]
-            self.bars.setOpts(brushes=brushes)
+            # A flagged layer's bar gets its severity's outline (the Health panel says why).
+            pens = [_FLAG_PENS[self.flagged[name][0]] if name in self.flagged else pg.mkPen(None)
+                    for name in drawn]
+            if drawn:  # pyqtgraph 0.14 fails on an empty pens list
+                self.bars.setOpts(brushes=brushes, pens=pens)
         if selection in self._heat_layers and len(self._heat_steps):
             row = self._heat_layers.index(selection)
             x0, x1 = self._heat_extent
@@ -389,9 +398,12 @@ class GradientFlow(View):
         name = self._layers[index]
         weight = self._stat_per_layer(self._frame, "weight_norm")[index]
         ratio = self._stat_per_layer(self._frame, "update_ratio")[index]
+        flag = ""
+        if name in self.flagged:
+            flag = "  ⚠ " + ", ".join(code.replace("_", " ") for code in self.flagged[name][1])
         return (
             f"{name}  step {self._frame.step}: |g| = {self._grad_norms[index]:.1e}"
-            f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}"
+            f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}{flag}"
         )
 
     def _mouse_moved(self, pos: QtCore.QPointF) -> None:

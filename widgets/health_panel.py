@@ -8,13 +8,13 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import ViewData
 from widgets.base import View
+from widgets.findings import SEVERITY_COLOURS
 
 if TYPE_CHECKING:  # a value type only; the widget never runs engine code
     from engine.diagnostics import Diagnosis
 
 __all__ = ["HealthPanel"]
 
-SEVERITY_COLOURS = {"error": "#ff6b6b", "warning": "#f5b942", "info": "#7fb2ff"}
 _HEALTHY = "No problems found so far."
 
 

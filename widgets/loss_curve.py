@@ -182,6 +182,13 @@ class LossCurve(View):
         self.loss_title = FittedTitle(self.loss_plot)
         self.train = _Trace(self.loss_plot, _TRAIN, "train loss")
         self.val = _Trace(self.loss_plot, _VAL, "val loss")
+        # Early stopping would keep the weights of the lowest validation loss: mark that step.
+        self.best_line = pg.InfiniteLine(angle=90, movable=False,
+                                         pen=pg.mkPen(*_VAL, 160, width=1, style=QtCore.Qt.PenStyle.DashLine),
+                                         label="lowest val loss", labelOpts={"position": 0.92, "color": _VAL})
+        self.best_line.setVisible(False)
+        self.loss_plot.addItem(self.best_line, ignoreBounds=True)
+        self.best_step: int | None = None
 
         self.acc_plot = _decimating_plot(self.canvas, 1)
         self.acc_plot.setLabel("left", "accuracy")
@@ -234,6 +241,7 @@ class LossCurve(View):
         self.val.update(series.get("val_loss"), self.max_points)
         self.train_acc.update(series.get("train_acc"), self.max_points)
         self.val_acc.update(series.get("val_acc"), self.max_points)
+        self._mark_best_validation()
         if self.train.data is None and self.val.data is None:
             self._show_hint(_NO_DATA)
             return
@@ -245,6 +253,20 @@ class LossCurve(View):
             [(_TRAIN, "train accuracy", "train")] * (self.train_acc.data is not None)
             + [(_VAL, "val accuracy", "val")] * (self.val_acc.data is not None)))
         self._show_content()
+
+    def _mark_best_validation(self) -> None:
+        """A dashed line at the step of the lowest validation loss, once there are a few passes."""
+        data = self.val.data
+        best = None
+        if data is not None and len(data.values) >= 3 and np.isfinite(data.values).any():
+            best = int(round(data.steps[int(np.nanargmin(data.values))]))
+        if best == self.best_step:
+            return
+        self.best_step = best
+        self.best_line.setVisible(best is not None)
+        if best is not None:
+            self.best_line.setPos(best)
+            self.best_line.label.setFormat(f"lowest val loss · step {best:,}")
 
     @property
     def accuracy_shown(self) -> bool:

@@ -11,6 +11,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import NetworkView, ViewData
 from widgets import colormaps
 from widgets.base import View
+from widgets.findings import SEVERITY_RGB, flagged_layers
 from widgets.label_fit import elide, unique_suffixes
 
 __all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS", "column_label_layout"]
@@ -249,6 +250,19 @@ class NetworkGraph(View):
         self._label_line = 0.05  # data units per line of label text
         self._label_top = 0.0  # y of the first line of labels
 
+        # Columns whose layer a diagnosis names: a tinted band behind them, one item per severity.
+        self.flag_bands: dict[str, QtWidgets.QGraphicsPathItem] = {}
+        for severity in ("warning", "error"):
+            band = QtWidgets.QGraphicsPathItem()
+            band.setPen(pg.mkPen(*SEVERITY_RGB[severity], 200, width=1.5, style=QtCore.Qt.PenStyle.DashLine,
+                                 cosmetic=True))
+            band.setBrush(pg.mkBrush(*SEVERITY_RGB[severity], 45))
+            band.setZValue(-25)
+            self.plot.addItem(band)
+            self.flag_bands[severity] = band
+        self.flagged_columns: dict[str, tuple[str, tuple[str, ...]]] = {}  # column -> (severity, codes)
+        self._flags_drawn: tuple | None = None
+
         self._geometry: _Layout | None = None
         self._edge_pairs: set[int] = set()  # column pairs whose edges are drawn one by one
         self._edge_x0 = self._edge_y0 = self._edge_x1 = self._edge_y1 = np.zeros(0)
@@ -347,6 +361,10 @@ class NetworkGraph(View):
             return ""
         name, index = target
         col = self._geometry.names.index(name)
+        if name in self.flagged_columns:
+            codes = ", ".join(code.replace("_", " ") for code in self.flagged_columns[name][1])
+            if index is None:
+                return f"{name}: {self._geometry.sizes[col]} units  ⚠ {codes} (see Health)"
         if index is None and not self._geometry.collapsed[col]:
             return f"{name}: {self._geometry.sizes[col]} units"
         if index is None:
@@ -366,7 +384,8 @@ class NetworkGraph(View):
         if len(network.column_names) != len(network.column_sizes):
             self._show_hint("Network description is inconsistent")
             return
-        key = (id(network), self._mode, self.selected_layer, self.selected_unit)
+        flagged = flagged_layers(data.snapshot.diagnoses)
+        key = (id(network), self._mode, self.selected_layer, self.selected_unit, tuple(flagged.items()))
         if network is self._network and key == self._drawn_key:
             return  # redrawn at display rate with nothing new
         self._network = network
@@ -378,6 +397,7 @@ class NetworkGraph(View):
         self._draw_units(network)
         self._draw_edges(network)
         self._draw_blocks(network)
+        self._draw_flags(flagged)
         self._draw_selection()
         self._drawn_key = key
 
@@ -681,14 +701,47 @@ class NetworkGraph(View):
             image.setRect(self._block_rect(col))
             image.setVisible(True)
 
+    def _draw_flags(self, flagged: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+        """Tint the columns of flagged layers; an activation's finding marks its block's column."""
+        geometry = self._geometry
+        columns: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for layer, (severity, codes) in flagged.items():
+            column = _column_for(layer, geometry.names)
+            if column is None:
+                continue
+            if column in columns:
+                worse = "error" if "error" in (severity, columns[column][0]) else severity
+                codes = tuple(dict.fromkeys(columns[column][1] + codes))
+                severity = worse
+            columns[column] = (severity, codes)
+        state = (geometry, tuple(columns.items()))
+        if state == self._flags_drawn:
+            return
+        self._flags_drawn = state
+        self.flagged_columns = columns
+        paths = {severity: QtGui.QPainterPath() for severity in self.flag_bands}
+        for column, (severity, _) in columns.items():
+            col = geometry.names.index(column)
+            half = self._column_extent(col) + geometry.spacing * 0.6
+            paths[severity].addRoundedRect(QtCore.QRectF(col - 0.3, -half, 0.6, 2 * half), 0.08, 0.08)
+        for severity, band in self.flag_bands.items():
+            band.setPath(paths[severity])
+        self._selection_drawn = None  # label colours follow the flags
+
     def _draw_selection(self) -> None:
         geometry = self._geometry
-        state = (geometry, self.selected_layer, self.selected_unit, self._unit_size)
+        state = (geometry, self.selected_layer, self.selected_unit, self._unit_size, self._flags_drawn)
         if state == self._selection_drawn:
             return  # TextItem.setColor and ring.setData are not free at display rate
         self._selection_drawn = state
         for col, label in enumerate(self.column_labels[:len(geometry.names)]):
-            label.setColor(_SELECTED if geometry.names[col] == self.selected_layer else _LABEL)
+            name = geometry.names[col]
+            if name == self.selected_layer:
+                label.setColor(_SELECTED)
+            elif name in self.flagged_columns:
+                label.setColor(QtGui.QColor(*SEVERITY_RGB[self.flagged_columns[name][0]]))
+            else:
+                label.setColor(_LABEL)
         position = None
         if self.selected_layer is not None and self.selected_unit is not None:
             position = self.unit_position(self.selected_layer, self.selected_unit)
@@ -706,3 +759,17 @@ class NetworkGraph(View):
             return
         point = self.view_box.mapSceneToView(event.scenePos())
         self.click_at(point.x(), point.y())
+
+
+def _column_for(layer: str, columns: tuple[str, ...]) -> str | None:
+    """The column that draws ``layer``: itself, or the column of the block it belongs to.
+
+    Columns are the layers whose outputs are units (``layers.0.linear``); a finding about that
+    block's activation (``layers.0.act``) or norm lands on the same column.
+    """
+    if layer in columns:
+        return layer
+    parent = layer.rpartition(".")[0]
+    if not parent:
+        return None
+    return next((column for column in columns if column.rpartition(".")[0] == parent), None)

@@ -279,3 +279,28 @@ def test_heatmap_follows_a_growing_run_at_a_fixed_point_count(qtbot) -> None:
         view.render(ViewData(snapshot=snap, series={"grad_norm/fc": SeriesData(steps, np.full(256, 0.1))}))
     x_range = view.heat_plot.getViewBox().viewRange()[0]
     assert x_range[1] >= 1000
+
+
+def test_layers_named_by_a_diagnosis_get_their_severity_outline(qtbot) -> None:
+    from engine.diagnostics import Diagnosis
+    from widgets.findings import SEVERITY_RGB
+
+    view = GradientFlow()
+    qtbot.addWidget(view)
+    finding = Diagnosis(code="vanishing_gradients", severity="warning", layers=("encoder.fc1",), step=3,
+                        message="m", evidence={}, fixes=())
+    frame = make_frame()
+    snapshot = Snapshot(1, 1200, "running", "test", "cpu", LAYERS, Metrics(1.0), Hyper(), stats=frame,
+                        diagnoses=(finding,))
+    view.render(ViewData(snapshot, (frame,), {}))
+    pens = view.bars.opts["pens"]
+    drawn = [name for name in PARAM_LAYERS if np.isfinite(GRAD[name])]  # norm has no gradient
+    assert len(pens) == len(drawn)
+    flagged = drawn.index("encoder.fc1")
+    assert pens[flagged].color().getRgb()[:3] == SEVERITY_RGB["warning"]
+    assert all(pen.style() == QtCore.Qt.PenStyle.NoPen for i, pen in enumerate(pens) if i != flagged)
+    assert view.describe_layer(0).endswith("⚠ vanishing gradients")
+    assert "⚠" not in view.describe_layer(1)
+    # The finding gone (a new run): the outline goes too.
+    view.render(make_data(frame))
+    assert all(pen.style() == QtCore.Qt.PenStyle.NoPen for pen in view.bars.opts["pens"])

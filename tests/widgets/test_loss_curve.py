@@ -208,3 +208,14 @@ def test_step_labels_fit_a_narrow_dock(qtbot):
     strings = axis.tickStrings(values, 1.0, spacing)
     metrics = QtGui.QFontMetrics(axis.style["tickFont"] or QtGui.QFont())
     assert values and spacing / (high - low) * length >= max(metrics.horizontalAdvance(s) for s in strings)
+
+
+def test_marks_the_step_of_the_lowest_validation_loss(view):
+    steps = np.arange(10, 1010, 10, dtype=np.float64)
+    val = (steps / 300.0 - 1.0) ** 2 + 0.4  # falls, then climbs: overfitting, lowest at step 300
+    train = SeriesData(np.arange(1, 1001, dtype=np.float64), np.linspace(1.0, 0.01, 1000))
+    view.render(make_data({"loss": train, "val_loss": SeriesData(steps, val)}))
+    assert view.best_step == 300 and view.best_line.isVisible()
+    assert view.best_line.value() == 300 and "step 300" in view.best_line.label.toPlainText()
+    view.render(make_data({"loss": train}))  # no validation: no marker
+    assert view.best_step is None and not view.best_line.isVisible()

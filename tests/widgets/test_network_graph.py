@@ -290,3 +290,30 @@ def test_column_label_layout_ladder():
     assert lines == 2 and all(shown)
     texts, lines, shown = column_label_layout(names * 3, 8, width, lambda text, room: text[: max(3, int(room // 7))])
     assert not all(shown) and shown[0]
+
+
+def test_flagged_layers_are_tinted_and_an_activation_finding_marks_its_block(graph) -> None:
+    from engine.diagnostics import Diagnosis
+    from widgets.findings import SEVERITY_RGB
+
+    findings = (
+        Diagnosis(code="dead_units", severity="error", layers=("layers.1.act",), step=5, message="m",
+                  evidence={}, fixes=()),
+        Diagnosis(code="vanishing_gradients", severity="warning", layers=("layers.0.linear",), step=2,
+                  message="m", evidence={}, fixes=()),
+    )
+    net = network()
+    snapshot = Snapshot(run_id=1, step=1, state="running", scenario="test", device="cpu", layers=(),
+                        metrics=Metrics(train_loss=1.0), hyper=Hyper(), network=net, diagnoses=findings)
+    graph.render(ViewData(snapshot=snapshot))
+    assert graph.flagged_columns == {"layers.1.linear": ("error", ("dead_units",)),
+                                     "layers.0.linear": ("warning", ("vanishing_gradients",))}
+    error_box = graph.flag_bands["error"].path().boundingRect()
+    warning_box = graph.flag_bands["warning"].path().boundingRect()
+    assert error_box.center().x() == pytest.approx(2.0) and warning_box.center().x() == pytest.approx(1.0)
+    assert graph.column_labels[2].color.getRgb()[:3] == SEVERITY_RGB["error"]
+    assert graph.column_labels[3].color.getRgb()[:3] != SEVERITY_RGB["error"]
+    x, y = graph.unit_position("layers.1.linear", 0)
+    assert "⚠ dead units" in graph.describe_point(x, graph._label_top - 1e-3)
+    graph.render(view_data(net))  # no findings: nothing tinted
+    assert graph.flag_bands["error"].path().isEmpty() and not graph.flagged_columns
