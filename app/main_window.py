@@ -456,7 +456,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def compare(self, first: str, second: str) -> None:
         """Train two scenarios at once: ``first`` in every view, both in the Compare view."""
         from app.bridge import Bridge
-        from engine.worker import Play, PauseWhen, SetPauseWhen, SetSpeed
+        from engine.worker import PauseWhen, Play, SetPauseWhen, SetSpeed
 
         if self.bridge is None or first not in self._scenarios or second not in self._scenarios:
             return

@@ -48,8 +48,9 @@ blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-tra
 - ``learning_rate`` (warning): a layer's median update ratio ||dw||/||w|| over ``window`` frames
   above ``update_high`` = 0.1 (too large), or every layer's below ``update_low`` = 1e-6 (too
   small; not reported once the run has diverged, blown up or gone non-finite, since huge weights
-  also move little relative to their size). The rule of thumb is ~1e-3; healthy window medians stay below 0.07 (single steps reach
-  0.12 on xor's first Adam steps, hence the median), SGD lr 1e-6: 3e-7 at most.
+  also move little relative to their size). The rule of thumb is ~1e-3; healthy window medians
+  stay below 0.07 (single steps reach 0.12 on xor's first Adam steps, hence the median), SGD lr
+  1e-6: 3e-7 at most.
 - ``symmetry`` (error): a weight layer (2-D or larger weight) with more than one output unit whose
   parameters are all equal, std <= ``symmetry_rel_std`` = 1e-3 x |mean| (+1e-12; float32 moments
   of a constant tensor read ~2e-4 x |mean|, healthy layers read >> 1), for ``symmetry_frames`` = 5
@@ -66,7 +67,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import numpy as np

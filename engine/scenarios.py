@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from engine.batches import LoaderBatches, TensorBatches
-from engine.data import DataSpec, Dataset, make_dataset
+from engine.data import Dataset, DataSpec, make_dataset
 from engine.models import ModelSpec, build_model
 from engine.run import Run
 from engine.snapshot import Hyper
