@@ -65,7 +65,6 @@ is reserved for notes. Imports no Qt.
 from __future__ import annotations
 
 import math
-import warnings
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Iterable
@@ -462,9 +461,7 @@ class Diagnostics:
                 message = (f"The gradient of {names[worst]} is {_fmt(grad[worst] / weight[worst])} times "
                            "larger than its weights; one step would wipe out what the layer holds.")
         if not holds and len(self._grads) >= t.window:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                before = np.nanmedian(np.stack(self._grads), axis=0)
+            before = _column_nanmedian(np.stack(self._grads))
             jumped = [i for i in rows if np.isfinite(grad[i]) and before[i] > 0
                       and grad[i] > t.grad_jump * before[i] and grad[i] > t.jump_floor * weight[i]]
             if jumped:
@@ -522,9 +519,7 @@ class Diagnostics:
             return
         names = frame.layer_names
         history = np.stack(list(self._updates)[-(t.window - 1):] + [_col(frame, "update_ratio")])
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(history[:, rows], axis=0)
+        median = _column_nanmedian(history[:, rows])
         finite = np.isfinite(median)
         start = self._steps[-(t.window - 1)] if t.window > 1 else frame.step
         high = [rows[k] for k in range(len(rows)) if finite[k] and median[k] > t.update_high]
@@ -581,3 +576,16 @@ def diagnose_frames(layers: Iterable[LayerInfo], frames: Iterable[StatsFrame],
     for frame in frames:
         diagnostics.update(frame)
     return diagnostics.findings
+
+
+def _column_nanmedian(values: np.ndarray) -> np.ndarray:
+    """Median of each column ignoring NaN; NaN for a column with no number at all.
+
+    Without numpy's "All-NaN slice" warning, and without ``warnings.catch_warnings``, which
+    changes process-wide state and is not safe while two trainers run in two threads.
+    """
+    out = np.full(values.shape[1:], np.nan)
+    some = ~np.isnan(values).all(axis=0)
+    if some.any():
+        out[some] = np.nanmedian(values[:, some], axis=0)
+    return out
