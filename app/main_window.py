@@ -309,8 +309,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self._scenarios = scenarios.SCENARIOS
         self._scenario_module = scenarios
-        for name, sc in self._scenarios.items():
-            self.scenario.addItem(sc.title, name)
+        # The general examples, then the lessons' problem/cure runs, then your own model.
+        lesson_runs = [name for name in self._scenarios if name not in scenarios.EXAMPLE_NAMES]
+        for names in (scenarios.EXAMPLE_NAMES, lesson_runs):
+            for name in names:
+                self.scenario.addItem(self._scenarios[name].title, name)
+            self.scenario.insertSeparator(self.scenario.count())
         self.scenario.addItem(OPEN_MODEL, OPEN_MODEL)
         from engine.lessons import LESSONS
 
@@ -661,8 +665,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.docks["features"].raise_()
         else:
             self.docks["boundary"].raise_()
-        default = next((l.name for l in snapshot.layers if l.params and l.weight_shape and len(l.weight_shape) >= 2),
-                       None)
+        default = next((layer.name for layer in snapshot.layers
+                        if layer.params and layer.weight_shape and len(layer.weight_shape) >= 2), None)
         if default is not None:
             self.select(default, None)
         self.setWindowTitle(f"Glassbox — {snapshot.scenario}")

@@ -17,7 +17,7 @@ from engine.snapshot import Hyper
 from engine.trainer import Trainer, TrainerConfig, loss_for_task
 
 __all__ = [
-    "Scenario", "SCENARIOS", "DEFAULT_SCENARIO", "resolve_device", "build_run", "build_user_run",
+    "Scenario", "SCENARIOS", "EXAMPLE_NAMES", "DEFAULT_SCENARIO", "resolve_device", "build_run", "build_user_run",
     "scenario_names",
 ]
 
@@ -103,6 +103,9 @@ _LIST = [
              DataSpec("long_range"), ModelSpec(kind="gru", depth=1, width=32),
              Hyper(optimizer="adam", lr=0.002, batch_size=64, clip_norm=1.0), val_every=100),
 ]
+
+#: The general examples; the scenarios after them exist for the lessons gallery.
+EXAMPLE_NAMES: tuple[str, ...] = tuple(s.name for s in _LIST)
 
 # --- the lessons gallery's problems and cures (engine/lessons.py pairs them up) ------------
 _CIRCLES = DataSpec("circles", n=800, noise=0.08)

@@ -78,6 +78,10 @@ def test_side_by_side_trains_two_runs_and_stops_the_second(qtbot, window: MainWi
 
 def test_lessons_menu_opens_the_lesson(qtbot, window: MainWindow) -> None:
     window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    combo = window.scenario
+    names = [combo.itemData(i) for i in range(combo.count())]
+    assert sorted(n for n in names if n and n != "Open model file…") == sorted(SCENARIOS)
+    assert names.index("long-range-gru") < names.index(None) < names.index("xor-linear")  # a separator
     actions = {a.text(): a for a in window.lessons_menu.actions()}
     assert set(actions) == {lesson.title for lesson in LESSONS.values()}
     actions[LESSONS["recurrent"].title].trigger()
