@@ -16,13 +16,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LessonPanel"]
 
-VIEW_TITLES = {
-    "network": "Network", "boundary": "Decision boundary", "loss": "Loss", "weights": "Weights",
-    "activations": "Activations", "gradients": "Gradient flow", "features": "Feature maps",
-    "attention": "Attention", "inspector": "Step inspector", "health": "Health", "neuron": "Neuron",
-}
-
-
 class LessonPanel(QtWidgets.QWidget):
     """Lesson picker, explanation, one button per run, and a side-by-side launcher.
 
@@ -40,6 +33,7 @@ class LessonPanel(QtWidgets.QWidget):
         super().__init__(parent)
         self._lessons: dict[str, "Lesson"] = {}
         self._titles: dict[str, str] = {}
+        self._view_titles: dict[str, str] = {}
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         self.picker = QtWidgets.QComboBox(self)
@@ -79,9 +73,12 @@ class LessonPanel(QtWidgets.QWidget):
         layout.addWidget(pair)
 
     # --- filled by the app -----------------------------------------------------------------
-    def set_lessons(self, lessons: Mapping[str, "Lesson"], scenario_titles: Mapping[str, str]) -> None:
+    def set_lessons(self, lessons: Mapping[str, "Lesson"], scenario_titles: Mapping[str, str],
+                    view_titles: Mapping[str, str]) -> None:
+        """The lessons, and the titles their scenario names and view keys are shown by."""
         self._lessons = dict(lessons)
         self._titles = dict(scenario_titles)
+        self._view_titles = dict(view_titles)
         self.picker.blockSignals(True)
         self.picker.clear()
         for name, lesson in self._lessons.items():
@@ -113,7 +110,7 @@ class LessonPanel(QtWidgets.QWidget):
             self.text.setHtml("")
             return
         paragraphs = "".join(f"<p>{html.escape(p.strip())}</p>" for p in lesson.explanation.split("\n\n"))
-        watch = ", ".join(VIEW_TITLES.get(key, key) for key in lesson.watch)
+        watch = ", ".join(self._view_titles.get(key, key) for key in lesson.watch)
         self.text.setHtml(
             f"<h3>{html.escape(lesson.title)}</h3>{paragraphs}"
             f"<p><b>What to expect.</b> {html.escape(lesson.outcome)}</p>"

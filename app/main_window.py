@@ -9,6 +9,7 @@ import functools
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -318,7 +319,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.scenario.addItem(OPEN_MODEL, OPEN_MODEL)
         from engine.lessons import LESSONS
 
-        self.lesson_panel.set_lessons(LESSONS, {name: sc.title for name, sc in self._scenarios.items()})
+        self.lesson_panel.set_lessons(LESSONS, {name: sc.title for name, sc in self._scenarios.items()},
+                                      {key: view.title for key, view in self.views.items()})
         for lesson in LESSONS.values():
             self.lessons_menu.addAction(lesson.title, functools.partial(self.show_lesson, lesson.name))
         self.lesson_panel.run_requested.connect(self.run_scenario)
@@ -500,8 +502,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self._feed_comparison(1, data)
 
     def _feed_comparison(self, side: int, data: ViewData) -> None:
-        import time
-
         now = time.perf_counter()
         if data.snapshot.state == "running" and now - self._compare_drawn[side] < COMPARE_INTERVAL_S:
             return
@@ -510,10 +510,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_partner_error(self, event: ErrorEvent) -> None:
         self.errors.append(event)
-        where = " · ".join(p for p in (event.phase and f"during {event.phase}",
-                                       event.module and f"in {event.module}",
-                                       event.step and f"step {event.step}") if p)
-        self.banner.show_error(f"Orange run: {event.message}", where)
+        self.banner.show_error(f"Orange run: {event.message}", _where(event))
 
     def _scenario_chosen(self, index: int) -> None:
         name = self.scenario.itemData(index)
@@ -689,10 +686,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_error(self, event: ErrorEvent) -> None:
         self.errors.append(event)
-        where = " · ".join(p for p in (event.phase and f"during {event.phase}",
-                                       event.module and f"in {event.module}",
-                                       event.step and f"step {event.step}") if p)
-        self.banner.show_error(event.message, where)
+        self.banner.show_error(event.message, _where(event))
         self._set_running(False)
 
     def _dock_shown(self, key: str, visible: bool) -> None:
@@ -811,6 +805,13 @@ class MainWindow(QtWidgets.QMainWindow):
             self, "About Glassbox",
             "<b>Glassbox</b><br>See inside a neural network while it trains.<br><br>"
             "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize")
+
+
+def _where(event: ErrorEvent) -> str:
+    """Where an error happened, for the banner: "during backward · in layers.1 · step 12"."""
+    return " · ".join(p for p in (event.phase and f"during {event.phase}",
+                                  event.module and f"in {event.module}",
+                                  event.step and f"step {event.step}") if p)
 
 
 def _zero_argument_functions(path: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "hex_colour",
     "DIVERGING_LUT",
     "SEQUENTIAL_LUT",
     "make_lut",
@@ -103,3 +104,8 @@ def lut_colour(lut: np.ndarray, fraction: float) -> tuple[int, int, int]:
     index = int(round(min(max(fraction, 0.0), 1.0) * (len(lut) - 1)))
     r, g, b = (int(v) for v in lut[index][:3])
     return (r, g, b)
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    """``(r, g, b)`` as ``"#rrggbb"`` for Qt style sheets and rich text."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)

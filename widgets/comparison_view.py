@@ -15,16 +15,16 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import STAT_INDEX, ViewData
 from widgets.base import View
+from widgets.colormaps import hex_colour
 from widgets.label_fit import FittedAxis
 
 __all__ = ["ComparisonView", "SIDE_COLOURS"]
 
 SIDE_COLOURS = ((110, 190, 255), (245, 160, 80))
+#: A loss plot whose positive values span more than this factor switches to a log axis, so a
+#: diverging run (loss in the thousands) does not flatten the other run's curve onto zero.
+LOG_LOSS_SPAN = 100.0
 _WAITING = "Pick a lesson and press “Run side by side” to train two networks at once."
-
-
-def _hex(colour: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
 def _fmt(value: float | None, pattern: str = "{:.3g}") -> str:
@@ -47,7 +47,7 @@ class ComparisonView(View):
             label.setTextFormat(QtCore.Qt.TextFormat.RichText)
             label.setWordWrap(True)
             label.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop | QtCore.Qt.AlignmentFlag.AlignLeft)
-            label.setStyleSheet(f"QLabel {{ border-left: 4px solid {_hex(colour)}; padding-left: 6px; }}")
+            label.setStyleSheet(f"QLabel {{ border-left: 4px solid {hex_colour(colour)}; padding-left: 6px; }}")
             label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
             header.addWidget(label, 1)
             self.summaries.append(label)
@@ -132,12 +132,27 @@ class ComparisonView(View):
                     if layer.params > 0 and i < len(grad) and np.isfinite(grad[i]) and grad[i] > 0]
             self.grad_curves[index].setData(np.arange(len(rows), dtype=float), grad[rows])
         self.summaries[index].setText(self._summary(index, data))
+        self._choose_loss_scale()
+
+    @property
+    def loss_log_y(self) -> bool:
+        return bool(self.loss_plot.getAxis("left").logMode)
+
+    def _choose_loss_scale(self) -> None:
+        values = [np.asarray(c.yData, dtype=float) for c in (*self.train_curves, *self.val_curves)
+                  if c.yData is not None and len(c.yData)]
+        positive = np.concatenate(values) if values else np.zeros(0)
+        positive = positive[np.isfinite(positive) & (positive > 0)]
+        wide = bool(positive.size) and bool(positive.max() > LOG_LOSS_SPAN * positive.min())
+        if wide != self.loss_log_y:
+            self.loss_plot.setLogMode(x=False, y=wide)
+            self.loss_plot.setLabel("left", "loss (log)" if wide else "loss")
 
     def _summary(self, index: int, data: ViewData) -> str:
         snapshot = data.snapshot
         metrics = snapshot.metrics
         name = self.names[index] or snapshot.scenario
-        parts = [f"<b style='color:{_hex(SIDE_COLOURS[index])}'>{html.escape(name)}</b>",
+        parts = [f"<b style='color:{hex_colour(SIDE_COLOURS[index])}'>{html.escape(name)}</b>",
                  f"step {snapshot.step:,} · loss {_fmt(metrics.train_loss, '{:.4g}')}"]
         if metrics.val_acc is not None:
             parts[-1] += f" · val acc {_fmt(100 * metrics.val_acc, '{:.0f}')} %"

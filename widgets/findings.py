@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from widgets.colormaps import hex_colour
+
 __all__ = ["SEVERITY_COLOURS", "SEVERITY_RGB", "flagged_layers"]
 
 SEVERITY_RGB = {"error": (255, 107, 107), "warning": (245, 185, 66), "info": (127, 178, 255)}
-SEVERITY_COLOURS = {key: "#{:02x}{:02x}{:02x}".format(*rgb) for key, rgb in SEVERITY_RGB.items()}
+SEVERITY_COLOURS = {key: hex_colour(rgb) for key, rgb in SEVERITY_RGB.items()}
 _RANK = {"error": 0, "warning": 1}
 
 

@@ -16,6 +16,7 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import SeriesData, ViewData
 from widgets.base import View
+from widgets.colormaps import hex_colour
 from widgets.label_fit import FittedAxis, FittedTitle
 
 __all__ = ["LossCurve", "decimate", "Decimated"]
@@ -94,7 +95,7 @@ def _decimating_plot(canvas: pg.GraphicsLayoutWidget, row: int) -> pg.PlotItem:
 
 def _key(colour: tuple[int, int, int], text: str) -> str:
     """One entry of a title that doubles as the legend: a coloured dash and the series name."""
-    return f'<span style="color:#{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}">━ {text}</span>'
+    return f'<span style="color:{hex_colour(colour)}">━ {text}</span>'
 
 
 def _legend_variants(shown: list[tuple[tuple[int, int, int], str, str]]) -> tuple[str, ...]:
@@ -228,7 +229,8 @@ class LossCurve(View):
     def handed_points(self) -> dict[str, int]:
         """How many points each curve was last given with setData (before pyqtgraph's own thinning)."""
         counts: dict[str, int] = {}
-        traces = (("loss", self.train), ("val_loss", self.val), ("train_acc", self.train_acc), ("val_acc", self.val_acc))
+        traces = (("loss", self.train), ("val_loss", self.val),
+                  ("train_acc", self.train_acc), ("val_acc", self.val_acc))
         for name, trace in traces:
             for part, curve in (("", trace.mean), ("/band", trace.band)):
                 counts[name + part] = 0 if curve.xData is None else len(curve.xData)

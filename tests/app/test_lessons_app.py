@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from app.lesson_panel import LessonPanel
-from app.main_window import MainWindow
+from app.main_window import VIEW_CLASSES, MainWindow
 from engine.lessons import LESSONS
 from engine.scenarios import SCENARIOS
 
@@ -14,7 +14,8 @@ from engine.scenarios import SCENARIOS
 def test_panel_explains_the_lesson_and_asks_for_its_runs(qtbot) -> None:
     panel = LessonPanel()
     qtbot.addWidget(panel)
-    panel.set_lessons(LESSONS, {name: sc.title for name, sc in SCENARIOS.items()})
+    panel.set_lessons(LESSONS, {name: sc.title for name, sc in SCENARIOS.items()},
+                      {key: cls.title for key, cls in VIEW_CLASSES.items()})
     panel.show_lesson("initialization")
     lesson = LESSONS["initialization"]
     text = panel.text.toPlainText()

@@ -57,5 +57,8 @@ def test_both_sides_draw_their_own_curves_and_gradients(qtbot) -> None:
     assert "vanishing gradients" in left
     assert "10 ReLU layers" in right and "val acc 99 %" in right and "no problems found" in right
     assert "step 10" in view.hover_at(10.2, 0.5)
+    assert not view.loss_log_y  # 0.05 .. 0.8: a linear axis shows both
+    view.set_side(0, side(50, (1e-9, 1e-2), np.geomspace(0.7, 9000.0, 50)))  # one run diverges
+    assert view.loss_log_y
     view.clear()
     assert "Run side by side" in view.hint and view.gradient_norms(0).size == 0
