@@ -164,6 +164,7 @@ class Probe:
         self.model = model
         self.config = config or ProbeConfig()
         self._handles: list[Any] = []
+        self._attached = False
         self._layers = self._discover(model)
         measured = {id(layer.module) for layer in self._layers}
         # Leaf modules the probe doesn't measure (dropout, pooling, flatten...) still appear as
@@ -235,31 +236,27 @@ class Probe:
         self._order_version += 1
 
     # --- hooks ---------------------------------------------------------------------------
+    # The probe is attached to its model for its whole life, but its hooks are registered only
+    # for the forward of a captured step (``begin_step`` arms them, ``finish`` and ``abandon_step``
+    # remove them): a module with any hook takes PyTorch's slower call path, which on a small
+    # model costs a few percent of every step, captured or not.
     def attach(self) -> "Probe":
-        if self._handles:
-            return self
-        try:
-            for name, module in self._walk_only:
-                self._handles.append(module.register_forward_hook(self._make_walk_hook(name)))
-            for layer in self._layers:
-                module = layer.module
-                if layer.role == "attention":
-                    hook = self._make_attention_hook(layer)
-                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
-                else:
-                    self._handles.append(module.register_forward_hook(self._make_hook(layer)))
-        except Exception:
-            self.detach()
-            raise
+        """Measure this model from the next captured step on (idempotent)."""
+        self._attached = True
         return self
 
     def detach(self) -> None:
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        """Stop measuring and remove every hook (idempotent; safe in ``finally``)."""
+        self._attached = False
+        self._disarm()
 
     @property
     def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def armed(self) -> bool:
+        """Whether hooks are registered on the model right now (during a captured forward)."""
         return bool(self._handles)
 
     def __enter__(self) -> "Probe":
@@ -267,6 +264,27 @@ class Probe:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
+
+    def _arm(self, record: bool) -> None:
+        try:
+            if record:
+                for name, module in self._walk_only:
+                    self._handles.append(module.register_forward_hook(self._make_walk_hook(name)))
+            for layer in self._layers:
+                module = layer.module
+                if layer.role == "attention":
+                    hook = self._make_attention_hook(layer)
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                else:
+                    self._handles.append(module.register_forward_hook(self._make_hook(layer)))
+        except BaseException:
+            self._disarm()
+            raise
+
+    def _disarm(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -309,14 +327,24 @@ class Probe:
         self._before_flat: torch.Tensor | None = None
 
     def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
-        """Arm the hooks for the coming forward/backward."""
+        """Arm the hooks for the coming forward/backward (only a captured step has any)."""
+        self._disarm()
         self._reset_step()
-        self._capturing = capture or record
+        self._capturing = (capture or record) and self._attached
+        record = record and self._capturing
+        if self._capturing:
+            self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record
         self._forward_order = []
         self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
             if self._want_tensors else {}
+
+    def abandon_step(self) -> None:
+        """Drop a step that an exception interrupted: hooks removed, nothing kept."""
+        self._disarm()
+        self._capturing = self._want_tensors = self._recording = False
+        self._reset_step()
 
     @property
     def capturing(self) -> bool:
@@ -599,6 +627,7 @@ class Probe:
             scalars: (k, 2) loss and accuracy of the last k steps (this one last), shipped in the
                 same copy so the loop never reads a loss on its own.
         """
+        self._disarm()
         if not self._capturing:
             return None
         if not self._order_fixed:

@@ -192,7 +192,7 @@ class Trainer:
             return self._finish_phased()
         capture = self.should_capture() if capture is None else capture
         started = time.perf_counter()
-        with self._rng_scope():
+        with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
             self.probe.begin_step(capture, tensors=tensors)
             self._forward_backward(x, y)
@@ -216,7 +216,7 @@ class Trainer:
 
     def _begin_phased(self) -> _PhasedStep:
         started = time.perf_counter()
-        with self._rng_scope():
+        with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
             self.probe.begin_step(True, tensors=True, record=True)
             loss = self._forward_backward(x, y)
@@ -298,7 +298,7 @@ class Trainer:
         saved_rng = self._cpu_rng.clone()
         pending = list(self._pending_scalars)
         try:
-            with self._rng_scope():
+            with self._rng_scope(), self._probe_step():
                 self.probe.begin_step(True, tensors=True)
                 self._forward_backward(*self._last_batch)
             scalars = torch.stack(self._pending_scalars[len(pending):])
@@ -387,6 +387,15 @@ class Trainer:
         finally:
             self._cpu_rng = torch.get_rng_state()
             torch.set_rng_state(outer)
+
+    @contextlib.contextmanager
+    def _probe_step(self) -> Iterator[None]:
+        """A step interrupted by an exception leaves no hooks on the model and nothing half-captured."""
+        try:
+            yield
+        except BaseException:
+            self.probe.abandon_step()
+            raise
 
     @contextlib.contextmanager
     def _located(self, phase: str) -> Iterator[None]:

@@ -255,21 +255,38 @@ def test_large_tensors_are_shrunk_before_copy() -> None:
     np.testing.assert_allclose(capture.tensors.weight.mean(), model[0].weight.detach().mean().item(), atol=1e-5)
 
 
-def test_hooks_removed_idempotently_and_on_error() -> None:
+def test_hooks_exist_only_during_a_captured_step_and_are_removed_idempotently_and_on_error() -> None:
     model = mlp()
     probe = Probe(model)
+
+    def hooks() -> int:
+        return sum(len(m._forward_hooks) for m in model.modules())
+
     with pytest.raises(RuntimeError):
         with probe:
-            assert any(m._forward_hooks for m in model.modules())
+            probe.begin_step(True)
+            assert hooks() == len(probe.layers)
             raise RuntimeError("interrupted")
-    assert not any(m._forward_hooks for m in model.modules())
-    probe.detach()
+    assert hooks() == 0
     probe.attach()
     probe.attach()
-    assert sum(len(m._forward_hooks) for m in model.modules()) == len(probe.layers)
+    probe.begin_step(False)  # an uncaptured step runs the bare model
+    assert hooks() == 0 and probe.attached
+    probe.begin_step(True)
+    assert hooks() == len(probe.layers) and probe.armed
+    model(torch.randn(3, 5)).sum().backward()
+    probe.after_backward()
+    assert probe.finish(1, torch.zeros(1, 2)) is not None
+    assert hooks() == 0 and not probe.armed
+    probe.begin_step(True)
+    probe.abandon_step()
+    assert hooks() == 0 and not probe.capturing
+    probe.begin_step(True)
     probe.detach()
     probe.detach()
-    assert not any(m._forward_hooks for m in model.modules())
+    assert hooks() == 0 and not probe.attached
+    probe.begin_step(True)  # a detached probe captures nothing
+    assert hooks() == 0 and probe.finish(1, torch.zeros(1, 2)) is None
 
 
 def test_nan_and_inf_counted() -> None:

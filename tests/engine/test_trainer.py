@@ -191,6 +191,8 @@ def test_exception_in_forward_is_located() -> None:
     err = info.value
     assert err.phase == "forward" and err.module == "inner.1"
     assert err.message == "ValueError during forward in inner.1: bad input to faulty layer"
+    assert not any(m._forward_hooks for m in trainer.model.modules())  # the captured step left none
+    assert not trainer.probe.capturing and trainer.probe.attached
 
 
 def test_non_scalar_loss_is_explained() -> None:
