@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -31,11 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
-from engine.stats import (
-    dead_units, group_change_sumsq, group_stats, histogram, moments, nonfinite_counts, segment_stats,
-    segment_sumsq, unit_count,
+from engine.host_stats import (
+    BATCHED_MAX, PendingActivation, activation_rows, change_rows, host_array, segment_rows, sumsq,
 )
+from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
+from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count
 from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -125,7 +126,8 @@ class Capture:
 class PendingCapture:
     """The result of a captured step whose single host copy may still be in flight (CUDA)."""
 
-    def __init__(self, parse: Callable[[np.ndarray], Capture], host: torch.Tensor, event: Any) -> None:
+    def __init__(self, parse: Callable[[np.ndarray], Capture], host: torch.Tensor | np.ndarray,
+                 event: Any) -> None:
         self._parse = parse
         self._host = host
         self._event = event
@@ -138,8 +140,42 @@ class PendingCapture:
         if self._result is None:
             if self._event is not None:
                 self._event.synchronize()
-            self._result = self._parse(self._host.numpy())
+            host = self._host
+            self._result = self._parse(host.numpy() if isinstance(host, torch.Tensor) else host)
         return self._result
+
+
+@dataclass
+class _ParamPlan:
+    """The parameter-owning layers in order, with what flattening their parameters needs."""
+
+    layers: list[_Layer]
+    params: list[torch.nn.Parameter]
+    sizes: np.ndarray  # parameters per layer
+    bounds: torch.Tensor  # segment offsets, on the parameters' device
+    device: torch.device
+    order_version: int
+    host_views: list[np.ndarray] | None = None
+    host_pointers: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _LayerTable:
+    """What parsing a capture needs to know of the layers, fixed while their order is."""
+
+    order_version: int
+    layers: list[_Layer]
+    names: tuple[str, ...]
+    relu: np.ndarray  # (n,) bool
+    saturating: np.ndarray
+    hist_ranges: np.ndarray  # (n, 2) float32, shared by every frame: read-only
+    hist_edges: np.ndarray
+    bins: int
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
@@ -164,6 +200,8 @@ class Probe:
         self.model = model
         self.config = config or ProbeConfig()
         self._handles: list[Any] = []
+        self._hook_table: tuple[list, list] | None = None
+        self._table: _LayerTable | None = None
         self._attached = False
         self._layers = self._discover(model)
         measured = {id(layer.module) for layer in self._layers}
@@ -174,7 +212,7 @@ class Probe:
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._order_version = 0
-        self._plan: tuple | None = None
+        self._plan: _ParamPlan | None = None
         self._forward_order: list[int] = []
         self.focus_layer: str | None = None
         self.focus_example: int = 0
@@ -266,17 +304,16 @@ class Probe:
         self.detach()
 
     def _arm(self, record: bool) -> None:
+        if self._hook_table is None:  # made once: a captured step only registers them
+            self._hook_table = (
+                [(module, self._make_walk_hook(name), False) for name, module in self._walk_only],
+                [(layer.module, self._make_attention_hook(layer), True) if layer.role == "attention"
+                 else (layer.module, self._make_hook(layer), False) for layer in self._layers],
+            )
+        walk, measured = self._hook_table
         try:
-            if record:
-                for name, module in self._walk_only:
-                    self._handles.append(module.register_forward_hook(self._make_walk_hook(name)))
-            for layer in self._layers:
-                module = layer.module
-                if layer.role == "attention":
-                    hook = self._make_attention_hook(layer)
-                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
-                else:
-                    self._handles.append(module.register_forward_hook(self._make_hook(layer)))
+            for module, hook, with_kwargs in (walk + measured if record else measured):
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))
         except BaseException:
             self._disarm()
             raise
@@ -317,14 +354,19 @@ class Probe:
 
     # --- per step ------------------------------------------------------------------------
     def _reset_step(self) -> None:
-        self._pieces: list[torch.Tensor] = []
+        # Pieces are device tensors on CUDA (concatenated and copied once), numpy arrays on the
+        # CPU; a None is a slot the end-of-step activation batch fills in.
+        self._pieces: list[torch.Tensor | np.ndarray | None] = []
+        self._pending_acts: list[tuple[int, PendingActivation]] = []
         self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
         self._act_calls: dict[int, list[tuple[int, int]]] = {}  # id(layer) -> (numel, sampled) per call
         self._act_units: dict[int, list[int]] = {}  # id(layer) -> units per call
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
-        self._before_flat: torch.Tensor | None = None
+        self._before_flat: torch.Tensor | np.ndarray | None = None
+        self._host = True  # statistics computed with numpy (CPU), else on the device
+        self._device = torch.device("cpu")  # the parameters' device, read when a capture begins
 
     def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
         """Arm the hooks for the coming forward/backward (only a captured step has any)."""
@@ -333,6 +375,9 @@ class Probe:
         self._capturing = (capture or record) and self._attached
         record = record and self._capturing
         if self._capturing:
+            first = next(self.model.parameters(), None)
+            self._device = torch.device("cpu") if first is None else first.device
+            self._host = self._device.type == "cpu"
             self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record
@@ -381,10 +426,17 @@ class Probe:
         # attention layer is usually where an alignment such as reversal shows.
         return candidates[0] if kind == "conv" else candidates[-1]
 
-    def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str, tensor: torch.Tensor) -> None:
-        """Queue a device tensor for the step's single copy. Owners are kept as objects (their
-        index is read when parsing), since the first capture reorders the layers."""
-        self._pieces.append(tensor.detach().reshape(-1).float())
+    def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str,
+              tensor: torch.Tensor | np.ndarray) -> None:
+        """Queue a tensor for the step's single copy. Owners are kept as objects (their index is
+        read when parsing), since the first capture reorders the layers."""
+        if isinstance(tensor, np.ndarray):
+            piece: torch.Tensor | np.ndarray = tensor.reshape(-1)
+        elif self._host:  # a copy: the tensor may be an output a later in-place op changes
+            piece = np.array(host_array(tensor if tensor.device.type == "cpu" else tensor.cpu()))
+        else:
+            piece = tensor.detach().reshape(-1).float()
+        self._pieces.append(piece)
         self._layout.append((kind, owner, key, tuple(tensor.shape)))
 
     def _example(self, x: torch.Tensor) -> torch.Tensor:
@@ -403,8 +455,19 @@ class Probe:
         self._calls[layer.index] = call + 1
         if out.numel() == 0:
             return
-        stats, sampled = self._activation_stats(layer, out)
-        self._push("act", layer, "stats", stats)
+        if self._host and out.numel() <= BATCHED_MAX and out.device.type == "cpu":
+            # Reduced with the step's other small outputs in ``finish``; copied now, since a
+            # later in-place op (ReLU(inplace=True)) may still change this output.
+            values = host_array(out).copy()
+            self._pending_acts.append((len(self._pieces), PendingActivation(
+                values, tuple(out.shape), self.hist_range(layer),
+                layer.bounds if layer.saturating else None, layer.relu_like)))
+            self._pieces.append(None)
+            self._layout.append(("act", layer, "stats", (_ACT_FIELDS + self.config.hist_bins,)))
+            sampled = out.numel()
+        else:
+            stats, sampled = self._activation_stats(layer, out)
+            self._push("act", layer, "stats", stats)
         self._act_calls.setdefault(id(layer), []).append((out.numel(), sampled))
         self._act_units.setdefault(id(layer), []).append(unit_count(out))
         if out.requires_grad:
@@ -441,7 +504,10 @@ class Probe:
         def on_grad(grad: torch.Tensor) -> None:
             if not self._capturing:
                 return
-            self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
+            if self._host and grad.device.type == "cpu":
+                self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
+            else:
+                self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 example = self._example(grad)
                 if example.numel() <= MAX_GRAPH_UNITS:
@@ -509,16 +575,30 @@ class Probe:
             maps = weights[0] if weights.dim() == 4 else weights
             self._push("tensor", layer, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
-    def _param_plan(self, device: torch.device) -> tuple[list[_Layer], torch.Tensor]:
-        """Layers owning parameters, in order, and their segment bounds in the flattened
-        parameters as a device tensor (cached, so no host-to-device copy happens inside a
-        captured step after the first)."""
-        if self._plan is None or self._plan[2] != device or self._plan[3] != self._order_version:
+    def _param_plan(self, device: torch.device) -> _ParamPlan:
+        """Layers owning parameters, in order, their parameters and sizes, and their segment
+        bounds in the flattened parameters as a device tensor (cached, so no host-to-device
+        copy happens inside a captured step after the first)."""
+        plan = self._plan
+        if plan is None or plan.device != device or plan.order_version != self._order_version:
             layers = [layer for layer in self._layers if layer.params]
-            sizes = [sum(p.numel() for p in layer.params) for layer in layers]
-            bounds = torch.tensor([0] + list(itertools.accumulate(sizes)), device=device)
-            self._plan = (layers, bounds, device, self._order_version)
-        return self._plan[0], self._plan[1]
+            sizes = np.array([sum(p.numel() for p in layer.params) for layer in layers], np.int64)
+            bounds = torch.tensor([0] + list(itertools.accumulate(sizes.tolist())), device=device)
+            plan = self._plan = _ParamPlan(layers, [p for layer in layers for p in layer.params], sizes, bounds,
+                                           device, self._order_version)
+        return plan
+
+    def _host_weights(self, plan: _ParamPlan) -> np.ndarray:
+        """Every parameter of the plan, copied back to back into one flat numpy array. The numpy
+        views are kept while the parameters keep their storage (optimizers update in place)."""
+        pointers = tuple(p.data_ptr() for p in plan.params)
+        views = plan.host_views
+        if views is None or plan.host_pointers != pointers:
+            views = [host_array(p) for p in plan.params]
+            # Other dtypes than float32/64 give converted copies, which mustn't be reused.
+            native = all(p.dtype in (torch.float32, torch.float64) for p in plan.params)
+            plan.host_views, plan.host_pointers = (views, pointers) if native else (None, None)
+        return np.concatenate(views) if views else np.zeros(0, np.float32)
 
     @staticmethod
     def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -528,20 +608,23 @@ class Probe:
         """Weights and gradients as backward left them (before clipping and the update)."""
         if not self._capturing:
             return
-        first = next(self.model.parameters(), None)
-        layers, bounds = self._param_plan(first.device if first is not None else torch.device("cpu"))
+        plan = self._param_plan(self._device)
+        layers = plan.layers
         if layers:
-            def grad(p: torch.Tensor) -> torch.Tensor:
-                return p.grad if p.grad is not None else torch.full_like(p, float("nan"))
-
-            if bounds.is_cuda:  # few kernel launches for all layers at once
-                params = [p for layer in layers for p in layer.params]
-                self._push("pstats", layers, "weight", segment_stats(self._flat(params), bounds))
-                self._push("pstats", layers, "grad", segment_stats(self._flat([grad(p) for p in params]), bounds))
-            else:  # no copies: reduce each tensor in place
-                self._push("pstats", layers, "weight", group_stats([layer.params for layer in layers]))
-                self._push("pstats", layers, "grad", group_stats([[grad(p) for p in layer.params]
-                                                                  for layer in layers]))
+            # A parameter without a gradient (frozen, or unused by this forward) counts as zeros;
+            # a layer none of whose parameters has one gets no gradient figures at all.
+            if self._host:  # numpy over the parameters, segment by segment
+                grads = [host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
+                         for p in plan.params]
+                self._push("pstats", layers, "weight", segment_rows(self._host_weights(plan), plan.sizes))
+                self._push("pstats", layers, "grad", segment_rows(np.concatenate(grads), plan.sizes))
+            else:  # few kernel launches for all layers at once
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in plan.params]
+                self._push("pstats", layers, "weight", segment_stats(self._flat(plan.params), plan.bounds))
+                self._push("pstats", layers, "grad", segment_stats(self._flat(grads), plan.bounds))
+            gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
+            if gradless:
+                self._push("nograd", gradless, "grad", np.zeros(0) if self._host else torch.zeros(0, device=self._device))
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer)
@@ -577,47 +660,54 @@ class Probe:
     def before_update(self) -> None:
         if not self._capturing:
             return
-        layers = [layer for layer in self._layers if layer.params]
-        if layers:
-            # One copy of every parameter (a single kernel), kept until after the update.
-            self._before_flat = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
+        plan = self._param_plan(self._device)
+        if plan.layers:  # one copy of every parameter, kept until after the update
+            self._before_flat = self._host_weights(plan) if self._host else \
+                torch.cat([p.detach().reshape(-1) for p in plan.params])
 
     def after_update(self) -> None:
         if not self._capturing or self._before_flat is None:
             return
         before = self._before_flat
         self._before_flat = None
-        layers, bounds = self._param_plan(before.device)
-        if before.is_cuda:
-            after = torch.cat([p.detach().reshape(-1) for layer in layers for p in layer.params])
-            delta = after - before
-            norms = torch.stack([segment_sumsq(delta, bounds), segment_sumsq(before, bounds)], dim=1)
+        plan = self._param_plan(self._device)
+        layers = plan.layers
+        if isinstance(before, np.ndarray):
+            after = self._host_weights(plan)
+            self._push("update", layers, "norms", change_rows(after, before, plan.sizes))
+            delta = torch.from_numpy(after - before)
         else:
-            views, offset = [], 0
-            for layer in layers:
-                views.append([])
-                for p in layer.params:
-                    views[-1].append(before[offset:offset + p.numel()])
-                    offset += p.numel()
-            norms = group_change_sumsq([layer.params for layer in layers], views)
-            delta = None
-        self._push("update", layers, "norms", norms)
+            delta = torch.cat([p.detach().reshape(-1) for p in plan.params]) - before
+            norms = torch.stack([segment_sumsq(delta, plan.bounds), segment_sumsq(before, plan.bounds)], dim=1)
+            self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0
-            for layer in layers:
-                for p in layer.params:
-                    if p is focus.main_weight:
-                        earlier = before[offset:offset + p.numel()].reshape(p.shape)
-                        change = p.detach() - earlier if delta is None else \
-                            delta[offset:offset + p.numel()].reshape(p.shape)
-                        self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
-                    offset += p.numel()
+            for p in plan.params:
+                if p is focus.main_weight:
+                    change = delta[offset:offset + p.numel()].reshape(p.shape)
+                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
+                offset += p.numel()
 
     def phase_events(self) -> list[PhaseRecord]:
         """The recorded step's forward/backward events, on the host."""
         return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()})
                 for kind, name, tensors in self._phase_events]
+
+    def _layer_table(self) -> _LayerTable:
+        if self._table is None or self._table.order_version != self._order_version:
+            layers = list(self._layers)
+            bins, spread = self.config.hist_bins, self.config.hist_range
+            self._table = _LayerTable(
+                order_version=self._order_version, layers=layers, names=self.layer_names,
+                relu=np.array([layer.relu_like for layer in layers], bool),
+                saturating=np.array([layer.saturating for layer in layers], bool),
+                hist_ranges=_read_only(np.array([self.hist_range(layer) for layer in layers], np.float32)
+                                       .reshape(len(layers), 2)),
+                hist_edges=_read_only(np.linspace(-spread, spread, bins + 1, dtype=np.float32)),
+                bins=bins,
+            )
+        return self._table
 
     def finish(self, step: int, scalars: torch.Tensor) -> PendingCapture | None:
         """Gather the step's measurements into one tensor and start its single host copy.
@@ -633,24 +723,29 @@ class Probe:
         if not self._order_fixed:
             self._fix_order()
         self._capturing = False
+        if self._pending_acts:
+            rows = activation_rows([item for _, item in self._pending_acts], self.config.saturation_margin,
+                                   self.config.hist_bins)
+            for (slot, _), row in zip(self._pending_acts, rows):
+                self._pieces[slot] = row
+            self._pending_acts = []
         scalars = scalars.detach().reshape(-1, 2).float()
-        flat = torch.cat(self._pieces + [scalars.reshape(-1)])
-        layout = list(self._layout) + [("scalars", None, "scalars", tuple(scalars.shape))]
-        act_calls = dict(self._act_calls)
-        act_units = dict(self._act_units)
-        layers = list(self._layers)
-        names = self.layer_names
-        config = self.config
-        focus = self.focus_layer
-        tensors_wanted = self._want_tensors
-        example = self.focus_example
-        ranges = {layer.index: self.hist_range(layer) for layer in layers}
+        if self._host:
+            flat: torch.Tensor | np.ndarray = np.concatenate(
+                self._pieces + [host_array(scalars if scalars.device.type == "cpu" else scalars.cpu())])
+        else:
+            flat = torch.cat(self._pieces + [scalars.reshape(-1)])
+        # Everything parse reads is fixed now: the next step builds new lists and dicts.
+        layout = self._layout
+        layout.append(("scalars", None, "scalars", tuple(scalars.shape)))
+        table = self._layer_table()
+        act_calls, act_units = self._act_calls, self._act_units
+        focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
-            return _parse_capture(host, layout, layers, names, act_calls, act_units, ranges,
-                                  config, step, focus, example, tensors_wanted)
+            return _parse_capture(host, layout, table, act_calls, act_units, step, focus, example, tensors_wanted)
 
-        if flat.is_cuda:
+        if isinstance(flat, torch.Tensor) and flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
             event = torch.cuda.Event()
@@ -659,63 +754,69 @@ class Probe:
         return PendingCapture(parse, flat, None)
 
 
-def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: tuple[str, ...],
+_COL = STAT_INDEX
+_PARAM_COLUMNS = {
+    "weight": np.array([_COL[c] for c in ("weight_norm", "weight_mean", "weight_std", "nan_weights", "inf_weights")]),
+    "grad": np.array([_COL[c] for c in ("grad_norm", "grad_mean", "grad_std", "nan_grads", "inf_grads")]),
+}
+_GRAD_FIGURES = np.array([_COL[c] for c in ("grad_norm", "grad_mean", "grad_std")])
+_GRAD_COUNTS = np.array([_COL[c] for c in ("nan_grads", "inf_grads")])
+
+
+def _parse_capture(host: np.ndarray, layout: list, table: _LayerTable,
                    act_calls: dict[int, list[tuple[int, int]]], act_units: dict[int, list[int]],
-                   ranges: dict[int, tuple[float, float]], config: ProbeConfig, step: int,
-                   focus: str | None, example: int, tensors_wanted: bool) -> Capture:
+                   step: int, focus: str | None, example: int, tensors_wanted: bool) -> Capture:
     """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
+    layers, names = table.layers, table.names
     n_layers = len(layers)
     values = np.full((n_layers, len(STAT_NAMES)), np.nan)
-    bins = config.hist_bins
-    hist = np.zeros((n_layers, bins), np.float32)
+    hist = np.zeros((n_layers, table.bins), np.float32)
     act_pieces: dict[int, list[np.ndarray]] = {}
-    gout: dict[int, float] = {}
+    gout_rows: list[int] = []
+    gout_sums: list[float] = []
     tensors: dict[tuple[int, str], np.ndarray] = {}
     scalars = np.zeros((0, 2))
     offset = 0
     for kind, owner, key, shape in layout:
-        index = owner.index if isinstance(owner, _Layer) else -1
-        size = int(np.prod(shape)) if shape else 1
-        chunk = host[offset:offset + size].astype(np.float64)
+        size = math.prod(shape)
+        chunk = host[offset:offset + size]
         offset += size
         if kind == "act":
-            act_pieces.setdefault(index, []).append(chunk)
+            act_pieces.setdefault(owner.index, []).append(np.asarray(chunk, np.float64))
         elif kind == "gout":
-            gout[index] = gout.get(index, 0.0) + float(chunk[0])
+            gout_rows.append(owner.index)
+            gout_sums.append(float(chunk[0]))
         elif kind == "pstats":
-            rows = chunk.reshape(shape)
-            prefix, suffix = ("weight", "weights") if key == "weight" else ("grad", "grads")
-            for row_index, layer in enumerate(owner):
-                norm, mean, var, nan, inf = rows[row_index]
-                target = values[layer.index]
-                target[STAT_INDEX[f"{prefix}_norm"]] = norm
-                target[STAT_INDEX[f"{prefix}_mean"]] = mean
-                target[STAT_INDEX[f"{prefix}_std"]] = np.sqrt(max(var, 0.0))
-                target[STAT_INDEX[f"nan_{suffix}"]] = nan
-                target[STAT_INDEX[f"inf_{suffix}"]] = inf
+            rows = np.array(chunk, np.float64).reshape(shape)
+            rows[:, 2] = np.sqrt(np.maximum(rows[:, 2], 0.0))  # variance -> std
+            values[np.ix_([layer.index for layer in owner], _PARAM_COLUMNS[key])] = rows
+        elif kind == "nograd":
+            indices = [layer.index for layer in owner]
+            values[np.ix_(indices, _GRAD_FIGURES)] = np.nan
+            values[np.ix_(indices, _GRAD_COUNTS)] = 0.0
         elif kind == "update":
-            rows = chunk.reshape(shape)
-            for row_index, layer in enumerate(owner):
-                delta, base = np.sqrt(rows[row_index])
-                values[layer.index, STAT_INDEX["update_ratio"]] = delta / base if base > 0 else np.nan
+            delta, base = np.sqrt(np.asarray(chunk, np.float64).reshape(shape)).T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values[[layer.index for layer in owner], _COL["update_ratio"]] = np.where(base > 0, delta / base, np.nan)
         elif kind == "tensor":
-            tensors[(index, key)] = chunk.astype(np.float32).reshape(shape)
+            tensors[(owner.index, key)] = np.asarray(chunk, np.float32).reshape(shape)
         elif kind == "scalars":
-            scalars = chunk.reshape(shape)
+            scalars = np.asarray(chunk, np.float64).reshape(shape)
     single = [index for index, pieces in act_pieces.items() if len(pieces) == 1]
     if single:  # the usual case, one call per layer: all layers at once
-        _fill_single_calls(values, hist, single, act_pieces, act_calls, act_units, layers)
+        _fill_single_calls(values, hist, single, act_pieces, act_calls, act_units, table)
     for index, pieces in act_pieces.items():
         if len(pieces) > 1:
             _fill_repeated_calls(values, hist, index, pieces, act_calls, act_units, layers)
-    for index, sumsq in gout.items():
-        values[index, STAT_INDEX["grad_output_norm"]] = np.sqrt(sumsq)
+    if gout_rows:  # a layer called twice gets the norm over both calls
+        sumsq = np.zeros(n_layers)
+        np.add.at(sumsq, gout_rows, gout_sums)
+        rows = np.unique(gout_rows)
+        values[rows, _COL["grad_output_norm"]] = np.sqrt(sumsq[rows])
     # Histograms of different layers share bin *count*; each row's edges come from its range.
-    lo, hi = -config.hist_range, config.hist_range
     frame = StatsFrame(step=step, loss=float(scalars[-1, 0]) if len(scalars) else float("nan"),
-                       layer_names=names, values=values, histograms=hist,
-                       hist_edges=np.linspace(lo, hi, bins + 1, dtype=np.float32),
-                       hist_ranges=np.array([ranges[layer.index] for layer in layers], np.float32))
+                       layer_names=names, values=values, histograms=hist, hist_edges=table.hist_edges,
+                       hist_ranges=table.hist_ranges)
     views = None
     if tensors_wanted:
         focus_index = names.index(focus) if focus in names else None
@@ -737,28 +838,24 @@ def _parse_capture(host: np.ndarray, layout: list, layers: list[_Layer], names: 
                    scalars=scalars, graph_weights=graph_weights)
 
 
-_COL = STAT_INDEX
+_ACT_COPIED = np.array([0, 2, 3, 4, 5])  # mean, min, max, NaN and Inf counts: stored as they are
+_ACT_COLUMNS = np.array([_COL[c] for c in ("act_mean", "act_min", "act_max", "nan_acts", "inf_acts")])
 
 
 def _fill_single_calls(values: np.ndarray, hist: np.ndarray, indices: list[int], act_pieces: dict,
-                       act_calls: dict, act_units: dict, layers: list[_Layer]) -> None:
+                       act_calls: dict, act_units: dict, table: _LayerTable) -> None:
     """Activation statistics of layers called once, vectorised across layers."""
+    layers = table.layers
     rows = np.array(indices)
     pieces = np.stack([act_pieces[i][0] for i in indices])
-    counts = np.array([act_calls[id(layers[i])][0][0] for i in indices], np.float64)
-    sampled = np.array([act_calls[id(layers[i])][0][1] for i in indices], np.float64)
+    calls = np.array([act_calls[id(layers[i])][0] for i in indices], np.float64)  # (numel, sampled)
     units = np.array([act_units[id(layers[i])][0] for i in indices], np.float64)
-    values[rows, _COL["act_mean"]] = pieces[:, 0]
+    values[np.ix_(rows, _ACT_COLUMNS)] = pieces[:, _ACT_COPIED]
     values[rows, _COL["act_std"]] = np.sqrt(np.maximum(pieces[:, 1], 0.0))
-    values[rows, _COL["act_min"]] = pieces[:, 2]
-    values[rows, _COL["act_max"]] = pieces[:, 3]
-    values[rows, _COL["nan_acts"]] = pieces[:, 4]
-    values[rows, _COL["inf_acts"]] = pieces[:, 5]
-    relu = np.array([layers[i].relu_like for i in indices])
-    saturating = np.array([layers[i].saturating for i in indices])
+    relu, saturating = table.relu[rows], table.saturating[rows]
     values[rows[relu], _COL["dead_fraction"]] = pieces[relu, 6] / units[relu]
-    values[rows[saturating], _COL["saturated_fraction"]] = pieces[saturating, 7] / counts[saturating]
-    hist[rows] = (pieces[:, _ACT_FIELDS:] / sampled[:, None]).astype(np.float32)
+    values[rows[saturating], _COL["saturated_fraction"]] = pieces[saturating, 7] / calls[saturating, 0]
+    hist[rows] = pieces[:, _ACT_FIELDS:] / calls[:, 1:2]
 
 
 def _fill_repeated_calls(values: np.ndarray, hist: np.ndarray, index: int, pieces: list[np.ndarray],
