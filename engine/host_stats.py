@@ -11,18 +11,24 @@ means and variances here accumulate in float64.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["BATCHED_MAX", "host_array", "PendingActivation", "activation_rows", "segment_rows", "change_rows",
+from engine.stats import HIST_SAMPLE, dead_units
+
+__all__ = ["BATCHED_MAX", "host_array", "PendingActivation", "ActivationReducer", "group_rows", "ChangeMeter",
            "sumsq"]
 
 #: Outputs with at most this many values are reduced in the end-of-step batch (histogrammed in
-#: full: it equals ``engine.stats.HIST_SAMPLE``); bigger ones are reduced at once by the device
-#: path, whose per-call cost no longer matters and whose kernels use every core.
-BATCHED_MAX = 8192
+#: full); bigger ones are reduced at once with PyTorch, whose kernels use every core.
+BATCHED_MAX = HIST_SAMPLE
+
+#: A big output's variance is taken in one pass (E[x^2] - mean^2, float32 sums) when it is at
+#: least this fraction of the squared mean; the rounding then stays below ~1e-5 of it.
+ONE_PASS_MEAN_RATIO = 0.25
 
 _NATIVE = (torch.float32, torch.float64)
 
@@ -69,47 +75,129 @@ def _segments(sizes: np.ndarray) -> np.ndarray:
     return starts
 
 
-@_quiet
-def activation_rows(pending: list[PendingActivation], margin: float, bins: int) -> np.ndarray:
-    """Rows of (mean, var, min, max, NaN count, Inf count, dead units, saturated count, histogram
-    counts...) for each pending (non-empty) output, one segment-wise numpy call per statistic
-    for all of them."""
-    count = len(pending)
-    sizes = np.fromiter((p.values.size for p in pending), np.int64, count)
-    flat = np.concatenate([p.values for p in pending])
-    starts = _segments(sizes)
-    rows = np.zeros((count, 8 + bins))
-    mean = np.add.reduceat(flat, starts, dtype=np.float64) / sizes
-    centred = flat - np.repeat(mean.astype(flat.dtype), sizes)  # two passes: exact for any offset
-    rows[:, 0] = mean
-    rows[:, 1] = np.add.reduceat(centred * centred, starts, dtype=np.float64) / sizes
-    rows[:, 2] = np.minimum.reduceat(flat, starts)
-    rows[:, 3] = np.maximum.reduceat(flat, starts)
-    finite = bool(np.isfinite(rows[:, :2]).all())  # a finite mean and variance prove all finite
-    if not finite:
-        rows[:, 4] = np.add.reduceat(np.isnan(flat), starts)
-        rows[:, 5] = np.add.reduceat(np.isinf(flat), starts)
-    for index, item in enumerate(pending):
-        if item.relu_like:
-            rows[index, 6] = _dead_units(item.values, item.shape)
-        if item.saturation_bounds is not None:
-            lo, hi = item.saturation_bounds
-            values = item.values
-            rows[index, 7] = np.count_nonzero(values < lo + margin) + np.count_nonzero(values > hi - margin)
-    # Histogram: each value's bin position within its own range, shifted by its segment's
-    # offset into one run of count * bins counters. Outliers (and +-Inf) clamp into the edge
-    # bins; NaN is dropped, as torch.histc drops it.
-    lo = np.fromiter((p.hist_range[0] for p in pending), np.float64, count)
-    hi = np.fromiter((p.hist_range[1] for p in pending), np.float64, count)
-    scale = bins / (hi - lo)
-    position = flat * np.repeat(scale.astype(np.float32), sizes)
-    position -= np.repeat((lo * scale).astype(np.float32), sizes)
-    np.clip(position, 0.0, bins - 0.5, out=position)
-    position += np.repeat(np.arange(0, count * bins, bins, dtype=np.float32), sizes)
-    if not finite:
-        position = position[~np.isnan(position)]
-    rows[:, 8:] = np.bincount(position.astype(np.intp), minlength=count * bins).reshape(count, bins)
-    return rows
+class _Layout(NamedTuple):
+    """Per-element arrays for one arrangement of pending outputs (the same step after step)."""
+
+    sizes: np.ndarray
+    starts: np.ndarray
+    hist_scale: np.ndarray  # per element: bins / (hi - lo)
+    hist_shift: np.ndarray  # per element: -lo * scale
+    hist_base: np.ndarray  # per element: the segment's first counter
+    saturation_low: np.ndarray | None  # per element: lower bound + margin (-inf if none)
+    saturation_high: np.ndarray | None
+
+
+class ActivationReducer:
+    """Turns a step's pending outputs into rows of (mean, var, min, max, NaN count, Inf count,
+    dead units, saturated count, histogram counts...), one segment-wise numpy call per statistic
+    for all of them. The per-element arrays of the last arrangement are kept for the next step."""
+
+    def __init__(self, margin: float, bins: int) -> None:
+        self.margin = margin
+        self.bins = bins
+        self._key: tuple | None = None
+        self._layout: _Layout | None = None
+        self._scratch: torch.Tensor | None = None
+        self._positions = np.empty(HIST_SAMPLE, np.float32)
+
+    def _arrange(self, pending: list[PendingActivation]) -> _Layout:
+        key = tuple((p.values.size, p.hist_range, p.saturation_bounds) for p in pending)
+        if key == self._key and self._layout is not None:
+            return self._layout
+        sizes = np.array([p.values.size for p in pending], np.int64)
+        lo = np.array([p.hist_range[0] for p in pending], np.float64)
+        hi = np.array([p.hist_range[1] for p in pending], np.float64)
+        scale = self.bins / (hi - lo)
+        low = high = None
+        if any(p.saturation_bounds is not None for p in pending):
+            bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
+            low = np.repeat(np.array([b[0] for b in bounds]) + self.margin, sizes).astype(np.float32)
+            high = np.repeat(np.array([b[1] for b in bounds]) - self.margin, sizes).astype(np.float32)
+        base = np.arange(0, len(pending) * self.bins, self.bins, dtype=np.float32)
+        self._layout = _Layout(sizes, _segments(sizes), np.repeat(scale.astype(np.float32), sizes),
+                               np.repeat((-lo * scale).astype(np.float32), sizes), np.repeat(base, sizes), low, high)
+        self._key = key
+        return self._layout
+
+    @_quiet
+    def rows(self, pending: list[PendingActivation]) -> np.ndarray:
+        count, bins = len(pending), self.bins
+        layout = self._arrange(pending)
+        sizes, starts = layout.sizes, layout.starts
+        flat = np.concatenate([p.values for p in pending])
+        rows = np.zeros((count, 8 + bins))
+        mean = np.add.reduceat(flat, starts, dtype=np.float64) / sizes
+        centred = flat - np.repeat(mean.astype(flat.dtype), sizes)  # two passes: exact for any offset
+        rows[:, 0] = mean
+        rows[:, 1] = np.add.reduceat(centred * centred, starts, dtype=np.float64) / sizes
+        rows[:, 2] = np.minimum.reduceat(flat, starts)
+        rows[:, 3] = np.maximum.reduceat(flat, starts)
+        finite = bool(np.isfinite(rows[:, :2]).all())  # a finite mean and variance prove all finite
+        if not finite:
+            rows[:, 4] = np.add.reduceat(np.isnan(flat), starts)
+            rows[:, 5] = np.add.reduceat(np.isinf(flat), starts)
+        for index, item in enumerate(pending):
+            if item.relu_like:
+                rows[index, 6] = _dead_units(item.values, item.shape)
+        if layout.saturation_low is not None:
+            rows[:, 7] = np.add.reduceat((flat < layout.saturation_low) | (flat > layout.saturation_high), starts)
+        # Histogram: each value's bin position within its own range, clamped into the edge bins
+        # (+-Inf too), then shifted to its segment's run of counters; NaN is dropped, as
+        # torch.histc drops it.
+        position = flat * layout.hist_scale
+        position += layout.hist_shift
+        np.clip(position, 0.0, bins - 0.5, out=position)
+        position += layout.hist_base
+        if not finite:
+            position = position[~np.isnan(position)]
+        rows[:, 8:] = np.bincount(position.astype(np.intp), minlength=count * bins).reshape(count, bins)
+        return rows
+
+
+    @_quiet
+    def row_now(self, output: torch.Tensor, hist_range: tuple[float, float],
+                saturation_bounds: tuple[float, float] | None, relu_like: bool) -> tuple[np.ndarray, int]:
+        """The same row for one big CPU output, reduced at once with PyTorch's multi-threaded
+        kernels (no copy kept), and the number of values its histogram sampled."""
+        bins = self.bins
+        x = output.detach()
+        if x.dtype not in _NATIVE:
+            x = x.float()
+        flat = x.reshape(-1)
+        count = flat.numel()
+        row = np.zeros(8 + bins)
+        mean = flat.sum().item() / count
+        # E[x^2] - mean^2 reads the output once more and writes nothing; it loses digits only
+        # when the mean dwarfs the spread, and then the centred second pass runs, in a buffer
+        # kept between steps (a fresh one of this size costs more in page faults than the sums).
+        variance = torch.dot(flat, flat).item() / count - mean * mean
+        if not variance > ONE_PASS_MEAN_RATIO * mean * mean:  # also when not finite
+            if self._scratch is None or self._scratch.numel() < count or self._scratch.dtype != flat.dtype:
+                self._scratch = torch.empty(count, dtype=flat.dtype)
+            centred = torch.sub(flat, mean, out=self._scratch[:count])
+            variance = torch.dot(centred, centred).item() / count
+        low, high = torch.aminmax(flat)
+        row[:4] = (mean, variance, low.item(), high.item())
+        if not (math.isfinite(mean) and math.isfinite(variance)):
+            row[4] = torch.isnan(flat).sum().item()
+            row[5] = torch.isinf(flat).sum().item()
+        if relu_like:
+            # Spatial axes first: a contiguous reduction, then a small one over the batch.
+            row[6] = dead_units(x.flatten(2).amax(2) if x.dim() > 3 else x).item()
+        values = host_array(flat)
+        if saturation_bounds is not None:
+            row[7] = np.count_nonzero(values < saturation_bounds[0] + self.margin) \
+                + np.count_nonzero(values > saturation_bounds[1] - self.margin)
+        sample = values[::max(1, -(-count // HIST_SAMPLE))]
+        lo, hi = hist_range
+        scale = bins / (hi - lo)
+        position = np.multiply(sample, scale, out=self._positions[:sample.size], dtype=np.float32)
+        position -= lo * scale
+        np.clip(position, 0.0, bins - 0.5, out=position)
+        if not (math.isfinite(mean) and math.isfinite(variance)):
+            position = position[~np.isnan(position)]
+        row[8:] = np.bincount(position.astype(np.intp), minlength=bins)
+        return row, sample.size
 
 
 @_quiet
@@ -120,38 +208,48 @@ def sumsq(tensor: torch.Tensor) -> float:
 
 
 @_quiet
-def segment_rows(flat: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(L, 5) per consecutive segment of ``flat``: L2 norm, mean, population variance, NaN and
-    Inf counts; sums accumulate in float64. An empty segment gets NaN figures."""
-    rows = np.full((len(sizes), 5), np.nan)
-    rows[:, 3:] = 0.0
-    filled = sizes > 0
-    if not filled.any():
+def group_rows(groups: list[list[np.ndarray]]) -> np.ndarray:
+    """(L, 5) per group of flat arrays: L2 norm, mean, population variance, NaN and Inf counts.
+
+    Each array is reduced where it lies (numpy's pairwise sum and BLAS's dot, no copies), and
+    the results are combined in float64. An empty group gets NaN figures.
+    """
+    rows = np.zeros((len(groups), 5))
+    for row, arrays in zip(rows, groups):
+        count = sum(a.size for a in arrays)
+        if not count:
+            row[:3] = np.nan
+            continue
+        total = sum(float(a.sum()) for a in arrays)
+        squares = sum(float(np.dot(a, a)) for a in arrays)
+        if not (math.isfinite(total) and math.isfinite(squares)):  # finite sums prove all finite
+            row[3] = sum(np.count_nonzero(np.isnan(a)) for a in arrays)
+            row[4] = sum(np.count_nonzero(np.isinf(a)) for a in arrays)
+        mean = total / count
+        row[:3] = (math.sqrt(squares) if squares >= 0 else np.nan, mean, squares / count - mean * mean)
+    return rows
+
+
+class ChangeMeter:
+    """Sums of squares of parameter changes, with a scratch buffer kept between steps."""
+
+    def __init__(self) -> None:
+        self._scratch = np.zeros(0, np.float32)
+
+    @_quiet
+    def rows(self, groups: list[list[np.ndarray]], before: np.ndarray) -> np.ndarray:
+        """(L, 2) per group: the sum of squares of (after - before), and of before. ``before``
+        holds the groups' arrays back to back, as they were."""
+        rows = np.zeros((len(groups), 2))
+        largest = max((a.size for arrays in groups for a in arrays), default=0)
+        if self._scratch.size < largest or self._scratch.dtype != before.dtype:
+            self._scratch = np.empty(largest, before.dtype)
+        offset = 0
+        for row, arrays in zip(rows, groups):
+            for after in arrays:
+                earlier = before[offset:offset + after.size]
+                offset += after.size
+                delta = np.subtract(after, earlier, out=self._scratch[:after.size])
+                row[0] += float(np.dot(delta, delta))
+                row[1] += float(np.dot(earlier, earlier))
         return rows
-    starts = _segments(sizes)[filled]
-    counts = sizes[filled]
-    sums = np.add.reduceat(flat, starts, dtype=np.float64)
-    squares = np.add.reduceat(flat * flat, starts, dtype=np.float64)
-    mean = sums / counts
-    out = rows[filled]
-    out[:, 0] = np.sqrt(squares)
-    out[:, 1] = mean
-    out[:, 2] = squares / counts - mean * mean
-    if not (np.isfinite(sums).all() and np.isfinite(squares).all()):  # finite sums prove all finite
-        out[:, 3] = np.add.reduceat(np.isnan(flat), starts)
-        out[:, 4] = np.add.reduceat(np.isinf(flat), starts)
-    rows[filled] = out
-    return rows
-
-
-@_quiet
-def change_rows(after: np.ndarray, before: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(L, 2) per consecutive segment: the sum of squares of (after - before), and of before."""
-    rows = np.zeros((len(sizes), 2))
-    filled = sizes > 0
-    if filled.any():
-        starts = _segments(sizes)[filled]
-        delta = after - before
-        rows[filled, 0] = np.add.reduceat(delta * delta, starts, dtype=np.float64)
-        rows[filled, 1] = np.add.reduceat(before * before, starts, dtype=np.float64)
-    return rows

@@ -33,11 +33,17 @@ import torch
 from torch import nn
 
 from engine.host_stats import (
-    BATCHED_MAX, PendingActivation, activation_rows, change_rows, host_array, segment_rows, sumsq,
+    BATCHED_MAX,
+    ActivationReducer,
+    ChangeMeter,
+    PendingActivation,
+    group_rows,
+    host_array,
+    sumsq,
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
-from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count
 from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
+from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
 
@@ -92,6 +98,8 @@ class _Layer:
     saturating: bool
     called: bool = False
     main_weight: torch.nn.Parameter | None = None
+    hist_range: tuple[float, float] = (0.0, 1.0)  # set by the probe from its config
+    saturation_bounds: tuple[float, float] | None = None  # bounds of a saturating layer
 
     def info(self) -> LayerInfo:
         shape = tuple(self.main_weight.shape) if self.main_weight is not None else None
@@ -155,7 +163,7 @@ class _ParamPlan:
     bounds: torch.Tensor  # segment offsets, on the parameters' device
     device: torch.device
     order_version: int
-    host_views: list[np.ndarray] | None = None
+    host_groups: list[list[np.ndarray]] | None = None
     host_pointers: tuple[int, ...] | None = None
 
 
@@ -200,10 +208,17 @@ class Probe:
         self.model = model
         self.config = config or ProbeConfig()
         self._handles: list[Any] = []
+        self._first_param = next(model.parameters(), None)  # its .device follows model.to()
         self._hook_table: tuple[list, list] | None = None
         self._table: _LayerTable | None = None
+        self._reducer = ActivationReducer(self.config.saturation_margin, self.config.hist_bins)
+        self._change_meter = ChangeMeter()
         self._attached = False
         self._layers = self._discover(model)
+        spread = self.config.hist_range
+        for layer in self._layers:
+            layer.hist_range = layer.bounds if layer.bounds is not None else (-spread, spread)
+            layer.saturation_bounds = layer.bounds if layer.saturating else None
         measured = {id(layer.module) for layer in self._layers}
         # Leaf modules the probe doesn't measure (dropout, pooling, flatten...) still appear as
         # phases when a step is walked through, so the walk-through skips nothing.
@@ -375,7 +390,7 @@ class Probe:
         self._capturing = (capture or record) and self._attached
         record = record and self._capturing
         if self._capturing:
-            first = next(self.model.parameters(), None)
+            first = self._first_param
             self._device = torch.device("cpu") if first is None else first.device
             self._host = self._device.type == "cpu"
             self._arm(record)
@@ -455,16 +470,18 @@ class Probe:
         self._calls[layer.index] = call + 1
         if out.numel() == 0:
             return
-        if self._host and out.numel() <= BATCHED_MAX and out.device.type == "cpu":
+        host = self._host and out.is_cpu
+        if host and out.numel() <= BATCHED_MAX:
             # Reduced with the step's other small outputs in ``finish``; copied now, since a
             # later in-place op (ReLU(inplace=True)) may still change this output.
-            values = host_array(out).copy()
             self._pending_acts.append((len(self._pieces), PendingActivation(
-                values, tuple(out.shape), self.hist_range(layer),
-                layer.bounds if layer.saturating else None, layer.relu_like)))
+                host_array(out).copy(), tuple(out.shape), layer.hist_range, layer.saturation_bounds, layer.relu_like)))
             self._pieces.append(None)
             self._layout.append(("act", layer, "stats", (_ACT_FIELDS + self.config.hist_bins,)))
             sampled = out.numel()
+        elif host:
+            row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
+            self._push("act", layer, "stats", row)
         else:
             stats, sampled = self._activation_stats(layer, out)
             self._push("act", layer, "stats", stats)
@@ -533,13 +550,8 @@ class Probe:
             saturated = ((flat < lo + margin) | (flat > hi - margin)).sum(dtype=torch.float32)
         else:
             saturated = zero
-        hist, sampled = histogram(flat, *self.hist_range(layer), self.config.hist_bins)
+        hist, sampled = histogram(flat, *layer.hist_range, self.config.hist_bins)
         return torch.cat([torch.stack([mean, var, low, high, nan, inf, dead, saturated]), hist]), sampled
-
-    def hist_range(self, layer: _Layer) -> tuple[float, float]:
-        if layer.bounds is not None:
-            return layer.bounds
-        return (-self.config.hist_range, self.config.hist_range)
 
     def _capture_attention(self, layer: _Layer, args: tuple, kwargs: dict) -> None:
         """Recompute the focus example's attention weights (heads, T, S) from the layer's inputs.
@@ -588,17 +600,17 @@ class Probe:
                                            device, self._order_version)
         return plan
 
-    def _host_weights(self, plan: _ParamPlan) -> np.ndarray:
-        """Every parameter of the plan, copied back to back into one flat numpy array. The numpy
-        views are kept while the parameters keep their storage (optimizers update in place)."""
+    def _host_groups(self, plan: _ParamPlan) -> list[list[np.ndarray]]:
+        """Each layer's parameters as flat numpy views, kept while the parameters keep their
+        storage (optimizers update in place)."""
         pointers = tuple(p.data_ptr() for p in plan.params)
-        views = plan.host_views
-        if views is None or plan.host_pointers != pointers:
-            views = [host_array(p) for p in plan.params]
+        groups = plan.host_groups
+        if groups is None or plan.host_pointers != pointers:
+            groups = [[host_array(p) for p in layer.params] for layer in plan.layers]
             # Other dtypes than float32/64 give converted copies, which mustn't be reused.
             native = all(p.dtype in (torch.float32, torch.float64) for p in plan.params)
-            plan.host_views, plan.host_pointers = (views, pointers) if native else (None, None)
-        return np.concatenate(views) if views else np.zeros(0, np.float32)
+            plan.host_groups, plan.host_pointers = (groups, pointers) if native else (None, None)
+        return groups
 
     @staticmethod
     def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -613,18 +625,19 @@ class Probe:
         if layers:
             # A parameter without a gradient (frozen, or unused by this forward) counts as zeros;
             # a layer none of whose parameters has one gets no gradient figures at all.
-            if self._host:  # numpy over the parameters, segment by segment
-                grads = [host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
-                         for p in plan.params]
-                self._push("pstats", layers, "weight", segment_rows(self._host_weights(plan), plan.sizes))
-                self._push("pstats", layers, "grad", segment_rows(np.concatenate(grads), plan.sizes))
+            if self._host:  # numpy over views of the tensors, no copies
+                grads = [[host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
+                          for p in layer.params] for layer in layers]
+                self._push("pstats", layers, "weight", group_rows(self._host_groups(plan)))
+                self._push("pstats", layers, "grad", group_rows(grads))
             else:  # few kernel launches for all layers at once
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in plan.params]
                 self._push("pstats", layers, "weight", segment_stats(self._flat(plan.params), plan.bounds))
                 self._push("pstats", layers, "grad", segment_stats(self._flat(grads), plan.bounds))
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
             if gradless:
-                self._push("nograd", gradless, "grad", np.zeros(0) if self._host else torch.zeros(0, device=self._device))
+                empty = np.zeros(0) if self._host else torch.zeros(0, device=self._device)
+                self._push("nograd", gradless, "grad", empty)
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer)
@@ -662,7 +675,8 @@ class Probe:
             return
         plan = self._param_plan(self._device)
         if plan.layers:  # one copy of every parameter, kept until after the update
-            self._before_flat = self._host_weights(plan) if self._host else \
+            self._before_flat = np.concatenate([a for group in self._host_groups(plan) for a in group]) \
+                if self._host else \
                 torch.cat([p.detach().reshape(-1) for p in plan.params])
 
     def after_update(self) -> None:
@@ -673,15 +687,17 @@ class Probe:
         plan = self._param_plan(self._device)
         layers = plan.layers
         if isinstance(before, np.ndarray):
-            after = self._host_weights(plan)
-            self._push("update", layers, "norms", change_rows(after, before, plan.sizes))
-            delta = torch.from_numpy(after - before)
+            groups = self._host_groups(plan)
+            self._push("update", layers, "norms", self._change_meter.rows(groups, before))
+            delta: torch.Tensor | None = None  # made only if a view wants it
         else:
             delta = torch.cat([p.detach().reshape(-1) for p in plan.params]) - before
             norms = torch.stack([segment_sumsq(delta, plan.bounds), segment_sumsq(before, plan.bounds)], dim=1)
             self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
+            if delta is None:
+                delta = torch.from_numpy(np.concatenate([a for group in groups for a in group]) - before)
             offset = 0
             for p in plan.params:
                 if p is focus.main_weight:
@@ -702,7 +718,7 @@ class Probe:
                 order_version=self._order_version, layers=layers, names=self.layer_names,
                 relu=np.array([layer.relu_like for layer in layers], bool),
                 saturating=np.array([layer.saturating for layer in layers], bool),
-                hist_ranges=_read_only(np.array([self.hist_range(layer) for layer in layers], np.float32)
+                hist_ranges=_read_only(np.array([layer.hist_range for layer in layers], np.float32)
                                        .reshape(len(layers), 2)),
                 hist_edges=_read_only(np.linspace(-spread, spread, bins + 1, dtype=np.float32)),
                 bins=bins,
@@ -724,8 +740,7 @@ class Probe:
             self._fix_order()
         self._capturing = False
         if self._pending_acts:
-            rows = activation_rows([item for _, item in self._pending_acts], self.config.saturation_margin,
-                                   self.config.hist_bins)
+            rows = self._reducer.rows([item for _, item in self._pending_acts])
             for (slot, _), row in zip(self._pending_acts, rows):
                 self._pieces[slot] = row
             self._pending_acts = []
@@ -797,7 +812,8 @@ def _parse_capture(host: np.ndarray, layout: list, table: _LayerTable,
         elif kind == "update":
             delta, base = np.sqrt(np.asarray(chunk, np.float64).reshape(shape)).T
             with np.errstate(divide="ignore", invalid="ignore"):
-                values[[layer.index for layer in owner], _COL["update_ratio"]] = np.where(base > 0, delta / base, np.nan)
+                ratio = np.where(base > 0, delta / base, np.nan)
+            values[[layer.index for layer in owner], _COL["update_ratio"]] = ratio
         elif kind == "tensor":
             tensors[(owner.index, key)] = np.asarray(chunk, np.float32).reshape(shape)
         elif kind == "scalars":
