@@ -4,10 +4,12 @@ On a CPU there is no transfer to save, and a small model's capture is dominated 
 of each call: a PyTorch op costs several microseconds of dispatch, a numpy call about one. So on
 the CPU the probe reduces with numpy, and it reduces the small activations of a step *together*:
 each hook keeps a copy of its output (a copy, since a later in-place op may change the output),
-and one batch of segment-wise numpy calls turns them all into rows at the end of the step.
+and one batch of segment-wise numpy calls turns them all into rows at the end of the step. Big
+outputs, where the passes over memory cost more than the calls, are reduced at once with as few
+passes as possible; parameters and gradients are reduced where they lie, without copies.
 
 The definitions are those of ``engine.stats`` (the device path), documented in ``engine.probe``;
-means and variances here accumulate in float64.
+sums accumulate in float64.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ __all__ = ["BATCHED_MAX", "host_array", "PendingActivation", "ActivationReducer"
            "sumsq"]
 
 #: Outputs with at most this many values are reduced in the end-of-step batch (histogrammed in
-#: full); bigger ones are reduced at once with PyTorch, whose kernels use every core.
+#: full); bigger ones are reduced at once, with PyTorch's kernels, which use every core.
 BATCHED_MAX = HIST_SAMPLE
 
 #: A big output's variance is taken in one pass (E[x^2] - mean^2, float32 sums) when it is at

@@ -1,9 +1,12 @@
 """The probe: per-layer measurements of any ``nn.Module`` through hooks.
 
 One object owns every hook; ``attach``/``detach`` are idempotent and ``detach`` runs in ``finally``
-blocks of its callers. During a captured step each hook *appends device tensors* to a list; at the
-end of the step they are concatenated and copied to the host in one transfer (asynchronously on
-CUDA, read a step later), so the training thread never synchronises per layer.
+blocks of its callers. Hooks exist only during a captured step, so an uncaptured step runs the
+bare model. On CUDA each hook *appends device tensors* to a list; at the end of the step they are
+concatenated and copied to the host in one transfer (asynchronously, read a step later), so the
+training thread never synchronises per layer. On the CPU, where there is no transfer to save, the
+statistics are computed with numpy (``engine.host_stats``), small outputs all together at the
+end of the step.
 
 Definitions (documented once, here):
 
@@ -16,7 +19,9 @@ Definitions (documented once, here):
   [0, 1], tanh [-1, 1]) or [-hist_range, hist_range]; outliers are clamped into the edge bins.
   Big outputs are histogrammed over an evenly strided sample of at most 8,192 values
   (``engine.stats.HIST_SAMPLE``); every other statistic uses every value.
-- *std* is the population standard deviation (numpy's default).
+- *std* is the population standard deviation (numpy's default). An output bigger than
+  ``engine.host_stats.BATCHED_MAX`` on the CPU takes its variance as E[x^2] - mean^2 when that
+  cannot lose more than ~1e-5 of it (the mean doesn't dwarf the spread), else in two passes.
 """
 from __future__ import annotations
 
@@ -159,7 +164,6 @@ class _ParamPlan:
 
     layers: list[_Layer]
     params: list[torch.nn.Parameter]
-    sizes: np.ndarray  # parameters per layer
     bounds: torch.Tensor  # segment offsets, on the parameters' device
     device: torch.device
     order_version: int
@@ -474,8 +478,9 @@ class Probe:
         if host and out.numel() <= BATCHED_MAX:
             # Reduced with the step's other small outputs in ``finish``; copied now, since a
             # later in-place op (ReLU(inplace=True)) may still change this output.
-            self._pending_acts.append((len(self._pieces), PendingActivation(
-                host_array(out).copy(), tuple(out.shape), layer.hist_range, layer.saturation_bounds, layer.relu_like)))
+            pending = PendingActivation(host_array(out).copy(), tuple(out.shape), layer.hist_range,
+                                        layer.saturation_bounds, layer.relu_like)
+            self._pending_acts.append((len(self._pieces), pending))
             self._pieces.append(None)
             self._layout.append(("act", layer, "stats", (_ACT_FIELDS + self.config.hist_bins,)))
             sampled = out.numel()
@@ -588,16 +593,16 @@ class Probe:
             self._push("tensor", layer, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
     def _param_plan(self, device: torch.device) -> _ParamPlan:
-        """Layers owning parameters, in order, their parameters and sizes, and their segment
-        bounds in the flattened parameters as a device tensor (cached, so no host-to-device
-        copy happens inside a captured step after the first)."""
+        """Layers owning parameters, in order, their parameters, and their segment bounds in the
+        flattened parameters as a device tensor (cached, so no host-to-device copy happens
+        inside a captured step after the first)."""
         plan = self._plan
         if plan is None or plan.device != device or plan.order_version != self._order_version:
             layers = [layer for layer in self._layers if layer.params]
-            sizes = np.array([sum(p.numel() for p in layer.params) for layer in layers], np.int64)
-            bounds = torch.tensor([0] + list(itertools.accumulate(sizes.tolist())), device=device)
-            plan = self._plan = _ParamPlan(layers, [p for layer in layers for p in layer.params], sizes, bounds,
-                                           device, self._order_version)
+            sizes = [sum(p.numel() for p in layer.params) for layer in layers]
+            bounds = torch.tensor([0] + list(itertools.accumulate(sizes)), device=device)
+            plan = self._plan = _ParamPlan(layers, [p for layer in layers for p in layer.params], bounds, device,
+                                           self._order_version)
         return plan
 
     def _host_groups(self, plan: _ParamPlan) -> list[list[np.ndarray]]:

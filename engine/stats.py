@@ -10,7 +10,7 @@ import torch
 
 __all__ = [
     "HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram", "segment_stats",
-    "segment_sumsq", "group_stats", "group_change_sumsq",
+    "segment_sumsq",
 ]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
@@ -100,41 +100,3 @@ def segment_stats(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
 def segment_sumsq(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Per-segment sum of squares (accumulated in float64)."""
     return _segment_sums(flat * flat, bounds)
-
-
-def _flat_view(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).float()
-
-
-def group_stats(groups: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Like ``segment_stats`` for lists of tensors, reducing each tensor where it lies.
-
-    Used on the CPU, where a few reductions per tensor beat copying every parameter into one
-    buffer and prefix-summing it; float32 reductions (pairwise sums, BLAS dots) are combined in
-    float64.
-    """
-    rows = []
-    for tensors in groups:
-        flats = [_flat_view(t) for t in tensors]
-        count = float(sum(f.numel() for f in flats))
-        sums = torch.stack([f.sum() for f in flats]).double().sum()
-        squares = torch.stack([torch.dot(f, f) for f in flats]).double().sum()
-        if bool(torch.isfinite(sums)) and bool(torch.isfinite(squares)):
-            nan = inf = torch.zeros((), dtype=torch.float64)
-        else:
-            nan = sum(torch.isnan(f).sum() for f in flats).double()
-            inf = sum(torch.isinf(f).sum() for f in flats).double()
-        mean = sums / count
-        rows.append(torch.stack([squares.sqrt(), mean, squares / count - mean * mean, nan, inf]))
-    return torch.stack(rows)
-
-
-def group_change_sumsq(groups: list[list[torch.Tensor]], before: list[list[torch.Tensor]]) -> torch.Tensor:
-    """(L, 2): per group, the sum of squares of (after - before) and of before."""
-    rows = []
-    for now, then in zip(groups, before):
-        deltas = [_flat_view(a) - _flat_view(b) for a, b in zip(now, then)]
-        change = torch.stack([torch.dot(d, d) for d in deltas]).double().sum()
-        base = torch.stack([torch.dot(f, f) for f in map(_flat_view, then)]).double().sum()
-        rows.append(torch.stack([change, base]))
-    return torch.stack(rows)
