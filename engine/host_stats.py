@@ -115,7 +115,7 @@ class ActivationReducer:
             bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
             low = np.repeat(np.array([b[0] for b in bounds]) + self.margin, sizes).astype(np.float32)
             high = np.repeat(np.array([b[1] for b in bounds]) - self.margin, sizes).astype(np.float32)
-        base = np.arange(0, len(pending) * self.bins, self.bins, dtype=np.float32)
+        base = np.arange(0, len(pending) * self.bins, self.bins, dtype=np.intp)
         self._layout = _Layout(sizes, _segments(sizes), np.repeat(scale.astype(np.float32), sizes),
                                np.repeat((-lo * scale).astype(np.float32), sizes), np.repeat(base, sizes), low, high)
         self._key = key
@@ -149,10 +149,13 @@ class ActivationReducer:
         position = flat * layout.hist_scale
         position += layout.hist_shift
         np.clip(position, 0.0, bins - 0.5, out=position)
-        position += layout.hist_base
+        base = layout.hist_base
         if not finite:
-            position = position[~np.isnan(position)]
-        rows[:, 8:] = np.bincount(position.astype(np.intp), minlength=count * bins).reshape(count, bins)
+            kept = ~np.isnan(position)
+            position, base = position[kept], base[kept]
+        index = position.astype(np.intp)
+        index += base
+        rows[:, 8:] = np.bincount(index, minlength=count * bins).reshape(count, bins)
         return rows
 
 
