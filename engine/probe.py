@@ -749,15 +749,15 @@ class Probe:
             for (slot, _), row in zip(self._pending_acts, rows):
                 self._pieces[slot] = row
             self._pending_acts = []
-        scalars = scalars.detach().reshape(-1, 2).float()
+        shape = (scalars.numel() // 2, 2)
         if self._host:
             flat: torch.Tensor | np.ndarray = np.concatenate(
-                self._pieces + [host_array(scalars if scalars.device.type == "cpu" else scalars.cpu())])
+                self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])
         else:
-            flat = torch.cat(self._pieces + [scalars.reshape(-1)])
+            flat = torch.cat(self._pieces + [scalars.detach().reshape(-1).float()])
         # Everything parse reads is fixed now: the next step builds new lists and dicts.
         layout = self._layout
-        layout.append(("scalars", None, "scalars", tuple(scalars.shape)))
+        layout.append(("scalars", None, "scalars", shape))
         table = self._layer_table()
         act_calls, act_units = self._act_calls, self._act_units
         focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
@@ -832,7 +832,7 @@ def _parse_capture(host: np.ndarray, layout: list, table: _LayerTable,
     if gout_rows:  # a layer called twice gets the norm over both calls
         sumsq = np.zeros(n_layers)
         np.add.at(sumsq, gout_rows, gout_sums)
-        rows = np.unique(gout_rows)
+        rows = sorted(set(gout_rows))
         values[rows, _COL["grad_output_norm"]] = np.sqrt(sumsq[rows])
     # Histograms of different layers share bin *count*; each row's edges come from its range.
     frame = StatsFrame(step=step, loss=float(scalars[-1, 0]) if len(scalars) else float("nan"),
