@@ -1,8 +1,8 @@
 """Device-side reductions the probe runs on every captured tensor, written to be cheap.
 
-Each returns 0-d tensors on the tensor's device (never Python numbers on CUDA). On the CPU a
-value can be read for free, so the NaN/Inf counts are skipped when the mean shows there are none;
-on CUDA they are always computed so the training thread never synchronises.
+Each returns tensors on the tensor's device, never Python numbers, so the training thread never
+synchronises. On the CPU the probe uses ``engine.host_stats`` instead, which computes the same
+statistics with numpy.
 """
 from __future__ import annotations
 
@@ -19,20 +19,13 @@ HIST_SAMPLE = 8192
 
 
 def moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population variance, two-pass (exact even when the mean dwarfs the spread)."""
-    if flat.is_cuda:  # one fused kernel; on the CPU the two passes below are faster
-        variance, mean = torch.var_mean(flat, correction=0)
-        return mean, variance
-    mean = flat.mean()
-    centred = flat - mean
-    return mean, torch.dot(centred, centred) / flat.numel()
+    """Mean and population variance (Welford's method: exact even when the mean dwarfs the spread)."""
+    variance, mean = torch.var_mean(flat, correction=0)  # one fused kernel
+    return mean, variance
 
 
 def nonfinite_counts(flat: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """How many NaN and how many ±Inf values (a finite mean proves there are none)."""
-    if not flat.is_cuda and bool(torch.isfinite(mean)):
-        zero = torch.zeros((), device=flat.device)
-        return zero, zero
+    """How many NaN and how many ±Inf values."""
     return torch.isnan(flat).sum(dtype=torch.float32), torch.isinf(flat).sum(dtype=torch.float32)
 
 
@@ -86,11 +79,8 @@ def segment_stats(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """
     sums = _segment_sums(flat, bounds)
     squares = _segment_sums(flat * flat, bounds)
-    if not flat.is_cuda and bool(torch.isfinite(sums).all()) and bool(torch.isfinite(squares).all()):
-        nan = inf = torch.zeros_like(sums)  # a finite sum proves there are none
-    else:
-        nan = _segment_sums(torch.isnan(flat).to(flat.dtype), bounds)
-        inf = _segment_sums(torch.isinf(flat).to(flat.dtype), bounds)
+    nan = _segment_sums(torch.isnan(flat).to(flat.dtype), bounds)
+    inf = _segment_sums(torch.isinf(flat).to(flat.dtype), bounds)
     count = (bounds[1:] - bounds[:-1]).to(torch.float64)
     mean = sums / count
     variance = squares / count - mean * mean
