@@ -26,6 +26,7 @@ Definitions (documented once, here):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -188,6 +189,12 @@ class _LayerTable:
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_signature(cls: type) -> inspect.Signature:
+    """The signature of a module class's forward (self included), read once per class."""
+    return inspect.signature(cls.forward)
 
 
 def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
@@ -449,12 +456,16 @@ class Probe:
               tensor: torch.Tensor | np.ndarray) -> None:
         """Queue a tensor for the step's single copy. Owners are kept as objects (their index is
         read when parsing), since the first capture reorders the layers."""
+        # Display tensors are copied now: an output may be changed by a later in-place op, and a
+        # weight by the update, and each view shows its tensor as it was when pushed.
         if isinstance(tensor, np.ndarray):
             piece: torch.Tensor | np.ndarray = tensor.reshape(-1)
-        elif self._host:  # a copy: the tensor may be an output a later in-place op changes
+        elif self._host:
             piece = np.array(host_array(tensor if tensor.device.type == "cpu" else tensor.cpu()))
         else:
             piece = tensor.detach().reshape(-1).float()
+            if kind == "tensor":
+                piece = piece.clone()
         self._pieces.append(piece)
         self._layout.append((kind, owner, key, tuple(tensor.shape)))
 
@@ -495,13 +506,17 @@ class Probe:
         if out.requires_grad:
             out.register_hook(self._make_grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
-            example = self._example(out)
-            if example.numel() <= MAX_GRAPH_UNITS:
-                self._push("tensor", layer, "unit_value", example.reshape(-1))
-            if self._is_focus(layer):
-                self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)))
-            if example.dim() == 3 and layer.name == self._step_targets.get("conv"):
-                self._push("tensor", layer, "feature_maps", shrink_maps(example))
+            graphed = out.numel() <= MAX_GRAPH_UNITS * out.shape[0]  # one example's units are drawn
+            focused = self._is_focus(layer)
+            maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
+            if graphed or focused or maps:
+                example = self._example(out)
+                if graphed:
+                    self._push("tensor", layer, "unit_value", example.reshape(-1))
+                if focused:
+                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)))
+                if maps:
+                    self._push("tensor", layer, "feature_maps", shrink_maps(example))
         if self._recording:
             inp = first_tensor(args)
             tensors = {"output": out}
@@ -531,11 +546,14 @@ class Probe:
             else:
                 self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
-                example = self._example(grad)
-                if example.numel() <= MAX_GRAPH_UNITS:
-                    self._push("tensor", layer, "unit_grad", example.reshape(-1))
-                if self._is_focus(layer):
-                    self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)))
+                graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
+                focused = self._is_focus(layer)
+                if graphed or focused:
+                    example = self._example(grad)
+                    if graphed:
+                        self._push("tensor", layer, "unit_grad", example.reshape(-1))
+                    if focused:
+                        self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)))
             if self._recording:
                 self._phase_events.append(
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
@@ -565,7 +583,7 @@ class Probe:
         example, in eval mode (no dropout, so the training RNG is untouched), without grad.
         """
         module: nn.MultiheadAttention = layer.module  # type: ignore[assignment]
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        bound = _forward_signature(type(module)).bind(module, *args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
         e = self.focus_example
@@ -692,21 +710,20 @@ class Probe:
         plan = self._param_plan(self._device)
         layers = plan.layers
         if isinstance(before, np.ndarray):
-            groups = self._host_groups(plan)
-            self._push("update", layers, "norms", self._change_meter.rows(groups, before))
-            delta: torch.Tensor | None = None  # made only if a view wants it
+            self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
         else:
             delta = torch.cat([p.detach().reshape(-1) for p in plan.params]) - before
             norms = torch.stack([segment_sumsq(delta, plan.bounds), segment_sumsq(before, plan.bounds)], dim=1)
             self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
-            if delta is None:
-                delta = torch.from_numpy(np.concatenate([a for group in groups for a in group]) - before)
             offset = 0
             for p in plan.params:
-                if p is focus.main_weight:
-                    change = delta[offset:offset + p.numel()].reshape(p.shape)
+                if p is focus.main_weight:  # only the focused weight's change is shown
+                    earlier = before[offset:offset + p.numel()]
+                    if isinstance(earlier, np.ndarray):
+                        earlier = torch.from_numpy(earlier)
+                    change = p.detach() - earlier.reshape(p.shape)
                     self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
                 offset += p.numel()
 

@@ -384,3 +384,46 @@ def test_first_capture_after_reordering_attributes_everything_to_the_right_layer
     assert capture.tensors.layer == "hidden" and capture.tensors.weight.shape == (6, 4)
     assert capture.tensors.activation.shape == (1, 6)
     np.testing.assert_allclose(capture.tensors.activation[0], hidden[0], rtol=1e-5)
+
+
+def test_focus_views_and_graph_units_equal_the_steps_tensors() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(7, 5)
+    probe = Probe(model)
+    probe.focus_layer = "0"
+    probe.focus_example = 4
+    outputs = {}
+
+    def keep(index: int):
+        def hook(_m, _a, out: torch.Tensor) -> None:
+            out.retain_grad()
+            outputs[index] = out
+        return hook
+
+    handles = [model[i].register_forward_hook(keep(i)) for i in range(3)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    with probe:
+        probe.begin_step(True, tensors=True)
+        model(x).square().sum().backward()
+        probe.after_backward()
+        before = model[0].weight.detach().clone()
+        head_before = model[2].weight.detach().clone()
+        probe.before_update()
+        optimizer.step()
+        probe.after_update()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    for handle in handles:
+        handle.remove()
+    views = capture.tensors
+    np.testing.assert_allclose(views.activation.reshape(-1), outputs[0][4].detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(views.output_grad.reshape(-1), outputs[0].grad[4].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(views.weight_update, (model[0].weight.detach() - before).numpy(), rtol=1e-5, atol=1e-8)
+    assert np.abs(views.weight_update).max() > 0
+    for i, name in enumerate(("0", "1", "2")):
+        np.testing.assert_allclose(capture.unit_values[name], outputs[i][4].detach().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(capture.unit_grads[name], outputs[i].grad[4].numpy(), rtol=1e-6)
+    # Weights are shown as backward left them, like their statistics: before the update.
+    np.testing.assert_allclose(capture.graph_weights["2"].reshape(model[2].weight.shape), head_before.numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(views.weight, before.numpy(), rtol=1e-6)
