@@ -30,14 +30,14 @@ import functools
 import inspect
 import itertools
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.host_stats import (
     BATCHED_MAX,
     ActivationReducer,
@@ -48,7 +48,7 @@ from engine.host_stats import (
     sumsq,
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
-from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame, TensorViews
+from engine.snapshot import LayerInfo
 from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -63,9 +63,6 @@ ACTIVATIONS = RELU_FAMILY + tuple(SATURATING) + (
 )
 BOUNDED_RANGE = {nn.Softmax: (0.0, 1.0), nn.Softmin: (0.0, 1.0)}
 
-# Layout of one activation piece: 8 statistics, then the histogram.
-_ACT_FIELDS = 8  # mean, var, min, max, nan, inf, dead, saturated
-_PARAM_FIELDS = 5  # norm, mean, var, nan, inf  (numel is known on the host)
 # Largest column (units) the network graph draws unit by unit; beyond it values aren't shipped.
 MAX_GRAPH_UNITS = 64
 
@@ -91,7 +88,7 @@ def first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (plans compare layouts holding layers)
 class _Layer:
     index: int
     name: str
@@ -123,18 +120,6 @@ class PhaseRecord:
     kind: str  # 'forward' | 'backward'
     module: str
     tensors: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True, slots=True)
-class Capture:
-    """A captured step, on the host."""
-
-    frame: StatsFrame
-    tensors: TensorViews | None
-    unit_values: dict[str, np.ndarray]  # layer -> the focus example's output, for small layers
-    unit_grads: dict[str, np.ndarray]
-    scalars: np.ndarray  # (k, 2) loss and accuracy (NaN if none) of the steps since the last capture
-    graph_weights: dict[str, np.ndarray] = field(default_factory=dict)  # small Linear layers
 
 
 class PendingCapture:
@@ -172,20 +157,6 @@ class _ParamPlan:
     host_pointers: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
-class _LayerTable:
-    """What parsing a capture needs to know of the layers, fixed while their order is."""
-
-    order_version: int
-    layers: list[_Layer]
-    names: tuple[str, ...]
-    relu: np.ndarray  # (n,) bool
-    saturating: np.ndarray
-    hist_ranges: np.ndarray  # (n, 2) float32, shared by every frame: read-only
-    hist_edges: np.ndarray
-    bins: int
-
-
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
@@ -221,7 +192,8 @@ class Probe:
         self._handles: list[Any] = []
         self._first_param = next(model.parameters(), None)  # its .device follows model.to()
         self._hook_table: tuple[list, list] | None = None
-        self._table: _LayerTable | None = None
+        self._table: LayerTable | None = None
+        self._parse_plans: list[ParsePlan] = []  # the last few layouts' plans, newest first
         self._reducer = ActivationReducer(self.config.saturation_margin, self.config.hist_bins)
         self._change_meter = ChangeMeter()
         self._attached = False
@@ -384,9 +356,7 @@ class Probe:
         # CPU; a None is a slot the end-of-step activation batch fills in.
         self._pieces: list[torch.Tensor | np.ndarray | None] = []
         self._pending_acts: list[tuple[int, PendingActivation]] = []
-        self._layout: list[tuple[str, int, str, tuple[int, ...]]] = []  # (kind, layer, key, shape)
-        self._act_calls: dict[int, list[tuple[int, int]]] = {}  # id(layer) -> (numel, sampled) per call
-        self._act_units: dict[int, list[int]] = {}  # id(layer) -> units per call
+        self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
@@ -442,10 +412,10 @@ class Probe:
             if kind == "attention":
                 return layer.role == "attention"
             return layer.main_weight is not None and layer.main_weight.dim() == 4
-        focused = next((l for l in self._layers if self._is_focus(l)), None)
+        focused = next((item for item in self._layers if self._is_focus(item)), None)
         if focused is not None and matches(focused):
             return focused.name
-        candidates = [l.name for l in self._layers if matches(l) and l.called]
+        candidates = [item.name for item in self._layers if matches(item) and item.called]
         if not candidates:
             return None
         # The first conv layer's filters are the readable ones (edges, strokes); the last
@@ -453,7 +423,7 @@ class Probe:
         return candidates[0] if kind == "conv" else candidates[-1]
 
     def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str,
-              tensor: torch.Tensor | np.ndarray) -> None:
+              tensor: torch.Tensor | np.ndarray, meta: tuple | None = None) -> None:
         """Queue a tensor for the step's single copy. Owners are kept as objects (their index is
         read when parsing), since the first capture reorders the layers."""
         # Display tensors are copied now: an output may be changed by a later in-place op, and a
@@ -467,7 +437,7 @@ class Probe:
             if kind == "tensor":
                 piece = piece.clone()
         self._pieces.append(piece)
-        self._layout.append((kind, owner, key, tuple(tensor.shape)))
+        self._layout.append((kind, owner, key, tuple(tensor.shape), meta))
 
     def _example(self, x: torch.Tensor) -> torch.Tensor:
         return x[min(self.focus_example, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
@@ -493,16 +463,14 @@ class Probe:
                                         layer.saturation_bounds, layer.relu_like)
             self._pending_acts.append((len(self._pieces), pending))
             self._pieces.append(None)
-            self._layout.append(("act", layer, "stats", (_ACT_FIELDS + self.config.hist_bins,)))
-            sampled = out.numel()
+            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                                 (out.numel(), out.numel(), unit_count(out))))
         elif host:
             row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
-            self._push("act", layer, "stats", row)
+            self._push("act", layer, "stats", row, (out.numel(), sampled, unit_count(out)))
         else:
             stats, sampled = self._activation_stats(layer, out)
-            self._push("act", layer, "stats", stats)
-        self._act_calls.setdefault(id(layer), []).append((out.numel(), sampled))
-        self._act_units.setdefault(id(layer), []).append(unit_count(out))
+            self._push("act", layer, "stats", stats, (out.numel(), sampled, unit_count(out)))
         if out.requires_grad:
             out.register_hook(self._make_grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
@@ -685,7 +653,7 @@ class Probe:
         for index, (kind, name, tensors) in enumerate(self._phase_events):
             if kind != "backward":
                 continue
-            layer = next((l for l in self._layers if (l.name or "<model>") == name), None)
+            layer = next((item for item in self._layers if (item.name or "<model>") == name), None)
             if layer is None:
                 continue
             for pname, p in layer.module.named_parameters(recurse=False):
@@ -732,20 +700,28 @@ class Probe:
         return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()})
                 for kind, name, tensors in self._phase_events]
 
-    def _layer_table(self) -> _LayerTable:
+    def _layer_table(self) -> LayerTable:
         if self._table is None or self._table.order_version != self._order_version:
             layers = list(self._layers)
             bins, spread = self.config.hist_bins, self.config.hist_range
-            self._table = _LayerTable(
+            self._table = LayerTable(
                 order_version=self._order_version, layers=layers, names=self.layer_names,
-                relu=np.array([layer.relu_like for layer in layers], bool),
-                saturating=np.array([layer.saturating for layer in layers], bool),
                 hist_ranges=_read_only(np.array([layer.hist_range for layer in layers], np.float32)
                                        .reshape(len(layers), 2)),
                 hist_edges=_read_only(np.linspace(-spread, spread, bins + 1, dtype=np.float32)),
                 bins=bins,
             )
         return self._table
+
+    def _parse_plan(self, layout: list[tuple], table: LayerTable) -> ParsePlan:
+        """The plan of this layout, made once: steps with and without views alternate between a
+        few layouts, so the last few are kept."""
+        for plan in self._parse_plans:
+            if plan.matches(layout, table):
+                return plan
+        plan = ParsePlan(layout, table)
+        self._parse_plans = [plan] + self._parse_plans[:3]
+        return plan
 
     def finish(self, step: int, scalars: torch.Tensor) -> PendingCapture | None:
         """Gather the step's measurements into one tensor and start its single host copy.
@@ -766,21 +742,17 @@ class Probe:
             for (slot, _), row in zip(self._pending_acts, rows):
                 self._pieces[slot] = row
             self._pending_acts = []
-        shape = (scalars.numel() // 2, 2)
         if self._host:
             flat: torch.Tensor | np.ndarray = np.concatenate(
                 self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])
         else:
             flat = torch.cat(self._pieces + [scalars.detach().reshape(-1).float()])
-        # Everything parse reads is fixed now: the next step builds new lists and dicts.
-        layout = self._layout
-        layout.append(("scalars", None, "scalars", shape))
-        table = self._layer_table()
-        act_calls, act_units = self._act_calls, self._act_units
+        # The scalars follow the layout's pieces; the next step builds a new layout.
+        plan = self._parse_plan(self._layout, self._layer_table())
         focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
-            return _parse_capture(host, layout, table, act_calls, act_units, step, focus, example, tensors_wanted)
+            return parse_capture(host, plan, step, focus, example, tensors_wanted)
 
         if isinstance(flat, torch.Tensor) and flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
@@ -789,134 +761,3 @@ class Probe:
             event.record()
             return PendingCapture(parse, host, event)
         return PendingCapture(parse, flat, None)
-
-
-_COL = STAT_INDEX
-_PARAM_COLUMNS = {
-    "weight": np.array([_COL[c] for c in ("weight_norm", "weight_mean", "weight_std", "nan_weights", "inf_weights")]),
-    "grad": np.array([_COL[c] for c in ("grad_norm", "grad_mean", "grad_std", "nan_grads", "inf_grads")]),
-}
-_GRAD_FIGURES = np.array([_COL[c] for c in ("grad_norm", "grad_mean", "grad_std")])
-_GRAD_COUNTS = np.array([_COL[c] for c in ("nan_grads", "inf_grads")])
-
-
-def _parse_capture(host: np.ndarray, layout: list, table: _LayerTable,
-                   act_calls: dict[int, list[tuple[int, int]]], act_units: dict[int, list[int]],
-                   step: int, focus: str | None, example: int, tensors_wanted: bool) -> Capture:
-    """Turn the flat host copy back into per-layer statistics (host-side numpy only)."""
-    layers, names = table.layers, table.names
-    n_layers = len(layers)
-    values = np.full((n_layers, len(STAT_NAMES)), np.nan)
-    hist = np.zeros((n_layers, table.bins), np.float32)
-    act_pieces: dict[int, list[np.ndarray]] = {}
-    gout_rows: list[int] = []
-    gout_sums: list[float] = []
-    tensors: dict[tuple[int, str], np.ndarray] = {}
-    scalars = np.zeros((0, 2))
-    offset = 0
-    for kind, owner, key, shape in layout:
-        size = math.prod(shape)
-        chunk = host[offset:offset + size]
-        offset += size
-        if kind == "act":
-            act_pieces.setdefault(owner.index, []).append(np.asarray(chunk, np.float64))
-        elif kind == "gout":
-            gout_rows.append(owner.index)
-            gout_sums.append(float(chunk[0]))
-        elif kind == "pstats":
-            rows = np.array(chunk, np.float64).reshape(shape)
-            rows[:, 2] = np.sqrt(np.maximum(rows[:, 2], 0.0))  # variance -> std
-            values[np.ix_([layer.index for layer in owner], _PARAM_COLUMNS[key])] = rows
-        elif kind == "nograd":
-            indices = [layer.index for layer in owner]
-            values[np.ix_(indices, _GRAD_FIGURES)] = np.nan
-            values[np.ix_(indices, _GRAD_COUNTS)] = 0.0
-        elif kind == "update":
-            delta, base = np.sqrt(np.asarray(chunk, np.float64).reshape(shape)).T
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(base > 0, delta / base, np.nan)
-            values[[layer.index for layer in owner], _COL["update_ratio"]] = ratio
-        elif kind == "tensor":
-            tensors[(owner.index, key)] = np.asarray(chunk, np.float32).reshape(shape)
-        elif kind == "scalars":
-            scalars = np.asarray(chunk, np.float64).reshape(shape)
-    single = [index for index, pieces in act_pieces.items() if len(pieces) == 1]
-    if single:  # the usual case, one call per layer: all layers at once
-        _fill_single_calls(values, hist, single, act_pieces, act_calls, act_units, table)
-    for index, pieces in act_pieces.items():
-        if len(pieces) > 1:
-            _fill_repeated_calls(values, hist, index, pieces, act_calls, act_units, layers)
-    if gout_rows:  # a layer called twice gets the norm over both calls
-        sumsq = np.zeros(n_layers)
-        np.add.at(sumsq, gout_rows, gout_sums)
-        rows = sorted(set(gout_rows))
-        values[rows, _COL["grad_output_norm"]] = np.sqrt(sumsq[rows])
-    # Histograms of different layers share bin *count*; each row's edges come from its range.
-    frame = StatsFrame(step=step, loss=float(scalars[-1, 0]) if len(scalars) else float("nan"),
-                       layer_names=names, values=values, histograms=hist, hist_edges=table.hist_edges,
-                       hist_ranges=table.hist_ranges)
-    views = None
-    if tensors_wanted:
-        focus_index = names.index(focus) if focus in names else None
-        get = lambda key: tensors.get((focus_index, key))  # noqa: E731
-        by_key = {key: (names[i], v) for (i, key), v in tensors.items()}
-        feature_layer, feature_maps = by_key.get("feature_maps", (None, None))
-        attention_layer, attention = by_key.get("attention", (None, None))
-        views = TensorViews(
-            step=step, layer=focus or "", example=example, weight=get("weight"),
-            weight_grad=get("weight_grad"), weight_update=get("weight_update"),
-            activation=get("activation"), output_grad=get("output_grad"),
-            feature_maps=feature_maps, kernels=by_key.get("kernels", (None, None))[1],
-            attention=attention, feature_layer=feature_layer, attention_layer=attention_layer,
-        )
-    unit_values = {names[i]: v for (i, key), v in tensors.items() if key == "unit_value"}
-    unit_grads = {names[i]: v for (i, key), v in tensors.items() if key == "unit_grad"}
-    graph_weights = {names[i]: v for (i, key), v in tensors.items() if key == "graph_weight"}
-    return Capture(frame=frame, tensors=views, unit_values=unit_values, unit_grads=unit_grads,
-                   scalars=scalars, graph_weights=graph_weights)
-
-
-_ACT_COPIED = np.array([0, 2, 3, 4, 5])  # mean, min, max, NaN and Inf counts: stored as they are
-_ACT_COLUMNS = np.array([_COL[c] for c in ("act_mean", "act_min", "act_max", "nan_acts", "inf_acts")])
-
-
-def _fill_single_calls(values: np.ndarray, hist: np.ndarray, indices: list[int], act_pieces: dict,
-                       act_calls: dict, act_units: dict, table: _LayerTable) -> None:
-    """Activation statistics of layers called once, vectorised across layers."""
-    layers = table.layers
-    rows = np.array(indices)
-    pieces = np.stack([act_pieces[i][0] for i in indices])
-    calls = np.array([act_calls[id(layers[i])][0] for i in indices], np.float64)  # (numel, sampled)
-    units = np.array([act_units[id(layers[i])][0] for i in indices], np.float64)
-    values[np.ix_(rows, _ACT_COLUMNS)] = pieces[:, _ACT_COPIED]
-    values[rows, _COL["act_std"]] = np.sqrt(np.maximum(pieces[:, 1], 0.0))
-    relu, saturating = table.relu[rows], table.saturating[rows]
-    values[rows[relu], _COL["dead_fraction"]] = pieces[relu, 6] / units[relu]
-    values[rows[saturating], _COL["saturated_fraction"]] = pieces[saturating, 7] / calls[saturating, 0]
-    hist[rows] = pieces[:, _ACT_FIELDS:] / calls[:, 1:2]
-
-
-def _fill_repeated_calls(values: np.ndarray, hist: np.ndarray, index: int, pieces: list[np.ndarray],
-                         act_calls: dict, act_units: dict, layers: list[_Layer]) -> None:
-    """A layer called several times in one forward: combine the calls (Chan's formula)."""
-    layer = layers[index]
-    calls = np.asarray(act_calls[id(layer)][:len(pieces)], np.float64).reshape(-1, 2)
-    counts, sampled = calls[:, 0], calls[:, 1]
-    stats = np.stack([p[:_ACT_FIELDS] for p in pieces])
-    total = counts.sum()
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite activations stay NaN/Inf
-        mean = float((counts * stats[:, 0]).sum() / total)
-        var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
-    row = values[index]
-    row[_COL["act_mean"]] = mean
-    row[_COL["act_std"]] = np.sqrt(max(var, 0.0))
-    row[_COL["act_min"]] = stats[:, 2].min()
-    row[_COL["act_max"]] = stats[:, 3].max()
-    row[_COL["nan_acts"]] = stats[:, 4].sum()
-    row[_COL["inf_acts"]] = stats[:, 5].sum()
-    if layer.relu_like:
-        units = np.asarray(act_units[id(layer)][:len(pieces)], np.float64)
-        row[_COL["dead_fraction"]] = stats[:, 6].sum() / units.sum()
-    if layer.saturating:
-        row[_COL["saturated_fraction"]] = stats[:, 7].sum() / total
-    hist[index] = (sum(p[_ACT_FIELDS:] for p in pieces) / sampled.sum()).astype(np.float32)

@@ -82,7 +82,7 @@ def boundary_view(run: Run, step: int) -> BoundaryView | None:
     ys = torch.linspace(float(y0), float(y1), GRID)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1).to(trainer.device)
-    hidden_layer = next((l for l in trainer.probe.layers if l.role == "activation" and l.called), None)
+    hidden_layer = next((info for info in trainer.probe.layers if info.role == "activation" and info.called), None)
     captured: dict[str, torch.Tensor] = {}
     handle = None
     if hidden_layer is not None:

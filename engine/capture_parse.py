@@ -1,0 +1,236 @@
+"""Reading a captured step back: the flat host copy of the probe's pieces -> per-layer figures.
+
+The probe queues a captured step's measurements as pieces of one flat array and describes them
+in a *layout*, one entry per piece: ``(kind, owner, key, shape, meta)``. A model's captured steps
+have the same layout step after step, so the work of reading one (where each figure lies in the
+copy, where it goes in the frame, what it is divided by) is done once, in a ``ParsePlan``, and
+parsing a capture is then a handful of gathers from the copy.
+
+Piece kinds:
+
+- ``act``: one call of a layer: 8 statistics (mean, var, min, max, NaN count, Inf count, dead
+  units, saturated count) then the histogram counts; ``meta`` is (numel, sampled, units).
+- ``gout``: the squared norm of the gradient w.r.t. one call's output.
+- ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
+  (``key`` 'weight') or gradients ('grad'); ``owner`` is the list of layers.
+- ``nograd``: empty; its layers have no gradient at all this step.
+- ``update``: (layers, 2) of the sums of squares of the update and of the weights before it.
+- ``tensor``: a display tensor (``key`` names it) of ``shape``.
+
+The loss and accuracy of the steps since the last capture follow the last piece, (k, 2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.snapshot import STAT_INDEX, STAT_NAMES, StatsFrame, TensorViews
+
+__all__ = ["ACT_FIELDS", "PARAM_FIELDS", "Capture", "LayerTable", "ParsePlan", "parse_capture"]
+
+ACT_FIELDS = 8  # mean, var, min, max, nan, inf, dead, saturated; then the histogram
+PARAM_FIELDS = 5  # norm, mean, var, nan, inf  (numel is known on the host)
+
+_COL = STAT_INDEX
+_WIDTH = len(STAT_NAMES)
+_PARAM_COLUMNS = {
+    "weight": [_COL[c] for c in ("weight_norm", "weight_mean", "weight_std", "nan_weights", "inf_weights")],
+    "grad": [_COL[c] for c in ("grad_norm", "grad_mean", "grad_std", "nan_grads", "inf_grads")],
+}
+_GRAD_FIGURES = [_COL[c] for c in ("grad_norm", "grad_mean", "grad_std")]
+_GRAD_COUNTS = [_COL[c] for c in ("nan_grads", "inf_grads")]
+# Activation fields stored as they are: mean, min, max, NaN and Inf counts.
+_ACT_COPIED = list(zip((0, 2, 3, 4, 5), (_COL[c] for c in ("act_mean", "act_min", "act_max", "nan_acts", "inf_acts"))))
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A captured step, on the host."""
+
+    frame: StatsFrame
+    tensors: TensorViews | None
+    unit_values: dict[str, np.ndarray]  # layer -> the focus example's output, for small layers
+    unit_grads: dict[str, np.ndarray]
+    scalars: np.ndarray  # (k, 2) loss and accuracy (NaN if none) of the steps since the last capture
+    graph_weights: dict[str, np.ndarray] = field(default_factory=dict)  # small Linear layers
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """What parsing a capture needs to know of the layers, fixed while their order is."""
+
+    order_version: int
+    layers: list[Any]  # the probe's layers: .index, .relu_like, .saturating
+    names: tuple[str, ...]
+    hist_ranges: np.ndarray  # (n, 2) float32, shared by every frame: read-only
+    hist_edges: np.ndarray
+    bins: int
+
+
+def _index(values: list[int]) -> np.ndarray:
+    return np.array(values, np.intp)
+
+
+class ParsePlan:
+    """Where each figure of one layout lies in the host copy and where it goes in the frame."""
+
+    def __init__(self, layout: list[tuple], table: LayerTable) -> None:
+        self.layout = layout
+        self.table = table
+        width, bins = _WIDTH, table.bins
+        copy: list[tuple[int, int]] = []  # (host position, flat frame position)
+        std: list[tuple[int, int]] = []  # a variance there, its square root here
+        scaled: list[tuple[int, int, float]] = []  # a count there, divided by the third, here
+        update: list[tuple[int, int]] = []  # (host position of the pair, frame position)
+        gout: list[tuple[int, int]] = []  # (host position, layer)
+        blank: list[int] = []  # no gradient: NaN figures...
+        zero: list[int] = []  # ...and zero NaN/Inf counts
+        calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, meta)
+        self.tensors: list[tuple[int, int, tuple[int, ...], int, str]] = []
+        offset = 0
+        for kind, owner, key, shape, meta in layout:
+            size = math.prod(shape)
+            if kind == "act":
+                calls.setdefault(owner.index, []).append((offset, meta))
+            elif kind == "gout":
+                gout.append((offset, owner.index))
+            elif kind == "pstats":
+                norm, mean, spread, nans, infs = _PARAM_COLUMNS[key]
+                for row, layer in enumerate(owner):
+                    at, base = offset + row * PARAM_FIELDS, layer.index * width
+                    copy += [(at, base + norm), (at + 1, base + mean), (at + 3, base + nans), (at + 4, base + infs)]
+                    std.append((at + 2, base + spread))
+            elif kind == "nograd":
+                for layer in owner:
+                    blank += [layer.index * width + c for c in _GRAD_FIGURES]
+                    zero += [layer.index * width + c for c in _GRAD_COUNTS]
+            elif kind == "update":
+                update += [(offset + 2 * row, layer.index * width + _COL["update_ratio"])
+                           for row, layer in enumerate(owner)]
+            elif kind == "tensor":
+                self.tensors.append((offset, size, tuple(shape), owner.index, key))
+            else:
+                raise ValueError(f"unknown piece kind {kind!r}")
+            offset += size
+        self.size = offset  # the scalars follow
+        hist: list[tuple[int, int, int]] = []  # (layer, host position, values sampled)
+        self.repeated: list[tuple[Any, list[int], list[tuple[int, int, int]]]] = []
+        for index, made in calls.items():
+            layer = table.layers[index]
+            if len(made) > 1:  # combined by _fill_repeated_calls
+                self.repeated.append((layer, [at for at, _ in made], [meta for _, meta in made]))
+                continue
+            (at, (numel, sampled, units)), = made
+            base = index * width
+            copy += [(at + field, base + column) for field, column in _ACT_COPIED]
+            std.append((at + 1, base + _COL["act_std"]))
+            if layer.relu_like:
+                scaled.append((at + 6, base + _COL["dead_fraction"], units))
+            if layer.saturating:
+                scaled.append((at + 7, base + _COL["saturated_fraction"], numel))
+            hist.append((index, at + ACT_FIELDS, sampled))
+        self.copy_src, self.copy_dst = (_index(list(c)) for c in zip(*copy)) if copy else (_index([]),) * 2
+        self.std_src, self.std_dst = (_index(list(c)) for c in zip(*std)) if std else (_index([]),) * 2
+        self.scaled_src = _index([s for s, _, _ in scaled])
+        self.scaled_dst = _index([d for _, d, _ in scaled])
+        self.scaled_by = np.array([float(by) for _, _, by in scaled])
+        self.update_src = _index([s for s, _ in update])
+        self.update_dst = _index([d for _, d in update])
+        self.gout_src = _index([s for s, _ in gout])
+        self.gout_layer = _index([layer for _, layer in gout])
+        gout_rows = sorted({layer for _, layer in gout})
+        self.gout_rows = _index(gout_rows)
+        self.gout_dst = self.gout_rows * width + _COL["grad_output_norm"]
+        self.blank, self.zero = _index(blank), _index(zero)
+        self.hist_rows = _index([index for index, _, _ in hist])
+        self.hist_src = _index([at for _, at, _ in hist])[:, None] + np.arange(bins)
+        self.hist_sampled = np.array([[float(sampled)] for _, _, sampled in hist]).reshape(-1, 1)
+
+    def matches(self, layout: list[tuple], table: LayerTable) -> bool:
+        return table is self.table and layout == self.layout
+
+    def figures(self, host: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(layers, stats) figures and (layers, bins) histogram fractions of one host copy."""
+        count = len(self.table.layers)
+        values = np.full(count * _WIDTH, np.nan)
+        values[self.copy_dst] = host[self.copy_src]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            values[self.std_dst] = np.sqrt(np.maximum(host[self.std_src], 0.0))
+            values[self.scaled_dst] = host[self.scaled_src] / self.scaled_by
+            if self.update_src.size:
+                delta, base = np.sqrt(host[self.update_src]), np.sqrt(host[self.update_src + 1])
+                values[self.update_dst] = np.divide(delta, base, out=np.full(base.shape, np.nan), where=base > 0)
+            if self.gout_src.size:  # a layer called twice gets the norm over both calls
+                sums = np.bincount(self.gout_layer, weights=host[self.gout_src], minlength=count)
+                values[self.gout_dst] = np.sqrt(sums[self.gout_rows])
+            values[self.blank] = np.nan
+            values[self.zero] = 0.0
+            values = values.reshape(count, _WIDTH)
+            hist = np.zeros((count, self.table.bins), np.float32)
+            hist[self.hist_rows] = host[self.hist_src] / self.hist_sampled
+            for layer, positions, metas in self.repeated:
+                pieces = [np.asarray(host[at:at + ACT_FIELDS + self.table.bins], np.float64) for at in positions]
+                _fill_repeated_calls(values, hist, layer, pieces, metas)
+        return values, hist
+
+
+def parse_capture(host: np.ndarray, plan: ParsePlan, step: int, focus: str | None, example: int,
+                  tensors_wanted: bool) -> Capture:
+    """Turn the flat host copy back into per-layer statistics and views (numpy only)."""
+    table = plan.table
+    names = table.names
+    values, hist = plan.figures(host)
+    scalars = np.asarray(host[plan.size:], np.float64).reshape(-1, 2)
+    tensors = {(index, key): np.asarray(host[at:at + size], np.float32).reshape(shape)
+               for at, size, shape, index, key in plan.tensors}
+    # Histograms of different layers share bin *count*; each row's edges come from its range.
+    frame = StatsFrame(step=step, loss=float(scalars[-1, 0]) if len(scalars) else float("nan"),
+                       layer_names=names, values=values, histograms=hist, hist_edges=table.hist_edges,
+                       hist_ranges=table.hist_ranges)
+    views = None
+    if tensors_wanted:
+        focus_index = names.index(focus) if focus in names else None
+        get = lambda key: tensors.get((focus_index, key))  # noqa: E731
+        by_key = {key: (names[i], v) for (i, key), v in tensors.items()}
+        feature_layer, feature_maps = by_key.get("feature_maps", (None, None))
+        attention_layer, attention = by_key.get("attention", (None, None))
+        views = TensorViews(
+            step=step, layer=focus or "", example=example, weight=get("weight"),
+            weight_grad=get("weight_grad"), weight_update=get("weight_update"),
+            activation=get("activation"), output_grad=get("output_grad"),
+            feature_maps=feature_maps, kernels=by_key.get("kernels", (None, None))[1],
+            attention=attention, feature_layer=feature_layer, attention_layer=attention_layer,
+        )
+    by_kind: dict[str, dict[str, np.ndarray]] = {"unit_value": {}, "unit_grad": {}, "graph_weight": {}}
+    for (index, key), value in tensors.items():
+        if key in by_kind:
+            by_kind[key][names[index]] = value
+    return Capture(frame=frame, tensors=views, unit_values=by_kind["unit_value"], unit_grads=by_kind["unit_grad"],
+                   scalars=scalars, graph_weights=by_kind["graph_weight"])
+
+
+def _fill_repeated_calls(values: np.ndarray, hist: np.ndarray, layer: Any, pieces: list[np.ndarray],
+                         metas: list[tuple[int, int, int]]) -> None:
+    """A layer called several times in one forward: combine the calls (Chan's formula)."""
+    index = layer.index
+    meta = np.asarray(metas, np.float64).reshape(-1, 3)
+    counts, sampled, units = meta[:, 0], meta[:, 1], meta[:, 2]
+    stats = np.stack([p[:ACT_FIELDS] for p in pieces])
+    total = counts.sum()
+    mean = float((counts * stats[:, 0]).sum() / total)
+    var = float((counts * (stats[:, 1] + (stats[:, 0] - mean) ** 2)).sum() / total)
+    row = values[index]
+    row[_COL["act_mean"]] = mean
+    row[_COL["act_std"]] = np.sqrt(max(var, 0.0))
+    row[_COL["act_min"]] = stats[:, 2].min()
+    row[_COL["act_max"]] = stats[:, 3].max()
+    row[_COL["nan_acts"]] = stats[:, 4].sum()
+    row[_COL["inf_acts"]] = stats[:, 5].sum()
+    if layer.relu_like:
+        row[_COL["dead_fraction"]] = stats[:, 6].sum() / units.sum()
+    if layer.saturating:
+        row[_COL["saturated_fraction"]] = stats[:, 7].sum() / total
+    hist[index] = (sum(p[ACT_FIELDS:] for p in pieces) / sampled.sum()).astype(np.float32)
