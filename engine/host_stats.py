@@ -13,6 +13,7 @@ sums accumulate in float64.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -21,8 +22,8 @@ import torch
 
 from engine.stats import HIST_SAMPLE, dead_units
 
-__all__ = ["BATCHED_MAX", "host_array", "PendingActivation", "ActivationReducer", "group_rows", "ChangeMeter",
-           "sumsq"]
+__all__ = ["BATCHED_MAX", "JOIN_MAX", "host_array", "PendingActivation", "ActivationReducer", "group_rows",
+           "ChangeMeter", "sumsq"]
 
 #: Outputs with at most this many values are reduced in the end-of-step batch (histogrammed in
 #: full); bigger ones are reduced at once, with PyTorch's kernels, which use every core.
@@ -212,26 +213,75 @@ def sumsq(tensor: torch.Tensor) -> float:
     return float(np.dot(values, values))
 
 
+#: Parameter groups with at most this many values in all are joined into one float64 array and
+#: reduced segment-wise, a few numpy calls for every layer at once; bigger ones are reduced where
+#: they lie, without copies (a join would cost more in memory traffic than the calls it saves).
+JOIN_MAX = 1 << 16
+
+
+class _Segments(NamedTuple):
+    """Consecutive segments of a joined array, by their sizes."""
+
+    sizes: np.ndarray  # float64, for dividing
+    starts: np.ndarray  # of the non-empty segments
+    nonempty: np.ndarray | None  # None when every segment has values
+    total: int
+
+
+@functools.lru_cache(maxsize=32)
+def _segments_of(sizes: tuple[int, ...]) -> _Segments:
+    counts = np.array(sizes, np.int64)
+    nonempty = counts > 0
+    return _Segments(counts.astype(np.float64), _segments(counts)[nonempty], None if nonempty.all() else nonempty,
+                     int(counts.sum()))
+
+
+def _group_sizes(groups: list[list[np.ndarray]]) -> _Segments:
+    return _segments_of(tuple(sum(a.size for a in arrays) for arrays in groups))
+
+
+def _segment_sums(values: np.ndarray, segments: _Segments) -> np.ndarray:
+    """Float64 sums of the segments of ``values`` (0 for an empty segment)."""
+    if segments.nonempty is None:
+        return np.add.reduceat(values, segments.starts, dtype=np.float64)
+    sums = np.zeros(len(segments.sizes))
+    if values.size:
+        sums[segments.nonempty] = np.add.reduceat(values, segments.starts, dtype=np.float64)
+    return sums
+
+
+def _joined(groups: list[list[np.ndarray]]) -> np.ndarray:
+    return np.concatenate([a for arrays in groups for a in arrays] or [np.zeros(0)], dtype=np.float64)
+
+
 @_quiet
 def group_rows(groups: list[list[np.ndarray]]) -> np.ndarray:
     """(L, 5) per group of flat arrays: L2 norm, mean, population variance, NaN and Inf counts.
 
-    Each array is reduced where it lies (numpy's pairwise sum and BLAS's dot, no copies), and
-    the results are combined in float64. An empty group gets NaN figures.
+    Sums accumulate in float64 (numpy's pairwise sums). An empty group gets NaN figures.
     """
+    segments = _group_sizes(groups)
     rows = np.zeros((len(groups), 5))
-    for row, arrays in zip(rows, groups):
-        count = sum(a.size for a in arrays)
-        if not count:
-            row[:3] = np.nan
-            continue
-        total = sum(float(a.sum()) for a in arrays)
-        squares = sum(float(np.dot(a, a)) for a in arrays)
-        if not (math.isfinite(total) and math.isfinite(squares)):  # finite sums prove all finite
-            row[3] = sum(np.count_nonzero(np.isnan(a)) for a in arrays)
-            row[4] = sum(np.count_nonzero(np.isinf(a)) for a in arrays)
-        mean = total / count
-        row[:3] = (math.sqrt(squares) if squares >= 0 else np.nan, mean, squares / count - mean * mean)
+    if segments.total <= JOIN_MAX:
+        flat = _joined(groups)
+        total = _segment_sums(flat, segments)
+        squares = _segment_sums(flat * flat, segments)
+        if not math.isfinite(np.add.reduce(total) + np.add.reduce(squares)):  # finite sums prove all finite
+            rows[:, 3] = _segment_sums(np.isnan(flat), segments)
+            rows[:, 4] = _segment_sums(np.isinf(flat), segments)
+    else:
+        total = np.array([sum(float(a.sum()) for a in arrays) for arrays in groups])
+        squares = np.array([sum(float(np.dot(a, a)) for a in arrays) for arrays in groups])
+        for row, arrays, t, q in zip(rows, groups, total, squares):
+            if not (math.isfinite(t) and math.isfinite(q)):
+                row[3] = sum(np.count_nonzero(np.isnan(a)) for a in arrays)
+                row[4] = sum(np.count_nonzero(np.isinf(a)) for a in arrays)
+    mean = total / np.maximum(segments.sizes, 1.0)
+    rows[:, 0] = np.sqrt(squares)
+    rows[:, 1] = mean
+    rows[:, 2] = squares / np.maximum(segments.sizes, 1.0) - mean * mean
+    if segments.nonempty is not None:
+        rows[~segments.nonempty, :3] = np.nan
     return rows
 
 
@@ -245,6 +295,14 @@ class ChangeMeter:
     def rows(self, groups: list[list[np.ndarray]], before: np.ndarray) -> np.ndarray:
         """(L, 2) per group: the sum of squares of (after - before), and of before. ``before``
         holds the groups' arrays back to back, as they were."""
+        if before.size <= JOIN_MAX:
+            segments = _group_sizes(groups)
+            earlier = before.astype(np.float64)
+            delta = _joined(groups) - earlier
+            rows = np.empty((len(groups), 2))
+            rows[:, 0] = _segment_sums(delta * delta, segments)
+            rows[:, 1] = _segment_sums(earlier * earlier, segments)
+            return rows
         rows = np.zeros((len(groups), 2))
         largest = max((a.size for arrays in groups for a in arrays), default=0)
         if self._scratch.size < largest or self._scratch.dtype != before.dtype:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine import host_stats
 from engine.host_stats import BATCHED_MAX, ActivationReducer, ChangeMeter, PendingActivation, group_rows, host_array
 from engine.probe import Probe
 from engine.snapshot import STAT_INDEX
@@ -102,17 +103,23 @@ def test_big_output_row_matches_direct_computation(kind: str) -> None:
     assert sampled == x.reshape(-1)[::-(-x.numel() // HIST_SAMPLE)].numel() <= HIST_SAMPLE
 
 
-def test_group_rows_and_change_meter_against_numpy() -> None:
+@pytest.mark.parametrize("joined", [True, False], ids=["joined", "in-place"])
+def test_group_rows_and_change_meter_against_numpy(joined: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not joined:  # every group too big to join: reduced where it lies
+        monkeypatch.setattr(host_stats, "JOIN_MAX", 0)
     rng = np.random.default_rng(2)
-    groups = [[rng.standard_normal(50).astype(np.float32), rng.standard_normal(7).astype(np.float32)],
-              [(3 + rng.standard_normal(400)).astype(np.float32)], []]
+    groups = [[], [rng.standard_normal(50).astype(np.float32), np.zeros(0, np.float32),
+                   rng.standard_normal(7).astype(np.float32)],
+              [], [(3 + rng.standard_normal(400)).astype(np.float32)], []]
     rows = group_rows(groups)
-    for row, arrays in zip(rows[:2], groups):
+    for row, arrays in zip(rows, groups):
+        if not arrays:
+            assert np.isnan(row[:3]).all() and tuple(row[3:]) == (0, 0)
+            continue
         a = np.concatenate(arrays).astype(np.float64)
         np.testing.assert_allclose(row, [np.linalg.norm(a), a.mean(), a.var(), 0, 0], rtol=1e-5, atol=1e-9)
-    assert np.isnan(rows[2, :3]).all() and tuple(rows[2, 3:]) == (0, 0)
-    bad = [[np.array([1.0, np.nan, np.inf, -np.inf], np.float32)]]
-    assert tuple(group_rows(bad)[0, 3:]) == (1, 2)
+    bad = [[np.array([2.0, 1.0], np.float32)], [np.array([1.0, np.nan, np.inf, -np.inf], np.float32)]]
+    assert group_rows(bad)[:, 3:].tolist() == [[0, 0], [1, 2]]
 
     before = np.concatenate([a for arrays in groups for a in arrays])
     after = [[a + 0.01 * (i + 1) for i, a in enumerate(arrays)] for arrays in groups]
