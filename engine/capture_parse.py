@@ -9,7 +9,8 @@ parsing a capture is then a handful of gathers from the copy.
 Piece kinds:
 
 - ``act``: one call of a layer: 8 statistics (mean, var, min, max, NaN count, Inf count, dead
-  units, saturated count) then the histogram counts; ``meta`` is (numel, sampled, units).
+  units, saturated count) then the histogram counts; ``meta`` is (the output's shape, values
+  its histogram sampled, or None for all).
 - ``gout``: the squared norm of the gradient w.r.t. one call's output.
 - ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
   (``key`` 'weight') or gradients ('grad'); ``owner`` is the list of layers.
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from engine.snapshot import STAT_INDEX, STAT_NAMES, StatsFrame, TensorViews
+from engine.stats import unit_count
 
 __all__ = ["ACT_FIELDS", "PARAM_FIELDS", "Capture", "LayerTable", "ParsePlan", "parse_capture"]
 
@@ -70,6 +72,10 @@ class LayerTable:
     bins: int
 
 
+# Non-finite figures are data here (counted and shown), not warnings.
+_quiet = np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
 def _index(values: list[int]) -> np.ndarray:
     return np.array(values, np.intp)
 
@@ -88,13 +94,16 @@ class ParsePlan:
         gout: list[tuple[int, int]] = []  # (host position, layer)
         blank: list[int] = []  # no gradient: NaN figures...
         zero: list[int] = []  # ...and zero NaN/Inf counts
-        calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, meta)
+        calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, counts)
         self.tensors: list[tuple[int, int, tuple[int, ...], int, str]] = []
         offset = 0
         for kind, owner, key, shape, meta in layout:
             size = math.prod(shape)
             if kind == "act":
-                calls.setdefault(owner.index, []).append((offset, meta))
+                out_shape, sampled = meta
+                numel = math.prod(out_shape)
+                calls.setdefault(owner.index, []).append(
+                    (offset, (numel, numel if sampled is None else sampled, unit_count(out_shape))))
             elif kind == "gout":
                 gout.append((offset, owner.index))
             elif kind == "pstats":
@@ -152,28 +161,31 @@ class ParsePlan:
     def matches(self, layout: list[tuple], table: LayerTable) -> bool:
         return table is self.table and layout == self.layout
 
+    @_quiet
     def figures(self, host: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(layers, stats) figures and (layers, bins) histogram fractions of one host copy."""
         count = len(self.table.layers)
-        values = np.full(count * _WIDTH, np.nan)
+        values = np.empty(count * _WIDTH)
+        values.fill(np.nan)
         values[self.copy_dst] = host[self.copy_src]
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            values[self.std_dst] = np.sqrt(np.maximum(host[self.std_src], 0.0))
-            values[self.scaled_dst] = host[self.scaled_src] / self.scaled_by
-            if self.update_src.size:
-                delta, base = np.sqrt(host[self.update_src]), np.sqrt(host[self.update_src + 1])
-                values[self.update_dst] = np.divide(delta, base, out=np.full(base.shape, np.nan), where=base > 0)
-            if self.gout_src.size:  # a layer called twice gets the norm over both calls
-                sums = np.bincount(self.gout_layer, weights=host[self.gout_src], minlength=count)
-                values[self.gout_dst] = np.sqrt(sums[self.gout_rows])
-            values[self.blank] = np.nan
-            values[self.zero] = 0.0
-            values = values.reshape(count, _WIDTH)
-            hist = np.zeros((count, self.table.bins), np.float32)
-            hist[self.hist_rows] = host[self.hist_src] / self.hist_sampled
-            for layer, positions, metas in self.repeated:
-                pieces = [np.asarray(host[at:at + ACT_FIELDS + self.table.bins], np.float64) for at in positions]
-                _fill_repeated_calls(values, hist, layer, pieces, metas)
+        values[self.std_dst] = np.sqrt(np.maximum(host[self.std_src], 0.0))
+        values[self.scaled_dst] = host[self.scaled_src] / self.scaled_by
+        if self.update_src.size:
+            delta, base = np.sqrt(host[self.update_src]), np.sqrt(host[self.update_src + 1])
+            ratio = delta / base
+            ratio[~(base > 0)] = np.nan
+            values[self.update_dst] = ratio
+        if self.gout_src.size:  # a layer called twice gets the norm over both calls
+            sums = np.bincount(self.gout_layer, weights=host[self.gout_src], minlength=count)
+            values[self.gout_dst] = np.sqrt(sums[self.gout_rows])
+        values[self.blank] = np.nan
+        values[self.zero] = 0.0
+        values = values.reshape(count, _WIDTH)
+        hist = np.zeros((count, self.table.bins), np.float32)
+        hist[self.hist_rows] = host[self.hist_src] / self.hist_sampled
+        for layer, positions, metas in self.repeated:
+            pieces = [np.asarray(host[at:at + ACT_FIELDS + self.table.bins], np.float64) for at in positions]
+            _fill_repeated_calls(values, hist, layer, pieces, metas)
         return values, hist
 
 

@@ -49,7 +49,7 @@ from engine.host_stats import (
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.snapshot import LayerInfo
-from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq, unit_count
+from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
 
@@ -192,6 +192,7 @@ class Probe:
         self._handles: list[Any] = []
         self._first_param = next(model.parameters(), None)  # its .device follows model.to()
         self._hook_table: tuple[list, list] | None = None
+        self._grad_hooks: dict[tuple[int, int], Callable] = {}
         self._table: LayerTable | None = None
         self._parse_plans: list[ParsePlan] = []  # the last few layouts' plans, newest first
         self._reducer = ActivationReducer(self.config.saturation_margin, self.config.hist_bins)
@@ -463,16 +464,15 @@ class Probe:
                                         layer.saturation_bounds, layer.relu_like)
             self._pending_acts.append((len(self._pieces), pending))
             self._pieces.append(None)
-            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
-                                 (out.numel(), out.numel(), unit_count(out))))
+            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (out.shape, None)))
         elif host:
             row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
-            self._push("act", layer, "stats", row, (out.numel(), sampled, unit_count(out)))
+            self._push("act", layer, "stats", row, (out.shape, sampled))
         else:
             stats, sampled = self._activation_stats(layer, out)
-            self._push("act", layer, "stats", stats, (out.numel(), sampled, unit_count(out)))
+            self._push("act", layer, "stats", stats, (out.shape, sampled))
         if out.requires_grad:
-            out.register_hook(self._make_grad_hook(layer, call))
+            out.register_hook(self._grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
             graphed = out.numel() <= MAX_GRAPH_UNITS * out.shape[0]  # one example's units are drawn
             focused = self._is_focus(layer)
@@ -504,6 +504,13 @@ class Probe:
                 value = self._example(value)
             shown[key] = shrink_2d(as_matrix(value.detach())).clone()
         return shown
+
+    def _grad_hook(self, layer: _Layer, call: int) -> Callable:
+        """The hook for the gradient of one call's output (made once, like the forward hooks)."""
+        hook = self._grad_hooks.get((id(layer), call))  # the probe keeps its layers alive
+        if hook is None:
+            hook = self._grad_hooks[(id(layer), call)] = self._make_grad_hook(layer, call)
+        return hook
 
     def _make_grad_hook(self, layer: _Layer, call: int) -> Callable:
         def on_grad(grad: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ statistics with numpy.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -38,10 +40,11 @@ def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(d for d in range(x.dim()) if d != 1)  # (batch, channels, ...spatial)
 
 
-def unit_count(x: torch.Tensor) -> int:
-    if x.dim() <= 1:
-        return max(1, x.numel())
-    return x.shape[-1] if x.dim() in (2, 3) else x.shape[1]
+def unit_count(shape: tuple[int, ...] | torch.Size) -> int:
+    """Units of an output of this shape, as ``dead_units`` counts them."""
+    if len(shape) <= 1:
+        return max(1, math.prod(shape))
+    return shape[-1] if len(shape) in (2, 3) else shape[1]
 
 
 def dead_units(x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def test_dead_units_per_layout() -> None:
             x[..., kill] = 0
         a = x.numpy()
         per_unit = np.moveaxis(a, 1 if a.ndim == 4 else -1, 0).reshape(units, -1)
-        assert unit_count(x) == units
+        assert unit_count(x.shape) == units
         assert dead_units(x).item() == (per_unit <= 0).all(axis=1).sum() == 2
 
 
