@@ -11,7 +11,8 @@ Piece kinds:
 - ``act``: one call of a layer: 8 statistics (mean, var, min, max, NaN count, Inf count, dead
   units, saturated count) then the histogram counts; ``meta`` is (the output's shape, values
   its histogram sampled, or None for all).
-- ``gout``: the squared norm of the gradient w.r.t. one call's output.
+- ``gout``: the squared norm of the gradient w.r.t. one call's output (``owner`` a layer), or of
+  several (``owner`` a list of layers, one per call).
 - ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
   (``key`` 'weight') or gradients ('grad'); ``owner`` is the list of layers.
 - ``nograd``: empty; its layers have no gradient at all this step.
@@ -104,8 +105,9 @@ class ParsePlan:
                 numel = math.prod(out_shape)
                 calls.setdefault(owner.index, []).append(
                     (offset, (numel, numel if sampled is None else sampled, unit_count(out_shape))))
-            elif kind == "gout":
-                gout.append((offset, owner.index))
+            elif kind == "gout":  # one call's, or (CPU) a list of calls' in backward order
+                owners = owner if isinstance(owner, list) else [owner]
+                gout += [(offset + row, layer.index) for row, layer in enumerate(owners)]
             elif kind == "pstats":
                 norm, mean, spread, nans, infs = _PARAM_COLUMNS[key]
                 for row, layer in enumerate(owner):

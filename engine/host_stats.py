@@ -23,7 +23,7 @@ import torch
 from engine.stats import HIST_SAMPLE, dead_units
 
 __all__ = ["BATCHED_MAX", "JOIN_MAX", "host_array", "PendingActivation", "ActivationReducer", "group_rows",
-           "ChangeMeter", "sumsq"]
+           "ChangeMeter", "sumsq", "sums_of_squares"]
 
 #: Outputs with at most this many values are reduced in the end-of-step batch (histogrammed in
 #: full); bigger ones are reduced at once, with PyTorch's kernels, which use every core.
@@ -253,6 +253,13 @@ def _segment_sums(values: np.ndarray, segments: _Segments) -> np.ndarray:
 
 def _joined(groups: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate([a for arrays in groups for a in arrays] or [np.zeros(0)], dtype=np.float64)
+
+
+@_quiet
+def sums_of_squares(arrays: list[np.ndarray]) -> np.ndarray:
+    """The sum of squares of each flat array, in float64, for many small arrays at once."""
+    flat = np.concatenate(arrays, dtype=np.float64)
+    return _segment_sums(flat * flat, _segments_of(tuple(a.size for a in arrays)))
 
 
 @_quiet

@@ -45,6 +45,7 @@ from engine.host_stats import (
     PendingActivation,
     group_rows,
     host_array,
+    sums_of_squares,
     sumsq,
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
@@ -357,6 +358,7 @@ class Probe:
         # CPU; a None is a slot the end-of-step activation batch fills in.
         self._pieces: list[torch.Tensor | np.ndarray | None] = []
         self._pending_acts: list[tuple[int, PendingActivation]] = []
+        self._pending_grads: list[tuple[_Layer, np.ndarray]] = []  # small output gradients (CPU)
         self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
@@ -516,8 +518,11 @@ class Probe:
         def on_grad(grad: torch.Tensor) -> None:
             if not self._capturing:
                 return
-            if self._host and grad.device.type == "cpu":
-                self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
+            if self._host and grad.is_cpu:
+                if grad.numel() <= BATCHED_MAX:  # reduced with the others in ``finish``
+                    self._pending_grads.append((layer, host_array(grad).copy()))
+                else:
+                    self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
             else:
                 self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
@@ -749,6 +754,10 @@ class Probe:
             for (slot, _), row in zip(self._pending_acts, rows):
                 self._pieces[slot] = row
             self._pending_acts = []
+        if self._pending_grads:
+            layers, grads = zip(*self._pending_grads)
+            self._push("gout", list(layers), "sumsq", sums_of_squares(list(grads)))
+            self._pending_grads = []
         if self._host:
             flat: torch.Tensor | np.ndarray = np.concatenate(
                 self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from engine import host_stats
-from engine.host_stats import BATCHED_MAX, ActivationReducer, ChangeMeter, PendingActivation, group_rows, host_array
+from engine.host_stats import (
+    BATCHED_MAX,
+    ActivationReducer,
+    ChangeMeter,
+    PendingActivation,
+    group_rows,
+    host_array,
+    sums_of_squares,
+)
 from engine.probe import Probe
 from engine.snapshot import STAT_INDEX
 from engine.stats import HIST_SAMPLE
@@ -128,6 +136,14 @@ def test_group_rows_and_change_meter_against_numpy(joined: bool, monkeypatch: py
         delta = np.concatenate([n.astype(np.float64) - t for n, t in zip(now, then)]) if now else np.zeros(0)
         base = np.concatenate(then).astype(np.float64) if then else np.zeros(0)
         np.testing.assert_allclose(row, [(delta ** 2).sum(), (base ** 2).sum()], rtol=1e-4)
+
+
+def test_sums_of_squares_against_numpy() -> None:
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(300).astype(np.float32), np.zeros(0, np.float32),
+              (100 + rng.standard_normal(7)).astype(np.float32), np.array([np.inf, 1.0], np.float32)]
+    expected = [float((a.astype(np.float64) ** 2).sum()) for a in arrays]
+    np.testing.assert_allclose(sums_of_squares(arrays), expected, rtol=1e-12)
 
 
 def test_host_array_is_a_view_for_float32_and_a_copy_otherwise() -> None:
