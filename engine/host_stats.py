@@ -29,8 +29,9 @@ __all__ = ["BATCHED_MAX", "JOIN_MAX", "host_array", "PendingActivation", "Activa
 #: full); bigger ones are reduced at once, with PyTorch's kernels, which use every core.
 BATCHED_MAX = HIST_SAMPLE
 
-#: A big output's variance is taken in one pass (E[x^2] - mean^2, float32 sums) when it is at
-#: least this fraction of the squared mean; the rounding then stays below ~1e-5 of it.
+#: An output's variance is taken in one pass (E[x^2] - mean^2) when it is at least this
+#: fraction of the squared mean; the rounding then stays below ~1e-5 of it. Else it takes a
+#: second, centred pass.
 ONE_PASS_MEAN_RATIO = 0.25
 
 _NATIVE = (torch.float32, torch.float64)
@@ -130,9 +131,14 @@ class ActivationReducer:
         flat = np.concatenate([p.values for p in pending])
         rows = np.zeros((count, 8 + bins))
         mean = np.add.reduceat(flat, starts, dtype=np.float64) / sizes
-        centred = flat - np.repeat(mean.astype(flat.dtype), sizes)  # two passes: exact for any offset
         rows[:, 0] = mean
-        rows[:, 1] = np.add.reduceat(centred * centred, starts, dtype=np.float64) / sizes
+        rows[:, 1] = np.add.reduceat(flat * flat, starts, dtype=np.float64) / sizes - mean * mean
+        # As for big outputs: where the mean dwarfs the spread (or a value isn't finite), the
+        # centred second pass, segment by segment.
+        for index in np.flatnonzero(~(rows[:, 1] > ONE_PASS_MEAN_RATIO * mean * mean)):
+            segment = flat[starts[index]:starts[index] + sizes[index]]
+            centred = segment - segment.dtype.type(mean[index])
+            rows[index, 1] = np.add.reduce(centred * centred, dtype=np.float64) / sizes[index]
         rows[:, 2] = np.minimum.reduceat(flat, starts)
         rows[:, 3] = np.maximum.reduceat(flat, starts)
         finite = math.isfinite(np.add.reduce(rows[:, :2], axis=None))  # finite means and variances prove all finite

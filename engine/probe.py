@@ -631,8 +631,9 @@ class Probe:
             if self._host:  # numpy over views of the tensors, no copies
                 grads = [[host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
                           for p in layer.params] for layer in layers]
-                self._push("pstats", layers, "weight", group_rows(self._host_groups(plan)))
-                self._push("pstats", layers, "grad", group_rows(grads))
+                rows = group_rows(self._host_groups(plan) + grads)  # weights, then gradients
+                self._push("pstats", layers, "weight", rows[:len(layers)])
+                self._push("pstats", layers, "grad", rows[len(layers):])
             else:  # few kernel launches for all layers at once
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in plan.params]
                 self._push("pstats", layers, "weight", segment_stats(self._flat(plan.params), plan.bounds))
