@@ -3,7 +3,7 @@
 For the built-in MLP, CNN and Transformer (and larger variants whose steps take >= 10 ms), on the
 CPU and on CUDA when present, prints per configuration:
 
-- bare ms/step (no hooks attached at all),
+- bare ms/step (no hooks attached at all), and what one capture adds (ms, from every-step runs),
 - ratio capturing every step, and every 16 steps,
 - ratio of a captured step that also ships one example's feature maps / attention maps vs. one
   that doesn't, and (CUDA) its peak-memory ratio,
@@ -121,9 +121,10 @@ def bench(config: Config, device: str, blocks: int, steps: int) -> dict:
     probe = trainer.probe
     layers = [layer for layer in probe.layers]
     if config.maps_layer_kind == "attention":
-        probe.focus_layer = next((l.name for l in layers if l.role == "attention"), None)
+        probe.focus_layer = next((info.name for info in layers if info.role == "attention"), None)
     elif config.maps_layer_kind == "conv":
-        probe.focus_layer = next((l.name for l in layers if l.weight_shape and len(l.weight_shape) == 4), None)
+        probe.focus_layer = next((info.name for info in layers
+                                  if info.weight_shape and len(info.weight_shape) == 4), None)
     else:
         probe.focus_layer = layers[0].name
     modes = ["bare", "every", "every16", "captured", "maps"]
@@ -141,6 +142,7 @@ def bench(config: Config, device: str, blocks: int, steps: int) -> dict:
     result = {
         "config": config.name, "device": device, "batch": config.batch,
         "bare_ms": round(1000 * med["bare"], 3),
+        "capture_ms": round(1000 * (med["every"] - med["bare"]), 3),
         "every_step": round(med["every"] / med["bare"], 3),
         "every_16": round(med["every16"] / med["bare"], 3),
         "maps_time": round(med["maps"] / med["captured"], 3),
@@ -164,7 +166,7 @@ def main() -> int:
         print("no CUDA device", file=sys.stderr)
         return 1
     rows = []
-    header = f"{'config':<18} {'device':<6} {'batch':>5} {'bare ms':>8} {'every':>7} {'every16':>8} " \
+    header = f"{'config':<18} {'device':<6} {'batch':>5} {'bare ms':>8} {'capt ms':>8} {'every':>7} {'every16':>8} " \
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
@@ -187,7 +189,7 @@ def main() -> int:
             if row["bare_ms"] < 10:
                 notes.append("step < 10 ms: every-step target n/a")
             fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-            print(f"{row['config']:<18} {device:<6} {row['batch']:>5} {row['bare_ms']:>8.2f} "
+            print(f"{row['config']:<18} {device:<6} {row['batch']:>5} {row['bare_ms']:>8.2f} {row['capture_ms']:>8.2f} "
                   f"{fmt(row['every_step']):>7} {fmt(row['every_16']):>8} "
                   f"{fmt(row['maps_time']) if config.maps_layer_kind != 'none' else '—':>7} "
                   f"{fmt(row['peak_mem_every_step']):>9} {fmt(row['maps_mem']):>9}  {'; '.join(notes)}",

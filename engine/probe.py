@@ -75,6 +75,9 @@ class ProbeConfig:
     hist_bins: int = 48
     hist_range: float = 4.0
     saturation_margin: float = 0.01
+    # On a CPU, statistics are computed with numpy (engine.host_stats); False makes the probe
+    # use the device path's PyTorch reductions there too, so that path is tested without a GPU.
+    host_statistics: bool = True
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -376,7 +379,7 @@ class Probe:
         if self._capturing:
             first = self._first_param
             self._device = torch.device("cpu") if first is None else first.device
-            self._host = self._device.type == "cpu"
+            self._host = self._device.type == "cpu" and self.config.host_statistics
             self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.probe import Probe, first_tensor
+from engine.probe import Probe, ProbeConfig, first_tensor
 from engine.snapshot import STAT_INDEX
 from engine.stats import HIST_SAMPLE
 
@@ -93,7 +93,11 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-def run_reference_and_probe(name: str):
+# The probe's two ways of reducing: numpy on the host (CPUs), PyTorch on the device (GPUs).
+PATHS = {"numpy": ProbeConfig(), "torch": ProbeConfig(host_statistics=False)}
+
+
+def run_reference_and_probe(name: str, path: str = "numpy"):
     """Run one SGD step with the probe attached, while recording the truth independently."""
     make_model, make_x, make_y = CASES[name]
     torch.manual_seed(0)
@@ -110,7 +114,7 @@ def run_reference_and_probe(name: str):
             outputs.setdefault(layer_name, []).append(t)
         return hook
 
-    probe = Probe(model)
+    probe = Probe(model, PATHS[path])
     own = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules()
            if n in {layer.name for layer in probe.layers}]
     try:
@@ -140,9 +144,10 @@ def direct_params(model: nn.Module, layer: str, tensors: dict[str, torch.Tensor]
     return np.concatenate([tensors[n].double().reshape(-1).numpy() for n in own])
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("name", list(CASES))
-def test_every_statistic_matches_direct_computation(name: str) -> None:
-    model, probe, capture, outputs, before, grads, after, loss = run_reference_and_probe(name)
+def test_every_statistic_matches_direct_computation(name: str, path: str) -> None:
+    model, probe, capture, outputs, before, grads, after, loss = run_reference_and_probe(name, path)
     frame = capture.frame
     assert capture.scalars[0, 0] == pytest.approx(loss, rel=RTOL) and capture.frame.loss == capture.scalars[0, 0]
     checked = 0
@@ -299,12 +304,13 @@ def test_hooks_exist_only_during_a_captured_step_and_are_removed_idempotently_an
     assert hooks() == 0 and probe.finish(1, torch.zeros(1, 2)) is None
 
 
-def test_nan_and_inf_counted() -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_nan_and_inf_counted(path: str) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     with torch.no_grad():
         model[0].weight[0, 0] = float("nan")
         model[0].bias[1] = float("inf")
-    probe = Probe(model)
+    probe = Probe(model, PATHS[path])
     with probe:
         probe.begin_step(True)
         out = model(torch.ones(5, 3))
@@ -378,19 +384,19 @@ def test_first_capture_after_reordering_attributes_everything_to_the_right_layer
     hidden = model.hidden(x).detach().numpy()
     row = frame.values[frame.layer_names.index("hidden")]
     np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], hidden.mean(), rtol=1e-5)
-    np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]],
-                               np.sqrt(float((model.hidden.weight.detach() ** 2).sum() + (model.hidden.bias.detach() ** 2).sum())),
-                               rtol=1e-5)
+    squares = (model.hidden.weight.detach() ** 2).sum() + (model.hidden.bias.detach() ** 2).sum()
+    np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]], np.sqrt(float(squares)), rtol=1e-5)
     assert capture.tensors.layer == "hidden" and capture.tensors.weight.shape == (6, 4)
     assert capture.tensors.activation.shape == (1, 6)
     np.testing.assert_allclose(capture.tensors.activation[0], hidden[0], rtol=1e-5)
 
 
-def test_focus_views_and_graph_units_equal_the_steps_tensors() -> None:
+@pytest.mark.parametrize("path", list(PATHS))
+def test_focus_views_and_graph_units_equal_the_steps_tensors(path: str) -> None:
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
     x = torch.randn(7, 5)
-    probe = Probe(model)
+    probe = Probe(model, PATHS[path])
     probe.focus_layer = "0"
     probe.focus_example = 4
     outputs = {}
