@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.batches import TensorBatches  # noqa: E402
-from engine.data import DataSpec, Dataset, make_dataset  # noqa: E402
+from engine.data import Dataset, DataSpec, make_dataset  # noqa: E402
 from engine.models import ModelSpec, build_model  # noqa: E402
 from engine.snapshot import Hyper  # noqa: E402
 from engine.trainer import Trainer, TrainerConfig, loss_for_task  # noqa: E402

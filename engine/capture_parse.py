@@ -136,7 +136,7 @@ class ParsePlan:
                 continue
             (at, (numel, sampled, units)), = made
             base = index * width
-            copy += [(at + field, base + column) for field, column in _ACT_COPIED]
+            copy += [(at + slot, base + column) for slot, column in _ACT_COPIED]
             std.append((at + 1, base + _COL["act_std"]))
             if layer.relu_like:
                 scaled.append((at + 6, base + _COL["dead_fraction"], units))

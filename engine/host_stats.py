@@ -272,7 +272,9 @@ def sums_of_squares(arrays: list[np.ndarray]) -> np.ndarray:
 def group_rows(groups: list[list[np.ndarray]]) -> np.ndarray:
     """(L, 5) per group of flat arrays: L2 norm, mean, population variance, NaN and Inf counts.
 
-    Sums accumulate in float64 (numpy's pairwise sums). An empty group gets NaN figures.
+    Small groups (``JOIN_MAX``) are joined and summed in float64; bigger ones are reduced where
+    they lie (numpy's pairwise sum and BLAS's dot, no copies), combined in float64. An empty
+    group gets NaN figures.
     """
     segments = _group_sizes(groups)
     rows = np.zeros((len(groups), 5))

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 def test_captured_step_does_not_synchronise(scenario: str) -> None:
     run = build_run(scenario, device="cuda", val_every=0)
     trainer = run.trainer
-    trainer.probe.focus_layer = next(l.name for l in trainer.probe.layers if l.params)
+    trainer.probe.focus_layer = next(info.name for info in trainer.probe.layers if info.params)
     try:
         for _ in range(3):  # warm-up: lazy CUDA init, allocator, first-capture layer order
             result = trainer.step(capture=True, tensors=True)

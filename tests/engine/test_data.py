@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import DATASETS, DataError, DataSpec, Dataset, make_dataset
+from engine.data import DATASETS, DataError, Dataset, DataSpec, make_dataset
 from engine.data.images import SHAPE_CLASSES, render_shapes
 
 TWO_D = ("xor", "circles", "moons", "spirals", "blobs")

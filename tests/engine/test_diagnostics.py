@@ -13,8 +13,8 @@ from engine.batches import TensorBatches
 from engine.diagnostics import CODES, Diagnosis, Diagnostics, Thresholds
 from engine.report import main
 from engine.scenarios import build_run
-from engine.trainer import Trainer, TrainerConfig
 from engine.snapshot import Hyper
+from engine.trainer import Trainer, TrainerConfig
 
 EARLY = 50  # broken networks must be diagnosed within this many steps
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data import DataSpec, Dataset, make_dataset
+from engine.data import Dataset, DataSpec, make_dataset
 from engine.models import (
     ACTIVATIONS,
     INITS,

@@ -275,9 +275,8 @@ def test_nan_and_inf_in_data(tmp_path):
     n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     expected = f"{path}: X contains non-finite values: {n_nan} NaN, {n_inf} Inf (of {x.size})"
     assert load_error(f"{path}:build") == expected
-    path = returning(
-        tmp_path, "nn.Linear(4, 1), (torch.zeros(5, 4), torch.tensor([0, 1, float('inf'), 2, 3.])), nn.MSELoss()", "y.py"
-    )
+    body = "nn.Linear(4, 1), (torch.zeros(5, 4), torch.tensor([0, 1, float('inf'), 2, 3.])), nn.MSELoss()"
+    path = returning(tmp_path, body, "y.py")
     assert load_error(f"{path}:build") == f"{path}: y contains non-finite values: 0 NaN, 1 Inf (of 5)"
 
 

@@ -11,7 +11,7 @@ from engine.batches import TensorBatches
 from engine.run import Run
 from engine.snapshot import ErrorEvent, Hyper, Snapshot
 from engine.trainer import Trainer, TrainerConfig
-from engine.worker import Focus, PhaseStep, Play, Pause, Replace, SetHyper, Step, Worker
+from engine.worker import Focus, Pause, PhaseStep, Play, Replace, SetHyper, Step, Worker
 
 
 class Collector:

@@ -95,7 +95,8 @@ def test_spec_keeps(spec, dest):
     "PySide6/Qt/translations/qtbase_de.qm", "PySide6/Qt/plugins/imageformats/libqtiff.so",
     "PySide6/Qt/plugins/sqldrivers/libqsqlite.so", "PySide6/Qt/lib/libQt6Quick.so.6",
     "PySide6/Qt/lib/libQt6Network.so.6", "torch/__init__.pyi",
-    "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "libcairo.so.2", "PySide6/Qt/lib/libQt6EglFSDeviceIntegration.so.6",
+    "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "libcairo.so.2",
+    "PySide6/Qt/lib/libQt6EglFSDeviceIntegration.so.6",
 ])
 def test_spec_drops(spec, dest):
     assert not spec["_keep"](dest)
