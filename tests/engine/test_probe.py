@@ -433,3 +433,31 @@ def test_focus_views_and_graph_units_equal_the_steps_tensors(path: str) -> None:
     np.testing.assert_allclose(capture.graph_weights["2"].reshape(model[2].weight.shape), head_before.numpy(),
                                rtol=1e-6)
     np.testing.assert_allclose(views.weight, before.numpy(), rtol=1e-6)
+
+
+def test_captures_alternating_with_and_without_views_parse_alike() -> None:
+    """Each layout of pieces gets its own parse plan, kept and reused: the same state captured
+    with and without views, in turn, gives the same figures every time."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(9, 5)
+    probe = Probe(model)
+    probe.focus_layer = "2"
+    frames, views = [], []
+    with probe:
+        for tensors in (False, True, False, True, True, False):
+            probe.begin_step(True, tensors=tensors)
+            model.zero_grad()
+            model(x).square().sum().backward()
+            probe.after_backward()
+            capture = probe.finish(len(frames) + 1, torch.zeros(1, 2)).get()
+            frames.append(capture.frame.values)
+            views.append(capture.tensors)
+    assert len(probe._parse_plans) == 2
+    for values in frames[1:]:
+        np.testing.assert_array_equal(values, frames[0])
+    assert [v is not None for v in views] == [False, True, False, True, True, False]
+    np.testing.assert_allclose(views[1].weight, model[2].weight.detach().numpy())
+    hidden = model[1](model[0](x))
+    np.testing.assert_allclose(frames[0][1, STAT_INDEX["dead_fraction"]],
+                               (hidden <= 0).all(dim=0).float().mean().item(), rtol=1e-6)
