@@ -1,4 +1,5 @@
-"""The CPU probe's numpy statistics against direct float64 computations."""
+"""The CPU probe's numpy statistics against direct float64 computations (the frozen-parameter and
+in-place cases also through the device path's PyTorch reductions)."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ from engine.host_stats import (
     host_array,
     sums_of_squares,
 )
-from engine.probe import Probe
+from engine.probe import Probe, ProbeConfig
 from engine.snapshot import STAT_INDEX
 from engine.stats import HIST_SAMPLE
 
@@ -155,10 +156,11 @@ def test_host_array_is_a_view_for_float32_and_a_copy_otherwise() -> None:
     assert half.dtype == np.float32 and half[0] == 7
 
 
-def test_frozen_parameters_have_no_gradient_figures_and_no_nan_count() -> None:
+@pytest.mark.parametrize("host_statistics", [True, False], ids=["numpy", "torch"])
+def test_frozen_parameters_have_no_gradient_figures_and_no_nan_count(host_statistics: bool) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     model[0].requires_grad_(False)
-    probe = Probe(model)
+    probe = Probe(model, ProbeConfig(host_statistics=host_statistics))
     with probe:
         probe.begin_step(True)
         model(torch.randn(5, 3)).sum().backward()
@@ -172,12 +174,13 @@ def test_frozen_parameters_have_no_gradient_figures_and_no_nan_count() -> None:
                                rtol=1e-6)
 
 
-def test_output_changed_in_place_afterwards_is_measured_as_it_was() -> None:
+@pytest.mark.parametrize("host_statistics", [True, False], ids=["numpy", "torch"])
+def test_output_changed_in_place_afterwards_is_measured_as_it_was(host_statistics: bool) -> None:
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
     x = torch.randn(20, 4)
     pre_relu = (x @ model[0].weight.T + model[0].bias).detach().double().numpy()
-    probe = Probe(model)
+    probe = Probe(model, ProbeConfig(host_statistics=host_statistics))
     with probe:
         probe.begin_step(True)
         model(x).sum().backward()
