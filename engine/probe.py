@@ -5,8 +5,8 @@ blocks of its callers. Hooks exist only during a captured step, so an uncaptured
 bare model. On CUDA each hook *appends device tensors* to a list; at the end of the step they are
 concatenated and copied to the host in one transfer (asynchronously, read a step later), so the
 training thread never synchronises per layer. On the CPU, where there is no transfer to save, the
-statistics are computed with numpy (``engine.host_stats``), small outputs all together at the
-end of the step.
+statistics are computed with numpy (``engine.host_stats``), small outputs and their gradients
+all together at the end of the step. ``engine.capture_parse`` reads a step's copy back.
 
 Definitions (documented once, here):
 
