@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from engine.stats import HIST_SAMPLE, dead_units
+from engine.stats import HIST_SAMPLE, dead_units, hist_stride
 
 __all__ = ["BATCHED_MAX", "JOIN_MAX", "host_array", "PendingActivation", "ActivationReducer", "group_rows",
            "ChangeMeter", "sumsq", "sums_of_squares"]
@@ -201,7 +201,7 @@ class ActivationReducer:
         if saturation_bounds is not None:
             row[7] = np.count_nonzero(values < saturation_bounds[0] + self.margin) \
                 + np.count_nonzero(values > saturation_bounds[1] - self.margin)
-        sample = values[::max(1, -(-count // HIST_SAMPLE))]
+        sample = values[::hist_stride(count)]
         lo, hi = hist_range
         scale = bins / (hi - lo)
         position = np.multiply(sample, scale, out=self._positions[:sample.size], dtype=np.float32)

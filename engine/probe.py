@@ -38,6 +38,14 @@ import torch
 from torch import nn
 
 from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
+from engine.device_stats import (
+    DEVICE_BATCH_BUDGET,
+    DEVICE_BATCHED_MAX,
+    DeviceActivationReducer,
+    PendingDeviceActivation,
+    Segments,
+    sampled_count,
+)
 from engine.host_stats import (
     BATCHED_MAX,
     ActivationReducer,
@@ -50,7 +58,7 @@ from engine.host_stats import (
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.snapshot import LayerInfo
-from engine.stats import dead_units, histogram, moments, nonfinite_counts, segment_stats, segment_sumsq
+from engine.stats import dead_units, histogram, moments, nonfinite_counts
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
 
@@ -154,11 +162,19 @@ class _ParamPlan:
 
     layers: list[_Layer]
     params: list[torch.nn.Parameter]
-    bounds: torch.Tensor  # segment offsets, on the parameters' device
+    sizes: list[int]  # values each layer owns
     device: torch.device
     order_version: int
     host_groups: list[list[np.ndarray]] | None = None
     host_pointers: tuple[int, ...] | None = None
+    # The device path's: flat views of the parameters (kept like host_groups), where each one
+    # starts in their concatenation, and the segments of the layers (weights, or weights then
+    # gradients) in it.
+    device_views: list[torch.Tensor] | None = None
+    device_pointers: tuple[int, ...] | None = None
+    offsets: dict[int, int] | None = None
+    segments: Segments | None = None
+    both_segments: Segments | None = None
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -200,6 +216,8 @@ class Probe:
         self._table: LayerTable | None = None
         self._parse_plans: list[ParsePlan] = []  # the last few layouts' plans, newest first
         self._reducer = ActivationReducer(self.config.saturation_margin, self.config.hist_bins)
+        self._device_reducer = DeviceActivationReducer(self.config.saturation_margin, self.config.hist_bins)
+        self._zero: torch.Tensor | None = None  # a figure a layer doesn't have, on the device
         self._change_meter = ChangeMeter()
         self._attached = False
         self._layers = self._discover(model)
@@ -360,8 +378,14 @@ class Probe:
         # Pieces are device tensors on CUDA (concatenated and copied once), numpy arrays on the
         # CPU; a None is a slot the end-of-step activation batch fills in.
         self._pieces: list[torch.Tensor | np.ndarray | None] = []
-        self._pending_acts: list[tuple[int, PendingActivation]] = []
+        # Small outputs (copied) for the end-of-step batch, and where their rows go.
+        self._pending_acts: list[tuple[int, PendingActivation | PendingDeviceActivation]] = []
+        self._batched = 0  # values copied into _pending_acts (device path)
         self._pending_grads: list[tuple[_Layer, np.ndarray]] = []  # small output gradients (CPU)
+        self._grad_norms: list[tuple[_Layer, torch.Tensor]] = []  # output gradients' norms (device)
+        # The device path's copy of the weights, then the gradients, after backward; the weights' part.
+        self._copies: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
         self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
@@ -429,9 +453,10 @@ class Probe:
         return candidates[0] if kind == "conv" else candidates[-1]
 
     def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str,
-              tensor: torch.Tensor | np.ndarray, meta: tuple | None = None) -> None:
+              tensor: torch.Tensor | np.ndarray, meta: tuple | None = None, fresh: bool = False) -> None:
         """Queue a tensor for the step's single copy. Owners are kept as objects (their index is
-        read when parsing), since the first capture reorders the layers."""
+        read when parsing), since the first capture reorders the layers. ``fresh``: the tensor is
+        the probe's own (a copy, or computed), so the device path needn't copy it again."""
         # Display tensors are copied now: an output may be changed by a later in-place op, and a
         # weight by the update, and each view shows its tensor as it was when pushed.
         if isinstance(tensor, np.ndarray):
@@ -439,8 +464,10 @@ class Probe:
         elif self._host:
             piece = np.array(host_array(tensor if tensor.device.type == "cpu" else tensor.cpu()))
         else:
-            piece = tensor.detach().reshape(-1).float()
-            if kind == "tensor":
+            piece = tensor.reshape(-1) if fresh else tensor.detach().reshape(-1)
+            if piece.dtype != torch.float32:
+                piece = piece.float()
+            elif kind == "tensor" and not fresh:
                 piece = piece.clone()
         self._pieces.append(piece)
         self._layout.append((kind, owner, key, tuple(tensor.shape), meta))
@@ -462,6 +489,7 @@ class Probe:
         if out.numel() == 0:
             return
         host = self._host and out.is_cpu
+        shown, copied = out, False  # where the views below are taken from; whether the probe's copy
         if host and out.numel() <= BATCHED_MAX:
             # Reduced with the step's other small outputs in ``finish``; copied now, since a
             # later in-place op (ReLU(inplace=True)) may still change this output.
@@ -473,6 +501,17 @@ class Probe:
         elif host:
             row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
             self._push("act", layer, "stats", row, (out.shape, sampled))
+        elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
+            # Copied now (an in-place op may change it), reduced with the others in ``finish``.
+            values = out.detach().reshape(-1)
+            values = values.clone() if values.dtype == torch.float32 else values.float()
+            self._batched += values.numel()
+            self._pending_acts.append((len(self._pieces), PendingDeviceActivation(
+                values, tuple(out.shape), layer.hist_range, layer.saturation_bounds, layer.relu_like)))
+            self._pieces.append(None)
+            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                                 (out.shape, sampled_count(values.numel()))))
+            shown, copied = values.view(out.shape), True
         else:
             stats, sampled = self._activation_stats(layer, out)
             self._push("act", layer, "stats", stats, (out.shape, sampled))
@@ -483,13 +522,13 @@ class Probe:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
-                example = self._example(out)
+                example = self._example(shown)
                 if graphed:
-                    self._push("tensor", layer, "unit_value", example.reshape(-1))
+                    self._push("tensor", layer, "unit_value", example.reshape(-1), fresh=copied)
                 if focused:
-                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)))
+                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)), fresh=copied)
                 if maps:
-                    self._push("tensor", layer, "feature_maps", shrink_maps(example))
+                    self._push("tensor", layer, "feature_maps", shrink_maps(example), fresh=copied)
         if self._recording:
             inp = first_tensor(args)
             tensors = {"output": out}
@@ -526,8 +565,8 @@ class Probe:
                     self._pending_grads.append((layer, host_array(grad).copy()))
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
-            else:
-                self._push("gout", layer, "sumsq", torch.linalg.vector_norm(grad.float()).square().reshape(1))
+            else:  # squared and shipped together in ``finish``
+                self._grad_norms.append((layer, torch.linalg.vector_norm(grad, dtype=torch.float32)))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
@@ -548,7 +587,9 @@ class Probe:
         mean, var = moments(flat)
         low, high = torch.aminmax(flat)
         nan, inf = nonfinite_counts(flat, mean)
-        zero = torch.zeros((), device=x.device)
+        zero = self._zero
+        if zero is None or zero.device != x.device:
+            zero = self._zero = torch.zeros((), device=x.device)
         dead = dead_units(x) if layer.relu_like else zero
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
@@ -594,15 +635,12 @@ class Probe:
             self._push("tensor", layer, "attention", shrink_maps(maps, max_count=64, max_side=512))
 
     def _param_plan(self, device: torch.device) -> _ParamPlan:
-        """Layers owning parameters, in order, their parameters, and their segment bounds in the
-        flattened parameters as a device tensor (cached, so no host-to-device copy happens
-        inside a captured step after the first)."""
+        """Layers owning parameters, in order, and their parameters (cached while the order holds)."""
         plan = self._plan
         if plan is None or plan.device != device or plan.order_version != self._order_version:
             layers = [layer for layer in self._layers if layer.params]
             sizes = [sum(p.numel() for p in layer.params) for layer in layers]
-            bounds = torch.tensor([0] + list(itertools.accumulate(sizes)), device=device)
-            plan = self._plan = _ParamPlan(layers, [p for layer in layers for p in layer.params], bounds, device,
+            plan = self._plan = _ParamPlan(layers, [p for layer in layers for p in layer.params], sizes, device,
                                            self._order_version)
         return plan
 
@@ -618,9 +656,26 @@ class Probe:
             plan.host_groups, plan.host_pointers = (groups, pointers) if native else (None, None)
         return groups
 
+    def _device_views(self, plan: _ParamPlan) -> list[torch.Tensor]:
+        """Each parameter as a flat view, kept like ``_host_groups``; the segments (made once, on
+        the device, so no host-to-device copy happens inside a captured step after the first)."""
+        pointers = tuple(p.data_ptr() for p in plan.params)
+        views = plan.device_views
+        if views is None or plan.device_pointers != pointers:
+            views = [p.detach().reshape(-1) for p in plan.params]
+            contiguous = all(p.is_contiguous() for p in plan.params)  # else reshape copied
+            plan.device_views, plan.device_pointers = (views, pointers) if contiguous else (None, None)
+        if plan.segments is None:
+            plan.segments = Segments(plan.sizes, plan.device)
+            plan.both_segments = Segments(plan.sizes + plan.sizes, plan.device)
+            offsets = itertools.accumulate([p.numel() for p in plan.params], initial=0)
+            plan.offsets = {id(p): offset for p, offset in zip(plan.params, offsets)}
+        return views
+
     @staticmethod
-    def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([t.detach().reshape(-1) for t in tensors]).float()
+    def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.cat(tensors)
+        return flat if flat.dtype == torch.float32 else flat.float()
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""
@@ -635,34 +690,50 @@ class Probe:
                 grads = [[host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
                           for p in layer.params] for layer in layers]
                 rows = group_rows(self._host_groups(plan) + grads)  # weights, then gradients
-                self._push("pstats", layers, "weight", rows[:len(layers)])
-                self._push("pstats", layers, "grad", rows[len(layers):])
-            else:  # few kernel launches for all layers at once
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in plan.params]
-                self._push("pstats", layers, "weight", segment_stats(self._flat(plan.params), plan.bounds))
-                self._push("pstats", layers, "grad", segment_stats(self._flat(grads), plan.bounds))
+            else:  # one copy of weights and gradients, a few operations for every layer at once
+                views = self._device_views(plan)
+                grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                         for p in plan.params]
+                both = self._joined(views + grads)
+                self._copies = both
+                self._weights = both[:sum(plan.sizes)]  # also what the update is measured against
+                rows = plan.both_segments.figures(both)[0].float()
+            self._push("pstats", layers, "weight", rows[:len(layers)], fresh=True)
+            self._push("pstats", layers, "grad", rows[len(layers):], fresh=True)
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
             if gradless:
                 empty = np.zeros(0) if self._host else torch.zeros(0, device=self._device)
                 self._push("nograd", gradless, "grad", empty)
         if self._want_tensors:
             for layer in layers:
-                self._push_weight_views(layer)
+                self._push_weight_views(layer, plan)
         if self._recording:
             self._record_param_grads()
 
-    def _push_weight_views(self, layer: _Layer) -> None:
+    def _copied(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) -> torch.Tensor | None:
+        """The device path's copy of a parameter (or its gradient) from after backward."""
+        if self._copies is None or self._weights is None or plan.offsets is None:
+            return None
+        offset = plan.offsets[id(p)] + (self._weights.numel() if grad else 0)
+        return self._copies[offset:offset + p.numel()].view(p.shape)
+
+    def _push_weight_views(self, layer: _Layer, plan: _ParamPlan) -> None:
         w = layer.main_weight
         if w is None:
             return
+        copy = self._copied(plan, w)
+        shown, fresh = (w, False) if copy is None else (copy, True)
         if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
-            self._push("tensor", layer, "graph_weight", w)
+            self._push("tensor", layer, "graph_weight", shown, fresh=fresh)
         if self._is_focus(layer):
-            self._push("tensor", layer, "weight", shrink_2d(as_matrix(w)))
+            self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), fresh=fresh)
             if w.grad is not None:
-                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad)))
+                grad = self._copied(plan, w, grad=True)
+                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad if grad is None else grad)),
+                           fresh=grad is not None)
         if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
-            self._push("tensor", layer, "kernels", shrink_maps(w.detach().reshape(-1, w.shape[-2], w.shape[-1])))
+            self._push("tensor", layer, "kernels", shrink_maps(shown.detach().reshape(-1, w.shape[-2], w.shape[-1])),
+                       fresh=fresh)
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase."""
@@ -681,10 +752,14 @@ class Probe:
         if not self._capturing:
             return
         plan = self._param_plan(self._device)
-        if plan.layers:  # one copy of every parameter, kept until after the update
-            self._before_flat = np.concatenate([a for group in self._host_groups(plan) for a in group]) \
-                if self._host else \
-                torch.cat([p.detach().reshape(-1) for p in plan.params])
+        if not plan.layers:
+            return
+        # One copy of every parameter, kept until after the update (the device path made its
+        # copy after backward; clipping changes gradients only).
+        if self._host:
+            self._before_flat = np.concatenate([a for group in self._host_groups(plan) for a in group])
+        else:
+            self._before_flat = self._weights if self._weights is not None else self._joined(self._device_views(plan))
 
     def after_update(self) -> None:
         if not self._capturing or self._before_flat is None:
@@ -693,22 +768,23 @@ class Probe:
         self._before_flat = None
         plan = self._param_plan(self._device)
         layers = plan.layers
+        delta = None
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
         else:
-            delta = torch.cat([p.detach().reshape(-1) for p in plan.params]) - before
-            norms = torch.stack([segment_sumsq(delta, plan.bounds), segment_sumsq(before, plan.bounds)], dim=1)
-            self._push("update", layers, "norms", norms)
+            delta = self._joined(self._device_views(plan)) - before
+            norms = plan.segments.sums([delta * delta, before * before])
+            self._push("update", layers, "norms", norms, fresh=True)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0
             for p in plan.params:
                 if p is focus.main_weight:  # only the focused weight's change is shown
-                    earlier = before[offset:offset + p.numel()]
-                    if isinstance(earlier, np.ndarray):
-                        earlier = torch.from_numpy(earlier)
-                    change = p.detach() - earlier.reshape(p.shape)
-                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
+                    if delta is not None:
+                        change = delta[offset:offset + p.numel()].view(p.shape)
+                    else:
+                        change = p.detach() - torch.from_numpy(before[offset:offset + p.numel()]).reshape(p.shape)
+                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)), fresh=True)
                 offset += p.numel()
 
     def phase_events(self) -> list[PhaseRecord]:
@@ -754,7 +830,8 @@ class Probe:
             self._fix_order()
         self._capturing = False
         if self._pending_acts:
-            rows = self._reducer.rows([item for _, item in self._pending_acts])
+            items = [item for _, item in self._pending_acts]
+            rows = self._reducer.rows(items) if self._host else self._device_reducer.rows(items).unbind(0)
             for (slot, _), row in zip(self._pending_acts, rows):
                 self._pieces[slot] = row
             self._pending_acts = []
@@ -762,6 +839,10 @@ class Probe:
             layers, grads = zip(*self._pending_grads)
             self._push("gout", list(layers), "sumsq", sums_of_squares(list(grads)))
             self._pending_grads = []
+        if self._grad_norms:
+            layers, norms = zip(*self._grad_norms)
+            self._push("gout", list(layers), "sumsq", torch.stack(norms).square(), fresh=True)
+            self._grad_norms = []
         if self._host:
             flat: torch.Tensor | np.ndarray = np.concatenate(
                 self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])

@@ -10,10 +10,7 @@ import math
 
 import torch
 
-__all__ = [
-    "HIST_SAMPLE", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram", "segment_stats",
-    "segment_sumsq",
-]
+__all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram"]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
 #: of a distribution needs no more, and it keeps big conv outputs cheap.
@@ -54,42 +51,15 @@ def dead_units(x: torch.Tensor) -> torch.Tensor:
     return (x.amax(dim=_unit_dims(x)) <= 0).sum(dtype=torch.float32)
 
 
+def hist_stride(count: int) -> int:
+    """The stride of the evenly strided sample (at most ``HIST_SAMPLE`` values) a histogram of
+    ``count`` values takes."""
+    return max(1, -(-count // HIST_SAMPLE))
+
+
 def histogram(flat: torch.Tensor, lo: float, hi: float, bins: int) -> tuple[torch.Tensor, int]:
     """Counts in ``bins`` equal bins over [lo, hi] (outliers clamped into the edge bins, NaN
     dropped) of an evenly strided sample, and the sample's size."""
-    stride = max(1, -(-flat.numel() // HIST_SAMPLE))
-    sample = flat[::stride]
+    sample = flat[::hist_stride(flat.numel())]
     clean = torch.nan_to_num(sample.clamp(lo, hi), nan=lo - 1.0)
     return torch.histc(clean, bins=bins, min=lo, max=hi), sample.numel()
-
-
-def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Sums of consecutive segments, from a prefix sum read at the segment bounds.
-
-    ``bounds`` holds the offsets [0, n1, n1 + n2, ...] on the device. A prefix sum and two
-    gathers need no synchronisation (segment_reduce may check its lengths on the host).
-    """
-    prefix = values.cumsum(0, dtype=torch.float64)  # float64 accumulation, float32 input kept
-    prefix = torch.cat([prefix.new_zeros(1), prefix])
-    return prefix[bounds[1:]] - prefix[bounds[:-1]]
-
-
-def segment_stats(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Per-segment (L2 norm, mean, population variance, NaN count, Inf count), shape (L, 5).
-
-    ``flat`` holds the segments back to back; sums accumulate in float64 so they stay exact
-    over millions of values. A handful of kernels cover every layer at once.
-    """
-    sums = _segment_sums(flat, bounds)
-    squares = _segment_sums(flat * flat, bounds)
-    nan = _segment_sums(torch.isnan(flat).to(flat.dtype), bounds)
-    inf = _segment_sums(torch.isinf(flat).to(flat.dtype), bounds)
-    count = (bounds[1:] - bounds[:-1]).to(torch.float64)
-    mean = sums / count
-    variance = squares / count - mean * mean
-    return torch.stack([squares.sqrt(), mean, variance, nan, inf], dim=1)
-
-
-def segment_sumsq(flat: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """Per-segment sum of squares (accumulated in float64)."""
-    return _segment_sums(flat * flat, bounds)

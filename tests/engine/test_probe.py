@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+import engine.device_stats as device_stats
+import engine.probe as probe_module
 from engine.probe import Probe, ProbeConfig, first_tensor
 from engine.snapshot import STAT_INDEX
 from engine.stats import HIST_SAMPLE
@@ -93,8 +95,19 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
-# The probe's two ways of reducing: numpy on the host (CPUs), PyTorch on the device (GPUs).
-PATHS = {"numpy": ProbeConfig(), "torch": ProbeConfig(host_statistics=False)}
+# The probe's ways of reducing: numpy on the host (CPUs), PyTorch on the device (GPUs); the
+# latter also as big models take it: every output reduced in its hook, parameters by prefix sums.
+PATHS = {"numpy": ProbeConfig(), "torch": ProbeConfig(host_statistics=False),
+         "torch_big": ProbeConfig(host_statistics=False)}
+
+
+@pytest.fixture(autouse=True)
+def _big_model_limits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("path") == "torch_big":
+        monkeypatch.setattr(device_stats, "DEVICE_BATCHED_MAX", 0)
+        monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+        monkeypatch.setattr(probe_module, "DEVICE_BATCHED_MAX", 0)
 
 
 def run_reference_and_probe(name: str, path: str = "numpy"):

@@ -52,23 +52,3 @@ def test_histogram_of_big_tensor_uses_strided_sample() -> None:
     finite = sample[np.isfinite(sample)]
     ref = np.histogram(np.clip(finite, -4, 4), bins=20, range=(-4, 4))[0]
     np.testing.assert_array_equal(counts.numpy(), ref)
-
-
-def test_segment_stats_against_numpy() -> None:
-    from engine.stats import segment_stats, segment_sumsq
-
-    g = torch.Generator().manual_seed(3)
-    parts = [torch.randn(n, generator=g) * s + m for n, s, m in ((5, 1.0, 0.0), (1000, 0.01, 3.0), (37, 2.0, -1.0))]
-    parts[2][4] = float("nan")
-    flat = torch.cat(parts).double()
-    bounds = torch.tensor([0, 5, 1005, 1042])
-    stats = segment_stats(flat, bounds).numpy()
-    for row, part in zip(stats, parts):
-        a = part.double().numpy()
-        if np.isnan(a).any():
-            assert row[3] == 1 and np.isnan(row[1])
-            continue
-        np.testing.assert_allclose(row[:3], [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-9, atol=1e-12)
-        assert row[3] == 0 and row[4] == 0
-    np.testing.assert_allclose(segment_sumsq(flat[:1005], bounds[:3]).numpy(),
-                               [float((p.double() ** 2).sum()) for p in parts[:2]], rtol=1e-12)

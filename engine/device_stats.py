@@ -1,0 +1,257 @@
+"""Statistics of many segments at once, on the device: a fixed handful of operations for all of a
+captured step's parameters, or all of its small outputs, instead of a dozen per layer.
+
+On a GPU, a small model's step is bound by what each operation costs to dispatch and launch
+(several microseconds each), not by the kernels; what the probe adds to such a step is the number
+of operations it adds. Here the segments lie back to back in one flat tensor, and the tensors
+that say which segment (or unit, or histogram counter) each value belongs to are made once per
+arrangement and kept on the device.
+
+Nothing here synchronises with the host: no Python number is read from a device tensor, and no
+operation whose output size depends on the data (``bincount``, boolean masks) is used. Sums are
+accumulated in float64. Variances are taken from values shifted by their segment's first value,
+so E[d^2] - E[d]^2 doesn't cancel when the mean dwarfs the spread.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.stats import hist_stride, unit_count
+
+__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segments", "PendingDeviceActivation",
+           "DeviceActivationReducer", "sampled_count"]
+
+#: Segments holding up to this many values in all are summed with one ``index_add_`` through a
+#: per-value segment index; bigger ones through prefix sums (no atomics contending for a few
+#: addresses, and no index as big as the values).
+ATOMIC_SUMS_MAX = 1 << 16
+#: Bigger ones take one prefix sum over all their columns while those hold at most this many
+#: values (64 MiB of float64 sums), else one per column.
+STACKED_PREFIX_MAX = 1 << 23
+
+#: An output with at most this many values is copied in its hook and reduced with the step's
+#: other small outputs at the end of the step; bigger ones are reduced in their hook.
+DEVICE_BATCHED_MAX = 1 << 16
+#: Values the copies of one step may hold in all (4 MiB of float32).
+DEVICE_BATCH_BUDGET = 1 << 20
+
+
+def sampled_count(count: int) -> int | None:
+    """Values the histogram of a batched output of ``count`` values takes, or None for all."""
+    stride = hist_stride(count)
+    return None if stride == 1 else -(-count // stride)
+
+
+def _arange_segments(sizes: Sequence[int]) -> np.ndarray:
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+class Segments:
+    """Consecutive segments of a flat tensor on ``device``, by their sizes."""
+
+    def __init__(self, sizes: Sequence[int], device: torch.device | str) -> None:
+        self.sizes = tuple(int(n) for n in sizes)
+        self.count = len(self.sizes)
+        self.total = sum(self.sizes)
+        offsets = [0] + list(itertools.accumulate(self.sizes))
+        self.device = torch.device(device)
+        self.lengths = torch.tensor(self.sizes, dtype=torch.float64, device=device)
+        # An empty segment's "first value" is any value; its sums are 0 and its figures NaN.
+        self.starts = torch.tensor([min(o, max(self.total - 1, 0)) for o in offsets[:-1]], device=device)
+        self.ids: torch.Tensor | None = None
+        if self.total <= ATOMIC_SUMS_MAX:
+            self.ids = torch.from_numpy(_arange_segments(self.sizes)).to(device)
+        else:
+            self._counts = torch.tensor(self.sizes, device=device)
+            self._ends = torch.tensor(offsets[1:], device=device)
+            self._begins = torch.tensor(offsets[:-1], device=device)
+
+    def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
+        """Each value's segment's entry of a (count,) tensor, as a (total,) tensor."""
+        if self.ids is not None:
+            return per_segment[self.ids]
+        return torch.repeat_interleave(per_segment, self._counts, output_size=self.total)
+
+    def sums(self, columns: list[torch.Tensor]) -> torch.Tensor:
+        """(count, k) float64 sums over each segment of each of k (total,) columns (any dtype)."""
+        if self.ids is not None:
+            stacked = torch.stack(columns, dim=1).to(torch.float64)
+            out = torch.zeros((self.count, len(columns)), dtype=torch.float64, device=self.device)
+            return out.index_add_(0, self.ids, stacked)
+        if self.total * len(columns) <= STACKED_PREFIX_MAX:
+            return self._prefix_sums(torch.stack(columns, dim=1))
+        return torch.stack([self._prefix_sums(column) for column in columns], dim=1)
+
+    def _prefix_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Segment sums of (total,) or (total, k) values, from float64 prefix sums along dim 0."""
+        prefix = values.cumsum(0, dtype=torch.float64)
+        prefix = F.pad(prefix, (1, 0) if prefix.dim() == 1 else (0, 0, 1, 0))
+        return prefix[self._ends] - prefix[self._begins]
+
+    def figures(self, flat: torch.Tensor, extra: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per segment: (count, 5) float64 of L2 norm, mean, population variance, NaN and Inf
+        counts, and (count, len(extra)) sums of the extra per-value columns."""
+        if self.total == 0:
+            nan = torch.full((self.count, 5), float("nan"), dtype=torch.float64, device=self.device)
+            return nan, torch.zeros((self.count, len(extra)), dtype=torch.float64, device=self.device)
+        # Small ones in float64 throughout; big ones in their own precision, summed in float64
+        # (shifted, a float32 square loses nothing that matters to the variance).
+        atomic = self.ids is not None
+        nan, inf = torch.isnan(flat), torch.isinf(flat)
+        x = flat.double() if atomic else torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+        shifted = x - self.spread(x[self.starts])
+        columns = [x, x * x, shifted, shifted * shifted, nan, inf, *extra]
+        if not atomic:
+            columns.append(flat == float("inf"))
+        sums = self.sums(columns)
+        mean = sums[:, 0] / self.lengths
+        offset = sums[:, 2] / self.lengths
+        variance = sums[:, 3] / self.lengths - offset * offset
+        norm = sums[:, 1].sqrt()
+        if not atomic:
+            # A prefix sum carries a NaN or Inf into every later segment, so they were summed as
+            # zeros; here they get what summing them would have given (as the atomic sums do).
+            nans, infs, positive = sums[:, 4], sums[:, 5], sums[:, -1]
+            mean = torch.where(infs > 0, torch.where(positive > 0, float("inf"), float("-inf")), mean)
+            mean = torch.where((nans > 0) | ((positive > 0) & (infs > positive)), float("nan"), mean)
+            norm = torch.where(nans > 0, float("nan"), torch.where(infs > 0, float("inf"), norm))
+            variance = torch.where(nans + infs > 0, float("nan"), variance)
+        if 0 in self.sizes:  # an empty segment has no norm either (as on the host)
+            norm = torch.where(self.lengths > 0, norm, float("nan"))
+        rows = torch.stack([norm, mean, variance, sums[:, 4], sums[:, 5]], dim=1)
+        return rows, sums[:, 6:6 + len(extra)]
+
+
+class PendingDeviceActivation(NamedTuple):
+    """One hooked output's copy, waiting for the end-of-step batch."""
+
+    values: torch.Tensor  # flat float32 copy of the output
+    shape: tuple[int, ...]
+    hist_range: tuple[float, float]
+    saturation_bounds: tuple[float, float] | None
+    relu_like: bool
+
+
+def _unit_of_each_value(shape: tuple[int, ...]) -> np.ndarray:
+    """Which unit (as ``engine.stats.dead_units`` counts them) each value of an output belongs to."""
+    index = np.arange(int(np.prod(shape)))
+    if len(shape) <= 1:
+        return index
+    if len(shape) in (2, 3):
+        return index % shape[-1]
+    return (index // int(np.prod(shape[2:]))) % shape[1]
+
+
+class _Layout(NamedTuple):
+    """What one arrangement of pending outputs needs on the device (the same step after step)."""
+
+    segments: Segments
+    gather: torch.Tensor  # (count, longest): each segment's values, padded with its first value
+    hist_take: torch.Tensor | None  # the values histogrammed, if not all; the hist_* are theirs
+    hist_scale: torch.Tensor  # per value: bins / (hi - lo)
+    hist_shift: torch.Tensor  # per value: -lo * scale
+    hist_base: torch.Tensor  # per value: its segment's first counter
+    ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
+    saturation_low: torch.Tensor | None  # per value: lower bound + margin (-inf if none)
+    saturation_high: torch.Tensor | None
+    units: torch.Tensor | None  # per value: its unit among the ReLU-like outputs' (the last: none)
+    unit_count: int
+    unit_segment: torch.Tensor | None  # per unit: its segment
+
+
+class DeviceActivationReducer:
+    """Rows of (mean, var, min, max, NaN count, Inf count, dead units, saturated count, histogram
+    counts...) for a step's small outputs, all at once, like ``engine.host_stats.ActivationReducer``
+    on the host. Outputs of more than ``HIST_SAMPLE`` values are histogrammed over the same
+    evenly strided sample as ``engine.stats.histogram`` takes (``sampled`` tells its size)."""
+
+    def __init__(self, margin: float, bins: int) -> None:
+        self.margin = margin
+        self.bins = bins
+        self._key: tuple | None = None
+        self._layout: _Layout | None = None
+
+    def _arrange(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
+        key = (device,) + tuple((p.shape, p.hist_range, p.saturation_bounds, p.relu_like) for p in pending)
+        if key == self._key and self._layout is not None:
+            return self._layout
+        sizes = np.array([p.values.numel() for p in pending], np.int64)
+        segments = Segments(sizes.tolist(), device)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        longest = int(sizes.max())
+        columns = np.arange(longest)
+        gather = starts[:, None] + np.where(columns[None, :] < sizes[:, None], columns[None, :], 0)
+        lo = np.array([p.hist_range[0] for p in pending], np.float64)
+        hi = np.array([p.hist_range[1] for p in pending], np.float64)
+        scale = self.bins / (hi - lo)
+        per_value = lambda values, dtype=np.float32: torch.from_numpy(  # noqa: E731
+            np.repeat(np.asarray(values), sizes).astype(dtype)).to(device)
+        take = None
+        sampled = np.array([-(-int(n) // hist_stride(int(n))) for n in sizes], np.int64)
+        if (sampled < sizes).any():
+            take = torch.from_numpy(np.concatenate(
+                [start + np.arange(0, n, hist_stride(int(n))) for start, n in zip(starts, sizes)])).to(device)
+        per_sampled = lambda values: torch.from_numpy(  # noqa: E731
+            np.repeat(np.asarray(values), sampled).astype(np.float32)).to(device)
+        low = high = None
+        if any(p.saturation_bounds is not None for p in pending):
+            bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
+            low = per_value([b[0] + self.margin for b in bounds])
+            high = per_value([b[1] - self.margin for b in bounds])
+        units = unit_segment = None
+        count = 0
+        if any(p.relu_like for p in pending):
+            owners, pieces = [], []
+            for index, p in enumerate(pending):
+                if p.relu_like:
+                    pieces.append(count + _unit_of_each_value(p.shape))
+                    owners += [index] * unit_count(p.shape)
+                    count += unit_count(p.shape)
+                else:
+                    pieces.append(np.full(p.values.numel(), -1))
+            unit_ids = np.concatenate(pieces)
+            unit_ids[unit_ids < 0] = count  # values of other outputs go to a spare counter
+            units = torch.from_numpy(unit_ids).to(device)
+            unit_segment = torch.tensor(owners, device=device)
+        base = np.arange(len(pending)) * self.bins
+        ones = torch.ones(int(sampled.sum()), device=device)
+        self._layout = _Layout(segments, torch.from_numpy(gather).to(device), take, per_sampled(scale),
+                               per_sampled(-lo * scale), per_sampled(base), ones, low, high, units, count, unit_segment)
+        self._key = key
+        return self._layout
+
+    def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
+        """(outputs, 8 + bins) float32 rows, on the outputs' device."""
+        flat = torch.cat([p.values for p in pending])
+        layout = self._arrange(pending, flat.device)
+        count, bins = len(pending), self.bins
+        extra = []
+        if layout.saturation_low is not None:
+            extra.append((flat < layout.saturation_low) | (flat > layout.saturation_high))
+        figures, sums = layout.segments.figures(flat, extra)
+        low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
+        zeros = torch.zeros(count, dtype=torch.float64, device=flat.device)
+        saturated = sums[:, 0] if extra else zeros
+        dead = zeros
+        if layout.units is not None:
+            # A unit is dead when none of its values is > 0 or NaN (as max <= 0 judges it).
+            live = torch.zeros(layout.unit_count + 1, device=flat.device).index_add_(
+                0, layout.units, (~(flat <= 0)).float())
+            dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live[:-1] == 0).double())
+        # Histogram: each value's bin within its own range, clamped into the edge bins (+-Inf
+        # too), then moved to its segment's run of counters; NaN goes to a spare last counter.
+        shown = flat if layout.hist_take is None else flat[layout.hist_take]
+        position = shown * layout.hist_scale
+        position += layout.hist_shift
+        position.clamp_(0.0, bins - 0.5)
+        position += layout.hist_base
+        index = torch.nan_to_num(position, nan=float(count * bins)).long()
+        hist = torch.zeros(count * bins + 1, device=flat.device).index_add_(0, index, layout.ones)
+        stats = torch.stack([figures[:, 1], figures[:, 2], low.double(), high.double(), figures[:, 3], figures[:, 4],
+                             dead, saturated], dim=1)
+        return torch.cat([stats.float(), hist[:-1].view(count, bins)], dim=1)

@@ -1,0 +1,124 @@
+"""The device path's batched reductions against numpy (and against the host path's reducer)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import engine.device_stats as device_stats
+from engine.device_stats import DeviceActivationReducer, PendingDeviceActivation, Segments, sampled_count
+from engine.host_stats import ActivationReducer, PendingActivation
+from engine.stats import HIST_SAMPLE
+
+
+def _parts() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(n, generator=g) * s + m for n, s, m in ((5, 1.0, 0.0), (1000, 0.001, 30.0), (37, 2.0, -1.0),
+                                                                  (1, 1.0, 4.0), (64, 1.0, 0.0))]
+    parts[2][4] = float("nan")
+    parts[4][7] = float("inf")
+    return parts
+
+
+@pytest.mark.parametrize("way", ["index_add", "prefix_sums", "prefix_sums_by_column"])
+def test_segment_figures_against_numpy(way: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    atomic = way == "index_add"
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if atomic else 0)
+    monkeypatch.setattr(device_stats, "STACKED_PREFIX_MAX", 0 if way.endswith("by_column") else 1 << 20)
+    parts = _parts()
+    segments = Segments([p.numel() for p in parts], "cpu")
+    assert (segments.ids is not None) == atomic
+    flat = torch.cat(parts)
+    extra = (flat > 0.5)
+    rows, sums = segments.figures(flat, [extra])
+    for row, part, total in zip(rows.numpy(), parts, sums[:, 0].numpy()):
+        a = part.double().numpy()
+        assert total == np.count_nonzero(a > 0.5)
+        assert row[3] == np.isnan(a).sum() and row[4] == np.isinf(a).sum()
+        if not np.isfinite(a).all():
+            assert np.isnan(row[2])  # no variance of a segment with NaN or Inf
+            assert np.isnan(row[1]) == bool(np.isnan(a).any())
+            continue
+        # The second segment's mean is 30 000 times its spread: still exact (shifted sums).
+        np.testing.assert_allclose(row[:3], [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-6, atol=1e-12)
+    pair = segments.sums([flat * 2, torch.ones_like(flat)])
+    np.testing.assert_allclose(pair[:, 1].numpy(), [p.numel() for p in parts])
+    np.testing.assert_allclose(pair[:2, 0].numpy(), [float(p.double().sum()) * 2 for p in parts[:2]], rtol=1e-6)
+
+
+def test_empty_segments_get_nan_figures() -> None:
+    segments = Segments([0, 3], "cpu")
+    rows, _ = segments.figures(torch.tensor([1.0, 2.0, 3.0]))
+    assert np.isnan(rows[0, :3].numpy()).all() and rows[0, 3] == 0
+    np.testing.assert_allclose(rows[1, :3].numpy(), [np.sqrt(14.0), 2.0, 2.0 / 3.0])
+    assert np.isnan(Segments([0], "cpu").figures(torch.zeros(0))[0].numpy()[:, :3]).all()
+
+
+SHAPES = [  # (shape, hist range, saturation bounds, ReLU-like)
+    ((6, 5), (-4.0, 4.0), None, True),  # a dense layer's units
+    ((3, 4, 5), (-1.0, 1.0), (-1.0, 1.0), False),  # tanh over a sequence
+    ((2, 3, 4, 4), (-4.0, 4.0), None, True),  # conv channels
+    ((7,), (0.0, 1.0), (0.0, 1.0), False),  # sigmoid of a 1-D output
+    ((4,), (-4.0, 4.0), None, True),  # 1-D ReLU: every value a unit
+    ((2, 5000), (-4.0, 4.0), None, False),  # big: its histogram samples
+]
+
+
+def _outputs(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    outs = []
+    for shape, lo_hi, bounds, relu in SHAPES:
+        x = rng.normal(size=shape).astype(np.float32) * 2
+        if bounds is not None:
+            x = np.clip(np.tanh(x) if bounds[0] < 0 else 1 / (1 + np.exp(-x)), *bounds).astype(np.float32)
+        if relu:
+            x = np.maximum(x, 0)
+            if len(shape) == 4:
+                x[:, 1] = 0  # a dead channel
+            else:
+                x[..., 1] = 0  # a dead feature (a zero, for 1-D)
+        outs.append(x)
+    outs[0][2, 3] = np.nan  # a NaN makes its unit live (max <= 0 is false), as on the host
+    outs[1][0, 0, 0] = np.inf
+    outs[1][1, 1, 1] = -np.inf
+    outs[2][:, :, 0, 0] = 0.0  # exact zeros: on a bin edge of [-4, 4]
+    return outs
+
+
+def test_device_rows_equal_the_host_reducers() -> None:
+    bins = 16
+    device = DeviceActivationReducer(0.01, bins)
+    host = ActivationReducer(0.01, bins)
+    for seed in (0, 1):  # the second step reuses the arrangement
+        outs = _outputs(seed)
+        specs = [(x, *spec[1:]) for x, spec in zip(outs, SHAPES)]
+        got = device.rows([PendingDeviceActivation(torch.from_numpy(x).reshape(-1).clone(), x.shape, lo_hi, bounds,
+                                                   relu) for x, lo_hi, bounds, relu in specs]).numpy()
+        small = [PendingActivation(x.reshape(-1).copy(), x.shape, lo_hi, bounds, relu)
+                 for x, lo_hi, bounds, relu in specs[:-1]]
+        want = host.rows(small)
+        big_x, big_range = specs[-1][0], specs[-1][1]
+        want_big, sampled = host.row_now(torch.from_numpy(big_x), big_range, None, False)
+        want = np.vstack([want, want_big])
+        assert sampled == sampled_count(big_x.size) and sampled <= HIST_SAMPLE
+        assert sampled_count(HIST_SAMPLE) is None
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=2e-6, atol=1e-7)  # mean, var (NaN alike)
+        np.testing.assert_array_equal(got[:, 2:], want[:, 2:].astype(np.float32))  # min, max, counts, histogram
+        assert got[0, 4] == 1 and got[1, 5] == 2 and got[0, 6] > 0 and got[2, 6] > 0 and got[1, 7] > 0
+
+
+def test_device_rows_need_no_python_number_from_a_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a number back would synchronise on CUDA: the batch never does it."""
+    reducer = DeviceActivationReducer(0.01, 8)
+    pending = [PendingDeviceActivation(torch.from_numpy(x).reshape(-1).clone(), x.shape, spec[1], spec[2], spec[3])
+               for x, spec in zip(_outputs(0), SHAPES)]
+    reducer.rows(pending)  # the arrangement is made once, from shapes only
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("a tensor was read on the host")
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    rows = reducer.rows(pending)
+    monkeypatch.undo()
+    assert rows.shape == (len(SHAPES), 8 + 8)
