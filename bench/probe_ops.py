@@ -30,8 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe_overhead import CONFIGS, Config, make_dataset, make_trainer  # noqa: E402
 
-from engine.probe import ProbeConfig  # noqa: E402
-
 # Operations that only make a new view or alias of a tensor: dispatched, but launch no kernel.
 VIEWS = {"view", "_unsafe_view", "detach", "alias", "slice", "select", "unsqueeze", "squeeze", "t", "transpose",
          "permute", "expand", "as_strided", "split", "unbind", "reshape", "narrow", "_reshape_alias"}
@@ -56,10 +54,8 @@ def count_step(trainer, capture: bool, tensors: bool) -> collections.Counter[str
 
 
 def measure(config: Config) -> dict:
-    trainer = make_trainer(config, make_dataset(config.data), "cpu")
-    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-3, foreach=True)
+    trainer = make_trainer(config, make_dataset(config.data), "cpu", torch_stats=True)
     probe = trainer.probe
-    probe.config = ProbeConfig(host_statistics=False)
     layers = probe.layers
     if config.maps_layer_kind == "attention":
         probe.focus_layer = next(info.name for info in layers if info.role == "attention")

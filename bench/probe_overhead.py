@@ -13,7 +13,12 @@ Modes are interleaved in blocks and the median block is used, so machine noise h
 Targets (issue #3): every 16 steps <= 1.05x; every step <= 1.5x on CPU and <= 1.25x on CUDA for
 steps of 10 ms or more; one example's maps <= 1.10x time and <= 1.10x peak GPU memory.
 
+``--torch-stats`` makes CPU runs use the GPU path's PyTorch reductions (``ProbeConfig(
+host_statistics=False)``) and the optimizer's multi-tensor implementation, as CUDA runs do: a way to
+time that path's Python and dispatch overhead without a GPU (its kernels run on the CPU, though).
+
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
+       [--torch-stats]
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.batches import TensorBatches  # noqa: E402
 from engine.data import Dataset, DataSpec, make_dataset  # noqa: E402
 from engine.models import ModelSpec, build_model  # noqa: E402
+from engine.probe import ProbeConfig  # noqa: E402
 from engine.snapshot import Hyper  # noqa: E402
 from engine.trainer import Trainer, TrainerConfig, loss_for_task  # noqa: E402
 
@@ -58,12 +64,16 @@ CONFIGS = [
 ]
 
 
-def make_trainer(config: Config, dataset: Dataset, device: str) -> Trainer:
+def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: bool = False) -> Trainer:
     torch.manual_seed(0)
     model = build_model(config.model, dataset)
-    return Trainer(model, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train),
-                   hyper=Hyper(optimizer="adam", lr=1e-3, batch_size=config.batch),
-                   config=TrainerConfig(device=device, val_every=0, capture_every=1))
+    trainer = Trainer(model, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train),
+                      hyper=Hyper(optimizer="adam", lr=1e-3, batch_size=config.batch),
+                      config=TrainerConfig(device=device, val_every=0, capture_every=1))
+    if torch_stats:
+        trainer.probe.config = ProbeConfig(host_statistics=False)
+        trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-3, foreach=True)
+    return trainer
 
 
 def sync(device: str) -> None:
@@ -115,9 +125,9 @@ def peak_memory(trainer: Trainer, mode: str, device: str, steps: int = 4) -> int
     return torch.cuda.max_memory_allocated()
 
 
-def bench(config: Config, device: str, blocks: int, steps: int) -> dict:
+def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: bool = False) -> dict:
     dataset = make_dataset(config.data)
-    trainer = make_trainer(config, dataset, device)
+    trainer = make_trainer(config, dataset, device, torch_stats)
     probe = trainer.probe
     layers = [layer for layer in probe.layers]
     if config.maps_layer_kind == "attention":
@@ -159,6 +169,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--only", nargs="*", help="config names")
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--torch-stats", action="store_true", help="CPU runs take the GPU path's reductions")
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
@@ -169,6 +180,7 @@ def main() -> int:
     header = f"{'config':<18} {'device':<6} {'batch':>5} {'bare ms':>8} {'capt ms':>8} {'every':>7} {'every16':>8} " \
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+          + (", CPU runs take the GPU path's reductions" if args.torch_stats else "")
           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
     print(header)
     print("-" * len(header))
@@ -176,7 +188,7 @@ def main() -> int:
         for config in CONFIGS:
             if args.only and config.name not in args.only:
                 continue
-            row = bench(config, device, args.blocks, args.steps)
+            row = bench(config, device, args.blocks, args.steps, args.torch_stats and device == "cpu")
             rows.append(row)
             target = 1.25 if device == "cuda" else 1.5
             notes = []

@@ -93,9 +93,10 @@ class Segments:
         prefix = F.pad(prefix, (1, 0) if prefix.dim() == 1 else (0, 0, 1, 0))
         return prefix[self._ends] - prefix[self._begins]
 
-    def figures(self, flat: torch.Tensor, extra: Sequence[torch.Tensor] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per segment: (count, 5) float64 of L2 norm, mean, population variance, NaN and Inf
-        counts, and (count, len(extra)) sums of the extra per-value columns."""
+    def figures(self, flat: torch.Tensor, extra: Sequence[torch.Tensor] = (),
+                norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per segment: (count, 5) float64 of L2 norm (NaN unless ``norm``), mean, population
+        variance, NaN and Inf counts, and (count, len(extra)) sums of the extra per-value columns."""
         if self.total == 0:
             nan = torch.full((self.count, 5), float("nan"), dtype=torch.float64, device=self.device)
             return nan, torch.zeros((self.count, len(extra)), dtype=torch.float64, device=self.device)
@@ -105,26 +106,29 @@ class Segments:
         nan, inf = torch.isnan(flat), torch.isinf(flat)
         x = flat.double() if atomic else torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
         shifted = x - self.spread(x[self.starts])
-        columns = [x, x * x, shifted, shifted * shifted, nan, inf, *extra]
+        columns = [x, shifted, shifted * shifted, nan, inf, *extra]
+        if norm:
+            columns.append(x * x)
         if not atomic:
             columns.append(flat == float("inf"))
         sums = self.sums(columns)
         mean = sums[:, 0] / self.lengths
-        offset = sums[:, 2] / self.lengths
-        variance = sums[:, 3] / self.lengths - offset * offset
-        norm = sums[:, 1].sqrt()
+        offset = sums[:, 1] / self.lengths
+        variance = sums[:, 2] / self.lengths - offset * offset
+        nans, infs = sums[:, 3], sums[:, 4]
+        length = sums[:, 5 + len(extra)].sqrt() if norm else torch.full_like(mean, float("nan"))
         if not atomic:
             # A prefix sum carries a NaN or Inf into every later segment, so they were summed as
             # zeros; here they get what summing them would have given (as the atomic sums do).
-            nans, infs, positive = sums[:, 4], sums[:, 5], sums[:, -1]
+            positive = sums[:, -1]
             mean = torch.where(infs > 0, torch.where(positive > 0, float("inf"), float("-inf")), mean)
             mean = torch.where((nans > 0) | ((positive > 0) & (infs > positive)), float("nan"), mean)
-            norm = torch.where(nans > 0, float("nan"), torch.where(infs > 0, float("inf"), norm))
+            length = torch.where(nans > 0, float("nan"), torch.where(infs > 0, float("inf"), length))
             variance = torch.where(nans + infs > 0, float("nan"), variance)
         if 0 in self.sizes:  # an empty segment has no norm either (as on the host)
-            norm = torch.where(self.lengths > 0, norm, float("nan"))
-        rows = torch.stack([norm, mean, variance, sums[:, 4], sums[:, 5]], dim=1)
-        return rows, sums[:, 6:6 + len(extra)]
+            length = torch.where(self.lengths > 0, length, float("nan"))
+        rows = torch.stack([length, mean, variance, nans, infs], dim=1)
+        return rows, sums[:, 5:5 + len(extra)]
 
 
 class PendingDeviceActivation(NamedTuple):
@@ -233,7 +237,7 @@ class DeviceActivationReducer:
         extra = []
         if layout.saturation_low is not None:
             extra.append((flat < layout.saturation_low) | (flat > layout.saturation_high))
-        figures, sums = layout.segments.figures(flat, extra)
+        figures, sums = layout.segments.figures(flat, extra, norm=False)
         low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
         zeros = torch.zeros(count, dtype=torch.float64, device=flat.device)
         saturated = sums[:, 0] if extra else zeros

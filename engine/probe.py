@@ -182,6 +182,10 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 @functools.lru_cache(maxsize=None)
 def _forward_signature(cls: type) -> inspect.Signature:
     """The signature of a module class's forward (self included), read once per class."""
@@ -453,21 +457,25 @@ class Probe:
         return candidates[0] if kind == "conv" else candidates[-1]
 
     def _push(self, kind: str, owner: "_Layer | list[_Layer] | None", key: str,
-              tensor: torch.Tensor | np.ndarray, meta: tuple | None = None, fresh: bool = False) -> None:
+              tensor: torch.Tensor | np.ndarray, meta: tuple | None = None,
+              model_tensor: torch.Tensor | None = None) -> None:
         """Queue a tensor for the step's single copy. Owners are kept as objects (their index is
-        read when parsing), since the first capture reorders the layers. ``fresh``: the tensor is
-        the probe's own (a copy, or computed), so the device path needn't copy it again."""
-        # Display tensors are copied now: an output may be changed by a later in-place op, and a
-        # weight by the update, and each view shows its tensor as it was when pushed.
+        read when parsing), since the first capture reorders the layers.
+
+        ``model_tensor``: the model's tensor (output, gradient, weight) that ``tensor`` may be a
+        view of. Such a view is copied now: a later in-place op or the update may change it, and
+        each view shows its tensor as it was when pushed. Anything else (figures, the probe's own
+        copies, pooled results) is the probe's alone and waits as it is.
+        """
         if isinstance(tensor, np.ndarray):
             piece: torch.Tensor | np.ndarray = tensor.reshape(-1)
         elif self._host:
             piece = np.array(host_array(tensor if tensor.device.type == "cpu" else tensor.cpu()))
-        else:
-            piece = tensor.reshape(-1) if fresh else tensor.detach().reshape(-1)
+        else:  # flattened in ``finish``
+            piece = tensor.detach() if tensor.requires_grad else tensor
             if piece.dtype != torch.float32:
                 piece = piece.float()
-            elif kind == "tensor" and not fresh:
+            elif model_tensor is not None and _same_storage(piece, model_tensor):
                 piece = piece.clone()
         self._pieces.append(piece)
         self._layout.append((kind, owner, key, tuple(tensor.shape), meta))
@@ -523,12 +531,13 @@ class Probe:
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
                 example = self._example(shown)
+                model_tensor = None if copied else out
                 if graphed:
-                    self._push("tensor", layer, "unit_value", example.reshape(-1), fresh=copied)
+                    self._push("tensor", layer, "unit_value", example.reshape(-1), model_tensor=model_tensor)
                 if focused:
-                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)), fresh=copied)
+                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)), model_tensor=model_tensor)
                 if maps:
-                    self._push("tensor", layer, "feature_maps", shrink_maps(example), fresh=copied)
+                    self._push("tensor", layer, "feature_maps", shrink_maps(example), model_tensor=model_tensor)
         if self._recording:
             inp = first_tensor(args)
             tensors = {"output": out}
@@ -573,9 +582,9 @@ class Probe:
                 if graphed or focused:
                     example = self._example(grad)
                     if graphed:
-                        self._push("tensor", layer, "unit_grad", example.reshape(-1))
+                        self._push("tensor", layer, "unit_grad", example.reshape(-1), model_tensor=grad)
                     if focused:
-                        self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)))
+                        self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)), model_tensor=grad)
             if self._recording:
                 self._phase_events.append(
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
@@ -698,8 +707,8 @@ class Probe:
                 self._copies = both
                 self._weights = both[:sum(plan.sizes)]  # also what the update is measured against
                 rows = plan.both_segments.figures(both)[0].float()
-            self._push("pstats", layers, "weight", rows[:len(layers)], fresh=True)
-            self._push("pstats", layers, "grad", rows[len(layers):], fresh=True)
+            self._push("pstats", layers, "weight", rows[:len(layers)])
+            self._push("pstats", layers, "grad", rows[len(layers):])
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
             if gradless:
                 empty = np.zeros(0) if self._host else torch.zeros(0, device=self._device)
@@ -722,18 +731,18 @@ class Probe:
         if w is None:
             return
         copy = self._copied(plan, w)
-        shown, fresh = (w, False) if copy is None else (copy, True)
+        shown, model_tensor = (w, w) if copy is None else (copy, None)
         if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
-            self._push("tensor", layer, "graph_weight", shown, fresh=fresh)
+            self._push("tensor", layer, "graph_weight", shown, model_tensor=model_tensor)
         if self._is_focus(layer):
-            self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), fresh=fresh)
+            self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), model_tensor=model_tensor)
             if w.grad is not None:
                 grad = self._copied(plan, w, grad=True)
                 self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad if grad is None else grad)),
-                           fresh=grad is not None)
+                           model_tensor=w.grad if grad is None else None)
         if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
-            self._push("tensor", layer, "kernels", shrink_maps(shown.detach().reshape(-1, w.shape[-2], w.shape[-1])),
-                       fresh=fresh)
+            kernels = shown.detach().reshape(-1, w.shape[-2], w.shape[-1])
+            self._push("tensor", layer, "kernels", shrink_maps(kernels), model_tensor=model_tensor)
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase."""
@@ -774,7 +783,7 @@ class Probe:
         else:
             delta = self._joined(self._device_views(plan)) - before
             norms = plan.segments.sums([delta * delta, before * before])
-            self._push("update", layers, "norms", norms, fresh=True)
+            self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0
@@ -784,7 +793,7 @@ class Probe:
                         change = delta[offset:offset + p.numel()].view(p.shape)
                     else:
                         change = p.detach() - torch.from_numpy(before[offset:offset + p.numel()]).reshape(p.shape)
-                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)), fresh=True)
+                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
                 offset += p.numel()
 
     def phase_events(self) -> list[PhaseRecord]:
@@ -841,13 +850,14 @@ class Probe:
             self._pending_grads = []
         if self._grad_norms:
             layers, norms = zip(*self._grad_norms)
-            self._push("gout", list(layers), "sumsq", torch.stack(norms).square(), fresh=True)
+            self._push("gout", list(layers), "sumsq", torch.stack(norms).square())
             self._grad_norms = []
         if self._host:
             flat: torch.Tensor | np.ndarray = np.concatenate(
                 self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])
         else:
-            flat = torch.cat(self._pieces + [scalars.detach().reshape(-1).float()])
+            # (One call flattens and joins every piece: far fewer Python calls than a reshape each.)
+            flat = torch._utils._flatten_dense_tensors(self._pieces + [scalars.detach().float()])
         # The scalars follow the layout's pieces; the next step builds a new layout.
         plan = self._parse_plan(self._layout, self._layer_table())
         focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
