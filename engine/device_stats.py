@@ -19,7 +19,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.stats import hist_stride, unit_count
 
@@ -27,12 +26,15 @@ __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segm
            "DeviceActivationReducer", "sampled_count"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
-#: per-value segment index; bigger ones through prefix sums (no atomics contending for a few
-#: addresses, and no index as big as the values).
+#: per-value segment index; bigger ones (the parameters of big models) with ``segment_reduce``
+#: over their offsets: no atomics contending for a few addresses, no index as big as the values.
+#: Both sum each segment on its own, in float64 (a prefix sum over all of them would lose a
+#: segment whose sum is tiny beside the running total before it: a zero-initialised layer's
+#: weights, the vanishing gradients of the first layers).
 ATOMIC_SUMS_MAX = 1 << 16
-#: Bigger ones take one prefix sum over all their columns while those hold at most this many
-#: values (64 MiB of float64 sums), else one per column.
-STACKED_PREFIX_MAX = 1 << 23
+#: Bigger ones sum all their columns at once while those hold at most this many values (64 MiB
+#: in float64), else one column at a time.
+STACKED_SUMS_MAX = 1 << 23
 
 #: An output with at most this many values is copied in its hook and reduced with the step's
 #: other small outputs at the end of the step; bigger ones are reduced in their hook.
@@ -54,7 +56,7 @@ def _arange_segments(sizes: Sequence[int]) -> np.ndarray:
 class Segments:
     """Consecutive segments of a flat tensor on ``device``, by their sizes."""
 
-    def __init__(self, sizes: Sequence[int], device: torch.device | str) -> None:
+    def __init__(self, sizes: Sequence[int], device: torch.device | str, atomic: bool | None = None) -> None:
         self.sizes = tuple(int(n) for n in sizes)
         self.count = len(self.sizes)
         self.total = sum(self.sizes)
@@ -64,12 +66,11 @@ class Segments:
         # An empty segment's "first value" is any value; its sums are 0 and its figures NaN.
         self.starts = torch.tensor([min(o, max(self.total - 1, 0)) for o in offsets[:-1]], device=device)
         self.ids: torch.Tensor | None = None
-        if self.total <= ATOMIC_SUMS_MAX:
+        if atomic or (atomic is None and self.total <= ATOMIC_SUMS_MAX):
             self.ids = torch.from_numpy(_arange_segments(self.sizes)).to(device)
         else:
             self._counts = torch.tensor(self.sizes, device=device)
-            self._ends = torch.tensor(offsets[1:], device=device)
-            self._begins = torch.tensor(offsets[:-1], device=device)
+            self._offsets = torch.tensor(offsets, device=device)
 
     def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
         """Each value's segment's entry of a (count,) tensor, as a (total,) tensor."""
@@ -83,15 +84,13 @@ class Segments:
             stacked = torch.stack(columns, dim=1).to(torch.float64)
             out = torch.zeros((self.count, len(columns)), dtype=torch.float64, device=self.device)
             return out.index_add_(0, self.ids, stacked)
-        if self.total * len(columns) <= STACKED_PREFIX_MAX:
-            return self._prefix_sums(torch.stack(columns, dim=1))
-        return torch.stack([self._prefix_sums(column) for column in columns], dim=1)
+        if self.total * len(columns) <= STACKED_SUMS_MAX:
+            return self._segment_sums(torch.stack(columns, dim=1))
+        return torch.stack([self._segment_sums(column) for column in columns], dim=1)
 
-    def _prefix_sums(self, values: torch.Tensor) -> torch.Tensor:
-        """Segment sums of (total,) or (total, k) values, from float64 prefix sums along dim 0."""
-        prefix = values.cumsum(0, dtype=torch.float64)
-        prefix = F.pad(prefix, (1, 0) if prefix.dim() == 1 else (0, 0, 1, 0))
-        return prefix[self._ends] - prefix[self._begins]
+    def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
+        # (``unsafe`` skips the checks of the offsets, which would read them on the host.)
+        return torch.segment_reduce(values.to(torch.float64), "sum", offsets=self._offsets, axis=0, unsafe=True)
 
     def figures(self, flat: torch.Tensor, extra: Sequence[torch.Tensor] = (),
                 norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,32 +101,19 @@ class Segments:
             return nan, torch.zeros((self.count, len(extra)), dtype=torch.float64, device=self.device)
         # Small ones in float64 throughout; big ones in their own precision, summed in float64
         # (shifted, a float32 square loses nothing that matters to the variance).
-        atomic = self.ids is not None
-        nan, inf = torch.isnan(flat), torch.isinf(flat)
-        x = flat.double() if atomic else torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+        x = flat.double() if self.ids is not None else flat
         shifted = x - self.spread(x[self.starts])
-        columns = [x, shifted, shifted * shifted, nan, inf, *extra]
+        columns = [x, shifted, shifted * shifted, torch.isnan(flat), torch.isinf(flat), *extra]
         if norm:
             columns.append(x * x)
-        if not atomic:
-            columns.append(flat == float("inf"))
         sums = self.sums(columns)
         mean = sums[:, 0] / self.lengths
         offset = sums[:, 1] / self.lengths
         variance = sums[:, 2] / self.lengths - offset * offset
-        nans, infs = sums[:, 3], sums[:, 4]
-        length = sums[:, 5 + len(extra)].sqrt() if norm else torch.full_like(mean, float("nan"))
-        if not atomic:
-            # A prefix sum carries a NaN or Inf into every later segment, so they were summed as
-            # zeros; here they get what summing them would have given (as the atomic sums do).
-            positive = sums[:, -1]
-            mean = torch.where(infs > 0, torch.where(positive > 0, float("inf"), float("-inf")), mean)
-            mean = torch.where((nans > 0) | ((positive > 0) & (infs > positive)), float("nan"), mean)
-            length = torch.where(nans > 0, float("nan"), torch.where(infs > 0, float("inf"), length))
-            variance = torch.where(nans + infs > 0, float("nan"), variance)
+        length = sums[:, -1].sqrt() if norm else torch.full_like(mean, float("nan"))
         if 0 in self.sizes:  # an empty segment has no norm either (as on the host)
             length = torch.where(self.lengths > 0, length, float("nan"))
-        rows = torch.stack([length, mean, variance, nans, infs], dim=1)
+        rows = torch.stack([length, mean, variance, sums[:, 3], sums[:, 4]], dim=1)
         return rows, sums[:, 5:5 + len(extra)]
 
 
@@ -155,11 +141,11 @@ class _Layout(NamedTuple):
     """What one arrangement of pending outputs needs on the device (the same step after step)."""
 
     segments: Segments
-    gather: torch.Tensor  # (count, longest): each segment's values, padded with its first value
+    gather: torch.Tensor | None  # (count, longest): each segment's values, padded with its first value
     hist_take: torch.Tensor | None  # the values histogrammed, if not all; the hist_* are theirs
     hist_scale: torch.Tensor  # per value: bins / (hi - lo)
     hist_shift: torch.Tensor  # per value: -lo * scale
-    hist_base: torch.Tensor  # per value: its segment's first counter
+    hist_base: torch.Tensor  # per value: its segment's first counter (int64, bins + 1 per segment)
     ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
     saturation_low: torch.Tensor | None  # per value: lower bound + margin (-inf if none)
     saturation_high: torch.Tensor | None
@@ -174,22 +160,34 @@ class DeviceActivationReducer:
     on the host. Outputs of more than ``HIST_SAMPLE`` values are histogrammed over the same
     evenly strided sample as ``engine.stats.histogram`` takes (``sampled`` tells its size)."""
 
+    #: Arrangements kept: a last partial batch, or steps with and without some output, alternate
+    #: between a few (and making one copies its tensors to the device).
+    KEPT = 4
+
     def __init__(self, margin: float, bins: int) -> None:
         self.margin = margin
         self.bins = bins
-        self._key: tuple | None = None
-        self._layout: _Layout | None = None
+        self._layouts: dict[tuple, _Layout] = {}  # newest last
 
     def _arrange(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
         key = (device,) + tuple((p.shape, p.hist_range, p.saturation_bounds, p.relu_like) for p in pending)
-        if key == self._key and self._layout is not None:
-            return self._layout
+        layout = self._layouts.pop(key, None)
+        if layout is None:
+            layout = self._make_layout(pending, device)
+            while len(self._layouts) >= self.KEPT:
+                self._layouts.pop(next(iter(self._layouts)))
+        self._layouts[key] = layout
+        return layout
+
+    def _make_layout(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
         sizes = np.array([p.values.numel() for p in pending], np.int64)
-        segments = Segments(sizes.tolist(), device)
+        segments = Segments(sizes.tolist(), device, atomic=True)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         longest = int(sizes.max())
-        columns = np.arange(longest)
-        gather = starts[:, None] + np.where(columns[None, :] < sizes[:, None], columns[None, :], 0)
+        gather = None
+        if len(sizes) * longest <= 2 * int(sizes.sum()) + (1 << 12):  # else the padding would cost more
+            columns = np.arange(longest)
+            gather = starts[:, None] + np.where(columns[None, :] < sizes[:, None], columns[None, :], 0)
         lo = np.array([p.hist_range[0] for p in pending], np.float64)
         hi = np.array([p.hist_range[1] for p in pending], np.float64)
         scale = self.bins / (hi - lo)
@@ -222,12 +220,10 @@ class DeviceActivationReducer:
             unit_ids[unit_ids < 0] = count  # values of other outputs go to a spare counter
             units = torch.from_numpy(unit_ids).to(device)
             unit_segment = torch.tensor(owners, device=device)
-        base = np.arange(len(pending)) * self.bins
+        base = torch.from_numpy(np.repeat(np.arange(len(pending)) * (self.bins + 1), sampled)).to(device)
         ones = torch.ones(int(sampled.sum()), device=device)
-        self._layout = _Layout(segments, torch.from_numpy(gather).to(device), take, per_sampled(scale),
-                               per_sampled(-lo * scale), per_sampled(base), ones, low, high, units, count, unit_segment)
-        self._key = key
-        return self._layout
+        return _Layout(segments, None if gather is None else torch.from_numpy(gather).to(device), take,
+                       per_sampled(scale), per_sampled(-lo * scale), base, ones, low, high, units, count, unit_segment)
 
     def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
         """(outputs, 8 + bins) float32 rows, on the outputs' device."""
@@ -238,7 +234,10 @@ class DeviceActivationReducer:
         if layout.saturation_low is not None:
             extra.append((flat < layout.saturation_low) | (flat > layout.saturation_high))
         figures, sums = layout.segments.figures(flat, extra, norm=False)
-        low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
+        if layout.gather is not None:
+            low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
+        else:  # outputs of very unlike sizes: one reduction each
+            low, high = torch.stack([torch.stack(torch.aminmax(p.values)) for p in pending]).unbind(1)
         zeros = torch.zeros(count, dtype=torch.float64, device=flat.device)
         saturated = sums[:, 0] if extra else zeros
         dead = zeros
@@ -248,14 +247,15 @@ class DeviceActivationReducer:
                 0, layout.units, (~(flat <= 0)).float())
             dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live[:-1] == 0).double())
         # Histogram: each value's bin within its own range, clamped into the edge bins (+-Inf
-        # too), then moved to its segment's run of counters; NaN goes to a spare last counter.
+        # too), NaN to a spare counter after them; then moved to its segment's run of counters
+        # (as integers: a float sum would round positions near a bin edge across it).
         shown = flat if layout.hist_take is None else flat[layout.hist_take]
         position = shown * layout.hist_scale
         position += layout.hist_shift
         position.clamp_(0.0, bins - 0.5)
-        position += layout.hist_base
-        index = torch.nan_to_num(position, nan=float(count * bins)).long()
-        hist = torch.zeros(count * bins + 1, device=flat.device).index_add_(0, index, layout.ones)
-        stats = torch.stack([figures[:, 1], figures[:, 2], low.double(), high.double(), figures[:, 3], figures[:, 4],
-                             dead, saturated], dim=1)
-        return torch.cat([stats.float(), hist[:-1].view(count, bins)], dim=1)
+        index = torch.nan_to_num(position, nan=float(bins)).long()
+        index += layout.hist_base
+        hist = torch.zeros(count * (bins + 1), device=flat.device).index_add_(0, index, layout.ones)
+        stats = torch.stack([figures[:, 1], figures[:, 2], low, high, figures[:, 3], figures[:, 4], dead, saturated],
+                            dim=1)
+        return torch.cat([stats.float(), hist.view(count, bins + 1)[:, :bins]], dim=1)

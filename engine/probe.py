@@ -390,9 +390,10 @@ class Probe:
         self._batched = 0  # values copied into _pending_acts (device path)
         self._pending_grads: list[tuple[_Layer, np.ndarray]] = []  # small output gradients (CPU)
         self._grad_norms: list[tuple[_Layer, torch.Tensor]] = []  # output gradients' norms (device)
-        # The device path's copy of the weights, then the gradients, after backward; the weights' part.
-        self._copies: torch.Tensor | None = None
+        # The device path's copies of the weights and (small models, until their views are
+        # taken) of the gradients, as backward left them.
         self._weights: torch.Tensor | None = None
+        self._grads: torch.Tensor | None = None
         self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
@@ -578,7 +579,8 @@ class Probe:
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
             else:  # squared and shipped together in ``finish``
-                self._grad_norms.append((layer, torch.linalg.vector_norm(grad, dtype=torch.float32)))
+                exact = grad.dtype in (torch.float32, torch.float64)  # others are summed in float32
+                self._grad_norms.append((layer, torch.linalg.vector_norm(grad, dtype=None if exact else torch.float32)))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
@@ -663,8 +665,9 @@ class Probe:
         groups = plan.host_groups
         if groups is None or plan.host_pointers != pointers:
             groups = [[host_array(p) for p in layer.params] for layer in plan.layers]
-            # Other dtypes than float32/64 give converted copies, which mustn't be reused.
-            native = all(p.dtype in (torch.float32, torch.float64) for p in plan.params)
+            # Other dtypes than float32/64, and non-contiguous parameters, give copies, which
+            # mustn't be reused.
+            native = all(p.dtype in (torch.float32, torch.float64) and p.is_contiguous() for p in plan.params)
             plan.host_groups, plan.host_pointers = (groups, pointers) if native else (None, None)
         return groups
 
@@ -679,7 +682,8 @@ class Probe:
             plan.device_views, plan.device_pointers = (views, pointers) if contiguous else (None, None)
         if plan.segments is None:
             plan.segments = Segments(plan.sizes, plan.device)
-            plan.both_segments = Segments(plan.sizes + plan.sizes, plan.device)
+            both = Segments(plan.sizes + plan.sizes, plan.device)
+            plan.both_segments = both if both.ids is not None else None  # (see ATOMIC_SUMS_MAX)
             offsets = itertools.accumulate([p.numel() for p in plan.params], initial=0)
             plan.offsets = {id(p): offset for p, offset in zip(plan.params, offsets)}
         return views
@@ -687,7 +691,7 @@ class Probe:
     @staticmethod
     def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
         flat = torch.cat(tensors)
-        return flat if flat.dtype == torch.float32 else flat.float()
+        return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""
@@ -702,14 +706,19 @@ class Probe:
                 grads = [[host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
                           for p in layer.params] for layer in layers]
                 rows = group_rows(self._host_groups(plan) + grads)  # weights, then gradients
-            else:  # one copy of weights and gradients, a few operations for every layer at once
+            else:  # a copy of weights and gradients, a few operations for every layer at once
                 views = self._device_views(plan)
                 grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
                          for p in plan.params]
-                both = self._joined(views + grads)
-                self._copies = both
-                self._weights = both[:sum(plan.sizes)]  # also what the update is measured against
-                rows = plan.both_segments.figures(both)[0].float()
+                # The weights' copy is also what the update is measured against.
+                if plan.both_segments is not None:  # small: one copy, one pass
+                    both = self._joined(views + grads)
+                    self._weights, self._grads = both[:sum(plan.sizes)], both[sum(plan.sizes):]
+                    rows = plan.both_segments.figures(both)[0]
+                else:
+                    self._weights = self._joined(views)
+                    rows = torch.cat([plan.segments.figures(self._weights)[0],
+                                      plan.segments.figures(self._joined(grads))[0]])
             self._push("pstats", layers, "weight", rows[:len(layers)])
             self._push("pstats", layers, "grad", rows[len(layers):])
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
@@ -719,15 +728,18 @@ class Probe:
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer, plan)
+        self._grads = None
         if self._recording:
             self._record_param_grads()
 
     def _copied(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) -> torch.Tensor | None:
-        """The device path's copy of a parameter (or its gradient) from after backward."""
-        if self._copies is None or self._weights is None or plan.offsets is None:
+        """The device path's copy of a parameter (or of its gradient, small models only) from
+        after backward."""
+        copy = self._grads if grad else self._weights
+        if copy is None or plan.offsets is None:
             return None
-        offset = plan.offsets[id(p)] + (self._weights.numel() if grad else 0)
-        return self._copies[offset:offset + p.numel()].view(p.shape)
+        offset = plan.offsets[id(p)]
+        return copy[offset:offset + p.numel()].view(p.shape)
 
     def _push_weight_views(self, layer: _Layer, plan: _ParamPlan) -> None:
         w = layer.main_weight
@@ -861,7 +873,9 @@ class Probe:
         else:
             # (One call flattens and joins every piece: far fewer Python calls than a reshape each.)
             flat = torch._utils._flatten_dense_tensors(self._pieces + [scalars.detach().float()])
-        # The scalars follow the layout's pieces; the next step builds a new layout.
+        # The scalars follow the layout's pieces; the next step builds a new layout. What the step
+        # copied is released now (not at the next captured step).
+        self._pieces, self._weights, self._grads = [], None, None
         plan = self._parse_plan(self._layout, self._layer_table())
         focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
 

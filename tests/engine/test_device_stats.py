@@ -20,11 +20,11 @@ def _parts() -> list[torch.Tensor]:
     return parts
 
 
-@pytest.mark.parametrize("way", ["index_add", "prefix_sums", "prefix_sums_by_column"])
+@pytest.mark.parametrize("way", ["index_add", "segment_reduce", "segment_reduce_by_column"])
 def test_segment_figures_against_numpy(way: str, monkeypatch: pytest.MonkeyPatch) -> None:
     atomic = way == "index_add"
     monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if atomic else 0)
-    monkeypatch.setattr(device_stats, "STACKED_PREFIX_MAX", 0 if way.endswith("by_column") else 1 << 20)
+    monkeypatch.setattr(device_stats, "STACKED_SUMS_MAX", 0 if way.endswith("by_column") else 1 << 20)
     parts = _parts()
     segments = Segments([p.numel() for p in parts], "cpu")
     assert (segments.ids is not None) == atomic
@@ -44,6 +44,18 @@ def test_segment_figures_against_numpy(way: str, monkeypatch: pytest.MonkeyPatch
     pair = segments.sums([flat * 2, torch.ones_like(flat)])
     np.testing.assert_allclose(pair[:, 1].numpy(), [p.numel() for p in parts])
     np.testing.assert_allclose(pair[:2, 0].numpy(), [float(p.double().sum()) * 2 for p in parts[:2]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["index_add", "segment_reduce"])
+def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(atomic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vanishing gradients next to big weights, or a zero-initialised layer after a trained one:
+    each segment is summed on its own, so nothing of the first leaks into the second."""
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if atomic else 0)
+    g = torch.Generator().manual_seed(5)
+    huge, tiny = torch.randn(5000, generator=g) * 1e4, torch.randn(300, generator=g) * 1e-7
+    rows, _ = Segments([5000, 300], "cpu").figures(torch.cat([huge, tiny]))
+    a = tiny.double().numpy()
+    np.testing.assert_allclose(rows[1, :3].numpy(), [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-6)
 
 
 def test_empty_segments_get_nan_figures() -> None:
@@ -122,3 +134,32 @@ def test_device_rows_need_no_python_number_from_a_tensor(monkeypatch: pytest.Mon
     rows = reducer.rows(pending)
     monkeypatch.undo()
     assert rows.shape == (len(SHAPES), 8 + 8)
+
+
+def test_histograms_of_many_outputs_keep_values_on_bin_edges_in_their_bins() -> None:
+    """Counters of later outputs lie far along; a bin's position is added as an integer, so a
+    value just below an edge (or on it) stays in its bin, as on the host."""
+    bins, outputs = 48, 200
+    rng = np.random.default_rng(4)
+    edge = np.float32(8 / bins)  # [-4, 4]: bins 1/6 wide
+    values = [(rng.integers(-24, 24, size=(4, 8)) * edge + rng.choice([0, -1e-6, 1e-6], size=(4, 8)))
+              .astype(np.float32) for _ in range(outputs)]
+    got = DeviceActivationReducer(0.01, bins).rows(
+        [PendingDeviceActivation(torch.from_numpy(v).reshape(-1).clone(), v.shape, (-4.0, 4.0), None, False)
+         for v in values]).numpy()
+    want = ActivationReducer(0.01, bins).rows(
+        [PendingActivation(v.reshape(-1).copy(), v.shape, (-4.0, 4.0), None, False) for v in values])
+    np.testing.assert_array_equal(got[:, 8:], want[:, 8:])
+
+
+def test_a_few_arrangements_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A last partial batch alternates with full ones: their arrangements (copied to the device
+    when made) are made once each."""
+    made = []
+    original = DeviceActivationReducer._make_layout
+    monkeypatch.setattr(DeviceActivationReducer, "_make_layout",
+                        lambda self, *args: made.append(1) or original(self, *args))
+    reducer = DeviceActivationReducer(0.01, 8)
+    for batch in (32, 20, 32, 20, 32, 7, 20):
+        reducer.rows([PendingDeviceActivation(torch.randn(batch * 5), (batch, 5), (-4.0, 4.0), None, True)])
+    assert len(made) == 3

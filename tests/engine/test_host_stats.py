@@ -190,3 +190,53 @@ def test_output_changed_in_place_afterwards_is_measured_as_it_was(host_statistic
     assert pre_relu.min() < 0
     np.testing.assert_allclose(row[STAT_INDEX["act_min"]], pre_relu.min(), rtol=1e-5)
     np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], pre_relu.mean(), rtol=1e-5)
+
+
+def _captured_sgd_steps(model: nn.Module, x: torch.Tensor, config: ProbeConfig, lr: float, steps: int):
+    """Captured SGD steps; yields (capture, weights before, weights after) per step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    probe = Probe(model, config)
+    with probe:
+        for step in range(steps):
+            probe.begin_step(True)
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            probe.after_backward()
+            before = [p.detach().clone() for p in model.parameters()]
+            probe.before_update()
+            optimizer.step()
+            probe.after_update()
+            capture = probe.finish(step, torch.zeros(1, 2, dtype=x.dtype)).get()
+            yield capture, before, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("host_statistics", [True, False], ids=["numpy", "torch"])
+def test_float64_model_keeps_its_precision(host_statistics: bool) -> None:
+    """A float64 model's gradients and tiny updates (lr 1e-9) are measured in float64."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    for capture, before, after in _captured_sgd_steps(model, x, ProbeConfig(host_statistics=host_statistics),
+                                                      lr=1e-9, steps=2):
+        row = capture.frame.values[capture.frame.layer_names.index("0")]
+        w0, w1 = before[0].numpy(), after[0].numpy()
+        b0, b1 = before[1].numpy(), after[1].numpy()
+        expected = np.sqrt(((w1 - w0) ** 2).sum() + ((b1 - b0) ** 2).sum()) / np.sqrt((w0 ** 2).sum() + (b0 ** 2).sum())
+        np.testing.assert_allclose(row[STAT_INDEX["update_ratio"]], expected, rtol=1e-6)
+        grad = np.concatenate([p.grad.numpy().reshape(-1) for p in model[0].parameters()])
+        np.testing.assert_allclose(row[STAT_INDEX["grad_norm"]], np.linalg.norm(grad), rtol=1e-6)
+
+
+@pytest.mark.parametrize("host_statistics", [True, False], ids=["numpy", "torch"])
+def test_non_contiguous_parameters_are_read_afresh_every_capture(host_statistics: bool) -> None:
+    """A channels-last conv's weight is no flat view of itself: copies of it can't be kept."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    model[0].to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    x = torch.randn(8, 3, 6, 6)
+    for capture, before, after in _captured_sgd_steps(model, x, ProbeConfig(host_statistics=host_statistics),
+                                                      lr=0.5, steps=4):
+        row = capture.frame.values[capture.frame.layer_names.index("0")]
+        weights = torch.cat([p.reshape(-1) for p in before[:2]]).double().numpy()
+        np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]], np.linalg.norm(weights), rtol=1e-6)
