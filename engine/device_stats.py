@@ -27,14 +27,12 @@ __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segm
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (the parameters of big models) with ``segment_reduce``
-#: over their offsets: no atomics contending for a few addresses, no index as big as the values.
-#: Both sum each segment on its own, in float64 (a prefix sum over all of them would lose a
-#: segment whose sum is tiny beside the running total before it: a zero-initialised layer's
-#: weights, the vanishing gradients of the first layers).
+#: over their offsets, one column at a time (on CUDA a 1-D one is CUB's segmented reduction, a
+#: block per segment; a 2-D one would be a thread per segment): no atomics contending for a few
+#: addresses, no index as big as the values. Both sum each segment on its own, in float64 (a
+#: prefix sum over all of them would lose a segment whose sum is tiny beside the running total
+#: before it: a zero-initialised layer's weights, the vanishing gradients of the first layers).
 ATOMIC_SUMS_MAX = 1 << 16
-#: Bigger ones sum all their columns at once while those hold at most this many values (64 MiB
-#: in float64), else one column at a time.
-STACKED_SUMS_MAX = 1 << 23
 
 #: An output with at most this many values is copied in its hook and reduced with the step's
 #: other small outputs at the end of the step; bigger ones are reduced in their hook.
@@ -84,8 +82,6 @@ class Segments:
             stacked = torch.stack(columns, dim=1).to(torch.float64)
             out = torch.zeros((self.count, len(columns)), dtype=torch.float64, device=self.device)
             return out.index_add_(0, self.ids, stacked)
-        if self.total * len(columns) <= STACKED_SUMS_MAX:
-            return self._segment_sums(torch.stack(columns, dim=1))
         return torch.stack([self._segment_sums(column) for column in columns], dim=1)
 
     def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
