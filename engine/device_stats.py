@@ -35,7 +35,9 @@ __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segm
 ATOMIC_SUMS_MAX = 1 << 16
 
 #: An output with at most this many values is copied in its hook and reduced with the step's
-#: other small outputs at the end of the step; bigger ones are reduced in their hook.
+#: other small outputs at the end of the step; bigger ones are reduced in their hook. The batch
+#: is always summed through ``index_add_`` (outputs' magnitudes may differ by any factor), so
+#: this also bounds the atomic adds one address takes (per statistic) to this many.
 DEVICE_BATCHED_MAX = 1 << 16
 #: Values the copies of one step may hold in all (4 MiB of float32).
 DEVICE_BATCH_BUDGET = 1 << 20
@@ -47,8 +49,11 @@ def sampled_count(count: int) -> int | None:
     return None if stride == 1 else -(-count // stride)
 
 
-def _arange_segments(sizes: Sequence[int]) -> np.ndarray:
-    return np.repeat(np.arange(len(sizes)), sizes)
+def _index(values: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """An index tensor on the device: int32 (half the memory of int64) where it fits."""
+    values = np.asarray(values)
+    small = values.size == 0 or int(values.max()) < 2 ** 31
+    return torch.from_numpy(values.astype(np.int32 if small else np.int64)).to(device)
 
 
 class Segments:
@@ -65,7 +70,7 @@ class Segments:
         self.starts = torch.tensor([min(o, max(self.total - 1, 0)) for o in offsets[:-1]], device=device)
         self.ids: torch.Tensor | None = None
         if atomic or (atomic is None and self.total <= ATOMIC_SUMS_MAX):
-            self.ids = torch.from_numpy(_arange_segments(self.sizes)).to(device)
+            self.ids = _index(np.repeat(np.arange(self.count), self.sizes), device)
         else:
             self._counts = torch.tensor(self.sizes, device=device)
             self._offsets = torch.tensor(offsets, device=device)
@@ -145,7 +150,8 @@ class _Layout(NamedTuple):
     ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
     saturation_low: torch.Tensor | None  # per value: lower bound + margin (-inf if none)
     saturation_high: torch.Tensor | None
-    units: torch.Tensor | None  # per value: its unit among the ReLU-like outputs' (the last: none)
+    relu_take: torch.Tensor | None  # the values of ReLU-like outputs, if not all
+    units: torch.Tensor | None  # per such value: its unit among theirs
     unit_count: int
     unit_segment: torch.Tensor | None  # per unit: its segment
 
@@ -192,8 +198,8 @@ class DeviceActivationReducer:
         take = None
         sampled = np.array([-(-int(n) // hist_stride(int(n))) for n in sizes], np.int64)
         if (sampled < sizes).any():
-            take = torch.from_numpy(np.concatenate(
-                [start + np.arange(0, n, hist_stride(int(n))) for start, n in zip(starts, sizes)])).to(device)
+            take = _index(np.concatenate(
+                [start + np.arange(0, n, hist_stride(int(n))) for start, n in zip(starts, sizes)]), device)
         per_sampled = lambda values: torch.from_numpy(  # noqa: E731
             np.repeat(np.asarray(values), sampled).astype(np.float32)).to(device)
         low = high = None
@@ -201,25 +207,24 @@ class DeviceActivationReducer:
             bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
             low = per_value([b[0] + self.margin for b in bounds])
             high = per_value([b[1] - self.margin for b in bounds])
-        units = unit_segment = None
+        relu_take = units = unit_segment = None
         count = 0
         if any(p.relu_like for p in pending):
-            owners, pieces = [], []
-            for index, p in enumerate(pending):
+            owners, pieces, taken = [], [], []
+            for index, (p, start) in enumerate(zip(pending, starts)):
                 if p.relu_like:
                     pieces.append(count + _unit_of_each_value(p.shape))
+                    taken.append(start + np.arange(p.values.numel()))
                     owners += [index] * unit_count(p.shape)
                     count += unit_count(p.shape)
-                else:
-                    pieces.append(np.full(p.values.numel(), -1))
-            unit_ids = np.concatenate(pieces)
-            unit_ids[unit_ids < 0] = count  # values of other outputs go to a spare counter
-            units = torch.from_numpy(unit_ids).to(device)
-            unit_segment = torch.tensor(owners, device=device)
+            if not all(p.relu_like for p in pending):
+                relu_take = _index(np.concatenate(taken), device)
+            units = _index(np.concatenate(pieces), device)
+            unit_segment = _index(np.array(owners), device)
         base = torch.from_numpy(np.repeat(np.arange(len(pending)) * (self.bins + 1), sampled)).to(device)
         ones = torch.ones(int(sampled.sum()), device=device)
-        return _Layout(segments, None if gather is None else torch.from_numpy(gather).to(device), take,
-                       per_sampled(scale), per_sampled(-lo * scale), base, ones, low, high, units, count, unit_segment)
+        return _Layout(segments, None if gather is None else _index(gather, device), take, per_sampled(scale),
+                       per_sampled(-lo * scale), base, ones, low, high, relu_take, units, count, unit_segment)
 
     def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
         """(outputs, 8 + bins) float32 rows, on the outputs' device."""
@@ -239,9 +244,10 @@ class DeviceActivationReducer:
         dead = zeros
         if layout.units is not None:
             # A unit is dead when none of its values is > 0 or NaN (as max <= 0 judges it).
-            live = torch.zeros(layout.unit_count + 1, device=flat.device).index_add_(
-                0, layout.units, (~(flat <= 0)).float())
-            dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live[:-1] == 0).double())
+            values = flat if layout.relu_take is None else flat[layout.relu_take]
+            live = torch.zeros(layout.unit_count, device=flat.device)
+            live.index_add_(0, layout.units, (~(values <= 0)).float())
+            dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live == 0).double())
         # Histogram: each value's bin within its own range, clamped into the edge bins (+-Inf
         # too), NaN to a spare counter after them; then moved to its segment's run of counters
         # (as integers: a float sum would round positions near a bin edge across it).

@@ -624,13 +624,14 @@ class Probe:
         bound = _forward_signature(type(module)).bind(module, *args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        e = self.focus_example
         bdim = 0 if module.batch_first else 1
-        q, k, v = (t.narrow(bdim, min(e, t.shape[bdim] - 1), 1) if t.dim() == 3 else t
-                   for t in (a["query"], a["key"], a["value"]))
+        query = a["query"]
+        batch = query.shape[bdim] if query.dim() == 3 else 1
+        e = min(self.focus_example, batch - 1)  # the example shown: the last if the batch is smaller
+        q, k, v = (t.narrow(bdim, e, 1) if t.dim() == 3 else t for t in (query, a["key"], a["value"]))
         kpm = a.get("key_padding_mask")
         if kpm is not None and kpm.dim() == 2:
-            kpm = kpm[min(e, kpm.shape[0] - 1):][:1]
+            kpm = kpm[e:e + 1]
         mask = a.get("attn_mask")
         if mask is not None and mask.dim() == 3:
             h = module.num_heads

@@ -250,6 +250,27 @@ def test_attention_equals_multihead_attention_weights(need_weights: bool) -> Non
     assert capture.tensors.attention.shape == (4, 6, 6)
 
 
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_attention_with_per_example_masks_when_the_focus_example_is_past_the_batch(path: str) -> None:
+    """A 3-D attn_mask holds one mask per example and head; the focus example is clamped to the
+    batch (the last one shown) for the mask as for the inputs."""
+    torch.manual_seed(4)
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    mask = torch.rand(3 * 2, 5, 5) > 0.6
+    mask[:, :, 0] = False  # every query sees at least one key
+    probe = Probe(attn, PATHS[path])
+    probe.focus_layer = ""
+    probe.focus_example = 9
+    with probe:
+        probe.begin_step(True, tensors=True)
+        attn(x, x, x, attn_mask=mask, need_weights=False)[0].sum().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    _, expected = attn(x, x, x, attn_mask=mask, need_weights=True, average_attn_weights=False)
+    np.testing.assert_allclose(capture.tensors.attention, expected[2].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_focus_tensors_for_conv_layer() -> None:
     torch.manual_seed(2)
     model = cnn()
