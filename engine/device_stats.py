@@ -50,10 +50,9 @@ def sampled_count(count: int) -> int | None:
 
 
 def _index(values: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """An index tensor on the device: int32 (half the memory of int64) where it fits."""
-    values = np.asarray(values)
-    small = values.size == 0 or int(values.max()) < 2 ** 31
-    return torch.from_numpy(values.astype(np.int32 if small else np.int64)).to(device)
+    """An index tensor on the device (int64: the type indexing and index_add_ take as they are;
+    an int32 one costs a conversion or a slower kernel)."""
+    return torch.from_numpy(np.asarray(values, np.int64)).to(device)
 
 
 class Segments:
