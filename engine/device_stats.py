@@ -39,8 +39,9 @@ ATOMIC_SUMS_MAX = 1 << 16
 #: is always summed through ``index_add_`` (outputs' magnitudes may differ by any factor), so
 #: this also bounds the atomic adds one address takes (per statistic) to this many.
 DEVICE_BATCHED_MAX = 1 << 16
-#: Values the copies of one step may hold in all (4 MiB of float32).
-DEVICE_BATCH_BUDGET = 1 << 20
+#: Values the copies of one step may hold in all: 2 MiB of float32, and about 30 MiB of float64
+#: columns while they are summed.
+DEVICE_BATCH_BUDGET = 1 << 19
 
 
 def sampled_count(count: int) -> int | None:
