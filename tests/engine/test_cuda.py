@@ -4,6 +4,8 @@ Skipped without CUDA. Run on a GPU machine with `pytest tests/engine/test_cuda.p
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,60 @@ def test_cuda_statistics_match_cpu() -> None:
     both = ~np.isnan(cpu.values)
     assert (both == ~np.isnan(gpu.values)).all()
     np.testing.assert_allclose(gpu.values[both], cpu.values[both], rtol=1e-3, atol=1e-5)
+
+
+class _Mixed(torch.nn.Module):
+    """Big conv outputs (reduced in their hooks), small ones (batched), ReLU and sigmoid units,
+    and over 65,536 parameters (segment sums): every reduction the device path has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(4)
+        self.hidden = torch.nn.Linear(16 * 16, 300)
+        self.sigmoid = torch.nn.Sigmoid()
+        self.head = torch.nn.Linear(300, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.relu(self.conv(x))).flatten(1)
+        return self.head(self.sigmoid(self.hidden(h)))
+
+
+def test_device_path_on_cuda_matches_the_host_path() -> None:
+    """The same step measured by numpy on the CPU and by the batched reductions on CUDA."""
+    from engine.probe import Probe
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    cpu_model = _Mixed()
+    with torch.no_grad():
+        cpu_model.conv.bias[:4] = -50.0  # four dead channels
+    gpu_model = copy.deepcopy(cpu_model).cuda()
+    x, y = torch.randn(32, 3, 24, 24), torch.randint(0, 5, (32,))
+    frames, views = [], []
+    for model, device in ((cpu_model, "cpu"), (gpu_model, "cuda")):
+        probe = Probe(model)
+        probe.focus_layer = "conv"
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with probe:
+            for _ in range(2):  # the second capture runs on the order the first one fixed
+                probe.begin_step(True, tensors=True)
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+                probe.after_backward()
+                probe.before_update()
+                optimizer.step()
+                probe.after_update()
+                capture = probe.finish(1, torch.zeros(1, 2, device=device)).get()
+        frames.append(capture.frame)
+        views.append(capture.tensors)
+    cpu, gpu = frames
+    assert cpu.layer_names == gpu.layer_names
+    both = ~np.isnan(cpu.values)
+    assert (both == ~np.isnan(gpu.values)).all()
+    np.testing.assert_allclose(gpu.values[both], cpu.values[both], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(gpu.histograms, cpu.histograms, atol=2e-3)  # a value on a bin edge may move
+    assert cpu.values[cpu.layer_names.index("relu"), STAT_INDEX["dead_fraction"]] == pytest.approx(4 / 16)
+    for field in ("weight", "weight_grad", "activation", "feature_maps", "kernels"):
+        np.testing.assert_allclose(getattr(views[1], field), getattr(views[0], field), rtol=1e-4, atol=1e-6)
