@@ -22,8 +22,8 @@ import torch
 
 from engine.stats import hist_stride, unit_count
 
-__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segments", "PendingDeviceActivation",
-           "DeviceActivationReducer", "sampled_count"]
+__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "Segments", "PendingDeviceActivation", "DeviceActivationReducer",
+           "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (the parameters of big models) with ``segment_reduce``
@@ -34,14 +34,13 @@ __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCHED_MAX", "DEVICE_BATCH_BUDGET", "Segm
 #: before it: a zero-initialised layer's weights, the vanishing gradients of the first layers).
 ATOMIC_SUMS_MAX = 1 << 16
 
-#: An output with at most this many values is copied in its hook and reduced with the step's
-#: other small outputs at the end of the step; bigger ones are reduced in their hook. The batch
-#: is always summed through ``index_add_`` (outputs' magnitudes may differ by any factor), so
-#: this also bounds the atomic adds one address takes (per statistic) to this many.
-DEVICE_BATCHED_MAX = 1 << 16
-#: Values the copies of one step may hold in all: 2 MiB of float32, and about 30 MiB of float64
-#: columns while they are summed.
-DEVICE_BATCH_BUDGET = 1 << 19
+#: Outputs are copied in their hooks and reduced together at the end of the step while their
+#: copies hold at most this many values in all (8 MiB of float32; summing them takes a few
+#: float32 columns and one float64 column at a time); later ones are reduced in their hooks.
+#: No address takes many atomic adds: a batch of more than ``ATOMIC_SUMS_MAX`` values is summed
+#: with ``segment_reduce``, a histogram takes at most ``HIST_SAMPLE`` values of an output, and a
+#: big ReLU-like output's units are judged from its per-example maxima (``unit_maxima``).
+DEVICE_BATCH_BUDGET = 1 << 21
 
 
 def sampled_count(count: int) -> int | None:
@@ -69,11 +68,11 @@ class Segments:
         # An empty segment's "first value" is any value; its sums are 0 and its figures NaN.
         self.starts = torch.tensor([min(o, max(self.total - 1, 0)) for o in offsets[:-1]], device=device)
         self.ids: torch.Tensor | None = None
+        self._offsets = torch.tensor(offsets, device=device)
         if atomic or (atomic is None and self.total <= ATOMIC_SUMS_MAX):
             self.ids = _index(np.repeat(np.arange(self.count), self.sizes), device)
         else:
             self._counts = torch.tensor(self.sizes, device=device)
-            self._offsets = torch.tensor(offsets, device=device)
 
     def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
         """Each value's segment's entry of a (count,) tensor, as a (total,) tensor."""
@@ -92,6 +91,13 @@ class Segments:
     def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
         # (``unsafe`` skips the checks of the offsets, which would read them on the host.)
         return torch.segment_reduce(values.to(torch.float64), "sum", offsets=self._offsets, axis=0, unsafe=True)
+
+    def extremes(self, flat: torch.Tensor, nans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each (non-empty) segment's min and max; NaN where ``nans`` counts a NaN in it."""
+        low, high = (torch.segment_reduce(flat, how, offsets=self._offsets, axis=0, unsafe=True)
+                     for how in ("min", "max"))
+        poisoned = nans > 0
+        return torch.where(poisoned, float("nan"), low), torch.where(poisoned, float("nan"), high)
 
     def figures(self, flat: torch.Tensor, extra: Sequence[torch.Tensor] = (),
                 norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +132,22 @@ class PendingDeviceActivation(NamedTuple):
     hist_range: tuple[float, float]
     saturation_bounds: tuple[float, float] | None
     relu_like: bool
+    units: torch.Tensor | None = None  # its ``unit_maxima``, if it has them
+
+
+#: A ReLU-like output with more values than this, of 3 or more dimensions, is judged unit by
+#: unit from its per-example maxima.
+UNIT_MAXIMA_FROM = 1 << 13
+
+
+def unit_maxima(values: torch.Tensor, shape: tuple[int, ...], relu_like: bool) -> torch.Tensor | None:
+    """(examples, units) maxima of a big 3-D or 4-D ReLU-like output over its other axes
+    (positions), taken in its hook, where that reads the output once, contiguously; a unit is
+    dead when all of its maxima are <= 0. None for other outputs."""
+    if not relu_like or len(shape) < 3 or values.numel() <= UNIT_MAXIMA_FROM:
+        return None
+    x = values.view(shape)
+    return x.amax(dim=1) if len(shape) == 3 else x.flatten(2).amax(dim=2)
 
 
 def _unit_of_each_value(shape: tuple[int, ...]) -> np.ndarray:
@@ -142,7 +164,7 @@ class _Layout(NamedTuple):
     """What one arrangement of pending outputs needs on the device (the same step after step)."""
 
     segments: Segments
-    gather: torch.Tensor | None  # (count, longest): each segment's values, padded with its first value
+    gather: torch.Tensor | None  # (count, longest): each segment's values, padded with its first value (small ones)
     hist_take: torch.Tensor | None  # the values histogrammed, if not all; the hist_* are theirs
     hist_scale: torch.Tensor  # per value: bins / (hi - lo)
     hist_shift: torch.Tensor  # per value: -lo * scale
@@ -150,16 +172,16 @@ class _Layout(NamedTuple):
     ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
     saturation_low: torch.Tensor | None  # per value: lower bound + margin (-inf if none)
     saturation_high: torch.Tensor | None
-    relu_take: torch.Tensor | None  # the values of ReLU-like outputs, if not all
-    units: torch.Tensor | None  # per such value: its unit among theirs
+    unit_values_are_flat: bool  # every output ReLU-like, none with unit maxima: flat is what units judge
+    units: torch.Tensor | None  # per value judged (ReLU-like outputs' values or unit maxima): its unit
     unit_count: int
     unit_segment: torch.Tensor | None  # per unit: its segment
 
 
 class DeviceActivationReducer:
     """Rows of (mean, var, min, max, NaN count, Inf count, dead units, saturated count, histogram
-    counts...) for a step's small outputs, all at once, like ``engine.host_stats.ActivationReducer``
-    on the host. Outputs of more than ``HIST_SAMPLE`` values are histogrammed over the same
+    counts...) for a step's outputs, all at once, like ``engine.host_stats.ActivationReducer`` on
+    the host. Outputs of more than ``HIST_SAMPLE`` values are histogrammed over the same
     evenly strided sample as ``engine.stats.histogram`` takes (``sampled`` tells its size)."""
 
     #: Arrangements kept: a last partial batch, or steps with and without some output, alternate
@@ -172,7 +194,8 @@ class DeviceActivationReducer:
         self._layouts: dict[tuple, _Layout] = {}  # newest last
 
     def _arrange(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
-        key = (device,) + tuple((p.shape, p.hist_range, p.saturation_bounds, p.relu_like) for p in pending)
+        key = (device,) + tuple((p.shape, p.hist_range, p.saturation_bounds, p.relu_like, p.units is None)
+                                for p in pending)
         layout = self._layouts.pop(key, None)
         if layout is None:
             layout = self._make_layout(pending, device)
@@ -183,11 +206,11 @@ class DeviceActivationReducer:
 
     def _make_layout(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
         sizes = np.array([p.values.numel() for p in pending], np.int64)
-        segments = Segments(sizes.tolist(), device, atomic=True)
+        segments = Segments(sizes.tolist(), device)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         longest = int(sizes.max())
-        gather = None
-        if len(sizes) * longest <= 2 * int(sizes.sum()) + (1 << 12):  # else the padding would cost more
+        gather = None  # small batches of like sizes: one gather, one reduction; else segment_reduce
+        if segments.ids is not None and len(sizes) * longest <= 2 * int(sizes.sum()) + (1 << 12):
             columns = np.arange(longest)
             gather = starts[:, None] + np.where(columns[None, :] < sizes[:, None], columns[None, :], 0)
         lo = np.array([p.hist_range[0] for p in pending], np.float64)
@@ -207,24 +230,23 @@ class DeviceActivationReducer:
             bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
             low = per_value([b[0] + self.margin for b in bounds])
             high = per_value([b[1] - self.margin for b in bounds])
-        relu_take = units = unit_segment = None
+        units = unit_segment = None
         count = 0
         if any(p.relu_like for p in pending):
-            owners, pieces, taken = [], [], []
-            for index, (p, start) in enumerate(zip(pending, starts)):
+            owners, pieces = [], []
+            for index, p in enumerate(pending):
                 if p.relu_like:
-                    pieces.append(count + _unit_of_each_value(p.shape))
-                    taken.append(start + np.arange(p.values.numel()))
+                    judged = p.shape if p.units is None else tuple(p.units.shape)  # (examples, units)
+                    pieces.append(count + _unit_of_each_value(judged))
                     owners += [index] * unit_count(p.shape)
                     count += unit_count(p.shape)
-            if not all(p.relu_like for p in pending):
-                relu_take = _index(np.concatenate(taken), device)
             units = _index(np.concatenate(pieces), device)
             unit_segment = _index(np.array(owners), device)
+        flat_units = all(p.relu_like and p.units is None for p in pending)
         base = torch.from_numpy(np.repeat(np.arange(len(pending)) * (self.bins + 1), sampled)).to(device)
         ones = torch.ones(int(sampled.sum()), device=device)
         return _Layout(segments, None if gather is None else _index(gather, device), take, per_sampled(scale),
-                       per_sampled(-lo * scale), base, ones, low, high, relu_take, units, count, unit_segment)
+                       per_sampled(-lo * scale), base, ones, low, high, flat_units, units, count, unit_segment)
 
     def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
         """(outputs, 8 + bins) float32 rows, on the outputs' device."""
@@ -237,14 +259,15 @@ class DeviceActivationReducer:
         figures, sums = layout.segments.figures(flat, extra, norm=False)
         if layout.gather is not None:
             low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
-        else:  # outputs of very unlike sizes: one reduction each
-            low, high = torch.stack([torch.stack(torch.aminmax(p.values)) for p in pending]).unbind(1)
+        else:
+            low, high = layout.segments.extremes(flat, figures[:, 3])
         zeros = torch.zeros(count, dtype=torch.float64, device=flat.device)
         saturated = sums[:, 0] if extra else zeros
         dead = zeros
         if layout.units is not None:
             # A unit is dead when none of its values is > 0 or NaN (as max <= 0 judges it).
-            values = flat if layout.relu_take is None else flat[layout.relu_take]
+            values = flat if layout.unit_values_are_flat else torch.cat(
+                [p.values if p.units is None else p.units.reshape(-1) for p in pending if p.relu_like])
             live = torch.zeros(layout.unit_count, device=flat.device)
             live.index_add_(0, layout.units, (~(values <= 0)).float())
             dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live == 0).double())

@@ -4,8 +4,8 @@ One object owns every hook; ``attach``/``detach`` are idempotent and ``detach`` 
 blocks of its callers. Hooks exist only during a captured step, so an uncaptured step runs the
 bare model. On CUDA each hook *appends device tensors* to a list; at the end of the step they are
 concatenated and copied to the host in one transfer (asynchronously, read a step later), so the
-training thread never synchronises per layer. Small outputs are copied in their hooks and reduced
-together at the end of the step, and all parameters and gradients in one pass
+training thread never synchronises per layer. Outputs are copied in their hooks and reduced
+together at the end of the step (up to a budget), and all parameters and gradients in one pass
 (``engine.device_stats``): a small model's GPU step is bound by how many operations it launches.
 On the CPU, where there is no transfer to save, the statistics are computed with numpy
 (``engine.host_stats``), small outputs and their gradients all together at the end of the step.
@@ -43,11 +43,11 @@ from torch import nn
 from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.device_stats import (
     DEVICE_BATCH_BUDGET,
-    DEVICE_BATCHED_MAX,
     DeviceActivationReducer,
     PendingDeviceActivation,
     Segments,
     sampled_count,
+    unit_maxima,
 )
 from engine.host_stats import (
     BATCHED_MAX,
@@ -513,13 +513,15 @@ class Probe:
         elif host:
             row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
             self._push("act", layer, "stats", row, (out.shape, sampled))
-        elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
+        elif self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
             # Copied now (an in-place op may change it), reduced with the others in ``finish``.
             values = out.detach().reshape(-1)
             values = values.clone() if values.dtype == torch.float32 else values.float()
             self._batched += values.numel()
+            shape = tuple(out.shape)
             self._pending_acts.append((len(self._pieces), PendingDeviceActivation(
-                values, tuple(out.shape), layer.hist_range, layer.saturation_bounds, layer.relu_like)))
+                values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
+                unit_maxima(values, shape, layer.relu_like))))
             self._pieces.append(None)
             self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
                                  (out.shape, sampled_count(values.numel()))))

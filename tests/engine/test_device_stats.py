@@ -6,7 +6,13 @@ import pytest
 import torch
 
 import engine.device_stats as device_stats
-from engine.device_stats import DeviceActivationReducer, PendingDeviceActivation, Segments, sampled_count
+from engine.device_stats import (
+    DeviceActivationReducer,
+    PendingDeviceActivation,
+    Segments,
+    sampled_count,
+    unit_maxima,
+)
 from engine.host_stats import ActivationReducer, PendingActivation
 from engine.stats import HIST_SAMPLE
 
@@ -92,18 +98,31 @@ def _outputs(seed: int) -> list[np.ndarray]:
     outs[1][0, 0, 0] = np.inf
     outs[1][1, 1, 1] = -np.inf
     outs[2][:, :, 0, 0] = 0.0  # exact zeros: on a bin edge of [-4, 4]
+    outs[2][:, 2] = 0.0
+    outs[2][1, 2, 3, 3] = np.nan  # makes channel 2 live, channel 1 stays dead
     return outs
 
 
-def test_device_rows_equal_the_host_reducers() -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["small_batch", "big_batch"])
+def test_device_rows_equal_the_host_reducers(big: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches: index_add_ sums and one padded min/max; big ones: segment_reduce, and
+    ReLU outputs' units judged from their per-example maxima."""
+    if big:
+        monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+        monkeypatch.setattr(device_stats, "UNIT_MAXIMA_FROM", 0)
     bins = 16
     device = DeviceActivationReducer(0.01, bins)
     host = ActivationReducer(0.01, bins)
     for seed in (0, 1):  # the second step reuses the arrangement
         outs = _outputs(seed)
         specs = [(x, *spec[1:]) for x, spec in zip(outs, SHAPES)]
-        got = device.rows([PendingDeviceActivation(torch.from_numpy(x).reshape(-1).clone(), x.shape, lo_hi, bounds,
-                                                   relu) for x, lo_hi, bounds, relu in specs]).numpy()
+        pending = []
+        for x, lo_hi, bounds, relu in specs:
+            values = torch.from_numpy(x).reshape(-1).clone()
+            pending.append(PendingDeviceActivation(values, x.shape, lo_hi, bounds, relu,
+                                                   unit_maxima(values, x.shape, relu)))
+        assert big == any(p.units is not None for p in pending)
+        got = device.rows(pending).numpy()
         small = [PendingActivation(x.reshape(-1).copy(), x.shape, lo_hi, bounds, relu)
                  for x, lo_hi, bounds, relu in specs[:-1]]
         want = host.rows(small)

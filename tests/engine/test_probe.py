@@ -96,18 +96,22 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # The probe's ways of reducing: numpy on the host (CPUs), PyTorch on the device (GPUs); the
-# latter also as big models take it: every output reduced in its hook, parameters by prefix sums.
+# latter also as big models take it: outputs and parameters summed segment by segment
+# (segment_reduce), and every output reduced in its hook (past the batch's budget).
 PATHS = {"numpy": ProbeConfig(), "torch": ProbeConfig(host_statistics=False),
-         "torch_big": ProbeConfig(host_statistics=False)}
+         "torch_segments": ProbeConfig(host_statistics=False), "torch_unbatched": ProbeConfig(host_statistics=False)}
 
 
 @pytest.fixture(autouse=True)
 def _big_model_limits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("path") == "torch_big":
-        monkeypatch.setattr(device_stats, "DEVICE_BATCHED_MAX", 0)
+    path = callspec.params.get("path") if callspec is not None else None
+    if path == "torch_segments":
         monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
-        monkeypatch.setattr(probe_module, "DEVICE_BATCHED_MAX", 0)
+        monkeypatch.setattr(device_stats, "UNIT_MAXIMA_FROM", 0)
+    elif path == "torch_unbatched":
+        monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+        monkeypatch.setattr(probe_module, "DEVICE_BATCH_BUDGET", 0)
 
 
 def run_reference_and_probe(name: str, path: str = "numpy"):
