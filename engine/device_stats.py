@@ -26,7 +26,7 @@ __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "Segments", "PendingDeviceA
            "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
-#: per-value segment index; bigger ones (the parameters of big models) with ``segment_reduce``
+#: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with ``segment_reduce``
 #: over their offsets, one column at a time (on CUDA a 1-D one is CUB's segmented reduction, a
 #: block per segment; a 2-D one would be a thread per segment): no atomics contending for a few
 #: addresses, no index as big as the values. Both sum each segment on its own, in float64 (a
@@ -170,7 +170,9 @@ class _Layout(NamedTuple):
     hist_shift: torch.Tensor  # per value: -lo * scale
     hist_base: torch.Tensor  # per value: its segment's first counter (int64, bins + 1 per segment)
     ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
-    saturation_low: torch.Tensor | None  # per value: lower bound + margin (-inf if none)
+    # Lower bound + margin (-inf if none) and upper bound - margin, per value of a small batch,
+    # per output of a big one (spread at each step rather than kept, 8 bytes a value).
+    saturation_low: torch.Tensor | None
     saturation_high: torch.Tensor | None
     unit_values_are_flat: bool  # every output ReLU-like, none with unit maxima: flat is what units judge
     units: torch.Tensor | None  # per value judged (ReLU-like outputs' values or unit maxima): its unit
@@ -228,8 +230,11 @@ class DeviceActivationReducer:
         low = high = None
         if any(p.saturation_bounds is not None for p in pending):
             bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
-            low = per_value([b[0] + self.margin for b in bounds])
-            high = per_value([b[1] - self.margin for b in bounds])
+            low, high = ([b[0] + self.margin for b in bounds], [b[1] - self.margin for b in bounds])
+            if segments.ids is not None:
+                low, high = per_value(low), per_value(high)
+            else:
+                low, high = (torch.tensor(bound, dtype=torch.float32, device=device) for bound in (low, high))
         units = unit_segment = None
         count = 0
         if any(p.relu_like for p in pending):
@@ -255,7 +260,10 @@ class DeviceActivationReducer:
         count, bins = len(pending), self.bins
         extra = []
         if layout.saturation_low is not None:
-            extra.append((flat < layout.saturation_low) | (flat > layout.saturation_high))
+            floor, ceiling = layout.saturation_low, layout.saturation_high
+            if layout.segments.ids is None:  # kept per output
+                floor, ceiling = layout.segments.spread(floor), layout.segments.spread(ceiling)
+            extra.append((flat < floor) | (flat > ceiling))
         figures, sums = layout.segments.figures(flat, extra, norm=False)
         if layout.gather is not None:
             low, high = torch.aminmax(flat[layout.gather], dim=1)  # a padding repeats a value of its own segment
