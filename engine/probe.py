@@ -748,9 +748,13 @@ class Probe:
         w = layer.main_weight
         if w is None:
             return
+        graphed = w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS
+        kernels = w.dim() == 4 and layer.name == self._step_targets.get("conv")
+        if not (graphed or kernels or self._is_focus(layer)):
+            return
         copy = self._copied(plan, w)
         shown, model_tensor = (w, w) if copy is None else (copy, None)
-        if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
+        if graphed:
             self._push("tensor", layer, "graph_weight", shown, model_tensor=model_tensor)
         if self._is_focus(layer):
             self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), model_tensor=model_tensor)
@@ -758,9 +762,9 @@ class Probe:
                 grad = self._copied(plan, w, grad=True)
                 self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad if grad is None else grad)),
                            model_tensor=w.grad if grad is None else None)
-        if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
-            kernels = shown.detach().reshape(-1, w.shape[-2], w.shape[-1])
-            self._push("tensor", layer, "kernels", shrink_maps(kernels), model_tensor=model_tensor)
+        if kernels:
+            maps = shown.detach().reshape(-1, w.shape[-2], w.shape[-1])
+            self._push("tensor", layer, "kernels", shrink_maps(maps), model_tensor=model_tensor)
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase."""
