@@ -1,5 +1,5 @@
 """Statistics of many segments at once, on the device: a fixed handful of operations for all of a
-captured step's parameters, or all of its small outputs, instead of a dozen per layer.
+captured step's parameters, or all of its outputs (up to a budget), instead of a dozen per layer.
 
 On a GPU, a small model's step is bound by what each operation costs to dispatch and launch
 (several microseconds each), not by the kernels; what the probe adds to such a step is the number
@@ -141,7 +141,7 @@ UNIT_MAXIMA_FROM = 1 << 13
 
 
 def unit_maxima(values: torch.Tensor, shape: tuple[int, ...], relu_like: bool) -> torch.Tensor | None:
-    """(examples, units) maxima of a big 3-D or 4-D ReLU-like output over its other axes
+    """(examples, units) maxima of a big ReLU-like output of 3 or more dimensions over its other axes
     (positions), taken in its hook, where that reads the output once, contiguously; a unit is
     dead when all of its maxima are <= 0. None for other outputs."""
     if not relu_like or len(shape) < 3 or values.numel() <= UNIT_MAXIMA_FROM:
