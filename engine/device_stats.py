@@ -39,7 +39,9 @@ ATOMIC_SUMS_MAX = 1 << 16
 #: float32 columns and one float64 column at a time); later ones are reduced in their hooks.
 #: No address takes many atomic adds: a batch of more than ``ATOMIC_SUMS_MAX`` values is summed
 #: with ``segment_reduce``, a histogram takes at most ``HIST_SAMPLE`` values of an output, and a
-#: big ReLU-like output's units are judged from its per-example maxima (``unit_maxima``).
+#: big ReLU-like output's units are judged from their maxima (``unit_maxima``). What a big batch's
+#: arrangement keeps between steps is per output, or per value histogrammed (an index of at most
+#: ``HIST_SAMPLE`` values an output, when some output samples).
 DEVICE_BATCH_BUDGET = 1 << 21
 
 
@@ -135,19 +137,22 @@ class PendingDeviceActivation(NamedTuple):
     units: torch.Tensor | None = None  # its ``unit_maxima``, if it has them
 
 
-#: A ReLU-like output with more values than this, of 3 or more dimensions, is judged unit by
-#: unit from its per-example maxima.
+#: A ReLU-like output of 2 or more dimensions with more values than this (or in a batch past
+#: ``ATOMIC_SUMS_MAX`` values) is judged from its units' maxima, taken in its hook, rather than
+#: value by value at the end of the step (a counter, and an index kept, per value).
 UNIT_MAXIMA_FROM = 1 << 13
 
 
-def unit_maxima(values: torch.Tensor, shape: tuple[int, ...], relu_like: bool) -> torch.Tensor | None:
-    """(examples, units) maxima of a big ReLU-like output of 3 or more dimensions over its other axes
-    (positions), taken in its hook, where that reads the output once, contiguously; a unit is
-    dead when all of its maxima are <= 0. None for other outputs."""
-    if not relu_like or len(shape) < 3 or values.numel() <= UNIT_MAXIMA_FROM:
+def unit_maxima(values: torch.Tensor, shape: tuple[int, ...], relu_like: bool,
+                batched: int = 0) -> torch.Tensor | None:
+    """Each unit's maximum (as ``engine.stats.dead_units`` takes units: the last axis of a 2-D or
+    3-D output, axis 1 of a bigger one) of a big ReLU-like output, or of one that takes the
+    step's batch (``batched`` values with it) past ``ATOMIC_SUMS_MAX``; a unit is dead when it
+    is <= 0 (NaN keeps it live). None for other outputs."""
+    if not relu_like or len(shape) < 2 or (values.numel() <= UNIT_MAXIMA_FROM and batched <= ATOMIC_SUMS_MAX):
         return None
-    x = values.view(shape)
-    return x.amax(dim=1) if len(shape) == 3 else x.flatten(2).amax(dim=2)
+    unit_axis = len(shape) - 1 if len(shape) <= 3 else 1
+    return values.view(shape).amax(dim=tuple(d for d in range(len(shape)) if d != unit_axis))
 
 
 def _unit_of_each_value(shape: tuple[int, ...]) -> np.ndarray:
@@ -166,10 +171,13 @@ class _Layout(NamedTuple):
     segments: Segments
     gather: torch.Tensor | None  # (count, longest): each segment's values, padded with its first value (small ones)
     hist_take: torch.Tensor | None  # the values histogrammed, if not all; the hist_* are theirs
-    hist_scale: torch.Tensor  # per value: bins / (hi - lo)
-    hist_shift: torch.Tensor  # per value: -lo * scale
-    hist_base: torch.Tensor  # per value: its segment's first counter (int64, bins + 1 per segment)
-    ones: torch.Tensor  # per value: 1.0, what a histogram counter gains
+    # Per value histogrammed in a small batch; per output in a big one (then spread at each step
+    # over hist_counts values each rather than kept, 16 bytes a value).
+    hist_scale: torch.Tensor  # bins / (hi - lo)
+    hist_shift: torch.Tensor  # -lo * scale
+    hist_base: torch.Tensor  # the output's first counter (int64, bins + 1 per output)
+    hist_counts: torch.Tensor | None  # values each output histograms (big batches)
+    ones: torch.Tensor  # 1.0 per value histogrammed (one value, expanded), what a counter gains
     # Lower bound + margin (-inf if none) and upper bound - margin, per value of a small batch,
     # per output of a big one (spread at each step rather than kept, 8 bytes a value).
     saturation_low: torch.Tensor | None
@@ -225,8 +233,14 @@ class DeviceActivationReducer:
         if (sampled < sizes).any():
             take = _index(np.concatenate(
                 [start + np.arange(0, n, hist_stride(int(n))) for start, n in zip(starts, sizes)]), device)
-        per_sampled = lambda values: torch.from_numpy(  # noqa: E731
-            np.repeat(np.asarray(values), sampled).astype(np.float32)).to(device)
+        hist_counts = None
+        if segments.ids is not None:
+            per_sampled = lambda values, dtype=np.float32: torch.from_numpy(  # noqa: E731
+                np.repeat(np.asarray(values), sampled).astype(dtype)).to(device)
+        else:
+            hist_counts = torch.from_numpy(sampled).to(device)
+            per_sampled = lambda values, dtype=np.float32: torch.from_numpy(  # noqa: E731
+                np.asarray(values).astype(dtype)).to(device)
         low = high = None
         if any(p.saturation_bounds is not None for p in pending):
             bounds = [p.saturation_bounds or (-np.inf, np.inf) for p in pending]
@@ -241,17 +255,18 @@ class DeviceActivationReducer:
             owners, pieces = [], []
             for index, p in enumerate(pending):
                 if p.relu_like:
-                    judged = p.shape if p.units is None else tuple(p.units.shape)  # (examples, units)
+                    judged = p.shape if p.units is None else tuple(p.units.shape)  # (units,): one value each
                     pieces.append(count + _unit_of_each_value(judged))
                     owners += [index] * unit_count(p.shape)
                     count += unit_count(p.shape)
             units = _index(np.concatenate(pieces), device)
             unit_segment = _index(np.array(owners), device)
         flat_units = all(p.relu_like and p.units is None for p in pending)
-        base = torch.from_numpy(np.repeat(np.arange(len(pending)) * (self.bins + 1), sampled)).to(device)
-        ones = torch.ones(int(sampled.sum()), device=device)
+        base = per_sampled(np.arange(len(pending)) * (self.bins + 1), np.int64)
+        ones = torch.ones(1, device=device).expand(int(sampled.sum()))
         return _Layout(segments, None if gather is None else _index(gather, device), take, per_sampled(scale),
-                       per_sampled(-lo * scale), base, ones, low, high, flat_units, units, count, unit_segment)
+                       per_sampled(-lo * scale), base, hist_counts, ones, low, high, flat_units, units, count,
+                       unit_segment)
 
     def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
         """(outputs, 8 + bins) float32 rows, on the outputs' device."""
@@ -283,11 +298,15 @@ class DeviceActivationReducer:
         # too), NaN to a spare counter after them; then moved to its segment's run of counters
         # (as integers: a float sum would round positions near a bin edge across it).
         shown = flat if layout.hist_take is None else flat[layout.hist_take]
-        position = shown * layout.hist_scale
-        position += layout.hist_shift
+        scale, shift, base = layout.hist_scale, layout.hist_shift, layout.hist_base
+        if layout.hist_counts is not None:
+            scale, shift, base = (torch.repeat_interleave(t, layout.hist_counts, output_size=layout.ones.numel())
+                                  for t in (scale, shift, base))
+        position = shown * scale
+        position += shift
         position.clamp_(0.0, bins - 0.5)
         index = torch.nan_to_num(position, nan=float(bins)).long()
-        index += layout.hist_base
+        index += base
         hist = torch.zeros(count * (bins + 1), device=flat.device).index_add_(0, index, layout.ones)
         stats = torch.stack([figures[:, 1], figures[:, 2], low, high, figures[:, 3], figures[:, 4], dead, saturated],
                             dim=1)

@@ -521,7 +521,7 @@ class Probe:
             shape = tuple(out.shape)
             self._pending_acts.append((len(self._pieces), PendingDeviceActivation(
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
-                unit_maxima(values, shape, layer.relu_like))))
+                unit_maxima(values, shape, layer.relu_like, self._batched))))
             self._pieces.append(None)
             self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
                                  (out.shape, sampled_count(values.numel()))))
