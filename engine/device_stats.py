@@ -22,8 +22,8 @@ import torch
 
 from engine.stats import hist_stride, unit_count
 
-__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "Segments", "PendingDeviceActivation", "DeviceActivationReducer",
-           "sampled_count", "unit_maxima"]
+__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "Segments", "PendingDeviceActivation",
+           "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with ``segment_reduce``
@@ -43,6 +43,10 @@ ATOMIC_SUMS_MAX = 1 << 16
 #: arrangement keeps between steps is per output, or per value histogrammed (an index of at most
 #: ``HIST_SAMPLE`` values an output, when some output samples).
 DEVICE_BATCH_BUDGET = 1 << 21
+#: ...and while each has at most this many values. A big batch's segmented reductions give each
+#: output one thread block on CUDA, which streams this much (512 KiB a float64 column) in a few
+#: microseconds; a bigger output is reduced in its hook by kernels that use the whole GPU.
+DEVICE_BATCHED_MAX = 1 << 16
 
 
 def sampled_count(count: int) -> int | None:

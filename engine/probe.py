@@ -43,6 +43,7 @@ from torch import nn
 from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.device_stats import (
     DEVICE_BATCH_BUDGET,
+    DEVICE_BATCHED_MAX,
     DeviceActivationReducer,
     PendingDeviceActivation,
     Segments,
@@ -513,7 +514,7 @@ class Probe:
         elif host:
             row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
             self._push("act", layer, "stats", row, (out.shape, sampled))
-        elif self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
+        elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
             # Copied now (an in-place op may change it), reduced with the others in ``finish``.
             values = out.detach().reshape(-1)
             values = values.clone() if values.dtype == torch.float32 else values.float()
