@@ -1,5 +1,5 @@
 """Statistics of many segments at once, on the device: a fixed handful of operations for all of a
-captured step's parameters, or all of its outputs (up to a budget), instead of a dozen per layer.
+captured step's parameters, or all of its outputs (up to a size), instead of a dozen per layer.
 
 On a GPU, a small model's step is bound by what each operation costs to dispatch and launch
 (several microseconds each), not by the kernels; what the probe adds to such a step is the number

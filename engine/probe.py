@@ -4,8 +4,8 @@ One object owns every hook; ``attach``/``detach`` are idempotent and ``detach`` 
 blocks of its callers. Hooks exist only during a captured step, so an uncaptured step runs the
 bare model. On CUDA each hook *appends device tensors* to a list; at the end of the step they are
 concatenated and copied to the host in one transfer (asynchronously, read a step later), so the
-training thread never synchronises per layer. Outputs are copied in their hooks and reduced
-together at the end of the step (up to a budget), and all parameters and gradients in one pass
+training thread never synchronises per layer. Outputs of up to 65,536 values are copied in their
+hooks and reduced together at the end of the step, and all parameters and gradients in one pass
 (``engine.device_stats``): a small model's GPU step is bound by how many operations it launches.
 On the CPU, where there is no transfer to save, the statistics are computed with numpy
 (``engine.host_stats``), small outputs and their gradients all together at the end of the step.
