@@ -137,19 +137,26 @@ def test_device_rows_equal_the_host_reducers(big: bool, monkeypatch: pytest.Monk
         assert got[0, 4] == 1 and got[1, 5] == 2 and got[0, 6] > 0 and got[2, 6] > 0 and got[1, 7] > 0
 
 
-def test_device_rows_need_no_python_number_from_a_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("big", [False, True], ids=["small_batch", "big_batch"])
+def test_device_rows_need_no_python_number_from_a_tensor(big: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading a number back would synchronise on CUDA: the batch never does it."""
+    if big:
+        monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
     reducer = DeviceActivationReducer(0.01, 8)
-    pending = [PendingDeviceActivation(torch.from_numpy(x).reshape(-1).clone(), x.shape, spec[1], spec[2], spec[3])
-               for x, spec in zip(_outputs(0), SHAPES)]
+    pending = []
+    for x, spec in zip(_outputs(0), SHAPES):
+        values = torch.from_numpy(x).reshape(-1).clone()
+        pending.append(PendingDeviceActivation(values, x.shape, spec[1], spec[2], spec[3],
+                                               unit_maxima(values, x.shape, spec[3], 1 << 20 if big else 0)))
+    assert big == any(p.units is not None for p in pending)
     reducer.rows(pending)  # the arrangement is made once, from shapes only
 
     def refuse(*_args: object) -> None:
         raise AssertionError("a tensor was read on the host")
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, refuse)
-    rows = reducer.rows(pending)
-    monkeypatch.undo()
+    with monkeypatch.context() as guard:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+            guard.setattr(torch.Tensor, name, refuse)
+        rows = reducer.rows(pending)
     assert rows.shape == (len(SHAPES), 8 + 8)
 
 
