@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe_overhead import CONFIGS, Config, make_dataset, make_trainer  # noqa: E402
 
+from engine.trainer import Trainer  # noqa: E402
+
 # Operations that only make a new view or alias of a tensor: dispatched, but launch no kernel.
 VIEWS = {"view", "_unsafe_view", "detach", "alias", "slice", "select", "unsqueeze", "squeeze", "t", "transpose",
          "permute", "expand", "as_strided", "split", "unbind", "reshape", "narrow", "_reshape_alias"}
@@ -40,12 +42,12 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[func.overloadpacket.__name__] += 1
         return func(*args, **(kwargs or {}))
 
 
-def count_step(trainer, capture: bool, tensors: bool) -> collections.Counter[str]:  # noqa: ANN001
+def count_step(trainer: Trainer, capture: bool, tensors: bool) -> collections.Counter[str]:
     with OpCounter() as counter:
         result = trainer.step(capture=capture, tensors=tensors)
     if result.capture is not None:

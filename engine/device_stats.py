@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from engine.stats import hist_stride, unit_count
+from engine.stats import hist_stride, unit_count, unit_dims
 
 __all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "Segments", "PendingDeviceActivation",
            "DeviceActivationReducer", "sampled_count", "unit_maxima"]
@@ -155,8 +155,8 @@ def unit_maxima(values: torch.Tensor, shape: tuple[int, ...], relu_like: bool,
     is <= 0 (NaN keeps it live). None for other outputs."""
     if not relu_like or len(shape) < 2 or (values.numel() <= UNIT_MAXIMA_FROM and batched <= ATOMIC_SUMS_MAX):
         return None
-    unit_axis = len(shape) - 1 if len(shape) <= 3 else 1
-    return values.view(shape).amax(dim=tuple(d for d in range(len(shape)) if d != unit_axis))
+    x = values.view(shape)
+    return x.amax(dim=unit_dims(x))
 
 
 def _unit_of_each_value(shape: tuple[int, ...]) -> np.ndarray:

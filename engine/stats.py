@@ -10,7 +10,8 @@ import math
 
 import torch
 
-__all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "dead_units", "unit_count", "histogram"]
+__all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "dead_units", "unit_dims", "unit_count",
+           "histogram"]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
 #: of a distribution needs no more, and it keeps big conv outputs cheap.
@@ -28,7 +29,7 @@ def nonfinite_counts(flat: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tens
     return torch.isnan(flat).sum(dtype=torch.float32), torch.isinf(flat).sum(dtype=torch.float32)
 
 
-def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
+def unit_dims(x: torch.Tensor) -> tuple[int, ...]:
     """Dimensions reduced over to judge each unit: all but the feature (or channel) axis."""
     if x.dim() == 2:
         return (0,)
@@ -48,7 +49,7 @@ def dead_units(x: torch.Tensor) -> torch.Tensor:
     """Units whose output is <= 0 for every example (and position) of the batch."""
     if x.dim() <= 1:
         return (x <= 0).sum(dtype=torch.float32)
-    return (x.amax(dim=_unit_dims(x)) <= 0).sum(dtype=torch.float32)
+    return (x.amax(dim=unit_dims(x)) <= 0).sum(dtype=torch.float32)
 
 
 def hist_stride(count: int) -> int:
