@@ -9,8 +9,8 @@ from typing import Any, Callable
 import numpy as np
 from PySide6 import QtWidgets
 
+from engine.atomic_file import write_atomic
 from engine.history import History
-from engine.report import write_atomic
 from engine.snapshot import Snapshot, ViewData
 
 __all__ = ["save_png", "save_history_csv", "save_run_file", "restore_run_factory"]
@@ -90,8 +90,12 @@ def saved_view(path: str) -> ViewData:
                 series[name] = SeriesData(data.steps[keep], data.values[keep])
     layer = config.get("tensor_layer")
     fields = {f.name for f in dataclasses.fields(TensorViews)}
-    found = {name.split("/", 1)[0]: value for name, value in loaded.tensors.items()
-             if name.split("/", 1)[0] in fields}
+    # One layer's tensors are shown: the one the file names (a report saves every layer's weights).
+    found = {}
+    for name, value in loaded.tensors.items():
+        kind, _, owner = name.partition("/")
+        if kind in fields and (not layer or not owner or owner == layer):
+            found[kind] = value
     tensors = TensorViews(step=int(config.get("step", 0)), layer=layer or "", example=0, **found) if found else None
     hyper = Hyper(**config["hyper"]) if isinstance(config.get("hyper"), dict) else Hyper()
     last_loss = history.last("loss") if "loss" in history.columns else float("nan")
@@ -118,7 +122,7 @@ def restore_run_factory(path: str, device: str) -> tuple[Callable, dict[str, Any
     loaded = load_run(path)
     config = loaded.config
     if config.get("kind") == "user":
-        ref = config.get("name")
+        ref = config.get("name") or config.get("model_ref")
         if not ref or not os.path.exists(ref.rsplit(":", 1)[0]):
             raise RunFileError(f"{path}: its model file {ref} is no longer there")
         return functools.partial(scenarios.build_user_run, ref, device=device, hyper=config.get("hyper")), \

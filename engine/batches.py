@@ -63,13 +63,18 @@ class TensorBatches:
 class LoaderBatches:
     """Batches from a user's iterable (e.g. a DataLoader), restarted when exhausted.
 
-    The loader decides the batch size; ``batch_size`` passed to ``next`` is ignored.
+    The loader decides the batch size; ``batch_size`` passed to ``next`` is ignored. The batches
+    of the first pass are checked for NaN and Inf on their way in (on the host, before they move
+    to the device), so bad data is reported as such rather than as a diverging network; later
+    passes, usually the same data, aren't, so a big batch costs the check once.
     """
 
     def __init__(self, loader: Iterable) -> None:
         self.loader = loader
         self._iterator: Iterator | None = None
         self._device: torch.device | None = None
+        self._batches = 0  # taken so far, for naming a bad one
+        self._checked = False  # a whole pass has been checked
 
     def reseed(self, seed: int) -> None:
         self._iterator = None
@@ -86,8 +91,17 @@ class LoaderBatches:
                 break
             except StopIteration:
                 self._iterator = None
+                self._checked = self._checked or self._batches > 0
         else:
-            raise ValueError("the data loader yields no batches")
+            raise ValueError("the data loader yields no batches (a generator can be read only once: "
+                             "return a list of batches or a DataLoader)")
+        self._batches += 1
+        for name, tensor in () if self._checked else (("x", x), ("y", y)):
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.is_cuda:
+                bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+                if bad:
+                    raise ValueError(f"batch {self._batches} of the data loader: its {name} holds "
+                                     f"{bad} NaN or Inf values of {tensor.numel()}")
         if self._device is not None:
             x, y = x.to(self._device), y.to(self._device)
         return x, y

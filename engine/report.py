@@ -7,14 +7,14 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["build_parser", "collect_report", "main", "write_atomic"]
+from engine.atomic_file import write_atomic
+
+__all__ = ["build_parser", "collect_report", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
             diagnostics = Diagnostics(layers)
         diagnostics.update(frame)
     assert layers is not None
+    layers = trainer.probe.layers  # as they are now: a layer first called late counts as called
     out_layers = []
     for i, layer in enumerate(layers):
         entry: dict[str, Any] = {"name": layer.name, "type": layer.type_name, "params": layer.params}
@@ -114,23 +115,6 @@ def _json_list(values: np.ndarray) -> list[float | None]:
 
 def _json_number(value: float | None) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(value: float | None, pattern: str = "{:.3g}") -> str:
@@ -188,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glassbox report: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one clear line for any bad input; the traceback only on --debug
+    except (Exception, SystemExit) as exc:  # one clear line for any bad input (a user's sys.exit too)
         if args.debug:
             raise
         print(f"glassbox report: error: {_one_line(exc)}", file=sys.stderr)
@@ -200,19 +184,39 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _check_destination(option: str, path: str) -> None:
+    """Refuse, before training, a path the result could not be written to."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a folder")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable")
+
+
 def _run(args: argparse.Namespace) -> int:
     from engine.scenarios import DEFAULT_SCENARIO, build_run, build_user_run
+    from engine.trainer import check_hyper
 
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.every < 1:
         raise ValueError(f"--every must be at least 1, got {args.every}")
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for option, path in (("--json", args.json), ("--save", args.save)):
+        if path:
+            _check_destination(option, path)
     hyper = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr),
                                ("batch_size", args.batch_size)) if v is not None}
     if args.model:
         run = build_user_run(args.model, device=args.device, seed=args.seed, hyper=hyper)
     else:
         run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
+    check_hyper(run.trainer.hyper)
     started = time.perf_counter()
     try:
         report = collect_report(run, args.steps, args.every)
@@ -220,17 +224,24 @@ def _run(args: argparse.Namespace) -> int:
         run.trainer.close()
     report["seconds"] = round(time.perf_counter() - started, 3)
     print(format_table(report))
-    if args.json:
-        write_atomic(args.json, json.dumps(report, indent=1).encode())
-        print(f"wrote {args.json}")
+    # The run file first: should it fail, an existing JSON report is still the old one.
     if args.save:
         _save(args.save, run, report)
         print(f"saved run to {args.save}")
+    if args.json:
+        write_atomic(args.json, json.dumps(report, indent=1).encode())
+        print(f"wrote {args.json}")
     return 0
 
 
 def _save(path: str, run: Any, report: dict[str, Any]) -> None:
+    """A run file the app's File → Open run reads like one it saved itself."""
+    import dataclasses
+
+    import torch
+
     from engine.history import History
+    from engine.reduce import as_matrix, shrink_2d
     from engine.runfile import save_run
     from engine.worker import history_columns
 
@@ -238,19 +249,38 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
     columns = history_columns(tuple(names))
     history = History(columns)
     steps = report["steps"]
-    rows = np.full((steps, len(columns)), np.nan)
-    rows[:, 0] = [np.nan if v is None else v for v in report["loss"]]
     index = {c: i for i, c in enumerate(columns)}
+    rows = np.full((steps, len(columns)), np.nan)
+
+    def fill(column: str, values: list | None, at: np.ndarray | None = None) -> None:
+        if values is not None and column in index:
+            numbers = [np.nan if v is None else v for v in values]
+            if at is None:
+                rows[:, index[column]] = numbers
+            else:
+                rows[at, index[column]] = numbers
+
+    fill("loss", report["loss"])
+    fill("train_acc", report.get("accuracy"))
+    validation = report.get("validation") or {}
+    at = np.asarray(validation.get("step", []), np.intp) - 1
+    fill("val_loss", validation.get("loss"), at)
+    fill("val_acc", validation.get("accuracy"), at)
     for layer in report["layers"]:
         for stat in ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction"):
-            if layer[stat] is not None:
-                rows[:, index[f"{stat}/{layer['name']}"]] = [np.nan if v is None else v for v in layer[stat]]
+            fill(f"{stat}/{layer['name']}", layer[stat])
     history.append_many(np.arange(1, steps + 1), rows)
+    trainer = run.trainer
+    modules = dict(trainer.model.named_modules())
     tensors = {}
-    for layer in run.trainer.probe.layers:
-        module = dict(run.trainer.model.named_modules()).get(layer.name)
+    shown = None  # the layer whose weights the app shows when it opens the file
+    for layer in trainer.probe.layers:
+        module = modules.get("" if layer.name == "<model>" else layer.name)
         weight = getattr(module, "weight", None) if module is not None else None
-        if weight is not None and hasattr(weight, "detach"):
-            from engine.reduce import as_matrix, shrink_2d
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
             tensors[f"weight/{layer.name}"] = shrink_2d(as_matrix(weight.detach())).cpu().float().numpy()
-    save_run(path, config=run.config, history=history, tensors=tensors, step=steps)
+            shown = shown or layer.name
+    config = {**run.config, "name": run.config.get("model_ref") or run.config.get("scenario"),
+              "model": None, "step": steps, "device": str(trainer.device), "tensor_layer": shown,
+              "layers": [dataclasses.asdict(layer) for layer in trainer.probe.layers]}
+    save_run(path, config=config, history=history, tensors=tensors, step=steps)

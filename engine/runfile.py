@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from engine import __version__
+from engine.atomic_file import atomic_writer
 from engine.history import History
 
 __all__ = ["FORMAT_VERSION", "RUN_SUFFIX", "RunFile", "RunFileError", "load_run", "save_run"]
@@ -109,42 +109,13 @@ def save_run(
         },
     }
 
-    folder = os.path.dirname(os.path.abspath(path))
-    # Same folder, so os.replace is an atomic rename; created with open(), not mkstemp, so the
-    # file gets the user's usual permissions (umask) rather than 0600.
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as raw:
-            # Stored, not deflated: float arrays barely compress and saving stays disk-bound.
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                zf.writestr(_MANIFEST, json.dumps(manifest, indent=1))
-                for member, array in arrays.values():
-                    _write_member(zf, member, array)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:  # never created, or already renamed
-            pass
-        raise
-    _fsync_folder(folder)
+    with atomic_writer(path) as raw:
+        # Stored, not deflated: float arrays barely compress and saving stays disk-bound.
+        with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(_MANIFEST, json.dumps(manifest, indent=1))
+            for member, array in arrays.values():
+                _write_member(zf, member, array)
     logger.info("saved run at step %d to %s", step, path)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename itself durable (POSIX); harmless where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------- loading

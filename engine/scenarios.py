@@ -283,7 +283,7 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     """
     from engine.user_model import load_user_model, validate_user_model
 
-    user = load_user_model(ref)
+    user = load_user_model(ref, seed=seed)
     validate_user_model(user)
     hp = replace(Hyper(optimizer="adam", lr=1e-3, batch_size=64), **(hyper or {}))
     if capture_every == "auto":
@@ -299,8 +299,8 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     boundary = None
     if user.x is not None and user.x.dim() == 2 and user.x.shape[1] == 2 and not user.y.is_floating_point():
         take = min(len(user.x), 600)
-        boundary = (user.x[:take].float().numpy(), user.y[:take].numpy())
-    config = {"kind": "user", "model_ref": ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
+        boundary = (user.x[:take].detach().float().cpu().numpy(), user.y[:take].detach().cpu().numpy())
+    config = {"kind": "user", "model_ref": user.ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
     return Run(name=ref, trainer=trainer, description=f"Your model from {ref}", config=config,
                boundary_data=boundary)
 

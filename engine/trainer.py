@@ -25,7 +25,7 @@ from engine.snapshot import Hyper, PhaseInfo
 
 __all__ = [
     "TrainerConfig", "Trainer", "StepResult", "StepError", "loss_for_task", "accuracy",
-    "make_optimizer", "OPTIMIZERS",
+    "make_optimizer", "check_hyper", "OPTIMIZERS",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,33 @@ def loss_for_task(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
     return F.cross_entropy
 
 
-def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-    """Fraction of arg-max predictions equal to integer targets; None when that makes no sense."""
-    if y.dtype in (torch.int64, torch.int32, torch.long) and out.dim() == y.dim() + 1 \
+def accuracy(out: Any, y: torch.Tensor) -> torch.Tensor | None:
+    """Fraction of arg-max predictions equal to integer targets; None when that makes no sense
+    (a model returning a tuple or a dict, or targets that aren't class labels)."""
+    if not isinstance(out, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return None
+    if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and out.dim() == y.dim() + 1 \
             and out.shape[:-1] == y.shape and out.shape[-1] > 1:
         return (out.detach().argmax(-1) == y).float().mean()
     return None
+
+
+def check_hyper(hyper: Hyper) -> None:
+    """Raise a one-line ValueError for a hyperparameter no optimizer can use."""
+    def positive(value: float) -> bool:
+        return value > 0 and math.isfinite(value)
+    if not positive(hyper.lr):
+        raise ValueError(f"learning rate must be a positive number, got {hyper.lr}")
+    if hyper.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {hyper.batch_size}")
+    if not (hyper.weight_decay >= 0 and math.isfinite(hyper.weight_decay)):
+        raise ValueError(f"weight decay must be zero or a positive number, got {hyper.weight_decay}")
+    if not 0 <= hyper.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {hyper.momentum}")
+    if hyper.clip_norm is not None and not positive(hyper.clip_norm):
+        raise ValueError(f"the gradient clipping norm must be a positive number, got {hyper.clip_norm}")
+    if hyper.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {hyper.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def make_optimizer(params: list[torch.nn.Parameter], hyper: Hyper) -> torch.optim.Optimizer:
@@ -104,6 +125,7 @@ class _PhasedStep:
     phases: list[PhaseInfo]
     cursor: int = 0
     started: float = 0.0
+    scalars_before: int = 0  # losses queued before this step (a failed update drops its own)
 
 
 class Trainer:
@@ -125,6 +147,7 @@ class Trainer:
                  reinit: Callable[[nn.Module], None] | None = None) -> None:
         self.config = config or TrainerConfig()
         self.hyper = hyper or Hyper()
+        check_hyper(self.hyper)
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
@@ -162,10 +185,7 @@ class Trainer:
     def set_hyper(self, **changes: Any) -> Hyper:
         """Change hyperparameters; they take effect at the next update, the model is untouched."""
         new = replace(self.hyper, **changes)
-        if new.lr <= 0 or not math.isfinite(new.lr):
-            raise ValueError(f"learning rate must be a positive number, got {new.lr}")
-        if new.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {new.batch_size}")
+        check_hyper(new)
         if new.optimizer != self.hyper.optimizer:
             self.optimizer = make_optimizer(list(self.model.parameters()), new)
         else:
@@ -216,6 +236,7 @@ class Trainer:
 
     def _begin_phased(self) -> _PhasedStep:
         started = time.perf_counter()
+        queued = len(self._pending_scalars)
         with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
             self.probe.begin_step(True, tensors=True, record=True)
@@ -231,12 +252,12 @@ class Trainer:
         names = tuple(f"{kind} {module}" if module else kind for kind, module, _ in items)
         phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names)
                   for i, (kind, module, tensors) in enumerate(items)]
-        return _PhasedStep(phases=phases, started=started)
+        return _PhasedStep(phases=phases, started=started, scalars_before=queued)
 
     def _finish_phased(self) -> StepResult:
         phased, self._phased = self._phased, None
         assert phased is not None
-        with self._rng_scope():
+        with self._rng_scope(), self._probe_step(phased.scalars_before):
             self._update()
         return self._end_step(phased.started, True)
 
@@ -252,6 +273,8 @@ class Trainer:
             out = self.model(x)
         with self._located("loss"):
             loss = self.loss_fn(out, y)
+            if isinstance(loss, torch.Tensor) and loss.dim() and loss.numel() == 1:
+                loss = loss.reshape(())  # a one-element loss, as the model-file check accepts
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                 raise ValueError(f"the loss returned {shape}, expected a scalar tensor")
@@ -280,9 +303,10 @@ class Trainer:
             capture = self.probe.finish(self.step_count, scalars)
         seconds = time.perf_counter() - started
         self._note_timing(seconds, captured)
-        if self.config.val_every and self.step_count % self.config.val_every == 0:
-            self.validate()
         self.last_result = StepResult(self.step_count, capture, seconds)
+        if self.config.val_every and self.step_count % self.config.val_every == 0:
+            with self._located("validation", self.step_count):
+                self.validate()
         return self.last_result
 
     def inspect(self) -> PendingCapture | None:
@@ -389,28 +413,34 @@ class Trainer:
             torch.set_rng_state(outer)
 
     @contextlib.contextmanager
-    def _probe_step(self) -> Iterator[None]:
-        """A step interrupted by an exception leaves no hooks on the model and nothing half-captured."""
+    def _probe_step(self, scalars_before: int | None = None) -> Iterator[None]:
+        """A step interrupted by an exception leaves no hooks on the model, nothing half-captured
+        and no loss queued for a step that never counted."""
+        queued = len(self._pending_scalars) if scalars_before is None else scalars_before
         try:
             yield
         except BaseException:
             self.probe.abandon_step()
+            del self._pending_scalars[queued:]
             raise
 
     @contextlib.contextmanager
-    def _located(self, phase: str) -> Iterator[None]:
+    def _located(self, phase: str, step: int | None = None) -> Iterator[None]:
+        """Turn an exception from user code into a one-line StepError naming the phase and the
+        innermost module. ``SystemExit`` from user code counts too (a stray ``sys.exit()`` in a
+        forward must not end the app or the report); ``KeyboardInterrupt`` does not."""
         try:
             yield
         except StepError:
             raise
-        except Exception as exc:  # user code can raise anything: locate it, never crash the loop
+        except (Exception, SystemExit) as exc:  # user code can raise anything: locate it, never crash the loop
             module = _innermost_module(exc.__traceback__, self.model)
             first_line = (str(exc).strip().splitlines() or [""])[0]
             where = f" in {module}" if module else ""
             message = f"{type(exc).__name__} during {phase}{where}: {first_line}"
             if _is_out_of_memory(exc):
                 message = f"out of memory during {phase}{where}: try a smaller batch size or model"
-            raise StepError(message, module, phase, self.step_count + 1) from exc
+            raise StepError(message, module, phase, self.step_count + 1 if step is None else step) from exc
 
     @property
     def last_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:

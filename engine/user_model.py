@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import re
 import sys
@@ -45,6 +46,7 @@ _LIBRARY_DIRS = tuple(
     }
 )
 _module_numbers = itertools.count()
+_MODULE_PREFIX = "_glassbox_user_"  # model files are imported as _glassbox_user_<n>_<stem>
 
 
 class UserModelError(ValueError):
@@ -183,11 +185,14 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
         return self.source_to_code(self.get_data(self.path), self.path)
 
 
-def load_user_model(ref: str) -> UserModel:
+def load_user_model(ref: str, seed: int | None = None) -> UserModel:
     """Import ``path/to/file.py`` under a unique module name and call ``function()``.
 
-    The file's folder is on ``sys.path`` while it is imported and called, so it may import
-    modules that sit next to it.
+    The file's folder leads ``sys.path`` while it is imported and called, so it may import
+    modules that sit next to it; it then stays on the path (at its end), since the model's
+    forward or the data loader may import them later. With ``seed``, the function runs with
+    PyTorch's random generators seeded (the caller's stream untouched), so its weights and data
+    are the same run after run.
 
     Raises:
         UserModelError: anything wrong with the reference, the file, or what the function returns.
@@ -199,7 +204,7 @@ def load_user_model(ref: str) -> UserModel:
         raise UserModelError(f"{path}: is not a file")
     path = os.path.abspath(path)
     stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    module_name = f"_glassbox_user_{next(_module_numbers)}_{stem}"
+    module_name = f"{_MODULE_PREFIX}{next(_module_numbers)}_{stem}"
     loader = _SourceLoader(module_name, path)
     spec = importlib.util.spec_from_file_location(module_name, path, loader=loader)
     assert spec is not None  # a .py path with a loader always gives a spec
@@ -232,7 +237,10 @@ def load_user_model(ref: str) -> UserModel:
         if not callable(fn):
             raise UserModelError(f"{path}: {function!r} is {_describe(fn)}, not a function")
         try:
-            result = fn()
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                result = fn()
         except (Exception, SystemExit) as exc:
             where = _user_location(exc.__traceback__, path) or _definition(fn) or path
             raise UserModelError(f"{where}: {function}() raised {_error_text(exc)}") from exc
@@ -243,6 +251,8 @@ def load_user_model(ref: str) -> UserModel:
     finally:
         if added and folder in sys.path:
             sys.path.remove(folder)
+            if ok:  # behind everything else now, so it can't shadow what the app imports later
+                sys.path.append(folder)
         if not ok:
             sys.modules.pop(module_name, None)
 
@@ -283,6 +293,7 @@ def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -
         return um.x[:batch_size], um.y[:batch_size]
     if um.loader is None:
         raise UserModelError(f"{where}: no data: neither (X, y) tensors nor a data loader")
+    _check_workers(where, um.loader)
     try:
         batch = next(iter(um.loader))
     except StopIteration:
@@ -294,6 +305,27 @@ def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -
         raise UserModelError(f"{where}: the data loader yielded {_describe(batch)}; expected (x, y) batches")
     _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y")
     return batch[0], batch[1]
+
+
+def _check_workers(where: str, loader: Any) -> None:
+    """A DataLoader whose worker processes are spawned (the default on macOS and Windows) can't
+    unpickle anything defined in the model file: it lives in a module only this process has."""
+    if not getattr(loader, "num_workers", 0):
+        return
+    context = getattr(loader, "multiprocessing_context", None)
+    method = context.get_start_method() if context is not None else (
+        multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0])
+    if method == "fork":
+        return
+    parts = [getattr(loader, "dataset", None), getattr(loader, "collate_fn", None),
+             getattr(loader, "worker_init_fn", None)]
+    for part in parts:
+        owner = part if inspect.isfunction(part) else type(part)  # a function, or an object's class
+        if str(getattr(owner, "__module__", "")).startswith(_MODULE_PREFIX):
+            raise UserModelError(
+                f"{where}: the data loader starts its {loader.num_workers} worker processes with {method!r}, "
+                f"and they can't import {owner.__qualname__} from a file Glassbox loaded: use num_workers=0, "
+                "or move it into a module next to the file and import it from there")
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -328,7 +360,7 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             warnings.simplefilter("always")
             try:
                 output = um.model(x)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 at = _user_location(exc.__traceback__, path) or where
                 if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
                     first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
@@ -340,7 +372,7 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             loss_at = _definition(um.loss_fn)
             try:
                 loss = um.loss_fn(output, y)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 at = _user_location(exc.__traceback__, path) or where
                 shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
                 raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc

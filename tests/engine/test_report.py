@@ -181,3 +181,56 @@ def test_report_save_writes_a_loadable_run_file(tmp_path: Path) -> None:
     loaded = load_run(path)
     assert loaded.config["scenario"] == "xor-mlp"
     assert len(loaded.history.series("loss").values) == 5
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--lr", "0"], "--lr must be a positive number"), (["--lr", "nan"], "--lr must be a positive number"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--json", "no/such/folder/r.json"], "--json no/such/folder/r.json: no folder"),
+    (["--save", "."], "--save .: is a folder"),
+])
+def test_bad_flags_and_destinations_are_refused_before_training(flags: list[str], needle: str, capsys,
+                                                                monkeypatch, tmp_path: Path) -> None:
+    import engine.report
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine.report, "collect_report", lambda *a, **k: pytest.fail("trained anyway"))
+    assert main(["--scenario", "xor-mlp", "--steps", "3", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_a_failed_save_leaves_an_earlier_json_report_as_it_was(tmp_path: Path, monkeypatch, capsys) -> None:
+    import engine.runfile
+
+    out = tmp_path / "keep.json"
+    out.write_text('{"earlier": true}')
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "cannot write run.glassbox: No space left on device")
+
+    monkeypatch.setattr(engine.runfile, "save_run", full_disk)
+    code = main(["--scenario", "xor-mlp", "--steps", "2", "--json", str(out), "--save", str(tmp_path / "r.glassbox")])
+    assert code == 2 and "No space left" in capsys.readouterr().err
+    assert out.read_text() == '{"earlier": true}'
+
+
+def test_sys_exit_in_a_training_forward_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, '''
+import sys
+import torch
+from torch import nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+    def forward(self, x):
+        if self.training:
+            sys.exit(0)
+        return self.fc(x)
+def build():
+    return Net(), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''')
+    assert main(["--model", f"{path}:build", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SystemExit during forward" in err

@@ -1,6 +1,8 @@
 """The training loop: phase stepping, live hyperparameters, determinism, located errors."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,136 @@ def test_out_of_memory_is_explained_and_the_trainer_survives() -> None:
         trainer.step()
     assert info.value.message == "out of memory during forward in OutOfMemory: try a smaller batch size or model"
     assert trainer.step_count == 0
+
+
+class FailingOnce(torch.optim.SGD):
+    """An optimizer whose next step raises (as CUDA running out of memory mid-update would)."""
+
+    fail = False
+
+    def step(self, closure=None):
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the update failed")
+        return super().step(closure)
+
+
+def _with_failing_optimizer(trainer: Trainer) -> FailingOnce:
+    trainer.optimizer = FailingOnce(trainer.model.parameters(), lr=0.01)
+    return trainer.optimizer
+
+
+def test_a_failed_update_queues_no_loss_for_the_step_that_never_counted() -> None:
+    trainer = make_trainer(dropout=0.0)
+    trainer.step(capture=False)  # one loss queued, shipped with the next capture
+    optimizer = _with_failing_optimizer(trainer)
+    optimizer.fail = True
+    with pytest.raises(StepError, match="during update: the update failed"):
+        trainer.step(capture=True)
+    assert trainer.step_count == 1
+    assert not any(m._forward_hooks for m in trainer.model.modules())
+    result = trainer.step(capture=True)
+    capture = result.capture.get()
+    assert result.step == capture.frame.step == 2
+    assert len(capture.scalars) == 2  # steps 1 and 2, none for the failed one
+    assert np.isfinite(capture.scalars[:, 0]).all()
+
+
+def test_a_failed_update_of_a_phase_by_phase_step_leaves_no_hooks_or_loss() -> None:
+    trainer = make_trainer(dropout=0.0)
+    optimizer = _with_failing_optimizer(trainer)
+    while trainer.next_phase().kind != "backward":
+        pass
+    optimizer.fail = True
+    with pytest.raises(StepError, match="during update"):
+        while True:
+            trainer.next_phase()
+    assert not trainer.probe.armed and not trainer.probe.capturing
+    assert not any(m._forward_hooks for m in trainer.model.modules())
+    assert trainer.flush_scalars().shape == (0, 2)
+    assert trainer.step(capture=True).capture.get().scalars.shape == (1, 2)
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"clip_norm": -1.0}, "clipping"), ({"clip_norm": float("nan")}, "clipping"),
+    ({"weight_decay": -0.1}, "weight decay"), ({"momentum": 1.0}, "momentum"),
+    ({"lr": 0.0}, "learning rate"), ({"lr": float("inf")}, "learning rate"), ({"batch_size": 0}, "batch size"),
+])
+def test_hyperparameters_no_optimizer_can_use_are_refused(changes: dict, needle: str) -> None:
+    trainer = make_trainer()
+    before = trainer.hyper
+    with pytest.raises(ValueError, match=needle):
+        trainer.set_hyper(**changes)
+    assert trainer.hyper == before
+    with pytest.raises(ValueError, match=needle):
+        make_trainer(hyper=Hyper(**{**dict(optimizer="adam", lr=0.01, batch_size=16), **changes}))
+
+
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        logits = self.fc(x)
+        return logits, {"features": x}
+
+
+def test_a_model_returning_a_tuple_trains_without_an_accuracy() -> None:
+    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    trainer = Trainer(TupleOut(), lambda out, t: nn.functional.cross_entropy(out[0], t),
+                      TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    capture = trainer.step(capture=True).capture.get()
+    assert np.isfinite(capture.scalars[0, 0]) and np.isnan(capture.scalars[0, 1])
+
+
+def test_a_one_element_loss_counts_as_a_scalar() -> None:
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+    model = nn.Linear(3, 1)
+    trainer = Trainer(model, lambda out, t: ((out - t) ** 2).mean().reshape(1), TensorBatches(x, y),
+                      hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=20))
+    with torch.no_grad():
+        expected = float(((model(x) - y) ** 2).mean())
+    capture = trainer.step(capture=True).capture.get()
+    assert capture.scalars[0, 0] == pytest.approx(expected, rel=1e-6)
+
+
+class Exits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        sys.exit("bye from forward")
+
+
+def test_sys_exit_in_a_forward_is_a_located_step_error() -> None:
+    trainer = Trainer(Exits(), nn.functional.cross_entropy,
+                      TensorBatches(torch.randn(10, 3), torch.zeros(10, dtype=torch.long)))
+    with pytest.raises(StepError, match="SystemExit during forward in Exits: bye from forward"):
+        trainer.step()
+    assert trainer.step_count == 0
+
+
+def test_a_failing_validation_is_located_and_the_step_kept() -> None:
+    trainer = make_trainer(val_every=2)
+    trainer.val_data = (torch.randn(5, 4), torch.zeros(5, dtype=torch.long))  # the wrong width
+    trainer.step(capture=True)
+    with pytest.raises(StepError) as info:
+        trainer.step(capture=True)
+    assert info.value.phase == "validation" and info.value.step == 2
+    assert trainer.step_count == 2
+    kept = trainer.last_result
+    assert kept.step == 2 and kept.capture.get().frame.step == 2
+
+
+def test_nan_in_a_later_loader_batch_is_named() -> None:
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    x[37, 1] = float("nan")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    trainer = Trainer(nn.Linear(3, 2), nn.functional.cross_entropy, LoaderBatches(loader))
+    trainer.step()
+    trainer.step()
+    with pytest.raises(ValueError, match="batch 3 of the data loader: its x holds 1 NaN or Inf values of 24"):
+        trainer.step()
+    assert trainer.step_count == 2

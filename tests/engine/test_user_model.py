@@ -96,7 +96,9 @@ def test_valid_tensor_form(tmp_path):
     np.testing.assert_array_equal(um.x.numpy(), expected_x)
     np.testing.assert_array_equal(um.y.numpy(), (expected_x[:, 0] > 1.5).astype(np.int64))
     validate_user_model(um, batch_size=64)
-    assert sys.path == path_entries  # the file's folder was only on sys.path while loading
+    # The file's folder led sys.path while loading; now it follows everything else.
+    assert sys.path == path_entries + [str(tmp_path)]
+    sys.path.remove(str(tmp_path))
     assert not (tmp_path / "__pycache__").exists()
 
 
@@ -140,6 +142,64 @@ def test_sibling_modules_can_be_imported(tmp_path):
     um = load_user_model(f"{path}:build")
     assert um.model.out_features == 7
     validate_user_model(um)
+
+
+def test_a_sibling_imported_inside_forward_is_found_after_loading(tmp_path):
+    (tmp_path / "late_sibling_for_glassbox_test.py").write_text("def double(x):\n    return 2 * x\n")
+    path = write(tmp_path, """
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x):
+            from late_sibling_for_glassbox_test import double
+            return double(self.fc(x))
+
+    def build():
+        return Net(), (torch.ones(4, 2), torch.zeros(4, 1)), nn.MSELoss()
+    """)
+    um = load_user_model(f"{path}:build")
+    validate_user_model(um)
+    fc = um.model.fc
+    torch.testing.assert_close(um.model(torch.ones(1, 2)), 2 * fc(torch.ones(1, 2)))
+    sys.path.remove(str(tmp_path))
+
+
+def test_a_seed_makes_the_function_repeatable_and_leaves_the_caller_stream(tmp_path):
+    path = returning(tmp_path, "nn.Linear(3, 4), (torch.randn(8, 3), torch.randn(8, 4)), nn.MSELoss()")
+    torch.manual_seed(99)
+    expected_next = torch.rand(3)
+    torch.manual_seed(99)
+    first = load_user_model(f"{path}:build", seed=5)
+    second = load_user_model(f"{path}:build", seed=5)
+    other = load_user_model(f"{path}:build", seed=6)
+    torch.testing.assert_close(torch.rand(3), expected_next)  # the caller's stream went on untouched
+    torch.testing.assert_close(first.model.weight, second.model.weight)
+    torch.testing.assert_close(first.x, second.x)
+    assert not torch.equal(first.model.weight, other.model.weight)
+
+
+def test_spawned_loader_workers_that_cannot_import_the_file_are_explained(tmp_path):
+    path = write(tmp_path, """
+    class Points(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(2), torch.zeros(1)
+
+    def build():
+        loader = torch.utils.data.DataLoader(Points(), batch_size=4, num_workers=1,
+                                             multiprocessing_context="spawn")
+        return nn.Linear(2, 1), loader, nn.MSELoss()
+    """)
+    um = load_user_model(f"{path}:build")
+    with pytest.raises(UserModelError) as info:
+        validate_user_model(um)
+    message = str(info.value)
+    assert "'spawn'" in message and "Points" in message and "num_workers=0" in message
+    assert "\n" not in message
 
 
 # ------------------------------------------------------------------------------------- load errors

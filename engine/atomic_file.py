@@ -1,0 +1,63 @@
+"""Atomic file writes: a crash or an error mid-write never leaves a half-written file.
+
+The data goes to a hidden temporary file in the target's folder (so the final ``os.replace`` is a
+rename within one file system, which is atomic), is flushed to disk, and only then replaces the
+target. Until that rename, an existing file at the target is untouched. The temporary file is
+created with ``open()``, not ``mkstemp``, so the result gets the user's usual permissions (umask)
+rather than 0600.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import BinaryIO, Iterator
+
+__all__ = ["atomic_writer", "write_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file handle whose contents replace ``path`` when the block ends without error.
+
+    Raises:
+        OSError: the folder is missing or not writable, the disk is full...; its message names
+            ``path`` (not the temporary file).
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp")
+    try:
+        try:
+            with open(tmp, "xb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):  # never created, or already renamed
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX); harmless where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
