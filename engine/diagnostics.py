@@ -429,10 +429,12 @@ class Diagnostics:
         extreme = False
         # Activations growing with depth.
         std = _col(frame, "act_std")
-        measured = [i for i in range(len(names)) if np.isfinite(std[i]) and std[i] > 0]
-        if len(measured) >= 2:
-            base = std[measured[0]]
-            grown = [i for i in measured[1:] if std[i] > t.activation_growth * base]
+        # (NaN compares false; a spread too big for float32, inf, is the worst growth of all.)
+        measured = [i for i in range(len(names)) if std[i] > 0]
+        first = next((i for i in measured if np.isfinite(std[i])), None)
+        if first is not None:
+            base = std[first]
+            grown = [i for i in measured if i > first and std[i] > t.activation_growth * base]
             if grown:
                 holds = True
                 peak = max(grown, key=lambda i: std[i])
@@ -441,7 +443,7 @@ class Diagnostics:
                             "growth": float(std[peak] / base)}
                 extreme = evidence["growth"] >= t.extreme_growth
                 message = (f"Activations blow up with depth: their spread grows from {_fmt(base)} at "
-                           f"{names[measured[0]]} to {_fmt(std[peak])} at {names[peak]} "
+                           f"{names[first]} to {_fmt(std[peak])} at {names[peak]} "
                            f"({_fmt(std[peak] / base)}x), and the gradients follow.")
         # Gradients far larger than the weights they update, or jumping step over step.
         rows = self._param_rows(frame)

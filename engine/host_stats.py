@@ -139,6 +139,10 @@ class ActivationReducer:
             segment = flat[starts[index]:starts[index] + sizes[index]]
             centred = segment - segment.dtype.type(mean[index])
             rows[index, 1] = np.add.reduce(centred * centred, dtype=np.float64) / sizes[index]
+        # Finite values whose float32 squares overflowed (|x| > ~1.8e19): again in float64.
+        for index in np.flatnonzero(np.isinf(rows[:, 1]) & np.isfinite(mean)):
+            segment = flat[starts[index]:starts[index] + sizes[index]]
+            rows[index, 1] = _centred_sumsq(segment, mean[index]) / sizes[index]
         rows[:, 2] = np.minimum.reduceat(flat, starts)
         rows[:, 3] = np.maximum.reduceat(flat, starts)
         finite = math.isfinite(np.add.reduce(rows[:, :2], axis=None))  # finite means and variances prove all finite
@@ -189,6 +193,8 @@ class ActivationReducer:
                 self._scratch = torch.empty(count, dtype=flat.dtype)
             centred = torch.sub(flat, mean, out=self._scratch[:count])
             variance = torch.dot(centred, centred).item() / count
+        if math.isinf(variance) and math.isfinite(mean):  # float32 squares overflowed
+            variance = _centred_sumsq(host_array(flat), mean) / count
         low, high = torch.aminmax(flat)
         row[:4] = (mean, variance, low.item(), high.item())
         if not (math.isfinite(mean) and math.isfinite(variance)):
@@ -213,11 +219,31 @@ class ActivationReducer:
         return row, sample.size
 
 
+#: Values per float64 chunk where float32 squares overflow (rare: |x| > ~1.8e19).
+_CHUNK = 1 << 16
+
+
+def _centred_sumsq(values: np.ndarray, centre: float = 0.0) -> float:
+    """The sum of squares of ``values - centre`` in float64, a chunk at a time (no full copy)."""
+    total = 0.0
+    for at in range(0, values.size, _CHUNK):
+        part = values[at:at + _CHUNK].astype(np.float64) - centre
+        total += float(np.dot(part, part))
+    return total
+
+
+def _sumsq(values: np.ndarray) -> float:
+    """BLAS's dot of a flat array with itself; in float64 when float32 squares overflow."""
+    total = float(np.dot(values, values))
+    if math.isinf(total) and values.dtype != np.float64 and np.isfinite(values).all():
+        total = _centred_sumsq(values)
+    return total
+
+
 @_quiet
 def sumsq(tensor: torch.Tensor) -> float:
     """The squared L2 norm of a CPU tensor."""
-    values = host_array(tensor)
-    return float(np.dot(values, values))
+    return _sumsq(host_array(tensor))
 
 
 #: Parameter groups with at most this many values in all are joined into one float64 array and
@@ -287,7 +313,7 @@ def group_rows(groups: list[list[np.ndarray]]) -> np.ndarray:
             rows[:, 4] = _segment_sums(np.isinf(flat), segments)
     else:
         total = np.array([sum(float(a.sum()) for a in arrays) for arrays in groups])
-        squares = np.array([sum(float(np.dot(a, a)) for a in arrays) for arrays in groups])
+        squares = np.array([sum(_sumsq(a) for a in arrays) for arrays in groups])
         for row, arrays, t, q in zip(rows, groups, total, squares):
             if not (math.isfinite(t) and math.isfinite(q)):
                 row[3] = sum(np.count_nonzero(np.isnan(a)) for a in arrays)
@@ -329,6 +355,6 @@ class ChangeMeter:
                 earlier = before[offset:offset + after.size]
                 offset += after.size
                 delta = np.subtract(after, earlier, out=self._scratch[:after.size])
-                row[0] += float(np.dot(delta, delta))
-                row[1] += float(np.dot(earlier, earlier))
+                row[0] += _sumsq(delta)
+                row[1] += _sumsq(earlier)
         return rows

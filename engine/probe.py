@@ -13,11 +13,15 @@ On the CPU, where there is no transfer to save, the statistics are computed with
 
 Definitions (documented once, here):
 
-- *dead fraction* (ReLU family): the fraction of units whose output is <= 0 for every example of
-  the batch. A unit is a feature (dim 1) of a 2-D output, a channel (dim 1) of a 4-D conv output
-  (over every position), the last dimension of a 3-D sequence output (over every position).
-- *saturated fraction* (sigmoid, tanh, hardtanh): the fraction of outputs within
-  ``saturation_margin`` (0.01, i.e. 1 % of the unit scale) of a bound, where the derivative is ~0.
+- *dead fraction* (ReLU, ReLU6, and LeakyReLU of slope 0: activations whose output and gradient
+  are exactly zero below a threshold; a leaky unit always passes a gradient): the fraction of
+  units whose output is <= 0 for every example of the batch. A unit is a feature (dim 1) of a
+  2-D output, a channel (dim 1) of a 4-D conv output (over every position), and of a 3-D output
+  either the last dimension of a sequence (over every position) or, after a conv1d or a
+  normalisation of its channels (the last measured layer before it in the forward), a channel.
+- *saturated fraction* (sigmoid, tanh, hardtanh with its own bounds): the fraction of outputs
+  within ``saturation_margin`` (0.01, i.e. 1 % of the unit scale) of a bound, where the
+  derivative is ~0.
 - *histogram*: ``hist_bins`` equal bins over the activation's natural range (sigmoid/softmax
   [0, 1], tanh [-1, 1]) or [-hist_range, hist_range]; outliers are clamped into the edge bins.
   Big outputs are histogrammed over an evenly strided sample of at most 8,192 values
@@ -69,6 +73,8 @@ __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "
 log = logging.getLogger(__name__)
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU)
+# Layers whose 3-D output is (batch, channels, positions): a ReLU after one judges channels.
+CHANNELS_FIRST_1D = (nn.Conv1d, nn.ConvTranspose1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.GroupNorm)
 SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Hardsigmoid: (0.0, 1.0)}
 ACTIVATIONS = RELU_FAMILY + tuple(SATURATING) + (
     nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Softsign, nn.Hardswish,
@@ -78,6 +84,8 @@ BOUNDED_RANGE = {nn.Softmax: (0.0, 1.0), nn.Softmin: (0.0, 1.0)}
 
 # Largest column (units) the network graph draws unit by unit; beyond it values aren't shipped.
 MAX_GRAPH_UNITS = 64
+
+_EXACT = (torch.float32, torch.float64)  # dtypes measured as they are; others in float32
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,9 @@ class _Layer:
     main_weight: torch.nn.Parameter | None = None
     hist_range: tuple[float, float] = (0.0, 1.0)  # set by the probe from its config
     saturation_bounds: tuple[float, float] | None = None  # bounds of a saturating layer
+    # Whether the layer's 3-D output is (batch, channels, positions) (conv1d), else (batch,
+    # positions, features); None for an activation, which keeps its producer's layout.
+    channels_first: bool | None = None
 
     def info(self) -> LayerInfo:
         shape = tuple(self.main_weight.shape) if self.main_weight is not None else None
@@ -196,6 +207,19 @@ def _forward_signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.forward)
 
 
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient as a strided tensor (an Embedding(sparse=True) leaves a sparse one)."""
+    return grad if grad.layout == torch.strided else grad.to_dense()
+
+
+def _outputs_zeros(module: nn.Module) -> bool:
+    """Whether a unit of this activation can be dead: its output exactly zero (and so its
+    gradient) for every input below a threshold. A leaky unit still passes a gradient."""
+    if isinstance(module, nn.LeakyReLU):
+        return module.negative_slope == 0
+    return isinstance(module, RELU_FAMILY) and not isinstance(module, nn.PReLU)
+
+
 def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
     named = dict(module.named_parameters(recurse=False))
     for key in ("weight", "in_proj_weight", "weight_ih_l0"):
@@ -267,11 +291,15 @@ class Probe:
             for kind, rng in {**SATURATING, **BOUNDED_RANGE}.items():
                 if isinstance(module, kind):
                     bounds = rng
+            if isinstance(module, nn.Hardtanh):  # its bounds are settings (ReLU6 is one too)
+                bounds = (float(module.min_val), float(module.max_val))
             layers.append(_Layer(
                 index=len(layers), name=name, module=module, role=role, params=params,
                 activation=type(module).__name__.lower() if isinstance(module, ACTIVATIONS) else None,
-                bounds=bounds, relu_like=isinstance(module, RELU_FAMILY),
-                saturating=isinstance(module, tuple(SATURATING)), main_weight=_main_weight(module),
+                bounds=bounds, relu_like=_outputs_zeros(module),
+                saturating=isinstance(module, tuple(SATURATING)) and not isinstance(module, nn.ReLU6),
+                main_weight=_main_weight(module),
+                channels_first=None if role == "activation" else isinstance(module, CHANNELS_FIRST_1D),
             ))
         return layers
 
@@ -417,6 +445,7 @@ class Probe:
         self._want_tensors = tensors and self._capturing
         self._recording = record
         self._forward_order = []
+        self._channels_first = False  # the layout of the last 3-D output a measured layer made
         self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
             if self._want_tensors else {}
 
@@ -442,7 +471,8 @@ class Probe:
             self._capturing, self._want_tensors, self._recording = state
 
     def _is_focus(self, layer: _Layer) -> bool:
-        return self.focus_layer is not None and layer.name == self.focus_layer
+        # The root module is listed as "<model>" (its own name is "").
+        return self.focus_layer is not None and (layer.name or "<model>") == (self.focus_layer or "<model>")
 
     def _target(self, kind: str) -> str | None:
         """The layer whose feature maps ('conv') or attention ('attention') the views get: the
@@ -494,6 +524,8 @@ class Probe:
         if not self._capturing:
             return
         self._forward_order.append(layer.index)
+        if layer.channels_first is not None:
+            self._channels_first = layer.channels_first
         out = first_tensor(output)
         if out is None or not out.is_floating_point():
             return
@@ -503,33 +535,38 @@ class Probe:
             return
         host = self._host and out.is_cpu
         shown, copied = out, False  # where the views below are taken from; whether the probe's copy
+        # A ReLU after a conv1d judges channels: (batch, channels, positions) is measured as
+        # (batch, channels, positions, 1), whose units are those of a 2-D conv's output.
+        measured = out.unsqueeze(-1) if layer.relu_like and self._channels_first and out.dim() == 3 else out
         if host and out.numel() <= BATCHED_MAX:
             # Reduced with the step's other small outputs in ``finish``; copied now, since a
             # later in-place op (ReLU(inplace=True)) may still change this output.
-            pending = PendingActivation(host_array(out).copy(), tuple(out.shape), layer.hist_range,
+            pending = PendingActivation(host_array(out).copy(), tuple(measured.shape), layer.hist_range,
                                         layer.saturation_bounds, layer.relu_like)
             self._pending_acts.append((len(self._pieces), pending))
             self._pieces.append(None)
-            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (out.shape, None)))
+            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                                 (measured.shape, None)))
         elif host:
-            row, sampled = self._reducer.row_now(out, layer.hist_range, layer.saturation_bounds, layer.relu_like)
-            self._push("act", layer, "stats", row, (out.shape, sampled))
+            row, sampled = self._reducer.row_now(measured, layer.hist_range, layer.saturation_bounds,
+                                                 layer.relu_like)
+            self._push("act", layer, "stats", row, (measured.shape, sampled))
         elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
             # Copied now (an in-place op may change it), reduced with the others in ``finish``.
             values = out.detach().reshape(-1)
-            values = values.clone() if values.dtype == torch.float32 else values.float()
+            values = values.clone() if values.dtype in _EXACT else values.float()
             self._batched += values.numel()
-            shape = tuple(out.shape)
+            shape = tuple(measured.shape)
             self._pending_acts.append((len(self._pieces), PendingDeviceActivation(
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
             self._pieces.append(None)
             self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
-                                 (out.shape, sampled_count(values.numel()))))
+                                 (measured.shape, sampled_count(values.numel()))))
             shown, copied = values.view(out.shape), True
         else:
-            stats, sampled = self._activation_stats(layer, out)
-            self._push("act", layer, "stats", stats, (out.shape, sampled))
+            stats, sampled = self._activation_stats(layer, measured)
+            self._push("act", layer, "stats", stats, (measured.shape, sampled))
         if out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
@@ -599,7 +636,8 @@ class Probe:
         return on_grad
 
     def _activation_stats(self, layer: _Layer, out: torch.Tensor) -> tuple[torch.Tensor, int]:
-        x = out.detach().float()
+        x = out.detach()
+        x = x if x.dtype in _EXACT else x.float()
         flat = x.reshape(-1)
         mean, var = moments(flat)
         low, high = torch.aminmax(flat)
@@ -707,12 +745,12 @@ class Probe:
             # A parameter without a gradient (frozen, or unused by this forward) counts as zeros;
             # a layer none of whose parameters has one gets no gradient figures at all.
             if self._host:  # numpy over views of the tensors, no copies
-                grads = [[host_array(p.grad) if p.grad is not None else np.zeros(p.numel(), np.float32)
+                grads = [[host_array(_dense(p.grad)) if p.grad is not None else np.zeros(p.numel(), np.float32)
                           for p in layer.params] for layer in layers]
                 rows = group_rows(self._host_groups(plan) + grads)  # weights, then gradients
             else:  # a copy of weights and gradients, a few operations for every layer at once
                 views = self._device_views(plan)
-                grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                grads = [_dense(p.grad).reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
                          for p in plan.params]
                 # The weights' copy is also what the update is measured against.
                 if plan.both_segments is not None:  # small: one copy, one pass
@@ -760,9 +798,10 @@ class Probe:
         if self._is_focus(layer):
             self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), model_tensor=model_tensor)
             if w.grad is not None:
-                grad = self._copied(plan, w, grad=True)
-                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(w.grad if grad is None else grad)),
-                           model_tensor=w.grad if grad is None else None)
+                grad_copy = self._copied(plan, w, grad=True)
+                grad = _dense(w.grad) if grad_copy is None else grad_copy
+                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(grad)),
+                           model_tensor=w.grad if grad is w.grad else None)
         if kernels:
             maps = shown.detach().reshape(-1, w.shape[-2], w.shape[-1])
             self._push("tensor", layer, "kernels", shrink_maps(maps), model_tensor=model_tensor)
@@ -777,7 +816,7 @@ class Probe:
                 continue
             for pname, p in layer.module.named_parameters(recurse=False):
                 if p.grad is not None:
-                    tensors[f"grad:{pname}"] = shrink_2d(as_matrix(p.grad.detach())).clone()
+                    tensors[f"grad:{pname}"] = shrink_2d(as_matrix(_dense(p.grad).detach())).clone()
                     tensors[pname] = shrink_2d(as_matrix(p.detach())).clone()
 
     def before_update(self) -> None:

@@ -187,3 +187,23 @@ def test_report_json_lists_diagnoses(tmp_path: Path) -> None:
     healthy = tmp_path / "healthy.json"
     assert main(["--scenario", "xor-mlp", "--steps", "60", "--device", "cpu", "--json", str(healthy)]) == 0
     assert json.loads(healthy.read_text())["diagnoses"] == []
+
+
+def test_activations_too_big_for_float32_squares_still_count_as_exploding() -> None:
+    """A spread past ~1.8e19 is measured as inf (float32), with no inf among the values: that is
+    the worst growth of all, not a layer to skip."""
+    import numpy as np
+
+    from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame
+
+    names = ("a", "b", "c")
+    layers = [LayerInfo(index=i, name=n, type_name="ReLU", role="activation", params=0, activation="relu")
+              for i, n in enumerate(names)]
+    values = np.full((3, len(STAT_NAMES)), np.nan)
+    values[:, STAT_INDEX["act_std"]] = [1.0, 3.0, np.inf]
+    values[:, STAT_INDEX["nan_acts"]] = values[:, STAT_INDEX["inf_acts"]] = 0
+    frame = StatsFrame(step=1, loss=0.5, layer_names=names, values=values,
+                       histograms=np.zeros((3, 4), np.float32), hist_edges=np.linspace(-1, 1, 5, dtype=np.float32))
+    found = Diagnostics(layers).update(frame)
+    d = only(tuple(found), "exploding_gradients")
+    assert d.layers == ("c",) and d.severity == "error"

@@ -80,12 +80,35 @@ def cnn_large_outputs() -> nn.Module:
                          nn.Conv2d(8, 4, 3, padding=1), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 14 * 14, 3))
 
 
+class Conv1dNet(nn.Module):
+    """A ReLU after a conv1d (whose units are channels) with one dead channel; a Hardtanh with
+    bounds of its own; a leaky ReLU (whose units can't die)."""
+
+    channels_first = {"act"}  # the reference's unit axis for these layers' 3-D outputs
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.norm = nn.BatchNorm1d(4)
+        self.clamp = nn.Hardtanh(-1.5, 2.0)
+        self.leaky = nn.LeakyReLU(0.2)
+        self.head = nn.Linear(4 * 6, 3)
+        with torch.no_grad():
+            self.conv.bias[0] = -100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.leaky(self.clamp(self.norm(self.act(self.conv(x)))))
+        return self.head(h.flatten(1))
+
+
 CASES = {
     "mlp": (mlp, lambda: torch.randn(16, 5), lambda: torch.randint(0, 3, (16,))),
     "cnn_batchnorm": (cnn, lambda: torch.randn(8, 1, 8, 8), lambda: torch.randint(0, 3, (8,))),
     "transformer": (TinyTransformer, lambda: torch.randint(0, 7, (6, 5)), lambda: torch.randint(0, 7, (6, 5))),
     "lstm": (SeqModel, lambda: torch.randint(0, 5, (10, 7)), lambda: torch.randint(0, 2, (10,))),
     "two_calls": (TwoCallNet, lambda: torch.randn(12, 4), lambda: torch.randint(0, 3, (12,))),
+    "conv1d": (Conv1dNet, lambda: torch.randn(10, 3, 6) * 2, lambda: torch.randint(0, 3, (10,))),
     "cnn_large_outputs": (cnn_large_outputs, lambda: torch.randn(12, 1, 28, 28) * 2 + 1,
                           lambda: torch.randint(0, 3, (12,))),
 }
@@ -201,18 +224,24 @@ def test_every_statistic_matches_direct_computation(name: str, path: str) -> Non
         sample = acts[::-(-acts.size // HIST_SAMPLE)]  # big outputs: an evenly strided sample
         expected_hist = np.histogram(np.clip(sample, lo, hi), bins=bins, range=(lo, hi))[0] / sample.size
         np.testing.assert_allclose(frame.histograms[frame.layer_names.index(info.name)], expected_hist, atol=1e-6)
-        if isinstance(dict(model.named_modules())[info.name], nn.ReLU):
+        module = dict(model.named_modules())[info.name]
+        if isinstance(module, nn.ReLU):
             dead = []
             units = 0
+            channels_first = info.name in getattr(model, "channels_first", ())
             for c in calls:
                 a = c.detach().numpy()
                 per_unit = a.reshape(a.shape[0], a.shape[1], -1).transpose(1, 0, 2).reshape(a.shape[1], -1) \
-                    if a.ndim == 4 else a.reshape(-1, a.shape[-1]).T
+                    if a.ndim == 4 or (a.ndim == 3 and channels_first) else a.reshape(-1, a.shape[-1]).T
                 dead.append((per_unit <= 0).all(axis=1).sum())
                 units += per_unit.shape[0]
             np.testing.assert_allclose(row[STAT_INDEX["dead_fraction"]], sum(dead) / units, RTOL)
-        if isinstance(dict(model.named_modules())[info.name], (nn.Sigmoid, nn.Tanh)):
-            lo_b, hi_b = (0.0, 1.0) if isinstance(dict(model.named_modules())[info.name], nn.Sigmoid) else (-1.0, 1.0)
+        elif isinstance(module, nn.LeakyReLU):  # its units still pass a gradient: never "dead"
+            assert np.isnan(row[STAT_INDEX["dead_fraction"]])
+        if isinstance(module, (nn.Sigmoid, nn.Tanh, nn.Hardtanh)):
+            lo_b, hi_b = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}.get(type(module), None) \
+                or (module.min_val, module.max_val)
+            assert tuple(frame.hist_ranges[frame.layer_names.index(info.name)]) == (lo_b, hi_b)
             sat = ((acts < lo_b + 0.01) | (acts > hi_b - 0.01)).mean()
             np.testing.assert_allclose(row[STAT_INDEX["saturated_fraction"]], sat, RTOL, ATOL)
         else:
@@ -499,3 +528,110 @@ def test_captures_alternating_with_and_without_views_parse_alike() -> None:
     hidden = model[1](model[0](x))
     np.testing.assert_allclose(frames[0][1, STAT_INDEX["dead_fraction"]],
                                (hidden <= 0).all(dim=0).float().mean().item(), rtol=1e-6)
+
+
+def one_captured_step(model: nn.Module, x: torch.Tensor, config: ProbeConfig, focus: str | None = None,
+                      optimizer: torch.optim.Optimizer | None = None):
+    """A captured step (with views) of a sum-of-outputs loss; the probe and its capture."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, config)
+    probe.focus_layer = focus
+    with probe:
+        probe.begin_step(True, tensors=True)
+        out = model(x)
+        loss = out.float().pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        probe.after_backward()
+        probe.before_update()
+        optimizer.step()
+        probe.after_update()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    return probe, capture
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_a_dead_conv1d_channel_counts_as_one_dead_unit(path: str) -> None:
+    torch.manual_seed(0)
+    model = Conv1dNet()
+    _, capture = one_captured_step(model, torch.randn(10, 3, 6) * 2, PATHS[path])
+    frame = capture.frame
+    assert frame.stat("dead_fraction")[frame.layer_names.index("act")] == 0.25  # channel 0 of 4
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_a_model_that_is_one_layer_gets_its_focus_views(path: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    weight, bias = model.weight.detach().clone(), model.bias.detach().clone()
+    x = torch.randn(5, 4)
+    probe, capture = one_captured_step(model, x, PATHS[path], focus="<model>")
+    assert [layer.name for layer in probe.layers] == ["<model>"]
+    views = capture.tensors
+    assert views.layer == "<model>"
+    np.testing.assert_allclose(views.weight, weight.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(views.activation.reshape(-1), (x[0] @ weight.T + bias).numpy(), rtol=1e-5)
+    # loss = mean(out^2): its gradient w.r.t. the first example's output is 2 out / out.numel()
+    np.testing.assert_allclose(views.output_grad.reshape(-1), (2 * (x[0] @ weight.T + bias) / 15).numpy(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(views.weight_update, (model.weight.detach() - weight).numpy(), rtol=1e-4,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_sparse_gradients_are_measured_as_their_dense_values(path: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    tokens = torch.tensor([[1, 2, 2], [7, 1, 0]])
+    reference = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    reference.load_state_dict(model.state_dict())
+    reference(tokens).float().pow(2).mean().backward()
+    expected = reference[0].weight.grad.double()
+    _, capture = one_captured_step(model, tokens, PATHS[path], focus="0")
+    frame = capture.frame
+    row = frame.values[frame.layer_names.index("0")]
+    np.testing.assert_allclose(row[STAT_INDEX["grad_norm"]], float(expected.norm()), rtol=1e-5)
+    np.testing.assert_allclose(row[STAT_INDEX["grad_mean"]], float(expected.mean()), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(capture.tensors.weight_grad, expected.float().numpy(), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("width", [32, 20_000])  # batched, and reduced in its hook
+def test_float64_outputs_keep_their_precision(path: str, width: int) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, width).double()
+    with torch.no_grad():
+        model.weight.mul_(1e-3)
+        model.bias.fill_(1e5)  # a mean that dwarfs the spread
+    x = torch.randn(4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    _, capture = one_captured_step(model, x, PATHS[path])
+    row = capture.frame.values[0]
+    np.testing.assert_allclose(row[STAT_INDEX["act_std"]], expected.std(), rtol=1e-5)
+
+
+def test_finite_outputs_whose_float32_squares_overflow_get_their_true_spread() -> None:
+    torch.manual_seed(0)
+    for width in (16, 20_000):  # batched, and reduced in its hook
+        model = nn.Linear(3, width)
+        with torch.no_grad():
+            model.weight.normal_(0, 1e20)
+        x = torch.randn(4, 3)
+        with torch.no_grad():
+            expected = model(x).double().numpy()
+        _, capture = one_captured_step(model, x, PATHS["numpy"])
+        row = capture.frame.values[0]
+        assert np.isfinite(expected).all() and row[STAT_INDEX["inf_acts"]] == 0
+        np.testing.assert_allclose(row[STAT_INDEX["act_std"]], expected.std(), rtol=1e-5)
+
+
+def test_big_parameters_whose_float32_squares_overflow_get_their_true_norm() -> None:
+    model = nn.Linear(300, 300)  # 90,300 values: reduced where they lie, not joined in float64
+    with torch.no_grad():
+        model.weight.fill_(1e18)
+    expected = float(model.weight.detach().double().norm()) ** 2 + float(model.bias.detach().double().norm()) ** 2
+    _, capture = one_captured_step(model, torch.zeros(2, 300), PATHS["numpy"])
+    row = capture.frame.values[0]
+    np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]], np.sqrt(expected), rtol=1e-6)
+    assert row[STAT_INDEX["inf_weights"]] == 0
