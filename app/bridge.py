@@ -65,6 +65,7 @@ class Bridge(QtCore.QObject):
         self._series_step: int | None = None
         self._run_id = -1
         self._scrub_step: int | None = None
+        self._pinned: tuple[Snapshot, tuple] | None = None  # the scrubbed-to snapshot and its frames
         self.selected_layer: str | None = None
         self.selected_unit: int | None = None
         self.frames_emitted = 0
@@ -115,8 +116,14 @@ class Bridge(QtCore.QObject):
         self._dirty = True
 
     def scrub_to(self, step: int | None) -> None:
-        """Show a recorded step (None: follow training live)."""
+        """Show a recorded step (None: follow training live). The step's snapshot is held while it
+        is shown, even after newer ones push it out of those kept."""
         self._scrub_step = step
+        self._pinned = None
+        if step is not None and self._snapshots:
+            earlier = [s for s in self._snapshots if s.step <= step]
+            chosen = earlier[-1] if earlier else self._snapshots[0]
+            self._pinned = (chosen, tuple(f for f in self._frames if f.step <= chosen.step))
         self._dirty = True
         self.tick()
 
@@ -142,6 +149,7 @@ class Bridge(QtCore.QObject):
                 self._series_time = 0.0
                 self._series_step = None
                 self._scrub_step = None
+                self._pinned = None
                 self.run_started.emit(latest.run_id)
             self._shown = latest
             self._keep(latest)
@@ -173,11 +181,8 @@ class Bridge(QtCore.QObject):
         assert self._shown is not None
         snapshot = self._shown
         frames = tuple(self._frames)
-        if self._scrub_step is not None:
-            earlier = [s for s in self._snapshots if s.step <= self._scrub_step]
-            if earlier:
-                snapshot = earlier[-1]
-                frames = tuple(f for f in frames if f.step <= snapshot.step)
+        if self._scrub_step is not None and self._pinned is not None:
+            snapshot, frames = self._pinned
         return ViewData(snapshot=snapshot, frames=frames, series=self._series,
                         selected_layer=self.selected_layer, selected_unit=self.selected_unit)
 

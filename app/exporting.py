@@ -28,21 +28,20 @@ def save_png(widget: QtWidgets.QWidget, path: str) -> None:
     write_atomic(path, bytes(buffer.data()))
 
 
-def save_history_csv(history: History, path: str, max_points: int | None = None) -> None:
-    """One row per kept point (full resolution recently, bucket means further back)."""
-    columns = [c for c in history.columns if not np.isnan(history.last(c)) or c in ("loss",)]
-    series = {c: history.series(c, max_points=max_points) for c in columns}
-    steps = np.unique(np.concatenate([s.steps for s in series.values()])) if series else np.zeros(0)
+def save_history_csv(history: History, path: str) -> None:
+    """One row per kept point (full resolution recently, bucket means further back), one column
+    per series that holds any value (validation columns are mostly empty: a value every N steps)."""
+    names = list(history.columns)
+    steps, values = history.matrix(names, max_points=max(1, len(history)))  # every kept point
+    kept = [i for i, name in enumerate(names) if name == "loss" or np.isfinite(values[i]).any()]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["step", *columns])
-    lookups = {c: dict(zip(s.steps.tolist(), s.values.tolist())) for c, s in series.items()}
-    for step in steps.tolist():
-        row = [f"{step:g}"]
-        for c in columns:
-            value = lookups[c].get(step)
-            row.append("" if value is None or not np.isfinite(value) else f"{value:.7g}")
-        writer.writerow(row)
+    writer.writerow(["step", *(names[i] for i in kept)])
+    table = values[kept].T.tolist()
+    for step, row in zip(steps.tolist(), table):
+        # A raw point's step is a whole number; a bucket of older steps is named by its centre.
+        label = str(int(step)) if float(step).is_integer() else f"{step:.1f}"
+        writer.writerow([label, *("" if v != v else f"{v:.7g}" for v in row)])  # (v != v: NaN, no value)
     write_atomic(path, out.getvalue().encode())
 
 

@@ -63,6 +63,23 @@ LAYOUT_VERSION = 2
 COMPARE_INTERVAL_S = 0.2
 
 
+class _InputKeysFirst(QtCore.QObject):
+    """Arrow, Home/End and Page keys go to a focused slider or spin box (the timeline, the
+    learning rate) rather than to the window's shortcuts (→ steps, End goes live)."""
+
+    KEYS = {QtCore.Qt.Key.Key_Left, QtCore.Qt.Key.Key_Right, QtCore.Qt.Key.Key_Up, QtCore.Qt.Key.Key_Down,
+            QtCore.Qt.Key.Key_Home, QtCore.Qt.Key.Key_End, QtCore.Qt.Key.Key_PageUp, QtCore.Qt.Key.Key_PageDown}
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        if event.type() == QtCore.QEvent.Type.ShortcutOverride \
+                and isinstance(watched, (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox)) \
+                and QtCore.Qt.Key(event.key()) in self.KEYS \
+                and not event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier:
+            event.accept()  # the widget gets the key press; no shortcut fires
+            return True
+        return False
+
+
 class MainWindow(QtWidgets.QMainWindow):
     """Glassbox's window. ``start_engine`` must be called once the window is shown."""
 
@@ -77,6 +94,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.bridge: Any = None
         self._scenarios: dict[str, Any] = {}
         self._current: dict[str, Any] = {"kind": "scenario", "name": None, "device": "auto", "model": None}
+        self._requested: dict[str, Any] | None = None  # the run asked for, until it starts or fails
         self._running = False
         self._last_snapshot: Snapshot | None = None
         self.errors: list[ErrorEvent] = []
@@ -85,7 +103,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._panel_hyper = None
         self._shown_once = False
         self._layout_restored = False
-        self._saved_run: Callable | None = None
+        self._saved_run: tuple[Callable, dict[str, Any]] | None = None  # an opened run file: (factory, description)
         self.partner: Any = None  # a second Bridge while two runs train side by side
         self._compare_drawn = [0.0, 0.0]
 
@@ -109,6 +127,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.timeline = Timeline()
         self._build_actions()
+        self._input_keys = _InputKeysFirst(self)  # removed from the application with the window
+        QtWidgets.QApplication.instance().installEventFilter(self._input_keys)
         self._build_toolbar()
         # No central widget: the docks share the whole window. The error banner is a toolbar
         # row under the transport controls, shown only while there is something to say.
@@ -208,7 +228,8 @@ class MainWindow(QtWidgets.QMainWindow):
         return action
 
     def _build_actions(self) -> None:
-        self.act_play = self._action("▶ Play", self.toggle_play, "Space", "Run or pause training")
+        self.act_play = self._action("Play", self.toggle_play, "Space", "Run or pause training")
+        self.act_play.setIcon(self.style().standardIcon(QtWidgets.QStyle.StandardPixmap.SP_MediaPlay))
         self.act_step = self._action("Step", self.step_once, "Right", "One optimizer step")
         self.act_phase = self._action("Phase", self.step_phase, "Shift+Right",
                                       "One phase: forward module by module, loss, backward, update")
@@ -231,6 +252,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _build_toolbar(self) -> None:
         bar = self._toolbar("toolbar-transport", "Transport", QtCore.Qt.ToolBarArea.TopToolBarArea)
+        bar.setToolButtonStyle(QtCore.Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         for action in (self.act_play, self.act_step, self.act_phase, self.act_reinit):
             bar.addAction(action)
         bar.addSeparator()
@@ -255,7 +277,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.timeline.live_requested.connect(lambda: self._scrub(None))
         self.hyper_panel.hyper_changed.connect(self._hyper_changed)
         self.hyper_panel.rebuild_requested.connect(self._rebuild_requested)
-        self.hyper_panel.example_changed.connect(lambda e: self.select(self._selected_layer, None, example=e))
+        self.hyper_panel.example_changed.connect(lambda e: self.select(  # the selected unit stays selected
+            self._selected_layer, self.bridge.selected_unit if self.bridge else None, example=e))
         self.hyper_panel.pause_when_changed.connect(self._pause_when_changed)
         self.views["neuron"].check_requested.connect(self._check_gradient)
 
@@ -349,15 +372,26 @@ class MainWindow(QtWidgets.QMainWindow):
         if play:
             self.play()
 
-    def _scenario_factory(self, name: str, model: dict | None = None, hyper: dict | None = None) -> Callable:
-        self._current.update(kind="scenario", name=name, model=model)
-        self.scenario.setCurrentIndex(max(0, self.scenario.findData(name)))
-        return functools.partial(self._scenario_module.build_run, name, device=self._current["device"],
-                                 model=model, hyper=hyper)
+    # A factory's description becomes the current run's (what Save, Rebuild and the combo go by)
+    # only when its run's first frame arrives: a model file that fails to load changes nothing.
+    def _scenario_factory(self, name: str, model: dict | None = None, hyper: dict | None = None,
+                          device: str | None = None) -> Callable:
+        device = device or self._current["device"]
+        self._requested = {"kind": "scenario", "name": name, "model": model, "device": device}
+        return functools.partial(self._scenario_module.build_run, name, device=device, model=model, hyper=hyper)
 
-    def _user_factory(self, ref: str) -> Callable:
-        self._current.update(kind="user", name=ref, model=None)
-        return functools.partial(self._scenario_module.build_user_run, ref, device=self._current["device"])
+    def _user_factory(self, ref: str, device: str | None = None) -> Callable:
+        device = device or self._current["device"]
+        self._requested = {"kind": "user", "name": ref, "model": None, "device": device}
+        return functools.partial(self._scenario_module.build_user_run, ref, device=device)
+
+    def _show_current_run(self) -> None:
+        """The combos show the current run (after a failed load, again)."""
+        for combo, value in ((self.scenario, self._current["name"]), (self.device, self._current["device"])):
+            index = combo.findData(value)
+            if index >= 0 and index != combo.currentIndex():
+                with QtCore.QSignalBlocker(combo):
+                    combo.setCurrentIndex(index)
 
     def _saved(self, key: str, default: Any) -> Any:
         return app_settings().value(key, default) if self._remember else default
@@ -369,7 +403,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.bridge is None:
             return
         if self._saved_run is not None:
-            factory, self._saved_run = self._saved_run, None
+            (factory, current), self._saved_run = self._saved_run, None
+            self._requested = {**current, "device": self._current["device"]}
             self.bridge.replace_run(factory)
         self.bridge.scrub_to(None)
         self.banner.dismiss()
@@ -388,7 +423,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _set_running(self, running: bool) -> None:
         self._running = running
-        self.act_play.setText("⏸ Pause" if running else "▶ Play")
+        # Icons from the style, not glyphs: "⏸" is missing from many fonts.
+        icons = QtWidgets.QStyle.StandardPixmap
+        self.act_play.setIcon(self.style().standardIcon(icons.SP_MediaPause if running else icons.SP_MediaPlay))
+        self.act_play.setText("Pause" if running else "Play")
 
     def step_once(self) -> None:
         from engine.worker import Step
@@ -525,12 +563,11 @@ class MainWindow(QtWidgets.QMainWindow):
         device = self.device.itemData(index)
         if device == self._current["device"]:
             return
-        self._current["device"] = device
         self.stop_compare()
         if self._current["kind"] == "user":
-            self._replace(self._user_factory(self._current["name"]))
+            self._replace(self._user_factory(self._current["name"], device))
         else:
-            self._replace(self._scenario_factory(self._current["name"], self._current["model"]))
+            self._replace(self._scenario_factory(self._current["name"], self._current["model"], device=device))
 
     def _replace(self, factory: Callable) -> None:
         self._saved_run = None
@@ -644,6 +681,10 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _first_frame_of_run(self, snapshot: Snapshot) -> None:
         self._seen_findings = set()
+        requested, self._requested = self._requested, None
+        if requested is not None and requested["name"] == snapshot.scenario:
+            self._current.update(requested)
+        self._show_current_run()
         model = None
         description = ""
         if snapshot.scenario in self._scenarios:
@@ -660,7 +701,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.docks["attention"].raise_()
         elif "Conv2d" in kinds or "Conv1d" in kinds:
             self.docks["features"].raise_()
-        else:
+        elif snapshot.boundary is not None:
             self.docks["boundary"].raise_()
         default = next((layer.name for layer in snapshot.layers
                         if layer.params and layer.weight_shape and len(layer.weight_shape) >= 2), None)
@@ -687,7 +728,11 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_error(self, event: ErrorEvent) -> None:
         self.errors.append(event)
         self.banner.show_error(event.message, _where(event))
-        self._set_running(False)
+        if event.phase == "load":  # the run asked for didn't start; the current one goes on as it was
+            self._requested = None
+            self._show_current_run()
+        elif self.partner is None:  # (side by side, the other run may still be training)
+            self._set_running(False)
 
     def _dock_shown(self, key: str, visible: bool) -> None:
         if visible and self.bridge is not None and self.bridge.latest is not None and key in self.views:
@@ -757,8 +802,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return False
         self.stop_compare()
         self.pause()
-        self._current.update(current)
-        self._saved_run = factory
+        self._saved_run = (factory, current)
         for key, widget in self.views.items():
             widget.render(view)
         self._last_snapshot = view.snapshot
@@ -809,7 +853,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
 def _where(event: ErrorEvent) -> str:
     """Where an error happened, for the banner: "during backward · in layers.1 · step 12"."""
-    return " · ".join(p for p in (event.phase and f"during {event.phase}",
+    return " · ".join(p for p in (event.phase and ("while loading" if event.phase == "load" else
+                                                   f"during {event.phase}"),
                                   event.module and f"in {event.module}",
                                   event.step and f"step {event.step}") if p)
 

@@ -17,7 +17,11 @@ __all__ = ["NeuronTrace", "GradientCheck", "trace_unit", "check_gradient"]
 
 @dataclass(frozen=True, slots=True)
 class NeuronTrace:
-    """Unit ``unit`` of Linear layer ``layer`` for one example: z = w·a + b, out = g(z)."""
+    """Unit ``unit`` of Linear layer ``layer`` for one example: z = w·a + b, out = g(z).
+
+    For a Linear applied to every position of a sequence, one position's computation (the first:
+    ``position`` 0); its ∂L/∂wᵢ is that position's share of the gradient.
+    """
 
     layer: str
     unit: int
@@ -30,6 +34,7 @@ class NeuronTrace:
     delta: float  # dL/dz
     weight_grads: np.ndarray  # dL/dw_i = delta * a_i
     bias_grad: float
+    position: int | None = None  # the position shown, for a Linear applied along a sequence
 
     def forward_text(self, terms: int = 4) -> str:
         shown = " + ".join(f"{w:.3g}·{a:.3g}" for w, a in zip(self.weights[:terms], self.inputs[:terms]))
@@ -94,16 +99,24 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     finally:
         for handle in handles:
             handle.remove()
-    a = seen["linear_in"][example].detach().reshape(-1).double().numpy()
+    inputs = seen["linear_in"][example].detach()
+    position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
+
+    def pick(t: torch.Tensor) -> float:
+        """This unit's value in the example's output (or its gradient), at the position shown."""
+        row = t[example].reshape(-1, t.shape[-1])
+        return float(row[position or 0, unit])
+
+    a = inputs.reshape(-1, inputs.shape[-1])[position or 0].double().numpy()
     z_tensor = seen["linear_out"]
-    delta = float(z_tensor.grad[example].reshape(-1)[unit]) if z_tensor.grad is not None else float("nan")
+    delta = pick(z_tensor.grad) if z_tensor.grad is not None else float("nan")
     w = linear.weight.detach()[unit].double().numpy()
     b = float(linear.bias.detach()[unit]) if linear.bias is not None else 0.0
-    z = float(z_tensor.detach()[example].reshape(-1)[unit])
-    output = float(seen["act_out"].detach()[example].reshape(-1)[unit]) if is_activation else z
+    z = pick(z_tensor.detach())
+    output = pick(seen["act_out"].detach()) if is_activation else z
     return NeuronTrace(layer=layer, unit=unit, inputs=a, weights=w, bias=b, z=z,
                        activation=type(following).__name__ if is_activation else None, output=output,
-                       delta=delta, weight_grads=delta * a, bias_grad=delta)
+                       delta=delta, weight_grads=delta * a, bias_grad=delta, position=position)
 
 
 def check_gradient(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, parameter: str,

@@ -135,6 +135,7 @@ class BoundaryView:
     labels: np.ndarray  # (N,)
     hidden: np.ndarray | None = None  # (units, h, w) first hidden layer's responses
     hidden_layer: str | None = None
+    hidden_units: int = 0  # units the layer has (``hidden`` shows at most 16 of them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,4 +112,5 @@ def boundary_view(run: Run, step: int) -> BoundaryView | None:
         prediction=prediction.reshape(GRID, GRID).cpu().numpy().astype(np.float32),
         n_classes=max(2, int(out.shape[1]) if out.dim() == 2 else 2), points=points, labels=labels,
         hidden=hidden, hidden_layer=hidden_layer.name if hidden_layer else None,
+        hidden_units=int(captured["hidden"].shape[1]) if hidden is not None else 0,
     )

@@ -210,7 +210,9 @@ class Worker:
                 if command is not None:
                     self._handle_guarded(command)
                     continue
-                if self._running and self.run is not None:
+                # (A wait for the speed limit is cut into short ones, to answer commands: train
+                # only once it has run out.)
+                if self._running and self.run is not None and time.perf_counter() >= self._next_allowed:
                     self._guarded(self._train_one)
         finally:
             self._close_run()
@@ -254,7 +256,13 @@ class Worker:
     def _handle(self, command: Command) -> None:
         if isinstance(command, Replace):
             self._running = False
-            run = command.factory()  # may fail on bad input: the current run then stays as it is
+            try:
+                run = command.factory()
+            except Exception as exc:  # bad input: the current run stays as it is; the GUI learns which failed
+                if not isinstance(exc, ValueError):
+                    log.exception("could not build the run")
+                self._fail(_first_line(exc), None, "load", None)
+                return
             self._close_run()
             self._run_id += 1
             self.run = run
@@ -285,6 +293,7 @@ class Worker:
                 self._publish_snapshot(force=True)
         elif isinstance(command, Step):
             self._running = False
+            self._gradient_check = None  # of the weights before this step
             self._train_one(force_publish=True)
             if self._unit is not None:  # the inspected unit, written out again for this step
                 self._neuron = self._trace()
@@ -300,6 +309,7 @@ class Worker:
             trainer.set_hyper(**command.changes)
             self._publish_snapshot(force=True)
         elif isinstance(command, TraceUnit):
+            self._gradient_check = None  # it was of another unit
             self._unit = command if command.layer is not None else None
             self._neuron = self._trace() if self._unit is not None else None
             self._publish_snapshot(force=True)
@@ -309,6 +319,7 @@ class Worker:
         elif isinstance(command, SetSpeed):
             self._speed = command.steps_per_s
         elif isinstance(command, Reinitialize):
+            self._gradient_check = None
             trainer.reinitialize(command.seed)
             self._restart_history()
         elif isinstance(command, Reseed):
@@ -414,6 +425,12 @@ class Worker:
             rows[-1, 3] = np.nan if last_val[1] is None else last_val[1]
         rows[-1, 4:] = frame.values.reshape(-1)
         history.append_many(steps, rows)
+        previous = self._last_capture
+        if capture.tensors is None and previous is not None and previous.tensors is not None:
+            # A capture without tensors updates the statistics; the views keep the last tensors.
+            capture = replace(previous, frame=frame, scalars=capture.scalars)
+        # Kept before any pause below publishes, so the paused views show this very step.
+        self._last_capture = capture
         bad = ~np.isfinite(scalars[:, 0])
         if bad.any() and self._running:
             first = int(steps[int(np.argmax(bad))])
@@ -422,11 +439,6 @@ class Worker:
                        None, "loss", first)
         elif self._running:
             self._check_pause_conditions(frame, errors_before)
-        previous = self._last_capture
-        if capture.tensors is None and previous is not None and previous.tensors is not None:
-            # A capture without tensors updates the statistics; the views keep the last tensors.
-            capture = replace(previous, frame=frame, scalars=capture.scalars)
-        self._last_capture = capture
 
     def _trace(self):
         """The inspected unit written out on the last batch (None when it can't be)."""
@@ -450,9 +462,14 @@ class Worker:
         if trainer is None or trainer.last_batch is None:
             return None
         x, y = trainer.last_batch
-        with trainer.probe.suspended():
-            return check_gradient(trainer.model, trainer.loss_fn, x, y, f"{command.layer}.weight",
-                                  (command.unit, command.input))
+        try:
+            with trainer.probe.suspended():
+                return check_gradient(trainer.model, trainer.loss_fn, x, y, f"{command.layer}.weight",
+                                      (command.unit, command.input))
+        except (ValueError, IndexError, KeyError, RuntimeError) as exc:  # a check, not a reason to stop
+            log.info("gradient check of %s[%d, %d] not possible: %s", command.layer, command.unit,
+                     command.input, exc)
+            return None
 
     def _error_findings(self) -> set[tuple]:
         if self._diagnostics is None:

@@ -292,7 +292,9 @@ class DecisionBoundary(View):
             height, width = tiling.image.shape
             self.miniatures.setRect(QtCore.QRectF(0, 0, width, height))
             self.mini_box.setRange(xRange=(0, width), yRange=(0, height), padding=0.02)
-        title = f"{self._hidden_layer}: each of its {hidden.shape[0]} units over the plane (click one to select it)"
+        shown, total = hidden.shape[0], max(boundary.hidden_units, hidden.shape[0])
+        which = f"each of its {shown} units" if shown == total else f"its first {shown} of {total} units"
+        title = f"{self._hidden_layer}: {which} over the plane (click one to select it)"
         if self.hidden_title.text() != title:
             self.hidden_title.setText(title)
 

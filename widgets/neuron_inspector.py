@@ -60,8 +60,10 @@ class NeuronInspector(View):
         self._show_content()
         if trace is not self._trace:
             self._trace = trace
+            where = "" if trace.position is None else f", position {trace.position} of the sequence"
             self.heading.setText(f"<b>{trace.layer}</b>, unit {trace.unit} (step {data.snapshot.step}, "
-                                 f"example {data.snapshot.tensors.example if data.snapshot.tensors else 0})")
+                                 f"example {data.snapshot.tensors.example if data.snapshot.tensors else 0}"
+                                 f"{where})")
             self.forward.setText(trace.forward_text())
             self.backward.setText(trace.backward_text())
             self.input_index.setRange(0, max(0, len(trace.inputs) - 1))

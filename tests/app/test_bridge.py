@@ -59,6 +59,23 @@ def test_new_run_resets_timeline_and_scrub_shows_older_step(qtbot) -> None:
     assert [s.step for s in bridge.snapshots] == [1]
 
 
+def test_a_scrubbed_step_stays_on_screen_after_newer_steps_push_it_out(qtbot) -> None:
+    from app.bridge import KEPT_SNAPSHOTS
+
+    bridge = Bridge()
+    for step in (1, 2, 3):
+        bridge._on_publish(snapshot(step))
+        bridge.tick()
+    bridge.scrub_to(2)
+    for step in range(4, KEPT_SNAPSHOTS + 10):  # training goes on: step 2 leaves the kept snapshots
+        bridge._on_publish(snapshot(step))
+        bridge.tick()
+    assert min(s.step for s in bridge.snapshots) > 2
+    assert bridge.view_data().snapshot.step == 2 and not bridge.live
+    bridge.scrub_to(None)
+    assert bridge.view_data().snapshot.step == KEPT_SNAPSHOTS + 9
+
+
 def test_real_worker_frames_arrive_and_stop_leaves_no_thread(qtbot, run_factory) -> None:
     bridge = Bridge(fps=60)
     bridge.start(run_factory)

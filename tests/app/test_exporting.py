@@ -42,3 +42,24 @@ def test_a_user_model_run_saved_by_the_report_reopens_its_model(tmp_path: Path, 
     factory, current = restore_run_factory(str(path), "cpu")
     assert current["kind"] == "user" and current["name"] == f"{model}:build"
     assert factory().trainer.model.weight.shape == (2, 3)
+
+
+def test_csv_keeps_sparse_columns_and_whole_step_numbers(tmp_path: Path) -> None:
+    import csv
+
+    from app.exporting import save_history_csv
+    from engine.history import History
+
+    history = History(("loss", "val_loss", "never"))
+    steps = np.arange(1_234_560, 1_234_560 + 30)
+    rows = np.full((30, 3), np.nan)
+    rows[:, 0] = np.linspace(1.0, 0.5, 30)
+    rows[::10, 1] = [0.9, 0.8, 0.7]  # validation every 10 steps; the last step has none
+    history.append_many(steps, rows)
+    path = tmp_path / "series.csv"
+    save_history_csv(history, str(path))
+    table = list(csv.reader(path.open()))
+    assert table[0] == ["step", "loss", "val_loss"]  # a column with no value at all is left out
+    assert [int(r[0]) for r in table[1:]] == steps.tolist()  # whole numbers, not 1.23456e+06
+    np.testing.assert_allclose([float(r[1]) for r in table[1:]], rows[:, 0], rtol=1e-6)
+    assert [r[2] for r in table[1:]][:11] == ["0.9"] + [""] * 9 + ["0.8"]

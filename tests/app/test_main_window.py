@@ -117,6 +117,44 @@ def test_bad_model_file_shows_one_line_and_app_survives(qtbot, window: MainWindo
     window.step_once()  # the previous run is still there and still trains
     wait_step(qtbot, window, 1)
     assert window.bridge.latest.scenario == "xor-mlp"
+    # ...and is still the current run: what Save, Rebuild and the scenario box go by
+    assert window._current["kind"] == "scenario" and window._current["name"] == "xor-mlp"
+    assert window.scenario.currentData() == "xor-mlp"
+
+
+def test_a_failed_load_while_training_keeps_the_run_training_and_the_button_right(qtbot, window: MainWindow,
+                                                                                   tmp_path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("def build(:\n")
+    window.start_engine(scenario="xor-mlp", device="cpu", play=True)
+    wait_step(qtbot, window, 3)
+    window.open_model(f"{bad}:build")
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=20000)
+    assert "while loading" in window.banner.message.text() or window.errors[-1].phase == "load"
+    reached = window.bridge.latest.step
+    wait_step(qtbot, window, reached + 5)  # the old run trains on...
+    assert window._running and window.act_play.text() == "Pause"  # ...and the button says so
+    window.toggle_play()  # one press pauses
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
+
+
+def test_arrow_keys_move_a_focused_slider_instead_of_stepping(qtbot, window: MainWindow) -> None:
+    from PySide6 import QtWidgets
+
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.activateWindow()
+    slider = window.hyper_panel.findChild(QtWidgets.QSlider)
+    slider.setFocus()
+    before = slider.value()
+    qtbot.keyClick(slider, QtCore.Qt.Key.Key_Right)
+    qtbot.wait(300)
+    window.bridge.tick()
+    assert slider.value() != before
+    assert window.bridge.latest.step == 0  # no training step was taken
+    window.setFocus()
+    qtbot.keyClick(window, QtCore.Qt.Key.Key_Right)  # elsewhere, → still steps
+    wait_step(qtbot, window, 1, timeout=20000)
 
 
 def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) -> None:
@@ -194,7 +232,7 @@ def test_pause_when_a_gradient_norm_exceeds_the_threshold(qtbot, window: MainWin
     qtbot.waitUntil(lambda: bool(window.errors), timeout=20000)
     assert "gradient norm" in window.errors[-1].message and window.banner.shown
     qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=5000)
-    assert window.act_play.text() == "▶ Play"
+    assert window.act_play.text() == "Play"
 
 
 def test_neuron_inspector_writes_out_a_unit_and_checks_its_gradient(qtbot, window: MainWindow) -> None:

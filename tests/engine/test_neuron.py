@@ -54,3 +54,25 @@ def test_trace_leaves_the_model_untouched() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="not a Linear layer"):
         trace_unit(model, torch.nn.functional.cross_entropy, x, y, "layers.0.act", unit=0)
+
+
+def test_a_linear_along_a_sequence_is_written_out_at_its_first_position() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x = torch.randn(2, 5, 4)  # (batch, positions, features)
+    y = torch.randint(0, 3, (2, 5))
+
+    def loss_fn(out, target):
+        return torch.nn.functional.cross_entropy(out.reshape(-1, 3), target.reshape(-1))
+
+    trace = trace_unit(model, loss_fn, x, y, "0", unit=4, example=1)
+    assert trace.position == 0 and trace.inputs.shape == (4,) == trace.weights.shape
+    np.testing.assert_allclose(trace.inputs, x[1, 0].double().numpy(), rtol=1e-6)
+    z = model[0](x)
+    z.retain_grad()
+    loss_fn(model[2](model[1](z)), y).backward()
+    unit = float(z.detach()[1, 0, 4])
+    np.testing.assert_allclose(trace.z, unit, rtol=1e-5)
+    np.testing.assert_allclose(trace.output, max(unit, 0.0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(trace.delta, float(z.grad[1, 0, 4]), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(trace.weight_grads, (z.grad[1, 0, 4] * x[1, 0]).double().numpy(), rtol=1e-5, atol=1e-9)

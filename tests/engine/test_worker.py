@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -135,19 +136,20 @@ def test_non_finite_loss_pauses_with_a_message() -> None:
         assert worker.stop(timeout=1.0)
 
 
-def test_speed_limit() -> None:
+@pytest.mark.parametrize("speed, low, high", [(20.0, 10, 25), (4.0, 3, 6)])  # (slower than the command wait)
+def test_speed_limit(speed: float, low: int, high: int) -> None:
     from engine.worker import SetSpeed
     out = Collector()
     worker = Worker(out)
     worker.start(small_run)
     try:
         out.wait_for(lambda s: isinstance(s, Snapshot))
-        worker.send(SetSpeed(20.0))
+        worker.send(SetSpeed(speed))
         worker.send(Play())
         time.sleep(1.0)
         worker.send(Pause())
         paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step > 0)
-        assert 10 <= paused.step <= 25
+        assert low <= paused.step <= high
     finally:
         assert worker.stop(timeout=1.0)
 
