@@ -67,12 +67,18 @@ def save_run_file(path: str, bridge: Any, snapshot: Snapshot, current: dict[str,
 
 
 def saved_view(path: str) -> ViewData:
-    """What a saved run looked like: its series, layers and last tensors, as a paused frame."""
+    """What a saved run looked like: its series, layers, last statistics and last tensors, as a
+    paused frame."""
+    return open_saved(path)[0]
+
+
+def open_saved(path: str) -> tuple[ViewData, History]:
+    """A saved run's paused frame (see ``saved_view``) and its history."""
     import dataclasses
 
     from app.bridge import LAYER_SERIES, RUN_SERIES
     from engine.runfile import load_run
-    from engine.snapshot import Hyper, LayerInfo, Metrics, SeriesData, TensorViews
+    from engine.snapshot import STAT_NAMES, Hyper, LayerInfo, Metrics, SeriesData, StatsFrame, TensorViews
 
     loaded = load_run(path)
     config = loaded.config
@@ -98,11 +104,22 @@ def saved_view(path: str) -> ViewData:
     tensors = TensorViews(step=int(config.get("step", 0)), layer=layer or "", example=0, **found) if found else None
     hyper = Hyper(**config["hyper"]) if isinstance(config.get("hyper"), dict) else Hyper()
     last_loss = history.last("loss") if "loss" in history.columns else float("nan")
-    snapshot = Snapshot(run_id=-1, step=int(config.get("step", history.latest_step or 0)), state="paused",
+    step = int(config.get("step", history.latest_step or 0))
+    # The last captured statistics of every layer (histograms aren't kept in a run file).
+    names = tuple(info.name for info in layers)
+    stats = None
+    if names and all(f"{stat}/{name}" in history.columns for name in names for stat in STAT_NAMES):
+        values = np.array([[history.last(f"{stat}/{name}") for stat in STAT_NAMES] for name in names])
+        stats = StatsFrame(step=step, loss=last_loss, layer_names=names, values=values,
+                           histograms=np.zeros((len(names), 48), np.float32),
+                           hist_edges=np.linspace(-4, 4, 49, dtype=np.float32))
+    snapshot = Snapshot(run_id=-1, step=step, state="paused",
                         scenario=str(config.get("scenario") or config.get("name")),
                         device=str(config.get("device", "cpu")), layers=layers,
-                        metrics=Metrics(train_loss=last_loss), hyper=hyper, tensors=tensors)
-    return ViewData(snapshot=snapshot, series=series, selected_layer=layer)
+                        metrics=Metrics(train_loss=last_loss), hyper=hyper, stats=stats, tensors=tensors)
+    view = ViewData(snapshot=snapshot, frames=() if stats is None else (stats,), series=series,
+                    selected_layer=layer)
+    return view, history
 
 
 def _hyper_dict(snapshot: Snapshot) -> dict[str, Any]:

@@ -104,6 +104,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._shown_once = False
         self._layout_restored = False
         self._saved_run: tuple[Callable, dict[str, Any]] | None = None  # an opened run file: (factory, description)
+        self._saved_history: Any = None  # and its history, for Export
         self.partner: Any = None  # a second Bridge while two runs train side by side
         self._compare_drawn = [0.0, 0.0]
 
@@ -402,14 +403,20 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is None:
             return
-        if self._saved_run is not None:
-            (factory, current), self._saved_run = self._saved_run, None
-            self._requested = {**current, "device": self._current["device"]}
-            self.bridge.replace_run(factory)
+        self._start_saved_run()
         self.bridge.scrub_to(None)
         self.banner.dismiss()
         self._send_all(Play())
         self._set_running(True)
+
+    def _start_saved_run(self) -> None:
+        """Leaving an opened run file: its configuration starts afresh, for what comes next
+        (play, a step, a phase, a reinitialisation) to act on the run that was on screen."""
+        if self._saved_run is not None:
+            (factory, current), self._saved_run = self._saved_run, None
+            self._saved_history = None
+            self._requested = {**current, "device": self._current["device"]}
+            self.bridge.replace_run(factory)
 
     def pause(self) -> None:
         from engine.worker import Pause
@@ -432,6 +439,7 @@ class MainWindow(QtWidgets.QMainWindow):
         from engine.worker import Step
 
         if self.bridge is not None:
+            self._start_saved_run()
             self._set_running(False)
             self._send_all(Step())
 
@@ -439,6 +447,7 @@ class MainWindow(QtWidgets.QMainWindow):
         from engine.worker import Pause, PhaseStep
 
         if self.bridge is not None:
+            self._start_saved_run()
             self._set_running(False)
             if self.partner is not None:
                 self.partner.send(Pause())
@@ -450,6 +459,7 @@ class MainWindow(QtWidgets.QMainWindow):
         from engine.worker import Reinitialize
 
         if self.bridge is not None:
+            self._start_saved_run()
             self._send_all(Reinitialize())
 
     def _speed_changed(self, index: int) -> None:
@@ -570,7 +580,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._replace(self._scenario_factory(self._current["name"], self._current["model"], device=device))
 
     def _replace(self, factory: Callable) -> None:
-        self._saved_run = None
+        self._saved_run = self._saved_history = None
         was_running = self._running
         self.bridge.replace_run(factory)
         self.status_state.setText("Building the run…")
@@ -752,7 +762,9 @@ class MainWindow(QtWidgets.QMainWindow):
         return path
 
     def export_csv(self, path: str | None = None) -> str | None:
-        if self.bridge is None or self.bridge.history is None:
+        history = self._saved_history if self._saved_run is not None else (
+            self.bridge.history if self.bridge is not None else None)
+        if history is None:
             self.banner.show_error("Nothing to export yet: train at least one step.", "")
             return None
         if path is None:
@@ -762,7 +774,11 @@ class MainWindow(QtWidgets.QMainWindow):
             return None
         from app.exporting import save_history_csv
 
-        save_history_csv(self.bridge.history, path)
+        QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
+        try:
+            save_history_csv(history, path)
+        finally:
+            QtWidgets.QApplication.restoreOverrideCursor()
         self.statusBar().showMessage(f"Saved {path}", 4000)
         return path
 
@@ -792,10 +808,10 @@ class MainWindow(QtWidgets.QMainWindow):
             path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open run", "", "Glassbox runs (*.glassbox)")
         if not path:
             return False
-        from app.exporting import restore_run_factory, saved_view
+        from app.exporting import open_saved, restore_run_factory
 
         try:
-            view = saved_view(path)
+            view, history = open_saved(path)
             factory, current = restore_run_factory(path, self._current["device"])
         except Exception as exc:  # a corrupt or foreign file: one line, nothing lost
             self.banner.show_error(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), "")
@@ -803,6 +819,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.stop_compare()
         self.pause()
         self._saved_run = (factory, current)
+        self._saved_history = history
         for key, widget in self.views.items():
             widget.render(view)
         self._last_snapshot = view.snapshot

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
@@ -21,10 +21,17 @@ log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A wrong flag is one line (and exit status 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.scenarios import DEFAULT_SCENARIO, SCENARIOS
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="glassbox report",
         description="Train a model headless for N steps, print a per-layer table and write JSON.",
         epilog="Scenarios: " + ", ".join(SCENARIOS) + f". Default: {DEFAULT_SCENARIO}.",
@@ -184,6 +191,13 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _uses_loader(run: Any) -> bool:
+    """Whether the run's batches come from the user's own data loader."""
+    from engine.batches import LoaderBatches
+
+    return isinstance(run.trainer.batches, LoaderBatches)
+
+
 def _check_destination(option: str, path: str) -> None:
     """Refuse, before training, a path the result could not be written to."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -217,6 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
     check_hyper(run.trainer.hyper)
+    if args.batch_size is not None and _uses_loader(run):
+        print("glassbox report: note: --batch-size is ignored: your data loader sets the batch size", file=sys.stderr)
     started = time.perf_counter()
     try:
         report = collect_report(run, args.steps, args.every)

@@ -32,6 +32,9 @@ _UNIT_HIT_X = 0.15  # how far from a column's centre a click still counts, in co
 
 _BACKGROUND = (21, 23, 28)  # the plots' background (widgets.base), for pre-blending edges
 _THICK_EDGES_UP_TO = 2000  # more edges than this are all drawn 1 px wide (see _edge_pen)
+# At most this many edges are drawn: beyond it, each pair of columns shows its strongest weights
+# only (a deep stack of wide layers would otherwise paint 200k lines on every refresh).
+EDGE_BUDGET = 20_000
 
 
 def _edge_pen(sign: int, level: int, thick: bool) -> QtGui.QPen:
@@ -629,6 +632,7 @@ class NetworkGraph(View):
         geometry = self._geometry
         codes = []
         band_pairs = []
+        total = sum(geometry.sizes[p] * geometry.sizes[p + 1] for p in self._edge_pairs)
         for pair in range(len(geometry.sizes) - 1):
             weights = self._column_weights(network, pair) if pair in self._edge_pairs else None
             if pair not in self._edge_pairs or weights is None:
@@ -644,7 +648,12 @@ class NetworkGraph(View):
             level = np.minimum((magnitude / largest * EDGE_LEVELS).astype(np.int64), EDGE_LEVELS - 1) \
                 if largest > 0 else np.zeros(flat.size, np.int64)
             code = np.where(flat < 0, level, EDGE_LEVELS + level)
-            codes.append(np.where(finite, code, -1))
+            shown = finite
+            if total > EDGE_BUDGET:  # this pair's share of the budget, its strongest edges
+                quota = max(1, EDGE_BUDGET * flat.size // total)
+                if quota < flat.size:
+                    shown = finite & (magnitude >= np.partition(magnitude, flat.size - quota)[flat.size - quota])
+            codes.append(np.where(shown, code, -1))
         code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
         for bucket, item in enumerate(self.edge_items):
             mask = code == bucket

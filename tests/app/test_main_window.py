@@ -174,6 +174,14 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert not loss_view.hint  # the saved loss curve is on screen
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
+    # The saved statistics are on screen too, and Export writes the saved run's series.
+    saved_stats = window._last_snapshot.stats
+    assert saved_stats is not None and saved_stats.step == saved_step
+    assert np.isfinite(saved_stats.stat("weight_norm")).any()
+    assert not window.views["activations"].hint and not window.views["gradients"].hint
+    csv_path = window.export_csv(str(tmp_path / "saved.csv"))
+    assert int((tmp_path / "saved.csv").read_text().splitlines()[-1].split(",")[0]) == saved_step
+    assert csv_path
     window.play()  # trains the saved configuration afresh
     qtbot.waitUntil(lambda: window.bridge.latest.run_id > 1 and window.bridge.latest.step >= 3, timeout=20000)
     window.pause()

@@ -234,3 +234,11 @@ def build():
     assert main(["--model", f"{path}:build", "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "SystemExit during forward" in err
+
+
+def test_a_wrong_flag_is_one_line_and_exit_2() -> None:
+    done = subprocess.run([sys.executable, "-m", "app", "report", "--steps", "abc"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "glassbox report: error: argument --steps: invalid int value: 'abc' (see --help)"]

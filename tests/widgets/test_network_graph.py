@@ -317,3 +317,27 @@ def test_flagged_layers_are_tinted_and_an_activation_finding_marks_its_block(gra
     assert "⚠ dead units" in graph.describe_point(x, graph._label_top - 1e-3)
     graph.render(view_data(net))  # no findings: nothing tinted
     assert graph.flag_bands["error"].path().isEmpty() and not graph.flagged_columns
+
+
+def test_a_deep_wide_stack_draws_its_strongest_edges_within_the_budget(graph):
+    from widgets.network_graph import EDGE_BUDGET
+
+    sizes = (2,) + (64,) * 12 + (2,)
+    names = ("input",) + tuple(f"layers.{i}.linear" for i in range(13))
+    net = network(sizes, names, seed=3)
+    graph.render(view_data(net))
+    total = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    assert total > EDGE_BUDGET and EDGE_BUDGET * 0.9 <= edge_count(graph) <= EDGE_BUDGET
+    # Between two wide columns, what is drawn is the strongest share of the weights.
+    weights = np.abs(net.weights[5])
+    quota = EDGE_BUDGET * weights.size // total
+    threshold = np.sort(weights.ravel())[-quota]
+    start, end = graph.unit_position(names[5], 0), graph.unit_position(names[6], 0)
+    drawn = 0
+    for item in graph.edge_items:
+        x, y = item.getData()
+        if x is None:
+            continue
+        segments = np.stack([x[0::2], y[0::2], x[1::2], y[1::2]], axis=1)
+        drawn += int(((segments[:, 0] == start[0]) & (segments[:, 2] == end[0])).sum())
+    assert drawn == int((weights >= threshold).sum())
