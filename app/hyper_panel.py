@@ -186,6 +186,8 @@ class HyperPanel(QtWidgets.QWidget):
         if hyper.clip_norm is not None:
             self.clip.setValue(hyper.clip_norm)
         del blockers
+        # The example shown is one of the batch (a smaller maximum clamps it, and says so).
+        self.example.setMaximum(max(0, hyper.batch_size - 1))
 
     def show_run(self, description: str, hyper: Any, model: dict[str, Any] | None) -> None:
         """Fill the controls from a new run without emitting changes."""

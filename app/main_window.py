@@ -440,6 +440,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self._start_saved_run()
+            self.bridge.scrub_to(None)  # the step taken is what the views show next
             self._set_running(False)
             self._send_all(Step())
 
@@ -448,6 +449,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self._start_saved_run()
+            self.bridge.scrub_to(None)
             self._set_running(False)
             if self.partner is not None:
                 self.partner.send(Pause())
@@ -596,9 +598,10 @@ class MainWindow(QtWidgets.QMainWindow):
             "Continue?")
         if answer == QtWidgets.QMessageBox.StandardButton.Yes:
             hyper = None
-            if self._last_snapshot is not None:
+            live = self.bridge.latest if self.bridge is not None else None  # not a scrubbed step's
+            if live is not None:
                 import dataclasses
-                hyper = dataclasses.asdict(self._last_snapshot.hyper)
+                hyper = dataclasses.asdict(live.hyper)
             self._replace(self._scenario_factory(self._current["name"], overrides, hyper))
 
     def open_model_file(self) -> None:
@@ -795,7 +798,8 @@ class MainWindow(QtWidgets.QMainWindow):
         from app.exporting import save_run_file
 
         try:
-            save_run_file(path, self.bridge, self._last_snapshot, self._current)
+            # The live run's newest state, even while an earlier step is on screen.
+            save_run_file(path, self.bridge, self.bridge.latest or self._last_snapshot, self._current)
         except Exception as exc:  # disk full, permissions: say so, keep running
             self.banner.show_error(f"Could not save the run: {exc}", path)
             return None
@@ -837,7 +841,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.restoreGeometry(geometry)
         if state is not None and int(settings.value("layout_version", 0)) == LAYOUT_VERSION:
             self._layout_restored = self.restoreState(state, LAYOUT_VERSION)
-        self.speed.setCurrentIndex(int(settings.value("speed", 0)))
+        try:
+            speed = int(settings.value("speed", 0))
+        except (TypeError, ValueError):  # a settings file edited by hand
+            speed = 0
+        self.speed.setCurrentIndex(speed if 0 <= speed < self.speed.count() else 0)
 
     def reset_layout(self) -> None:
         self._arrange_default()

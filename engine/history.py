@@ -534,6 +534,10 @@ class History:
             raise ValueError(f"history layout {version} is not {_ARRAYS_VERSION}")
         if not 0 <= n_tiers <= 64:  # 16**64 steps would be a long run
             raise ValueError(f"history has {n_tiers} tiers")
+        # Sizes a history is built with, not ones that would reserve gigabytes before any check.
+        if not (1 <= raw_window <= 1 << 22 and 2 <= factor <= 1 << 10 and factor <= tier_capacity <= 1 << 22):
+            raise ValueError(f"history sizes out of range (window {raw_window}, factor {factor}, "
+                             f"tier capacity {tier_capacity})")
         columns = get("columns", "U")
         if columns.ndim != 1:
             raise ValueError("history columns must be a 1-D array of strings")

@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.device_stats import (
@@ -101,15 +102,23 @@ class ProbeConfig:
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
-    """The first tensor in a module's output (LSTM returns (output, (h, c)))."""
-    if isinstance(value, torch.Tensor):
+    """The first floating-point tensor in a module's output (LSTM returns (output, (h, c)); a
+    dict, {"logits": ...}, is read in its order), else its first tensor of any kind."""
+    if isinstance(value, torch.Tensor):  # (nearly every module)
         return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None
+    found = None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.is_floating_point():
+                return item
+            found = item if found is None else found
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (tuple, list)):
+            stack.extend(reversed(item))
+    return found
 
 
 @dataclass(eq=False)  # compared by identity (plans compare layouts holding layers)
@@ -132,10 +141,12 @@ class _Layer:
     channels_first: bool | None = None
 
     def info(self) -> LayerInfo:
-        shape = tuple(self.main_weight.shape) if self.main_weight is not None else None
+        # (A lazy module's parameters have no shape until its first forward.)
+        weight = self.main_weight
+        shape = tuple(weight.shape) if weight is not None and not is_lazy(weight) else None
         return LayerInfo(
             index=self.index, name=self.name or "<model>", type_name=type(self.module).__name__,
-            role=self.role, params=sum(p.numel() for p in self.params), weight_shape=shape,
+            role=self.role, params=sum(p.numel() for p in self.params if not is_lazy(p)), weight_shape=shape,
             activation=self.activation, called=self.called,
         )
 
@@ -480,7 +491,8 @@ class Probe:
         def matches(layer: _Layer) -> bool:
             if kind == "attention":
                 return layer.role == "attention"
-            return layer.main_weight is not None and layer.main_weight.dim() == 4
+            weight = layer.main_weight
+            return weight is not None and not is_lazy(weight) and weight.dim() == 4
         focused = next((item for item in self._layers if self._is_focus(item)), None)
         if focused is not None and matches(focused):
             return focused.name

@@ -172,7 +172,8 @@ def _read_manifest(archive: zipfile.ZipFile, path: str) -> dict:
         "step": int,
     }
     for field, kind in checks.items():
-        if not isinstance(manifest.get(field), kind):
+        value = manifest.get(field)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise RunFileError(f"{path}: {_MANIFEST} field {field!r} is missing or not a {kind.__name__}")
     return manifest
 

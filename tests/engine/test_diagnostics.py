@@ -207,3 +207,29 @@ def test_activations_too_big_for_float32_squares_still_count_as_exploding() -> N
     found = Diagnostics(layers).update(frame)
     d = only(tuple(found), "exploding_gradients")
     assert d.layers == ("c",) and d.severity == "error"
+
+
+def test_a_dead_units_warning_becomes_an_error_when_the_layer_dies_entirely() -> None:
+    import numpy as np
+
+    from engine.snapshot import STAT_INDEX, STAT_NAMES, LayerInfo, StatsFrame
+
+    layers = [LayerInfo(index=0, name="act", type_name="ReLU", role="activation", params=0, activation="relu")]
+    diagnostics = Diagnostics(layers)
+
+    def frame(step: int, dead: float) -> StatsFrame:
+        values = np.full((1, len(STAT_NAMES)), np.nan)
+        values[0, STAT_INDEX["dead_fraction"]] = dead
+        values[0, STAT_INDEX["nan_acts"]] = values[0, STAT_INDEX["inf_acts"]] = 0
+        return StatsFrame(step=step, loss=0.5, layer_names=("act",), values=values,
+                          histograms=np.zeros((1, 4), np.float32), hist_edges=np.linspace(-1, 1, 5, dtype=np.float32))
+
+    for step in range(1, 21):
+        diagnostics.update(frame(step, 0.95))
+    first = only(diagnostics.findings, "dead_units")
+    assert first.severity == "warning" and first.step == 1
+    for step in range(21, 41):
+        diagnostics.update(frame(step, 1.0))
+    worse = only(diagnostics.findings, "dead_units")
+    assert worse.severity == "error" and worse.step == 1 and worse.last_step == 40
+    assert "100 %" in worse.message

@@ -317,6 +317,11 @@ def test_from_arrays_rejects_inconsistent_arrays(small_run):
     params[4] += 1
     with pytest.raises(ValueError, match="steps"):
         History.from_arrays(dict(good, params=params))
+    for position, value in ((1, 1 << 40), (2, 1), (3, 1 << 40)):  # window, factor, tier capacity
+        params = good["params"].copy()
+        params[position] = value  # would reserve terabytes, or fold by nothing
+        with pytest.raises(ValueError, match="sizes out of range"):
+            History.from_arrays(dict(good, params=params))
 
 
 # ------------------------------------------------------------------------------------- (d) threads

@@ -635,3 +635,48 @@ def test_big_parameters_whose_float32_squares_overflow_get_their_true_norm() -> 
     row = capture.frame.values[0]
     np.testing.assert_allclose(row[STAT_INDEX["weight_norm"]], np.sqrt(expected), rtol=1e-6)
     assert row[STAT_INDEX["inf_weights"]] == 0
+
+
+def test_a_lazy_layer_is_listed_before_its_first_forward_and_measured_after() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    probe = Probe(model)
+    first = probe.layers[0]
+    assert first.params == 0 and first.weight_shape is None  # nothing to count yet
+    _, capture = one_captured_step(model, torch.randn(6, 5), PATHS["numpy"])
+    assert probe.layers[0].params == 24 and probe.layers[0].weight_shape == (4, 5)  # built by the forward
+    assert np.isfinite(capture.frame.stat("weight_norm")[0])
+
+
+class DictHead(nn.Module):
+    """Owns its weight and returns a dict whose first value isn't the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"steps": torch.arange(3), "logits": x @ self.weight.T}
+
+
+def test_a_module_returning_a_dict_is_measured_on_its_first_tensor_value() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(DictHead())
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        expected = (x @ model[0].weight.T).numpy()
+    probe = Probe(model)
+    with probe:
+        probe.begin_step(True)
+        out = model(x)
+        (out["logits"] ** 2).mean().backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    frame = capture.frame
+    row = frame.values[frame.layer_names.index("0")]
+    np.testing.assert_allclose(row[STAT_INDEX["act_mean"]], expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(row[STAT_INDEX["grad_output_norm"]], np.linalg.norm(2 * expected / expected.size),
+                               rtol=1e-5)
+    assert first_tensor({"a": 1, "b": (torch.ones(2),)}).shape == (2,)
+    assert first_tensor((torch.arange(2), [torch.zeros(3)])).shape == (3,)  # floating first
+    assert first_tensor((torch.arange(2),)).dtype == torch.int64  # else any tensor

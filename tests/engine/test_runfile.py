@@ -221,6 +221,11 @@ def test_manifest_problems(saved, tmp_path):
     _rewrite(saved, target, manifest)
     with pytest.raises(RunFileError, match="'config'"):
         load_run(target)
+    manifest = _manifest(saved)
+    manifest["step"] = True  # (a bool is an int to isinstance)
+    _rewrite(saved, target, manifest)
+    with pytest.raises(RunFileError, match="field 'step' is missing or not a int"):
+        load_run(target)
 
 
 def test_missing_arrays(saved, tmp_path):
