@@ -181,10 +181,12 @@ class Bridge(QtCore.QObject):
         assert self._shown is not None
         snapshot = self._shown
         frames = tuple(self._frames)
+        viewed = None
         if self._scrub_step is not None and self._pinned is not None:
             snapshot, frames = self._pinned
+            viewed = snapshot.step
         return ViewData(snapshot=snapshot, frames=frames, series=self._series,
-                        selected_layer=self.selected_layer, selected_unit=self.selected_unit)
+                        selected_layer=self.selected_layer, selected_unit=self.selected_unit, viewed_step=viewed)
 
     def _read_series(self, snapshot: Snapshot) -> dict[str, SeriesData]:
         history = self.history

@@ -228,3 +228,4 @@ class ViewData:
     series: Mapping[str, SeriesData] = field(default_factory=dict)
     selected_layer: str | None = None
     selected_unit: int | None = None
+    viewed_step: int | None = None  # the earlier step on screen while scrubbing (None: live)

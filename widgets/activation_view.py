@@ -13,7 +13,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import SeriesData, StatsFrame, ViewData
-from widgets.base import View
+from widgets.base import StepMarker, View
 from widgets.colormaps import SEQUENTIAL_LUT
 from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, short_names
 
@@ -177,6 +177,7 @@ class ActivationView(View):
         self.band_plot.addItem(self.mean_curve)
         self.band.setDownsampling(ds=1, auto=False)
         self.band.setClipToView(False)
+        self.viewed = StepMarker(self.band_plot)
         for plot in (self.hist_plot, self.fraction_plot, self.time_plot, self.band_plot):
             for side in ("left", "bottom"):
                 # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
@@ -227,6 +228,7 @@ class ActivationView(View):
             self._data_selection_seen = data.selected_layer
             if data.selected_layer is not None:
                 self.selected_layer = data.selected_layer
+        self.viewed.show(data.viewed_step)
         if frame is not self._frame:
             self._draw_frame(frame)
         focus = self.selected_layer if self.selected_layer in self._names else self._names[-1]

@@ -6,7 +6,7 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import ViewData
 
-__all__ = ["View"]
+__all__ = ["View", "StepMarker"]
 
 pg.setConfigOptions(antialias=False, imageAxisOrder="row-major", background="#15171c", foreground="#d6d9e0")
 
@@ -115,3 +115,27 @@ class View(QtWidgets.QWidget):
                 self.hover_at(point.x(), point.y())
 
         plot_item.scene().sigMouseMoved.connect(moved)
+
+
+class StepMarker:
+    """A dotted vertical line at the step on screen, in plots that span the whole run, while an
+    earlier step is viewed (the timeline scrubbed back); hidden while the views follow training."""
+
+    def __init__(self, *plots: pg.PlotItem) -> None:
+        pen = pg.mkPen(255, 255, 255, 150, width=1, style=QtCore.Qt.PenStyle.DotLine)
+        self.lines = []
+        for plot in plots:
+            line = pg.InfiniteLine(angle=90, movable=False, pen=pen)
+            line.setVisible(False)
+            plot.addItem(line, ignoreBounds=True)
+            self.lines.append(line)
+        self.step: int | None = None
+
+    def show(self, step: int | None) -> None:
+        if step == self.step:
+            return
+        self.step = step
+        for line in self.lines:
+            line.setVisible(step is not None)
+            if step is not None:
+                line.setPos(step)

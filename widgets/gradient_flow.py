@@ -13,7 +13,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import SeriesData, StatsFrame, ViewData
-from widgets.base import View
+from widgets.base import StepMarker, View
 from widgets.colormaps import SEQUENTIAL_LUT, finite_levels
 from widgets.findings import SEVERITY_RGB, flagged_layers
 from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, fit_axis_to_labels, short_names
@@ -155,6 +155,7 @@ class GradientFlow(View):
         self.heat_plot.addItem(self.heat_image)
         self._heat_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.heat_plot.addItem(self._heat_box)
+        self.viewed = StepMarker(self.heat_plot)
         for plot in (self.bar_plot, self.ratio_plot, self.heat_plot):
             for side in ("left", "bottom"):
                 # Auto SI prefixes re-lay out the axis label's HTML on every range change (~0.1 ms).
@@ -244,6 +245,7 @@ class GradientFlow(View):
             self._data_selection_seen = data.selected_layer
             if data.selected_layer is not None:
                 self.selected_layer = data.selected_layer
+        self.viewed.show(data.viewed_step)
         if not layers:
             self._show_hint(_NO_PARAMS if data.snapshot.layers else _NO_DATA)
             return

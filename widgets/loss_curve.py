@@ -15,7 +15,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import SeriesData, ViewData
-from widgets.base import View
+from widgets.base import StepMarker, View
 from widgets.colormaps import hex_colour
 from widgets.label_fit import FittedAxis, FittedTitle
 
@@ -204,6 +204,7 @@ class LossCurve(View):
                 plot.getAxis(side).enableAutoSIPrefix(False)
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 1)
+        self.viewed = StepMarker(self.loss_plot, self.acc_plot)
         self._accuracy_shown = True
         self._show_accuracy(False)  # until a run reports accuracy (a regression never does)
 
@@ -244,6 +245,7 @@ class LossCurve(View):
         self.train_acc.update(series.get("train_acc"), self.max_points)
         self.val_acc.update(series.get("val_acc"), self.max_points)
         self._mark_best_validation()
+        self.viewed.show(data.viewed_step)
         if self.train.data is None and self.val.data is None:
             self._show_hint(_NO_DATA)
             return

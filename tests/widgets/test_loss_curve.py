@@ -219,3 +219,15 @@ def test_marks_the_step_of_the_lowest_validation_loss(view):
     assert view.best_line.value() == 300 and "step 300" in view.best_line.label.toPlainText()
     view.render(make_data({"loss": train}))  # no validation: no marker
     assert view.best_step is None and not view.best_line.isVisible()
+
+
+def test_a_scrubbed_step_is_marked_across_the_run(view):
+    import dataclasses
+
+    series = decimated_series(total=1000, points=100)
+    view.render(make_data(series))
+    assert not any(line.isVisible() for line in view.viewed.lines)  # live: no marker
+    view.render(dataclasses.replace(make_data(series), viewed_step=420))
+    assert all(line.isVisible() and line.value() == 420 for line in view.viewed.lines)
+    view.render(make_data(series))
+    assert not any(line.isVisible() for line in view.viewed.lines)
