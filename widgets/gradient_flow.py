@@ -24,6 +24,8 @@ __all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels", "
 _NO_DATA = "No gradients yet: run a training step"
 _NO_PARAMS = "This model has no layers with parameters"
 _BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
+_ZERO_BRUSH = pg.mkBrush(150, 150, 150, 200)  # a gradient norm of exactly 0
+_ZERO_BAR = 0.15  # its height, in decades
 _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
 #: Outlines of bars whose layer a diagnosis names, by severity.
@@ -287,12 +289,14 @@ class GradientFlow(View):
             return
         self._grad_norms = self._stat_per_layer(frame, "grad_norm")
         logs = _log10(self._grad_norms)
-        shown = np.isfinite(logs)
-        # Bars grow up from one decade below the smallest norm so the shortest is still visible.
-        floor = math.floor(float(np.min(logs[shown]))) - 1 if shown.any() else -8
-        self.bars.setOpts(
-            x=index[shown], height=logs[shown] - floor, y0=floor, brushes=[_BAR_BRUSH] * int(shown.sum())
-        )
+        positive = np.isfinite(logs)
+        # Bars grow up from one decade below the smallest norm so the shortest is still visible;
+        # a gradient of exactly zero (a dead layer) is a grey stub on that floor, not a gap.
+        floor = math.floor(float(np.min(logs[positive]))) - 1 if positive.any() else -8
+        zero = self._grad_norms == 0
+        shown = positive | zero
+        self.bars.setOpts(x=index[shown], height=np.where(zero, _ZERO_BAR, logs - floor)[shown], y0=floor,
+                          brushes=[_ZERO_BRUSH if z else _BAR_BRUSH for z in zero[shown]])
         self.weight_norm_log = _log10(self._stat_per_layer(frame, "weight_norm"))
         self.update_ratio_log = _log10(self._stat_per_layer(frame, "update_ratio"))
         xs, ys, symbols, brushes = [], [], [], []
@@ -322,6 +326,10 @@ class GradientFlow(View):
             return
         steps, values = align_series([s for _, s in present])
         logs = _log10(values)
+        zero = values == 0  # exactly zero (a dead layer): the darkest colour, not a blank
+        if zero.any():
+            finite = logs[np.isfinite(logs)]
+            logs[zero] = math.floor(float(finite.min())) - 1 if finite.size else -8.0
         keep = np.isfinite(logs).any(axis=1)  # a row that is all NaN says nothing: skip it
         if not keep.any():
             self._clear_heatmap()
@@ -364,9 +372,11 @@ class GradientFlow(View):
             return
         self._drawn_selection = key
         if len(self._layers) and self._frame is not None:
-            shown = np.isfinite(_log10(self._grad_norms))
-            drawn = [name for name, s in zip(self._layers, shown) if s]
-            brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name in drawn]
+            zero = self._grad_norms == 0
+            shown = np.isfinite(_log10(self._grad_norms)) | zero
+            drawn = [(name, z) for name, s, z in zip(self._layers, shown, zero) if s]
+            brushes = [_SELECTED_BRUSH if name == selection else _ZERO_BRUSH if z else _BAR_BRUSH for name, z in drawn]
+            drawn = [name for name, _ in drawn]
             # A flagged layer's bar gets its severity's outline (the Health panel says why).
             pens = [_FLAG_PENS[self.flagged[name][0]] if name in self.flagged else pg.mkPen(None)
                     for name in drawn]

@@ -86,6 +86,24 @@ def test_bars_are_log10_norms_of_layers_with_parameters(view):
     assert [text for _, text in ticks] == ["encoder.fc1", "encoder.fc2", "norm", "head"]
 
 
+def test_a_zero_gradient_is_a_grey_stub_on_the_floor_not_a_gap(view):
+    frame = make_frame()
+    frame.values[frame.layer_names.index("norm"), STAT_INDEX["grad_norm"]] = 0.0  # a dead layer
+    view.render(make_data(frame, make_series()))
+    opts = view.bars.opts
+    np.testing.assert_array_equal(opts["x"], [0.0, 1.0, 2.0, 3.0])
+    assert opts["height"][2] == pytest.approx(0.15)  # a stub on the floor, one decade below 2e-5
+    assert opts["y0"] == np.floor(np.log10(2e-5)) - 1
+    colours = [brush.color().getRgb()[:3] for brush in opts["brushes"]]
+    assert colours[2] == (150, 150, 150) and colours[0] != colours[2]
+    series = make_series()
+    series["grad_norm/norm"] = SeriesData(series["grad_norm/head"].steps, np.zeros(300))
+    view.render(make_data(frame, series))
+    assert "norm" in view._heat_layers  # its row is drawn, at the bottom of the colour scale
+    row = view._heat_layers.index("norm")
+    assert np.all(view.heat_image.image[row] <= view.heat_image.levels[0] + 1e-6)
+
+
 def test_weight_norm_and_update_ratio_per_layer(view):
     view.render(make_data(make_frame()))
     np.testing.assert_allclose(view.weight_norm_log, np.log10([1.0, 3.0, 4.0, 5.0]))
