@@ -138,7 +138,9 @@ class _Trace:
             return
         self.data = decimate(series, max_points)
         steps = self.data.steps
-        self.mean.setData(steps, self.data.values, connect="finite")
+        # A lone point (the first capture, or a run paused at once) is a dot: a line needs two.
+        self.mean.setData(steps, self.data.values, connect="finite", symbol="o" if len(steps) == 1 else None,
+                          symbolSize=6, symbolPen=None, symbolBrush=self.mean.opts["pen"].color())
         lo, hi = self.data.lo, self.data.hi
         if lo is None or hi is None:
             self.band.setData([], [])
@@ -205,6 +207,7 @@ class LossCurve(View):
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 1)
         self.viewed = StepMarker(self.loss_plot, self.acc_plot)
+        self._framed = False  # the view is set around a lone point (see _frame_a_lone_point)
         self._accuracy_shown = True
         self._show_accuracy(False)  # until a run reports accuracy (a regression never does)
 
@@ -249,6 +252,7 @@ class LossCurve(View):
         if self.train.data is None and self.val.data is None:
             self._show_hint(_NO_DATA)
             return
+        self._frame_a_lone_point()
         self._show_accuracy(self.train_acc.data is not None or self.val_acc.data is not None)
         self.loss_title.set(*_legend_variants(
             [(_TRAIN, "train loss", "train")] * (self.train.data is not None)
@@ -257,6 +261,26 @@ class LossCurve(View):
             [(_TRAIN, "train accuracy", "train")] * (self.train_acc.data is not None)
             + [(_VAL, "val accuracy", "val")] * (self.val_acc.data is not None)))
         self._show_content()
+
+    def _frame_a_lone_point(self) -> None:
+        """One point has no extent to fit: frame it (±5 steps, ±10 %) so the axes read sensibly;
+        from the second point on, the plot fits the data again."""
+        lone = self.train.data is not None and len(self.train.data.steps) == 1 \
+            and (self.val.data is None or len(self.val.data.steps) <= 1)
+        if lone:
+            step, value = float(self.train.data.steps[0]), float(self.train.data.values[0])
+            if not math.isfinite(value):
+                return
+            if self.log_y and value > 0:
+                low, high = math.log10(value) - 0.5, math.log10(value) + 0.5
+            else:
+                pad = abs(value) * 0.1 or 1.0
+                low, high = value - pad, value + pad
+            self.loss_plot.setRange(xRange=(max(0.0, step - 5), step + 5), yRange=(low, high), padding=0.0)
+            self._framed = True
+        elif self._framed:
+            self._framed = False
+            self.loss_plot.enableAutoRange()
 
     def _mark_best_validation(self) -> None:
         """A dashed line at the step of the lowest validation loss, once there are a few passes."""

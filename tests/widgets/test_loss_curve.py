@@ -231,3 +231,13 @@ def test_a_scrubbed_step_is_marked_across_the_run(view):
     assert all(line.isVisible() and line.value() == 420 for line in view.viewed.lines)
     view.render(make_data(series))
     assert not any(line.isVisible() for line in view.viewed.lines)
+
+
+def test_a_lone_point_is_a_dot_in_a_sensible_frame(view):
+    view.render(make_data({"loss": SeriesData(np.array([1.0]), np.array([3.9e14]))}))
+    assert view.train.mean.opts["symbol"] == "o"
+    (x0, x1), (y0, y1) = view.loss_plot.viewRange()
+    assert x0 >= 0 and x1 >= 5 and y0 < 3.9e14 < y1 and (y1 - y0) > 1e13  # not a ±0.5 sliver
+    view.render(make_data({"loss": SeriesData(np.array([1.0, 2.0]), np.array([3.9e14, 2.0e14]))}))
+    assert view.train.mean.opts["symbol"] is None  # a line from the second point on
+    assert view.loss_plot.getViewBox().autoRangeEnabled()[1]
