@@ -371,7 +371,13 @@ class Worker:
         now = time.perf_counter()
         want_tensors = force_publish or (now - self._last_publish) >= self._publish_interval
         capture = trainer.should_capture() or want_tensors
-        result = trainer.step(capture=capture, tensors=want_tensors)
+        try:
+            result = trainer.step(capture=capture, tensors=want_tensors)
+        except StepError as exc:
+            if exc.phase == "validation" and trainer.last_result is not None \
+                    and trainer.last_result.capture is not None:  # the step itself counted: keep it
+                self._collect(trainer.last_result.capture)
+            raise
         self._last_phase = None
         self._rate.tick()
         if self._speed:

@@ -190,3 +190,26 @@ def test_pause_when_a_non_finite_value_appears() -> None:
         assert "NaN or Inf appeared in 2" in event.message or "not finite" in event.message
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_a_failing_validation_pauses_with_its_step_recorded() -> None:
+    def run_with_bad_validation() -> Run:
+        run = small_run()
+        trainer = run.trainer
+        trainer.config = TrainerConfig(val_every=3)
+        trainer.val_data = (torch.randn(4, 5), torch.zeros(4, dtype=torch.long))  # the wrong width
+        return run
+
+    out = Collector()
+    worker = Worker(out)
+    worker.start(run_with_bad_validation)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot))
+        worker.send(Play())
+        error = out.wait_for(lambda e: isinstance(e, ErrorEvent))
+        assert error.phase == "validation" and error.step == 3
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step == 3)
+        assert paused.stats is not None and paused.stats.step == 3  # the step that validated is kept
+        assert worker.current_history().latest_step == 3
+    finally:
+        assert worker.stop(timeout=1.0)
