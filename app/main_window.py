@@ -128,8 +128,6 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.timeline = Timeline()
         self._build_actions()
-        self._input_keys = _InputKeysFirst(self)  # removed from the application with the window
-        QtWidgets.QApplication.instance().installEventFilter(self._input_keys)
         self._build_toolbar()
         # No central widget: the docks share the whole window. The error banner is a toolbar
         # row under the transport controls, shown only while there is something to say.
@@ -144,6 +142,12 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_menus()
         self._build_status()
         self.hyper_panel.setEnabled(False)
+        # Filtering the sliders and spin boxes only (an application-wide filter would run Python
+        # for every event of the window).
+        self._input_keys = _InputKeysFirst(self)
+        for kind in (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox):
+            for widget in self.findChildren(kind):
+                widget.installEventFilter(self._input_keys)
         if remember_layout:
             self._restore_layout()
 
@@ -730,8 +734,6 @@ class MainWindow(QtWidgets.QMainWindow):
         if not live:
             state = "Viewing a recorded step (End: back to live)"
         self.status_state.setText(state)
-        if snapshot.state != "running" and self._running and snapshot.state == "paused" and self.errors:
-            self._set_running(False)
         loss = snapshot.metrics.train_loss
         self.status_step.setText(f"step {snapshot.step:,}" + (f" · loss {loss:.4g}" if math.isfinite(loss) else ""))
         self.status_rate.setText(f"{snapshot.steps_per_s:,.0f} steps/s" if snapshot.state == "running" else "")
