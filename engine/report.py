@@ -211,7 +211,6 @@ def _check_destination(option: str, path: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.scenarios import DEFAULT_SCENARIO, build_run, build_user_run
-    from engine.trainer import check_hyper
 
     if args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
@@ -230,7 +229,6 @@ def _run(args: argparse.Namespace) -> int:
         run = build_user_run(args.model, device=args.device, seed=args.seed, hyper=hyper)
     else:
         run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
-    check_hyper(run.trainer.hyper)
     if args.batch_size is not None and _uses_loader(run):
         print("glassbox report: note: --batch-size is ignored: your data loader sets the batch size", file=sys.stderr)
     started = time.perf_counter()
