@@ -96,12 +96,17 @@ class LoaderBatches:
             raise ValueError("the data loader yields no batches (a generator can be read only once: "
                              "return a list of batches or a DataLoader)")
         self._batches += 1
-        for name, tensor in () if self._checked else (("x", x), ("y", y)):
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.is_cuda:
-                bad = tensor.numel() - int(torch.isfinite(tensor).sum())
-                if bad:
-                    raise ValueError(f"batch {self._batches} of the data loader: its {name} holds "
-                                     f"{bad} NaN or Inf values of {tensor.numel()}")
+        if not self._checked:
+            for name, tensor in (("x", x), ("y", y)):
+                _check_finite(tensor, f"batch {self._batches} of the data loader: its {name}")
         if self._device is not None:
             x, y = x.to(self._device), y.to(self._device)
         return x, y
+
+
+def _check_finite(tensor: object, what: str) -> None:
+    """A one-line ValueError if a floating host tensor holds NaN or Inf."""
+    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not tensor.is_cuda:
+        bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+        if bad:
+            raise ValueError(f"{what} holds {bad} NaN or Inf values of {tensor.numel()}")
