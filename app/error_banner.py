@@ -17,7 +17,10 @@ class ErrorBanner(QtWidgets.QFrame):
         self.setStyleSheet("#ErrorBanner { background: #5a1f24; border: 1px solid #c04a52; border-radius: 4px; }"
                            "#ErrorBanner QLabel { color: #ffe3e3; }")
         self.message = QtWidgets.QLabel(self)
-        self.message.setWordWrap(True)
+        # One line, as every message is (a wrapping label in a toolbar asks for several lines'
+        # height); a message too long for the window is clipped, and whole in the tooltip.
+        self.message.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.message.setMinimumWidth(0)
         self.message.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.where = QtWidgets.QLabel(self)
         close = QtWidgets.QPushButton("Dismiss", self)
@@ -33,6 +36,7 @@ class ErrorBanner(QtWidgets.QFrame):
 
     def show_error(self, message: str, where: str = "") -> None:
         self.message.setText(message)
+        self.message.setToolTip(message)
         self.where.setText(where)
         self.shown = True
         self.visibility_changed.emit(True)

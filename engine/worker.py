@@ -325,10 +325,12 @@ class Worker:
         elif isinstance(command, Reseed):
             trainer.reseed(command.seed)
         elif isinstance(command, Focus):
-            trainer.probe.focus_layer = command.layer
-            trainer.probe.focus_example = max(0, command.example)
-            if not self._running:
-                self._refresh_focus()
+            probe = trainer.probe
+            changed = (probe.focus_layer, probe.focus_example) != (command.layer, max(0, command.example))
+            probe.focus_layer = command.layer
+            probe.focus_example = max(0, command.example)
+            if not self._running and (changed or self._focus_is_stale()):
+                self._refresh_focus()  # (a unit click sends its layer twice: one re-inspection)
 
     def _restart_history(self) -> None:
         self._run_id += 1

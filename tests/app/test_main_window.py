@@ -114,6 +114,7 @@ def test_bad_model_file_shows_one_line_and_app_survives(qtbot, window: MainWindo
     message = window.errors[-1].message
     assert "broken.py" in message and "syntax" in message.lower() and "\n" not in message
     assert window.banner.shown and window.banner_bar.isVisible() and "broken.py" in window.banner.message.text()
+    assert window.banner_bar.height() <= 3 * window.banner.message.fontMetrics().height()  # one line's bar
     window.step_once()  # the previous run is still there and still trains
     wait_step(qtbot, window, 1)
     assert window.bridge.latest.scenario == "xor-mlp"
