@@ -419,6 +419,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self._saved_run is not None:
             (factory, current), self._saved_run = self._saved_run, None
             self._saved_history = None
+            self.timeline.setEnabled(True)
             self._requested = {**current, "device": self._current["device"]}
             self.bridge.replace_run(factory)
 
@@ -587,6 +588,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _replace(self, factory: Callable) -> None:
         self._saved_run = self._saved_history = None
+        self.timeline.setEnabled(True)
         was_running = self._running
         self.bridge.replace_run(factory)
         self.status_state.setText("Building the run…")
@@ -826,6 +828,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pause()
         self._saved_run = (factory, current)
         self._saved_history = history
+        # The file holds one step's state: nothing to scrub through until its run trains again.
+        self.timeline.set_steps([view.snapshot.step])
+        self.timeline.setEnabled(False)
         for key, widget in self.views.items():
             widget.render(view)
         self._last_snapshot = view.snapshot

@@ -175,6 +175,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert not loss_view.hint  # the saved loss curve is on screen
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
+    assert not window.timeline.isEnabled() and window.timeline.last_step() == saved_step
     # The saved statistics are on screen too, and Export writes the saved run's series.
     saved_stats = window._last_snapshot.stats
     assert saved_stats is not None and saved_stats.step == saved_step
@@ -184,6 +185,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert int((tmp_path / "saved.csv").read_text().splitlines()[-1].split(",")[0]) == saved_step
     assert csv_path
     window.play()  # trains the saved configuration afresh
+    assert window.timeline.isEnabled()
     qtbot.waitUntil(lambda: window.bridge.latest.run_id > 1 and window.bridge.latest.step >= 3, timeout=20000)
     window.pause()
     (tmp_path / "bad.glassbox").write_bytes(b"not a zip at all")
