@@ -49,13 +49,15 @@ _LIST = (
         ("boundary", "loss"), 400),
     Lesson(
         "vanishing-gradients", "Vanishing gradients: sigmoid vs ReLU", ("deep-sigmoid", "deep-relu-he"),
-        "Backpropagation multiplies the error signal by each layer's local derivative on its way "
-        "back to the input. A sigmoid's derivative is never larger than 0.25, so after ten layers "
-        "the signal reaching the first one is millions of times weaker than at the output: those "
-        "layers hardly learn, and the whole network stalls.\n\n"
-        "ReLU's derivative is exactly 1 wherever a unit is active, and He initialization chooses "
-        "weights whose scale keeps the signal's size steady from layer to layer. Compare the "
-        "gradient-flow bars: flat for ReLU, a steep staircase for sigmoid.",
+        "On its way back to the input, backpropagation scales the error signal at every layer by "
+        "that layer's weights and by the slope of its activation. A sigmoid's slope is never above "
+        "0.25, and with PyTorch's default weights each sigmoid layer here shrinks the signal about "
+        "sevenfold: ten layers down, the first layer's gradient is around a billion times smaller "
+        "than the last one's. The forward pass fades the same way, so the output barely depends "
+        "on the input any more, and the network stalls at chance.\n\n"
+        "ReLU's slope is exactly 1 wherever a unit is active, and He initialization sizes the "
+        "weights so the signal keeps its scale from layer to layer. Compare the gradient-flow bars: "
+        "level within a factor of ten for ReLU, a steep staircase for sigmoid.",
         "The sigmoid stack's first-layer gradient norm is below 1e-4 of its last layer's and it "
         "stays at chance; the ReLU stack learns the circles.",
         ("gradients", "health", "loss"), 300),
@@ -66,14 +68,19 @@ _LIST = (
         "by the size of its weights. He initialization picks weights with variance 2 / fan-in, "
         "which makes that factor about 1.\n\n"
         "Halve the weights and each layer halves the spread: after fifty layers the activations "
-        "are around 1e-15 of the input and the output no longer depends on it. Double them and the "
-        "spread doubles fifty times over, overflowing on the first step.\n\n"
-        "All-zero weights fail differently: every unit of a layer computes the same value and gets "
-        "the same gradient, so they stay identical forever. Random initialization exists to break "
-        "that symmetry.",
+        "are around 1e-15 of the input, and the output depends on the input only that weakly. "
+        "Double them and the spread doubles fifty times over: the first step's numbers reach about "
+        "1e14, its update is larger than the weights by a factor of about 1e11, and from the "
+        "second step on everything is NaN.\n\n"
+        "All-zero weights fail differently. With ReLU every hidden output is then zero, exactly "
+        "where ReLU's slope is zero, so no weight gets any gradient and only the output bias can "
+        "move. Any constant start has the deeper flaw: every unit of a layer computes the same "
+        "value and gets the same gradient, so they stay identical forever. Random initialization "
+        "exists to break that symmetry.",
         "With He × 0.5 the last layer's activation spread is below 1e-3 of the input's; with He "
-        "× 2 it is above 1e3 and the loss turns to NaN; with He × 1 it stays within a factor of "
-        "ten and the stack trains; all-zero weights get a symmetry diagnosis.",
+        "× 2 it is above 1e3 and the loss turns to NaN; with He × 1 it stays of the input's order "
+        "(between about 1/20 and 2 of it, depending on the seed) and the stack trains; all-zero "
+        "weights get a symmetry diagnosis.",
         ("activations", "health", "gradients"), 200),
     Lesson(
         "learning-rate", "Learning rate: too small, right, too large, clipped",
@@ -87,8 +94,9 @@ _LIST = (
         "fire again.\n\n"
         "Gradient clipping caps the length of the gradient before the update, so even a large "
         "learning rate can only move the weights a bounded distance per step.",
-        "SGD with learning rate 10 sends the loss up a hundredfold and stays at chance; the same "
-        "rate with clipping at 0.05 trains like learning rate 0.1; 1e-4 barely moves the loss.",
+        "SGD with learning rate 10 sends the loss up more than a thousandfold within a few steps "
+        "and stays at chance; the same rate with clipping at 0.05 trains like learning rate 0.1; "
+        "1e-4 barely moves the loss.",
         ("loss", "gradients", "health"), 300),
     Lesson(
         "recurrent", "Memory through time: RNN vs LSTM", ("long-range-rnn", "long-range-lstm"),
@@ -100,8 +108,8 @@ _LIST = (
         "An LSTM adds a cell state that is updated by addition and guarded by gates. While its "
         "forget gate stays open, information and gradient pass through many steps almost "
         "unchanged.",
-        "After about 1,000 steps the LSTM's validation accuracy passes 90 % while the tanh RNN "
-        "stays near 50 %.",
+        "Within a few hundred steps the LSTM's validation accuracy passes 90 % (it may wobble on "
+        "the way) while the tanh RNN stays near 50 %.",
         ("loss", "gradients"), 1200),
     Lesson(
         "regularization", "Overfitting and regularization",
@@ -119,9 +127,11 @@ _LIST = (
         ("loss", "boundary"), 1000),
     Lesson(
         "normalization", "Normalization: BatchNorm in a deep MLP", ("deep-relu-plain", "deep-relu-batchnorm"),
-        "PyTorch's default initialization is a little too small for ReLU layers, which is harmless "
-        "in a shallow network. Twenty layers compound it: the activations shrink layer by layer, "
-        "the output barely depends on the input, and the loss sits at log 2.\n\n"
+        "PyTorch's default initialization gives ReLU layers weights about six times too small in "
+        "variance, which a shallow network shrugs off. Twenty layers compound it: the part of each "
+        "layer's output that depends on the input shrinks about 2.5 times per layer (the biases "
+        "keep the overall spread near a constant), so the output barely depends on the input and "
+        "the loss sits at log 2.\n\n"
         "Batch normalization standardises each unit's output over the batch (zero mean, unit "
         "spread) before a learned scale and shift. Whatever the weights do, every layer receives "
         "well-scaled input, and the same twenty layers train.",
@@ -133,8 +143,10 @@ _LIST = (
         "A convolutional layer slides the same small filter over every position of the image, "
         "so a pattern learned in one place is recognised everywhere. Its output is one feature "
         "map per filter: bright where the filter's pattern appears.\n\n"
-        "Watch the first layer's filters turn into edge and stroke detectors, and compare how "
-        "quickly the CNN learns with an MLP that must learn each position on its own.",
+        "Small random filters already respond to edges and strokes, so the first layer's feature "
+        "maps outline the shape from the first step; training mostly tunes them and the layers "
+        "after them. Compare how quickly the CNN learns with an MLP that must learn each "
+        "position on its own.",
         "The CNN reaches 90 % on the shapes within 500 steps; its feature maps light up along "
         "the edges of the drawn shape.",
         ("features", "loss"), 500),
@@ -142,9 +154,11 @@ _LIST = (
         "attention", "Attention: learning where to look", ("reverse-transformer", "copy-transformer"),
         "Self-attention lets every position of a sequence read from every other position, with "
         "weights the model computes from the data. To reverse a sequence, output position i must "
-        "read input position T - 1 - i; to copy, it reads position i.\n\n"
-        "Watch the attention maps of the last layer: the weight gathers on the anti-diagonal for "
-        "reversing and on the diagonal for copying.",
+        "read input position T - 1 - i. Watch the attention maps of the last layer: the weight "
+        "gathers on that anti-diagonal.\n\n"
+        "Copying needs no attention at all: the residual connection already carries each token "
+        "to its own output position, so the copy model's maps stay diffuse. Attention learns an "
+        "alignment only where the task needs one.",
         "After 500 steps the reverse task is above 90 % token accuracy and the last layer's "
         "attention concentrates on the anti-diagonal.",
         ("attention", "loss"), 500),

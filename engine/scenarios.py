@@ -67,7 +67,7 @@ _LIST = [
              Hyper(optimizer="adam", lr=0.01, batch_size=64)),
     Scenario("shapes-cnn", "Shapes · CNN",
              "28×28 drawings of shapes and strokes at random positions, sizes and angles. The first "
-             "conv layer's filters turn into edge and stroke detectors.",
+             "conv layer's feature maps show where its filters find edges and strokes.",
              DataSpec("shapes", n=2000, noise=0.1),
              ModelSpec(kind="cnn", channels=(8, 16), activation="relu", norm="batch", init="he"),
              Hyper(optimizer="adam", lr=0.003, batch_size=64), val_every=100),
@@ -82,7 +82,8 @@ _LIST = [
                                                     activation="gelu"),
              Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
     Scenario("copy-transformer", "Copy a sequence · Transformer",
-             "The identity task: attention learns to look straight down the diagonal.",
+             "The identity task. The residual connection already carries each token to its own "
+             "place, so attention has nothing to learn and its maps stay diffuse.",
              DataSpec("copy", n=4000), ModelSpec(kind="transformer", depth=2, width=64, heads=4, activation="gelu"),
              Hyper(optimizer="adam", lr=0.002, batch_size=64), val_every=100),
     Scenario("sort-transformer", "Sort a sequence · Transformer",
@@ -130,13 +131,15 @@ _LIST += [
              DataSpec("xor", n=400, noise=0.1), _mlp(depth=0),
              Hyper(optimizer="adam", lr=0.03, batch_size=32)),
     Scenario("deep-sigmoid", "10 sigmoid layers · vanishing gradients",
-             "Ten sigmoid layers with PyTorch's default initialization. Each layer multiplies the "
-             "error signal by at most 0.25 on its way back, so the first layers get almost nothing.",
+             "Ten sigmoid layers with PyTorch's default initialization. On its way back the error "
+             "signal is scaled, layer after layer, by the weights and by the sigmoid's slope (never "
+             "above 0.25): here by about 1/7 per layer, so the first layers get almost nothing.",
              _CIRCLES, _mlp(depth=10, width=32, activation="sigmoid"),
              Hyper(optimizer="adam", lr=0.01, batch_size=64)),
     Scenario("deep-relu-he", "10 ReLU layers · He init",
              "The same ten layers with ReLU and He initialization: the gradient reaches the first "
-             "layer at full strength and the network learns the circles within a hundred steps.",
+             "layer within about a factor of ten of the last, and the network learns the circles "
+             "within a hundred steps.",
              _CIRCLES, _mlp(depth=10, width=32, activation="relu", init="he"),
              Hyper(optimizer="adam", lr=0.01, batch_size=64)),
     Scenario("init-he-half", "50 ReLU layers · He init × 0.5",
@@ -149,24 +152,26 @@ _LIST += [
              _CIRCLES, _mlp(**_50_RELU), _SGD_DEEP),
     Scenario("init-he-double", "50 ReLU layers · He init × 2",
              "Weights twice He's: each layer doubles the spread, fifty layers multiply it by about "
-             "1e15, and the very first step overflows into NaN.",
+             "1e15, and the first update is so large that the second step overflows into NaN.",
              _CIRCLES, _mlp(**_50_RELU, init_scale=2.0), _SGD_DEEP),
     Scenario("init-zeros", "All-zero initialization",
-             "Every weight starts at zero, so every hidden unit computes the same thing and receives "
-             "the same gradient. They can never become different: the network stays at chance.",
+             "Every weight starts at zero. With ReLU every hidden output is then zero, where ReLU's "
+             "slope is zero too, so no weight receives any gradient and only the output bias moves: "
+             "the network stays at chance.",
              _CIRCLES, _mlp(depth=2, width=16, activation="relu", init="zeros"),
              Hyper(optimizer="adam", lr=0.01, batch_size=64)),
     Scenario("lr-too-small", "Learning rate too small (SGD 1e-4)",
-             "Plain SGD with a learning rate of 1e-4: each update moves the weights by about a "
-             "millionth of their size and the loss barely moves in hundreds of steps.",
+             "Plain SGD with a learning rate of 1e-4: each update moves the weights by a "
+             "hundred-thousandth of their size or less, and the loss barely moves in hundreds of steps.",
              _MOONS, _SMALL_MLP, _sgd(1e-4)),
     Scenario("lr-right", "Learning rate about right (SGD 0.1)",
              "SGD with a learning rate of 0.1: updates near a thousandth of the weights, a loss that "
              "falls steadily, the moons apart in a few hundred steps.",
              _MOONS, _SMALL_MLP, _sgd(0.1)),
     Scenario("lr-too-large", "Learning rate too large (SGD 10)",
-             "SGD with a learning rate of 10: the first update overshoots so far that the loss jumps "
-             "a hundredfold, the ReLUs die, and the network never recovers.",
+             "SGD with a learning rate of 10: the first updates overshoot, within a few steps the loss "
+             "is thousands of times higher, and the network never recovers (its last ReLUs die, or "
+             "the loss turns NaN).",
              _MOONS, _SMALL_MLP, _sgd(10.0)),
     Scenario("lr-clipped", "Learning rate 10 with gradient clipping",
              "The same learning rate of 10, but each gradient is scaled down to a norm of at most "
