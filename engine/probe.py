@@ -218,6 +218,16 @@ def _forward_signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.forward)
 
 
+def _io(args: tuple, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A recorded forward phase's tensors: the output, and the input unless an in-place op
+    (ReLU(inplace=True)) made it the output itself, its values gone."""
+    tensors = {"output": out}
+    inp = first_tensor(args)
+    if inp is not None and inp.is_floating_point() and inp.layout == torch.strided and not _same_storage(inp, out):
+        tensors["input"] = inp
+    return tensors
+
+
 def _dense(grad: torch.Tensor) -> torch.Tensor:
     """A gradient as a strided tensor (an Embedding(sparse=True) leaves a sparse one)."""
     return grad if grad.layout == torch.strided else grad.to_dense()
@@ -403,11 +413,7 @@ class Probe:
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
-            inp = first_tensor(args)
-            tensors = {"output": out}
-            if inp is not None and inp.is_floating_point():
-                tensors["input"] = inp
-            self._phase_events.append(("forward", name, self._display(tensors)))
+            self._phase_events.append(("forward", name, self._display(_io(args, out))))
             if out.requires_grad:
                 out.register_hook(lambda grad: self._phase_events.append(
                     ("backward", name, self._display({"grad_output": grad}))) if self._recording else None)
@@ -595,11 +601,7 @@ class Probe:
                 if maps:
                     self._push("tensor", layer, "feature_maps", shrink_maps(example), model_tensor=model_tensor)
         if self._recording:
-            inp = first_tensor(args)
-            tensors = {"output": out}
-            if inp is not None and inp.is_floating_point():
-                tensors["input"] = inp
-            self._phase_events.append(("forward", self._call_name(layer, call), self._display(tensors)))
+            self._phase_events.append(("forward", self._call_name(layer, call), self._display(_io(args, out))))
 
     def _call_name(self, layer: _Layer, call: int) -> str:
         name = layer.name or "<model>"
@@ -819,17 +821,23 @@ class Probe:
             self._push("tensor", layer, "kernels", shrink_maps(maps), model_tensor=model_tensor)
 
     def _record_param_grads(self) -> None:
-        """Attach each module's parameter gradients to its backward phase."""
-        for index, (kind, name, tensors) in enumerate(self._phase_events):
-            if kind != "backward":
+        """Attach each module's parameter gradients to its backward phase; those of a module never
+        called as one (MultiheadAttention's out_proj) go to its nearest ancestor's, named from it
+        ("grad:out_proj.weight")."""
+        backward = {name: tensors for kind, name, tensors in self._phase_events if kind == "backward"}
+        for layer in self._layers:
+            name = layer.name or "<model>"
+            owner, prefix = name, ""
+            while owner not in backward and "." in owner:  # up to the nearest ancestor with a phase
+                owner, _, child = owner.rpartition(".")
+                prefix = f"{child}.{prefix}"
+            if owner not in backward or (prefix and layer.called):
                 continue
-            layer = next((item for item in self._layers if (item.name or "<model>") == name), None)
-            if layer is None:
-                continue
+            tensors = backward[owner]
             for pname, p in layer.module.named_parameters(recurse=False):
                 if p.grad is not None:
-                    tensors[f"grad:{pname}"] = shrink_2d(as_matrix(_dense(p.grad).detach())).clone()
-                    tensors[pname] = shrink_2d(as_matrix(p.detach())).clone()
+                    tensors[f"grad:{prefix}{pname}"] = shrink_2d(as_matrix(_dense(p.grad).detach())).clone()
+                    tensors[f"{prefix}{pname}"] = shrink_2d(as_matrix(p.detach())).clone()
 
     def before_update(self) -> None:
         if not self._capturing:

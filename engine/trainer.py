@@ -259,7 +259,8 @@ class Trainer:
         assert phased is not None
         with self._rng_scope(), self._probe_step(phased.scalars_before):
             self._update()
-        return self._end_step(phased.started, True)
+        # (Not timed: the pauses between phases are the user's, not the step's.)
+        return self._end_step(phased.started, True, timed=False)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.batches.next(self.hyper.batch_size)
@@ -294,7 +295,7 @@ class Trainer:
             self.optimizer.step()
             self.probe.after_update()
 
-    def _end_step(self, started: float, captured: bool) -> StepResult:
+    def _end_step(self, started: float, captured: bool, timed: bool = True) -> StepResult:
         self.step_count += 1
         capture = None
         if captured:
@@ -302,7 +303,8 @@ class Trainer:
             self._pending_scalars = []
             capture = self.probe.finish(self.step_count, scalars)
         seconds = time.perf_counter() - started
-        self._note_timing(seconds, captured)
+        if timed:
+            self._note_timing(seconds, captured)
         self.last_result = StepResult(self.step_count, capture, seconds)
         if self.config.val_every and self.step_count % self.config.val_every == 0:
             with self._located("validation", self.step_count):
@@ -383,7 +385,8 @@ class Trainer:
         """Fresh weights, optimizer state and data order; the step counter restarts."""
         if seed is not None:
             self.seed = seed
-        self._phased = None
+        self._phased = None  # a phase-by-phase step under way is dropped, hooks and all
+        self.probe.abandon_step()
         self._cpu_rng = _seeded_state(self.seed)
         with self._rng_scope():
             self._reinit(self.model)

@@ -680,3 +680,23 @@ def test_a_module_returning_a_dict_is_measured_on_its_first_tensor_value() -> No
     assert first_tensor({"a": 1, "b": (torch.ones(2),)}).shape == (2,)
     assert first_tensor((torch.arange(2), [torch.zeros(3)])).shape == (3,)  # floating first
     assert first_tensor((torch.arange(2),)).dtype == torch.int64  # else any tensor
+
+
+def test_a_phase_step_shows_the_gradients_of_a_module_never_called_as_one() -> None:
+    """MultiheadAttention reads out_proj's weight without calling it: its gradients come with
+    the attention module's backward phase, named from it."""
+    from engine.batches import TensorBatches
+    from engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    tokens = torch.randint(0, 7, (6, 5))
+    trainer = Trainer(model, loss_fn, TensorBatches(tokens, tokens))
+    phases = []
+    while not phases or phases[-1].kind != "update":
+        phases.append(trainer.next_phase())
+    attention = next(p for p in phases if p.kind == "backward" and p.module == "attn")
+    assert {"grad:out_proj.weight", "grad:out_proj.bias", "grad:in_proj_weight"} <= set(attention.tensors)
+    np.testing.assert_allclose(attention.tensors["grad:out_proj.weight"],
+                               model.attn.out_proj.weight.grad.numpy(), rtol=1e-6)  # the step's own
+    assert not any(p.module == "attn.out_proj" for p in phases)

@@ -384,3 +384,46 @@ def test_nan_in_a_later_loader_batch_is_named() -> None:
     with pytest.raises(ValueError, match="batch 3 of the data loader: its x holds 1 NaN or Inf values of 24"):
         trainer.step()
     assert trainer.step_count == 2
+
+
+def test_the_pauses_between_phases_are_not_step_time() -> None:
+    import time as clock
+
+    trainer = make_trainer(dropout=0.0)
+    for _ in range(4):
+        trainer.step(capture=False)
+        trainer.step(capture=True)
+    overhead = trainer.overhead
+    while trainer.next_phase().kind != "update":
+        clock.sleep(0.05)  # a user reading each phase
+    assert trainer.overhead == overhead  # the phased step left the timing alone
+
+
+def test_reinitializing_mid_phase_step_drops_its_hooks_and_recording() -> None:
+    trainer = make_trainer(dropout=0.0)
+    trainer.next_phase()
+    assert trainer.probe.armed
+    trainer.reinitialize()
+    assert not trainer.probe.armed and not trainer.probe.capturing and not trainer.in_phased_step
+    assert not any(m._forward_hooks for m in trainer.model.modules())
+    assert trainer.flush_scalars().shape == (0, 2)
+    trainer.model(torch.randn(4, 3))  # an unrelated forward records nothing
+    assert trainer.probe.phase_events() == []
+
+
+def test_an_in_place_activation_shows_no_input_it_no_longer_has() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y),
+                      hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=8))
+    phases = []
+    while True:
+        phase = trainer.next_phase()
+        phases.append(phase)
+        if phase.kind == "update":
+            break
+    relu = next(p for p in phases if p.kind == "forward" and p.module == "1")
+    assert "input" not in relu.tensors and (relu.tensors["output"] >= 0).all()
+    linear = next(p for p in phases if p.kind == "forward" and p.module == "0")
+    assert "input" in linear.tensors
