@@ -290,6 +290,9 @@ class Probe:
         self._forward_order: list[int] = []
         self.focus_layer: str | None = None
         self.focus_example: int = 0
+        # The focus as the step under way began: a focus changed mid-step (between phases)
+        # applies from the next step, so one step's views are all of one layer and example.
+        self._step_focus: tuple[str | None, int] = (None, 0)
         self._capturing = False
         self._want_tensors = False
         self._recording = False
@@ -462,6 +465,7 @@ class Probe:
         self._want_tensors = tensors and self._capturing
         self._recording = record
         self._forward_order = []
+        self._step_focus = (self.focus_layer, self.focus_example)
         self._channels_first = False  # the layout of the last 3-D output a measured layer made
         self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
             if self._want_tensors else {}
@@ -489,7 +493,8 @@ class Probe:
 
     def _is_focus(self, layer: _Layer) -> bool:
         # The root module is listed as "<model>" (its own name is "").
-        return self.focus_layer is not None and (layer.name or "<model>") == (self.focus_layer or "<model>")
+        focus = self._step_focus[0]
+        return focus is not None and (layer.name or "<model>") == (focus or "<model>")
 
     def _target(self, kind: str) -> str | None:
         """The layer whose feature maps ('conv') or attention ('attention') the views get: the
@@ -534,7 +539,7 @@ class Probe:
         self._layout.append((kind, owner, key, tuple(tensor.shape), meta))
 
     def _example(self, x: torch.Tensor) -> torch.Tensor:
-        return x[min(self.focus_example, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
+        return x[min(self._step_focus[1], x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
 
     def _on_forward(self, layer: _Layer, args: tuple, output: Any) -> None:
         if not layer.called:
@@ -682,7 +687,7 @@ class Probe:
         bdim = 0 if module.batch_first else 1
         query = a["query"]
         batch = query.shape[bdim] if query.dim() == 3 else 1
-        e = min(self.focus_example, batch - 1)  # the example shown: the last if the batch is smaller
+        e = min(self._step_focus[1], batch - 1)  # the example shown: the last if the batch is smaller
         q, k, v = (t.narrow(bdim, e, 1) if t.dim() == 3 else t for t in (query, a["key"], a["value"]))
         kpm = a.get("key_padding_mask")
         if kpm is not None and kpm.dim() == 2:
@@ -944,7 +949,7 @@ class Probe:
         # copied is released now (not at the next captured step).
         self._pieces, self._weights, self._grads = [], None, None
         plan = self._parse_plan(self._layout, self._layer_table())
-        focus, example, tensors_wanted = self.focus_layer, self.focus_example, self._want_tensors
+        (focus, example), tensors_wanted = self._step_focus, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
             return parse_capture(host, plan, step, focus, example, tensors_wanted)

@@ -427,3 +427,16 @@ def test_an_in_place_activation_shows_no_input_it_no_longer_has() -> None:
     assert "input" not in relu.tensors and (relu.tensors["output"] >= 0).all()
     linear = next(p for p in phases if p.kind == "forward" and p.module == "0")
     assert "input" in linear.tensors
+
+
+def test_a_focus_changed_between_phases_applies_from_the_next_step() -> None:
+    trainer = make_trainer(dropout=0.0)
+    trainer.probe.focus_layer = "0"
+    trainer.next_phase()
+    trainer.probe.focus_layer = "4"  # the user clicks another layer mid-step
+    while trainer.next_phase().kind != "update":
+        pass
+    views = trainer.last_result.capture.get().tensors
+    assert views.layer == "0" and views.weight is not None and views.weight.shape == (8, 3)
+    views = trainer.step(capture=True, tensors=True).capture.get().tensors
+    assert views.layer == "4" and views.weight.shape == (8, 8)
