@@ -124,8 +124,9 @@ class Bridge(QtCore.QObject):
             earlier = [s for s in self._snapshots if s.step <= step]
             chosen = earlier[-1] if earlier else self._snapshots[0]
             self._pinned = (chosen, tuple(f for f in self._frames if f.step <= chosen.step))
+        # Drawn by the next tick of the display timer: a dragged timeline moves many times
+        # between two frames, and only where it stops is worth drawing.
         self._dirty = True
-        self.tick()
 
     @property
     def live(self) -> bool:
@@ -154,7 +155,10 @@ class Bridge(QtCore.QObject):
             self._shown = latest
             self._keep(latest)
         now = time.perf_counter()
-        if now - self._series_time >= SERIES_INTERVAL_S:
+        # Scrubbed back, the views show one recorded step: live snapshots are kept (the timeline
+        # needs them) but draw nothing, and the run-long series wait until the views go live.
+        parked = self._scrub_step is not None
+        if not parked and now - self._series_time >= SERIES_INTERVAL_S:
             history = self.history
             recorded = history.latest_step if history is not None else None
             if recorded != self._series_step:
@@ -162,7 +166,7 @@ class Bridge(QtCore.QObject):
                 self._series_step = recorded
                 self._series_time = now
                 self._dirty = True
-        if not (new or self._dirty):
+        if not ((new and not parked) or self._dirty):
             return
         self._dirty = False
         self.frame_ready.emit(self.view_data())

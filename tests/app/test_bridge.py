@@ -76,6 +76,28 @@ def test_a_scrubbed_step_stays_on_screen_after_newer_steps_push_it_out(qtbot) ->
     assert bridge.view_data().snapshot.step == KEPT_SNAPSHOTS + 9
 
 
+def test_scrubbed_back_live_snapshots_draw_nothing_and_a_drag_draws_once(qtbot) -> None:
+    bridge = Bridge()
+    frames = []
+    bridge.frame_ready.connect(frames.append)
+    for step in (1, 2, 3):
+        bridge._on_publish(snapshot(step))
+        bridge.tick()
+    for step in (2, 1, 2, 1):  # a dragged timeline: several positions between two display ticks
+        bridge.scrub_to(step)
+    drawn = len(frames)
+    bridge.tick()
+    assert len(frames) == drawn + 1 and frames[-1].snapshot.step == 1 and frames[-1].viewed_step == 1
+    for step in range(4, 40):  # training goes on while the views are parked on step 1
+        bridge._on_publish(snapshot(step))
+        bridge.tick()
+    assert len(frames) == drawn + 1
+    assert bridge.latest.step == 39 and bridge.snapshots[-1].step == 39  # kept for the timeline
+    bridge.scrub_to(None)
+    bridge.tick()
+    assert frames[-1].snapshot.step == 39 and frames[-1].viewed_step is None
+
+
 def test_real_worker_frames_arrive_and_stop_leaves_no_thread(qtbot, run_factory) -> None:
     bridge = Bridge(fps=60)
     bridge.start(run_factory)
