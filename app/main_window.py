@@ -420,6 +420,7 @@ class MainWindow(QtWidgets.QMainWindow):
             (factory, current), self._saved_run = self._saved_run, None
             self._saved_history = None
             self.timeline.setEnabled(True)
+            self.hyper_panel.setEnabled(True)
             self._requested = {**current, "device": self._current["device"]}
             self.bridge.replace_run(factory)
 
@@ -572,7 +573,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if name == OPEN_MODEL:
             self.open_model_file()
             return
-        if name and (name != self._current["name"] or self._current["kind"] != "scenario"):
+        if name and (name != self._current["name"] or self._current["kind"] != "scenario"
+                     or self._saved_run is not None):  # (the box shows an opened file's scenario)
             self.stop_compare()
             self._replace(self._scenario_factory(name))
 
@@ -589,6 +591,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _replace(self, factory: Callable) -> None:
         self._saved_run = self._saved_history = None
         self.timeline.setEnabled(True)
+        self.hyper_panel.setEnabled(True)
         was_running = self._running
         self.bridge.replace_run(factory)
         self.status_state.setText("Building the run…")
@@ -831,6 +834,12 @@ class MainWindow(QtWidgets.QMainWindow):
         # The file holds one step's state: nothing to scrub through until its run trains again.
         self.timeline.set_steps([view.snapshot.step])
         self.timeline.setEnabled(False)
+        # Its settings are shown, read-only: a change now would reach the live run behind it.
+        self.hyper_panel.show_hyper(view.snapshot.hyper)
+        self.hyper_panel.setEnabled(False)
+        if current["kind"] == "scenario":
+            with QtCore.QSignalBlocker(self.scenario):
+                self.scenario.setCurrentIndex(max(0, self.scenario.findData(current["name"])))
         for key, widget in self.views.items():
             widget.render(view)
         self._last_snapshot = view.snapshot

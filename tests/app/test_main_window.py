@@ -176,6 +176,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
     assert not window.timeline.isEnabled() and window.timeline.last_step() == saved_step
+    assert not window.hyper_panel.isEnabled() and window.scenario.currentData() == "xor-mlp"
     # The saved statistics are on screen too, and Export writes the saved run's series.
     saved_stats = window._last_snapshot.stats
     assert saved_stats is not None and saved_stats.step == saved_step
@@ -185,7 +186,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert int((tmp_path / "saved.csv").read_text().splitlines()[-1].split(",")[0]) == saved_step
     assert csv_path
     window.play()  # trains the saved configuration afresh
-    assert window.timeline.isEnabled()
+    assert window.timeline.isEnabled() and window.hyper_panel.isEnabled()
     qtbot.waitUntil(lambda: window.bridge.latest.run_id > 1 and window.bridge.latest.step >= 3, timeout=20000)
     window.pause()
     (tmp_path / "bad.glassbox").write_bytes(b"not a zip at all")
