@@ -21,7 +21,10 @@ __all__ = ["ActivationView", "row_edges", "resample_rows", "NARROW_WIDTH", "COMP
 
 #: Narrower than this (px), the dead/saturated plot shrinks so the histograms keep their room.
 NARROW_WIDTH = 440
-_FRACTION_WIDTH = {True: 100, False: 150}  # px, by narrowness
+def _fraction_width(view_width: int) -> int:
+    """The dead/saturated bars' width: 150 px when the view is wide, else a share of it (in a
+    narrow dock a fixed 100 px left the histograms themselves a few pixels)."""
+    return 150 if view_width >= NARROW_WIDTH else int(max(48, min(100, 0.34 * view_width)))
 #: Lower than this (px), the axis names under the plots go: the titles say what the axes are.
 COMPACT_HEIGHT = 420
 
@@ -132,10 +135,11 @@ class ActivationView(View):
         self.fraction_title.set(
             '<span style="color:#d6604d">■ dead</span>&nbsp;<span style="color:#f0b43c">■ saturated</span>',
             '<span style="color:#d6604d">■ dead</span>&nbsp;<span style="color:#f0b43c">■ sat.</span>',
+            '<span style="color:#d6604d">■</span>&nbsp;<span style="color:#f0b43c">■</span>',
         )
-        self._narrow: bool | None = None
+        self._fraction: int | None = None
         self._compact: bool | None = None
-        self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[False])
+        self.fraction_plot.setFixedWidth(_fraction_width(NARROW_WIDTH))
         self.fraction_plot.setYLink(self.hist_plot)
         self.fraction_plot.invertY(True)  # a y link shares the range, not the direction
         self.fraction_plot.hideAxis("left")
@@ -206,10 +210,10 @@ class ActivationView(View):
     # --- layout ----------------------------------------------------------------------------
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt name
         super().resizeEvent(event)
-        narrow = self.width() < NARROW_WIDTH
-        if narrow != self._narrow:
-            self._narrow = narrow
-            self.fraction_plot.setFixedWidth(_FRACTION_WIDTH[narrow])
+        fraction = _fraction_width(self.width())
+        if fraction != self._fraction:
+            self._fraction = fraction
+            self.fraction_plot.setFixedWidth(fraction)
         compact = self.height() < COMPACT_HEIGHT
         if compact != self._compact:
             self._compact = compact

@@ -429,9 +429,10 @@ class FittedTitle:
             return
         self._width = width
         metrics = QtGui.QFontMetrics(self._font)
-        if width <= 0:
+        if width <= 0 and not self.plot.getViewBox().isVisible():
             chosen = self._variants[0]  # not laid out yet
         else:
+            width = max(width, 1)
             chosen = None
             for variant in self._variants:
                 if metrics.horizontalAdvance(_plain(variant)) <= width:

@@ -192,6 +192,8 @@ class LossCurve(View):
         self.best_line.setVisible(False)
         self.loss_plot.addItem(self.best_line, ignoreBounds=True)
         self.best_step: int | None = None
+        self._best_label: str | None = None
+        self.loss_plot.getViewBox().sigResized.connect(self._mark_best_validation)  # (its label's length)
 
         self.acc_plot = _decimating_plot(self.canvas, 1)
         self.acc_plot.setLabel("left", "accuracy")
@@ -288,13 +290,16 @@ class LossCurve(View):
         best = None
         if data is not None and len(data.values) >= 3 and np.isfinite(data.values).any():
             best = int(round(data.steps[int(np.nanargmin(data.values))]))
-        if best == self.best_step:
+        # The label sits beside the line: in a narrow plot the long one wouldn't fit there.
+        label = None if best is None else (f"lowest val loss · step {best:,}"
+                                           if self.loss_plot.getViewBox().width() >= 260 else f"best val · {best:,}")
+        if (best, label) == (self.best_step, self._best_label):
             return
-        self.best_step = best
+        self.best_step, self._best_label = best, label
         self.best_line.setVisible(best is not None)
         if best is not None:
             self.best_line.setPos(best)
-            self.best_line.label.setFormat(f"lowest val loss · step {best:,}")
+            self.best_line.label.setFormat(label)
 
     @property
     def accuracy_shown(self) -> bool:

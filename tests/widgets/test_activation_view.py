@@ -239,8 +239,24 @@ def test_many_layers_in_a_small_dock_keep_readable_labels(qtbot, size):
     line = QtGui.QFontMetrics(axis.style["tickFont"] or QtGui.QFont()).height() * 0.8
     assert all((b[0] - a[0]) * scale >= line for a, b in zip(ticks, ticks[1:]))
     assert len({text for _, text in ticks}) == len(ticks)
-    # A narrow dock gives the histograms the room: the fractions plot shrinks.
-    assert view.fraction_plot.width() == pytest.approx(100 if size[0] < 440 else 150, abs=1)
+    # A narrow dock gives the histograms the room: the fractions plot shrinks with it.
+    expected = 150 if size[0] >= 440 else max(48, min(100, 0.34 * size[0]))
+    assert view.fraction_plot.width() == pytest.approx(expected, abs=1)
+    assert view.hist_plot.getViewBox().width() >= view.fraction_plot.getViewBox().width()
     # No legend box over the bars: the title names the colours.
     assert view.fraction_plot.legend is None
     assert "dead" in view.fraction_title.text
+
+
+def test_a_very_narrow_dock_still_gives_the_histograms_room(qtbot):
+    """200 px (every view shown at once): a fixed 100 px for the fractions left the histograms 8."""
+    view = ActivationView()
+    qtbot.addWidget(view)
+    view.resize(200, 420)
+    view.show()
+    qtbot.waitExposed(view)
+    rng = np.random.default_rng(2)
+    view.render(make_data(tuple(make_frame(step, rng) for step in range(3))))
+    qtbot.wait(30)
+    assert view.hist_plot.getViewBox().width() >= 30
+    assert len(view.hist_title.text) <= len("histograms")  # a title that fits, not the longest

@@ -241,3 +241,17 @@ def test_a_lone_point_is_a_dot_in_a_sensible_frame(view):
     view.render(make_data({"loss": SeriesData(np.array([1.0, 2.0]), np.array([3.9e14, 2.0e14]))}))
     assert view.train.mean.opts["symbol"] is None  # a line from the second point on
     assert view.loss_plot.getViewBox().autoRangeEnabled()[1]
+
+
+def test_in_a_narrow_plot_the_best_step_label_is_short_enough_to_fit(view, qtbot):
+    view.resize(240, 330)
+    view.show()
+    qtbot.waitExposed(view)
+    steps = np.arange(10, 1010, 10, dtype=np.float64)
+    val = (steps / 300.0 - 1.0) ** 2 + 0.4
+    view.render(make_data({"loss": SeriesData(steps, val + 0.1), "val_loss": SeriesData(steps, val)}))
+    qtbot.wait(20)
+    assert view.best_line.label.toPlainText() == "best val · 300"
+    view.resize(900, 500)
+    qtbot.wait(50)
+    assert view.best_line.label.toPlainText() == "lowest val loss · step 300"
