@@ -247,6 +247,8 @@ def build_run(scenario: Scenario | str, *, device: str = "auto", seed: int = 0,
             raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
         scenario = SCENARIOS[scenario]
     spec = replace(scenario.model, **(model or {}))
+    if spec.kind == "cnn" and model and "depth" in model and spec.channels and len(spec.channels) != spec.depth:
+        spec = replace(spec, channels=())  # a depth asked for: that many conv stacks, 8, 16, 32... channels
     dataset = make_dataset(scenario.data)
     net = _built(spec, dataset, seed)
     hp = replace(scenario.hyper, **(hyper or {}))

@@ -423,3 +423,17 @@ def test_every_init_on_every_kind_gives_finite_outputs() -> None:
             spec = ModelSpec(kind, init=scheme, channels=(4,), width=8, heads=2)
             out = build_model(spec, d)(d.x_train[:2])
             assert torch.isfinite(out).all(), (kind, scheme)
+
+
+def test_a_cnn_rebuilt_with_another_depth_gets_that_many_conv_stacks() -> None:
+    from torch import nn
+
+    from engine.scenarios import build_run
+
+    def convs(depth: int | None) -> list[int]:
+        run = build_run("shapes-cnn", device="cpu", model=None if depth is None else {"depth": depth})
+        return [m.out_channels for m in run.trainer.model.modules() if isinstance(m, nn.Conv2d)]
+
+    assert convs(None) == [8, 16]  # the scenario's own channels
+    assert convs(3) == [8, 16, 32]  # the panel's depth (it was ignored)
+    assert convs(1) == [8]
