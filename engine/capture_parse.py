@@ -206,8 +206,6 @@ def parse_capture(host: np.ndarray, plan: ParsePlan, step: int, focus: str | Non
                        hist_ranges=table.hist_ranges)
     views = None
     if tensors_wanted:
-        if focus == "":  # the root module, listed as "<model>"
-            focus = "<model>"
         focus_index = names.index(focus) if focus in names else None
         get = lambda key: tensors.get((focus_index, key))  # noqa: E731
         by_key = {key: (names[i], v) for (i, key), v in tensors.items()}

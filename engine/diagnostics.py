@@ -80,7 +80,6 @@ CODES: tuple[str, ...] = (
     "diverging_loss", "learning_rate", "symmetry",
 )
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-_RANK = {"info": 0, "warning": 1, "error": 2}
 _RELU_FAMILY = {"relu", "relu6", "leakyrelu", "leaky_relu", "prelu"}
 _SATURATING = {"sigmoid", "tanh", "hardtanh", "hardsigmoid"}
 _NONFINITE = ("nan_weights", "inf_weights", "nan_acts", "inf_acts", "nan_grads", "inf_grads")
@@ -286,7 +285,7 @@ class Diagnostics:
                message: str, evidence: dict[str, float], fixes: tuple[str, ...]) -> None:
         known = self._found.get(key)
         if known is not None:
-            if _RANK[severity] > _RANK[known.severity]:  # it got worse (a layer now wholly dead)
+            if _SEVERITY_ORDER[severity] < _SEVERITY_ORDER[known.severity]:  # worse (a layer now wholly dead)
                 self._found[key] = replace(known, severity=severity, message=message, fixes=fixes, last_step=now,
                                            evidence={**known.evidence, **{k: float(v) for k, v in evidence.items()}})
             else:

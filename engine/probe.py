@@ -437,6 +437,7 @@ class Probe:
         # Small outputs (copied) for the end-of-step batch, and where their rows go.
         self._pending_acts: list[tuple[int, PendingActivation | PendingDeviceActivation]] = []
         self._batched = 0  # values copied into _pending_acts (device path)
+        self._channels_first = False  # the layout of the last 3-D output a measured layer made
         self._pending_grads: list[tuple[_Layer, np.ndarray]] = []  # small output gradients (CPU)
         self._grad_norms: list[tuple[_Layer, torch.Tensor]] = []  # output gradients' norms (device)
         # The device path's copies of the weights and (small models, until their views are
@@ -465,8 +466,9 @@ class Probe:
         self._want_tensors = tensors and self._capturing
         self._recording = record
         self._forward_order = []
-        self._step_focus = (self.focus_layer, self.focus_example)
-        self._channels_first = False  # the layout of the last 3-D output a measured layer made
+        # (The root module is listed as "<model>"; its own name is "".)
+        focus = "<model>" if self.focus_layer == "" else self.focus_layer
+        self._step_focus = (focus, self.focus_example)
         self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
             if self._want_tensors else {}
 
@@ -492,9 +494,7 @@ class Probe:
             self._capturing, self._want_tensors, self._recording = state
 
     def _is_focus(self, layer: _Layer) -> bool:
-        # The root module is listed as "<model>" (its own name is "").
-        focus = self._step_focus[0]
-        return focus is not None and (layer.name or "<model>") == (focus or "<model>")
+        return (layer.name or "<model>") == self._step_focus[0]
 
     def _target(self, kind: str) -> str | None:
         """The layer whose feature maps ('conv') or attention ('attention') the views get: the
@@ -638,7 +638,7 @@ class Probe:
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
             else:  # squared and shipped together in ``finish``
-                exact = grad.dtype in (torch.float32, torch.float64)  # others are summed in float32
+                exact = grad.dtype in _EXACT  # others are summed in float32
                 self._grad_norms.append((layer, torch.linalg.vector_norm(grad, dtype=None if exact else torch.float32)))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
@@ -752,7 +752,7 @@ class Probe:
     @staticmethod
     def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
         flat = torch.cat(tensors)
-        return flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        return flat if flat.dtype in _EXACT else flat.float()
 
     def after_backward(self) -> None:
         """Weights and gradients as backward left them (before clipping and the update)."""

@@ -103,6 +103,7 @@ class GradientFlow(View):
         self._layers: tuple[str, ...] = ()  # layers with parameters, in model order
         self._frame: StatsFrame | None = None
         self._grad_norms = np.zeros(0)
+        self._bars: list[tuple[str, bool]] = []  # (layer, zero stub) of each bar drawn, in order
         self._heat_layers: tuple[str, ...] = ()
         self._heat_steps = np.zeros(0)
         self._heat_values: np.ndarray | None = None  # (rows, steps) raw gradient norms
@@ -283,6 +284,7 @@ class GradientFlow(View):
         index = np.arange(len(self._layers), dtype=np.float64)
         if frame is None:
             self._grad_norms = np.full(len(self._layers), np.nan)
+            self._bars = []
             self.bars.setOpts(x=[], height=[], y0=0, brushes=[])
             self.weight_norm_log = self.update_ratio_log = np.full(len(self._layers), np.nan)
             self.ratio_points.setData(x=[], y=[])
@@ -295,8 +297,10 @@ class GradientFlow(View):
         floor = math.floor(float(np.min(logs[positive]))) - 1 if positive.any() else -8
         zero = self._grad_norms == 0
         shown = positive | zero
+        # The bars drawn, in order, and which are zero stubs (their colours, again on selection).
+        self._bars = [(name, bool(z)) for name, drawn, z in zip(self._layers, shown, zero) if drawn]
         self.bars.setOpts(x=index[shown], height=np.where(zero, _ZERO_BAR, logs - floor)[shown], y0=floor,
-                          brushes=[_ZERO_BRUSH if z else _BAR_BRUSH for z in zero[shown]])
+                          brushes=[_ZERO_BRUSH if z else _BAR_BRUSH for _, z in self._bars])
         self.weight_norm_log = _log10(self._stat_per_layer(frame, "weight_norm"))
         self.update_ratio_log = _log10(self._stat_per_layer(frame, "update_ratio"))
         xs, ys, symbols, brushes = [], [], [], []
@@ -372,11 +376,9 @@ class GradientFlow(View):
             return
         self._drawn_selection = key
         if len(self._layers) and self._frame is not None:
-            zero = self._grad_norms == 0
-            shown = np.isfinite(_log10(self._grad_norms)) | zero
-            drawn = [(name, z) for name, s, z in zip(self._layers, shown, zero) if s]
-            brushes = [_SELECTED_BRUSH if name == selection else _ZERO_BRUSH if z else _BAR_BRUSH for name, z in drawn]
-            drawn = [name for name, _ in drawn]
+            brushes = [_SELECTED_BRUSH if name == selection else _ZERO_BRUSH if z else _BAR_BRUSH
+                       for name, z in self._bars]
+            drawn = [name for name, _ in self._bars]
             # A flagged layer's bar gets its severity's outline (the Health panel says why).
             pens = [_FLAG_PENS[self.flagged[name][0]] if name in self.flagged else pg.mkPen(None)
                     for name in drawn]
