@@ -17,8 +17,12 @@ steps of 10 ms or more; one example's maps <= 1.10x time and <= 1.10x peak GPU m
 host_statistics=False)``) and the optimizer's multi-tensor implementation, as CUDA runs do: a way to
 time that path's Python and dispatch overhead without a GPU (its kernels run on the CPU, though).
 
+``--batch-budget`` and ``--batched-max`` override the device path's batching limits
+(``engine.device_stats.DEVICE_BATCH_BUDGET`` / ``DEVICE_BATCHED_MAX``) for this run, to time other
+settings on a GPU; 0 as the budget reduces every output in its hook.
+
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
-       [--torch-stats]
+       [--torch-stats] [--batch-budget N] [--batched-max N]
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.probe  # noqa: E402
 from engine.batches import TensorBatches  # noqa: E402
 from engine.data import Dataset, DataSpec, make_dataset  # noqa: E402
 from engine.models import ModelSpec, build_model  # noqa: E402
@@ -170,7 +175,13 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="config names")
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.add_argument("--torch-stats", action="store_true", help="CPU runs take the GPU path's reductions")
+    parser.add_argument("--batch-budget", type=int, help="values of outputs reduced together at a step's end")
+    parser.add_argument("--batched-max", type=int, help="the largest output reduced with the others")
     args = parser.parse_args()
+    if args.batch_budget is not None:
+        engine.probe.DEVICE_BATCH_BUDGET = args.batch_budget
+    if args.batched_max is not None:
+        engine.probe.DEVICE_BATCHED_MAX = args.batched_max
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     if args.device == "cuda" and "cuda" not in devices:
@@ -181,7 +192,8 @@ def main() -> int:
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           + (", CPU runs take the GPU path's reductions" if args.torch_stats else "")
-          + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+          + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+          + f", batch budget {engine.probe.DEVICE_BATCH_BUDGET}, batched max {engine.probe.DEVICE_BATCHED_MAX}")
     print(header)
     print("-" * len(header))
     for device in devices:

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA GPU, in one run (for a machine lent for a few minutes): the CUDA
 # tests (no synchronisation in a captured step; the device path against the host path), then the
-# probe's overhead on CUDA and the operations it dispatches. Needs torch with CUDA, numpy and
-# pytest; no Qt. Writes its logs and the benchmark's JSON to $OUT (default /tmp/glassbox-gpu).
+# probe's overhead on CUDA, then the same with the device path's batching limits changed (nothing
+# batched; conv-sized outputs batched too). Needs torch with CUDA, numpy, pytest and pytest-timeout;
+# no Qt. Writes its logs and the benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync
+# test fails, it is run once more with every batch summed by index_add_ (no segment_reduce), to tell
+# which reduction synchronised. (`bench/probe_ops.py` needs no GPU: run it anywhere.)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/glassbox-gpu}
 PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if ! $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" > "$OUT/device.txt"; then
     echo "no CUDA device (or no torch) for $PY" >&2
@@ -16,9 +20,18 @@ if ! $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0
 fi
 cat "$OUT/device.txt"
 status=0
-$PY -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-$PY bench/probe_overhead.py --device cuda --blocks 7 --json "$OUT/probe_overhead_cuda.json" 2>&1 \
+timeout 240 $PY -m pytest -q -p no:cacheprovider --tb=short tests/engine/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    status=1
+    echo "--- sync test again, every batch summed by index_add_ ---"
+    timeout 120 $PY -c "import sys, pytest, engine.device_stats as d; d.ATOMIC_SUMS_MAX = 1 << 40; \
+sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tb=short', 'tests/engine/test_cuda.py', '-k', 'synchronise']))" \
+        2>&1 | tee "$OUT/test_cuda_index_add.txt"
+fi
+timeout 300 $PY bench/probe_overhead.py --device cuda --blocks 7 --json "$OUT/probe_overhead_cuda.json" 2>&1 \
     | tee "$OUT/probe_overhead_cuda.txt"
-$PY bench/probe_ops.py --json "$OUT/probe_ops.json" 2>&1 | tee "$OUT/probe_ops.txt"
+timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only mlp cnn transformer --batch-budget 0 \
+    --json "$OUT/batch_budget_0.json" 2>&1 | tee "$OUT/batch_budget_0.txt"
+timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only cnn cnn-large --batched-max 1048576 \
+    --json "$OUT/batched_max_1m.json" 2>&1 | tee "$OUT/batched_max_1m.txt"
 exit $status
