@@ -15,24 +15,30 @@ so E[d^2] - E[d]^2 doesn't cancel when the mean dwarfs the spread.
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
 
 from engine.stats import hist_stride, unit_count, unit_dims
 
-__all__ = ["ATOMIC_SUMS_MAX", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "Segments", "PendingDeviceActivation",
-           "DeviceActivationReducer", "sampled_count", "unit_maxima"]
+__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "Segments",
+           "PendingDeviceActivation", "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
-#: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with ``segment_reduce``
-#: over their offsets, one column at a time (on CUDA a 1-D one is CUB's segmented reduction, a
-#: block per segment; a 2-D one would be a thread per segment): no atomics contending for a few
-#: addresses, no index as big as the values. Both sum each segment on its own, in float64 (a
-#: prefix sum over all of them would lose a segment whose sum is tiny beside the running total
-#: before it: a zero-initialised layer's weights, the vanishing gradients of the first layers).
+#: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with
+#: ``segment_reduce`` over their offsets, one column at a time (on CUDA a 1-D one is CUB's
+#: segmented reduction, a block per segment, so long segments go in pieces; a 2-D one would be a
+#: thread per segment): no atomics contending for a few addresses, no index as big as the values.
+#: Both sum each segment on its own, in float64 (a prefix sum over all of them would lose a
+#: segment whose sum is tiny beside the running total before it: a zero-initialised layer's
+#: weights, the vanishing gradients of the first layers).
 ATOMIC_SUMS_MAX = 1 << 16
+
+#: ...where a segment longer than this is reduced in pieces of this many values first, then the
+#: pieces per segment: one block streaming a whole 4M-value weight matrix, column after column,
+#: would leave the rest of the GPU idle.
+SEGMENT_PIECE = 1 << 16
 
 #: Outputs are copied in their hooks and reduced together at the end of the step while their
 #: copies hold at most this many values in all (8 MiB of float32; summing them takes a few
@@ -61,6 +67,10 @@ def _index(values: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(values, np.int64)).to(device)
 
 
+#: A (total,) column to sum, or a function making one.
+Column = Union[torch.Tensor, Callable[[], torch.Tensor]]
+
+
 class Segments:
     """Consecutive segments of a flat tensor on ``device``, by their sizes."""
 
@@ -75,10 +85,19 @@ class Segments:
         self.starts = torch.tensor([min(o, max(self.total - 1, 0)) for o in offsets[:-1]], device=device)
         self.ids: torch.Tensor | None = None
         self._offsets = torch.tensor(offsets, device=device)
+        self._pieces: torch.Tensor | None = None
         if atomic or (atomic is None and self.total <= ATOMIC_SUMS_MAX):
             self.ids = _index(np.repeat(np.arange(self.count), self.sizes), device)
         else:
             self._counts = torch.tensor(self.sizes, device=device)
+            if max(self.sizes, default=0) > SEGMENT_PIECE:
+                # Pieces of at most SEGMENT_PIECE values, none across two segments (an empty
+                # segment has none: its second-stage reduction is that of an empty segment).
+                per_segment = [-(-n // SEGMENT_PIECE) for n in self.sizes]
+                starts = np.concatenate([np.arange(o, o + n, SEGMENT_PIECE, dtype=np.int64)
+                                         for o, n in zip(offsets[:-1], self.sizes)] + [np.array([self.total])])
+                self._pieces = _index(starts, device)
+                self._piece_offsets = _index(np.concatenate([[0], np.cumsum(per_segment)]), device)
 
     def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
         """Each value's segment's entry of a (count,) tensor, as a (total,) tensor."""
@@ -86,22 +105,30 @@ class Segments:
             return per_segment[self.ids]
         return torch.repeat_interleave(per_segment, self._counts, output_size=self.total)
 
-    def sums(self, columns: list[torch.Tensor]) -> torch.Tensor:
-        """(count, k) float64 sums over each segment of each of k (total,) columns (any dtype)."""
+    def sums(self, columns: Sequence[Column]) -> torch.Tensor:
+        """(count, k) float64 sums over each segment of each of k (total,) columns (any dtype).
+        A column may be given as a function making it: a big one is then made only when it is
+        summed, so at most one such lives at a time (a big model's weights are 100s of MB)."""
+        made = lambda column: column() if callable(column) else column  # noqa: E731
         if self.ids is not None:
-            stacked = torch.stack(columns, dim=1).to(torch.float64)
+            stacked = torch.stack([made(column) for column in columns], dim=1).to(torch.float64)
             out = torch.zeros((self.count, len(columns)), dtype=torch.float64, device=self.device)
             return out.index_add_(0, self.ids, stacked)
-        return torch.stack([self._segment_sums(column) for column in columns], dim=1)
+        return torch.stack([self._segment_sums(made(column)) for column in columns], dim=1)
 
     def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
+        return self._reduce(values.to(torch.float64), "sum")
+
+    def _reduce(self, values: torch.Tensor, how: str) -> torch.Tensor:
         # (``unsafe`` skips the checks of the offsets, which would read them on the host.)
-        return torch.segment_reduce(values.to(torch.float64), "sum", offsets=self._offsets, axis=0, unsafe=True)
+        if self._pieces is None:
+            return torch.segment_reduce(values, how, offsets=self._offsets, axis=0, unsafe=True)
+        pieces = torch.segment_reduce(values, how, offsets=self._pieces, axis=0, unsafe=True)
+        return torch.segment_reduce(pieces, how, offsets=self._piece_offsets, axis=0, unsafe=True)
 
     def extremes(self, flat: torch.Tensor, nans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each (non-empty) segment's min and max; NaN where ``nans`` counts a NaN in it."""
-        low, high = (torch.segment_reduce(flat, how, offsets=self._offsets, axis=0, unsafe=True)
-                     for how in ("min", "max"))
+        low, high = (self._reduce(flat, how) for how in ("min", "max"))
         poisoned = nans > 0
         return torch.where(poisoned, float("nan"), low), torch.where(poisoned, float("nan"), high)
 
@@ -116,9 +143,10 @@ class Segments:
         # (shifted, a float32 square loses nothing that matters to the variance).
         x = flat.double() if self.ids is not None else flat
         shifted = x - self.spread(x[self.starts])
-        columns = [x, shifted, shifted * shifted, torch.isnan(flat), torch.isinf(flat), *extra]
+        columns: list[Column] = [x, shifted, lambda: shifted * shifted, lambda: torch.isnan(flat),
+                                 lambda: torch.isinf(flat), *extra]
         if norm:
-            columns.append(x * x)
+            columns.append(lambda: x * x)
         sums = self.sums(columns)
         mean = sums[:, 0] / self.lengths
         offset = sums[:, 1] / self.lengths

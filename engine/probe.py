@@ -869,7 +869,7 @@ class Probe:
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
         else:
             delta = self._joined(self._device_views(plan)) - before
-            norms = plan.segments.sums([delta * delta, before * before])
+            norms = plan.segments.sums([lambda: delta * delta, lambda: before * before])
             self._push("update", layers, "norms", norms)
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:

@@ -26,12 +26,23 @@ def _parts() -> list[torch.Tensor]:
     return parts
 
 
-@pytest.mark.parametrize("atomic", [True, False], ids=["index_add", "segment_reduce"])
-def test_segment_figures_against_numpy(atomic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if atomic else 0)
+SUMMING = ["index_add", "segment_reduce", "pieces"]
+
+
+def _summing(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sum with index_add_, with segment_reduce over whole segments, or in pieces of 7 values."""
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if how == "index_add" else 0)
+    if how == "pieces":
+        monkeypatch.setattr(device_stats, "SEGMENT_PIECE", 7)
+
+
+@pytest.mark.parametrize("how", SUMMING)
+def test_segment_figures_against_numpy(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _summing(how, monkeypatch)
     parts = _parts()
     segments = Segments([p.numel() for p in parts], "cpu")
-    assert (segments.ids is not None) == atomic
+    assert (segments.ids is not None) == (how == "index_add")
+    assert (segments._pieces is not None) == (how == "pieces")
     flat = torch.cat(parts)
     extra = (flat > 0.5)
     rows, sums = segments.figures(flat, [extra])
@@ -50,11 +61,11 @@ def test_segment_figures_against_numpy(atomic: bool, monkeypatch: pytest.MonkeyP
     np.testing.assert_allclose(pair[:2, 0].numpy(), [float(p.double().sum()) * 2 for p in parts[:2]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("atomic", [True, False], ids=["index_add", "segment_reduce"])
-def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(atomic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("how", SUMMING)
+def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Vanishing gradients next to big weights, or a zero-initialised layer after a trained one:
     each segment is summed on its own, so nothing of the first leaks into the second."""
-    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if atomic else 0)
+    _summing(how, monkeypatch)
     g = torch.Generator().manual_seed(5)
     huge, tiny = torch.randn(5000, generator=g) * 1e4, torch.randn(300, generator=g) * 1e-7
     rows, _ = Segments([5000, 300], "cpu").figures(torch.cat([huge, tiny]))
@@ -62,11 +73,17 @@ def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(atomic: bool, monkeyp
     np.testing.assert_allclose(rows[1, :3].numpy(), [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-6)
 
 
-def test_empty_segments_get_nan_figures() -> None:
-    segments = Segments([0, 3], "cpu")
+@pytest.mark.parametrize("how", SUMMING)
+def test_empty_segments_get_nan_figures(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _summing(how, monkeypatch)
+    monkeypatch.setattr(device_stats, "SEGMENT_PIECE", 2 if how == "pieces" else device_stats.SEGMENT_PIECE)
+    segments = Segments([0, 3, 0], "cpu")
     rows, _ = segments.figures(torch.tensor([1.0, 2.0, 3.0]))
-    assert np.isnan(rows[0, :3].numpy()).all() and rows[0, 3] == 0
+    assert np.isnan(rows[[0, 2], :3].numpy()).all() and (rows[[0, 2], 3] == 0).all()
     np.testing.assert_allclose(rows[1, :3].numpy(), [np.sqrt(14.0), 2.0, 2.0 / 3.0])
+    if how != "index_add":
+        low, high = segments.extremes(torch.tensor([1.0, -2.0, 3.0]), rows[:, 3])
+        assert low[1] == -2.0 and high[1] == 3.0
     assert np.isnan(Segments([0], "cpu").figures(torch.zeros(0))[0].numpy()[:, :3]).all()
 
 
@@ -103,13 +120,16 @@ def _outputs(seed: int) -> list[np.ndarray]:
     return outs
 
 
-@pytest.mark.parametrize("big", [False, True], ids=["small_batch", "big_batch"])
-def test_device_rows_equal_the_host_reducers(big: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small batches: index_add_ sums and one padded min/max; big ones: segment_reduce, and
-    ReLU outputs' units judged from their per-example maxima."""
+@pytest.mark.parametrize("big,piece", [(False, None), (True, None), (True, 5)],
+                         ids=["small_batch", "big_batch", "big_batch_in_pieces"])
+def test_device_rows_equal_the_host_reducers(big: bool, piece: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches: index_add_ sums and one padded min/max; big ones: segment_reduce (whole
+    segments, or in pieces), and ReLU outputs' units judged from their per-example maxima."""
     if big:
         monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
         monkeypatch.setattr(device_stats, "UNIT_MAXIMA_FROM", 0)
+    if piece:
+        monkeypatch.setattr(device_stats, "SEGMENT_PIECE", piece)
     bins = 16
     device = DeviceActivationReducer(0.01, bins)
     host = ActivationReducer(0.01, bins)
