@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs a CUDA GPU, in one run (for a machine lent for a few minutes): the CUDA
 # tests (no synchronisation in a captured step; the device path against the host path), then the
-# probe's overhead on CUDA, then the same with the device path's batching limits changed (nothing
-# batched; conv-sized outputs batched too). Needs torch with CUDA, numpy, pytest and pytest-timeout;
+# probe's overhead on CUDA (a few minutes on an H200, the xl models included), then the same with
+# the device path's batching limits changed (nothing batched; conv-sized outputs batched too). Needs torch with CUDA, numpy, pytest and pytest-timeout;
 # no Qt. Writes its logs and the benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync
 # test fails, it is run once more with every batch summed by index_add_ (no segment_reduce), to tell
 # which reduction synchronised. (`bench/probe_ops.py` needs no GPU: run it anywhere.)
@@ -28,7 +28,7 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tb=short', 'tests/engine/test_cuda.py', '-k', 'synchronise']))" \
         2>&1 | tee "$OUT/test_cuda_index_add.txt"
 fi
-timeout 300 $PY bench/probe_overhead.py --device cuda --blocks 7 --json "$OUT/probe_overhead_cuda.json" 2>&1 \
+timeout 420 $PY bench/probe_overhead.py --device cuda --blocks 7 --json "$OUT/probe_overhead_cuda.json" 2>&1 \
     | tee "$OUT/probe_overhead_cuda.txt"
 timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only mlp cnn transformer --batch-budget 0 \
     --json "$OUT/batch_budget_0.json" 2>&1 | tee "$OUT/batch_budget_0.txt"
