@@ -2,9 +2,9 @@
 # Every check that needs a CUDA GPU, in one run (for a machine lent for a few minutes): the CUDA
 # tests (no synchronisation in a captured step; the device path against the host path), then the
 # probe's overhead on CUDA (a few minutes on an H200, the xl models included), then the same with
-# the device path's batching limits changed (nothing batched; conv-sized outputs batched too). Needs torch with CUDA, numpy, pytest and pytest-timeout;
-# no Qt. Writes its logs and the benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync
-# test fails, it is run once more with every batch summed by index_add_ (no segment_reduce), to tell
+# the device path's batching limits changed (nothing batched; conv-sized outputs batched too).
+# Needs torch with CUDA, numpy, pytest and pytest-timeout; no Qt. Writes its logs and the
+# benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync test fails, it is run once more with every batch summed by index_add_ (no segment_reduce), to tell
 # which reduction synchronised. (`bench/probe_ops.py` needs no GPU: run it anywhere.)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh
