@@ -4,8 +4,9 @@
 # probe's overhead on CUDA (a few minutes on an H200, the xl models included), then the same with
 # the device path's batching limits changed (nothing batched; conv-sized outputs batched too).
 # Needs torch with CUDA, numpy, pytest and pytest-timeout; no Qt. Writes its logs and the
-# benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync test fails, it is run once more with every batch summed by index_add_ (no segment_reduce), to tell
-# which reduction synchronised. (`bench/probe_ops.py` needs no GPU: run it anywhere.)
+# benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync test fails, it is run once
+# more with every batch summed by index_add_ (no segment_reduce), to tell which reduction
+# synchronised. (`bench/probe_ops.py` needs no GPU: run it anywhere.)
 #
 #   OUT=/some/dir bash scripts/gpu_check.sh
 set -u
