@@ -10,7 +10,10 @@ CPU, the optimizer uses its multi-tensor (foreach) implementation as on CUDA, an
 Prints per configuration: ops of a bare step, what a capture adds, what views add (one
 example's feature maps or attention), the every-16-steps ratio in ops, and the maps ratio in ops,
 against the issue's time targets (<= 1.05 every 16 steps, <= 1.10 for maps). A count is exact and
-repeatable, so this needs no blocks or medians.
+repeatable, so this needs no blocks or medians. Then the memory traffic: megabytes a bare step's
+kernels read and write (tensor arguments and results), a captured step's as a multiple of it, and
+the operations that add most: on a big model, whose GPU step is bound by memory rather than by
+launches, this is what a capture costs.
 
 Usage: python bench/probe_ops.py [--only NAME ...] [--json PATH]
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,21 +42,30 @@ VIEWS = {"view", "_unsafe_view", "detach", "alias", "slice", "select", "unsqueez
 
 
 class OpCounter(TorchDispatchMode):
+    """Counts operations, and the bytes of the tensors each kernel-launching one reads or writes
+    (its tensor arguments and results: a GPU-bound step's cost is roughly the memory it moves)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
+        self.bytes: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        out = func(*args, **(kwargs or {}))
+        if name not in VIEWS:
+            self.bytes[name] += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
+                                    if isinstance(t, torch.Tensor))
+        return out
 
 
-def count_step(trainer: Trainer, capture: bool, tensors: bool) -> collections.Counter[str]:
+def count_step(trainer: Trainer, capture: bool, tensors: bool) -> OpCounter:
     with OpCounter() as counter:
         result = trainer.step(capture=capture, tensors=tensors)
     if result.capture is not None:
         result.capture.get()
-    return counter.ops
+    return counter
 
 
 def measure(config: Config) -> dict:
@@ -68,8 +81,10 @@ def measure(config: Config) -> dict:
     modes = {"bare": (False, False), "captured": (True, False), "maps": (True, True)}
     for capture, tensors in list(modes.values()) * 2:  # the first capture fixes the layer order
         count_step(trainer, capture, tensors)
-    counts = {mode: count_step(trainer, *flags) for mode, flags in modes.items()}
+    counters = {mode: count_step(trainer, *flags) for mode, flags in modes.items()}
     trainer.close()
+    counts = {mode: counter.ops for mode, counter in counters.items()}
+    moved = {mode: sum(counter.bytes.values()) for mode, counter in counters.items()}
     total = {mode: sum(c.values()) for mode, c in counts.items()}
     kernels = {mode: sum(n for op, n in c.items() if op not in VIEWS) for mode, c in counts.items()}
     return {
@@ -79,6 +94,10 @@ def measure(config: Config) -> dict:
         "every_16_ops": round((15 * total["bare"] + total["captured"]) / (16 * total["bare"]), 3),
         "maps_ratio_ops": round(total["maps"] / total["captured"], 3),
         "top_capture_ops": dict((counts["captured"] - counts["bare"]).most_common(8)),
+        "bare_mb": round(moved["bare"] / 1e6, 1),
+        "captured_mb_ratio": round(moved["captured"] / moved["bare"], 2),
+        "top_capture_mb": {op: round(n / 1e6, 1) for op, n in
+                           (counters["captured"].bytes - counters["bare"].bytes).most_common(6)},
     }
 
 
@@ -88,7 +107,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args()
     header = f"{'config':<18} {'bare ops':>8} {'(kern)':>7} {'capture +':>9} {'(kern)':>7} {'maps +':>7} " \
-             f"{'every16':>8} {'maps':>6}"
+             f"{'every16':>8} {'maps':>6} {'bare MB':>8} {'capt x':>8}  capture adds most MB"
     print(f"torch {torch.__version__}; the GPU path's operations, counted on the CPU")
     print(header)
     print("-" * len(header))
@@ -102,7 +121,9 @@ def main() -> int:
         rows.append(row)
         maps = f"{row['maps_ratio_ops']:.3f}" if config.maps_layer_kind != "none" else "—"
         print(f"{row['config']:<18} {row['bare_ops']:>8} {row['bare_kernels']:>7} {row['capture_ops']:>9} "
-              f"{row['capture_kernels']:>7} {row['maps_ops']:>7} {row['every_16_ops']:>8.3f} {maps:>6}", flush=True)
+              f"{row['capture_kernels']:>7} {row['maps_ops']:>7} {row['every_16_ops']:>8.3f} {maps:>6} "
+              f"{row['bare_mb']:>8.1f} {row['captured_mb_ratio']:>7.2f}x  "
+              + ", ".join(f"{op} {mb:.0f}" for op, mb in list(row["top_capture_mb"].items())[:3]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
