@@ -29,11 +29,11 @@ def _parts() -> list[torch.Tensor]:
 SUMMING = ["index_add", "segment_reduce", "pieces"]
 
 
-def _summing(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sum with index_add_, with segment_reduce over whole segments, or in pieces of 7 values."""
+def _summing(how: str, monkeypatch: pytest.MonkeyPatch, piece: int = 7) -> None:
+    """Sum with index_add_, with segment_reduce over whole segments, or in pieces of ``piece`` values."""
     monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if how == "index_add" else 0)
     if how == "pieces":
-        monkeypatch.setattr(device_stats, "SEGMENT_PIECE", 7)
+        monkeypatch.setattr(device_stats, "SEGMENT_PIECE", piece)
 
 
 @pytest.mark.parametrize("how", SUMMING)
@@ -75,9 +75,9 @@ def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(how: str, monkeypatch
 
 @pytest.mark.parametrize("how", SUMMING)
 def test_empty_segments_get_nan_figures(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _summing(how, monkeypatch)
-    monkeypatch.setattr(device_stats, "SEGMENT_PIECE", 2 if how == "pieces" else device_stats.SEGMENT_PIECE)
+    _summing(how, monkeypatch, piece=2)
     segments = Segments([0, 3, 0], "cpu")
+    assert (segments._pieces is not None) == (how == "pieces")
     rows, _ = segments.figures(torch.tensor([1.0, 2.0, 3.0]))
     assert np.isnan(rows[[0, 2], :3].numpy()).all() and (rows[[0, 2], 3] == 0).all()
     np.testing.assert_allclose(rows[1, :3].numpy(), [np.sqrt(14.0), 2.0, 2.0 / 3.0])
