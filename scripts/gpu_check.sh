@@ -2,7 +2,8 @@
 # Every check that needs a CUDA GPU, in one run (for a machine lent for a few minutes): the CUDA
 # tests (no synchronisation in a captured step; the device path against the host path), then the
 # probe's overhead on CUDA (a few minutes on an H200, the xl models included), then the same with
-# the device path's batching limits changed (nothing batched; conv-sized outputs batched too).
+# the device path's batching limits changed (nothing batched; conv-sized outputs batched too), then
+# a profile of two GPU-bound models' captures. At most 8 files, as a lent machine returns.
 # Needs torch with CUDA, numpy, pytest and pytest-timeout; no Qt. Writes its logs and the
 # benchmarks' JSON to $OUT (default /tmp/glassbox-gpu). If the sync test fails, it is run once
 # more with every batch summed by index_add_ (no segment_reduce), to tell which reduction
@@ -32,7 +33,10 @@ fi
 timeout 420 $PY bench/probe_overhead.py --device cuda --blocks 7 --json "$OUT/probe_overhead_cuda.json" 2>&1 \
     | tee "$OUT/probe_overhead_cuda.txt"
 timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only mlp cnn transformer --batch-budget 0 \
-    --json "$OUT/batch_budget_0.json" 2>&1 | tee "$OUT/batch_budget_0.txt"
+    2>&1 | tee "$OUT/batch_budget_0.txt"
 timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only cnn cnn-large --batched-max 1048576 \
-    --json "$OUT/batched_max_1m.json" 2>&1 | tee "$OUT/batched_max_1m.txt"
+    2>&1 | tee "$OUT/batched_max_1m.txt"
+# Where the GPU-bound models' captures spend their time (long: to the file only).
+timeout 120 $PY bench/profile_capture.py --device cuda --only mlp-xl transformer-xl --steps 32 \
+    > "$OUT/profile_xl.txt" 2>&1
 exit $status
