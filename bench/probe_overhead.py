@@ -19,8 +19,9 @@ host_statistics=False)``) and the optimizer's multi-tensor implementation, as CU
 time that path's Python and dispatch overhead without a GPU (its kernels run on the CPU, though).
 
 ``--batch-budget`` and ``--batched-max`` override the device path's batching limits
-(``engine.device_stats.DEVICE_BATCH_BUDGET`` / ``DEVICE_BATCHED_MAX``) for this run, to time other
-settings on a GPU; 0 as the budget reduces every output in its hook.
+(``DEVICE_BATCH_BUDGET`` / ``DEVICE_BATCHED_MAX`` of ``engine.device_stats``, as ``engine.probe``
+reads them) for this run, to time other settings on a GPU; 0 as the budget reduces every output in
+its hook.
 
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
        [--torch-stats] [--batch-budget N] [--batched-max N]
