@@ -22,8 +22,8 @@ import torch
 
 from engine.stats import hist_stride, unit_count, unit_dims
 
-__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "Segments",
-           "PendingDeviceActivation", "DeviceActivationReducer", "sampled_count", "unit_maxima"]
+__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP",
+           "Segments", "PendingDeviceActivation", "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with
@@ -53,6 +53,13 @@ DEVICE_BATCH_BUDGET = 1 << 21
 #: output one thread block on CUDA, which streams this much (512 KiB a float64 column) in a few
 #: microseconds; a bigger output is reduced in its hook by kernels that use the whole GPU.
 DEVICE_BATCHED_MAX = 1 << 16
+
+
+#: The device path reduces the parameters' statistics a group of layers at a time, a group
+#: holding at most this many values (a bigger layer is a group of its own; most models are one
+#: group). The gradients' copy and the summed columns then take a few times this much GPU memory
+#: at most, whatever the model's size; the weights' copy, kept for the update ratio, is whole.
+DEVICE_PARAM_GROUP = 1 << 26
 
 
 def sampled_count(count: int) -> int | None:

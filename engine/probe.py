@@ -49,6 +49,7 @@ from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, par
 from engine.device_stats import (
     DEVICE_BATCH_BUDGET,
     DEVICE_BATCHED_MAX,
+    DEVICE_PARAM_GROUP,
     DeviceActivationReducer,
     PendingDeviceActivation,
     Segments,
@@ -199,8 +200,37 @@ class _ParamPlan:
     device_views: list[torch.Tensor] | None = None
     device_pointers: tuple[int, ...] | None = None
     offsets: dict[int, int] | None = None
-    segments: Segments | None = None
+    groups: list[_ParamGroup] | None = None
     both_segments: Segments | None = None
+
+
+@dataclass(frozen=True)
+class _ParamGroup:
+    """Consecutive parameter-owning layers whose statistics the device path reduces together:
+    their parameters (``params``) and values (``values``) in the concatenation, and their segments."""
+
+    params: slice
+    values: slice
+    segments: Segments
+
+
+def _part(flat: torch.Tensor, values: slice) -> torch.Tensor:
+    """``flat[values]``, or ``flat`` itself when that is all of it (a view costs a dispatch)."""
+    return flat if values.start == 0 and values.stop == flat.numel() else flat[values]
+
+
+def _param_groups(layers: list[_Layer], sizes: list[int], device: torch.device) -> list[_ParamGroup]:
+    """Layers in groups of at most ``DEVICE_PARAM_GROUP`` values (a bigger layer alone)."""
+    groups: list[_ParamGroup] = []
+    first = param = value = 0
+    for end in range(1, len(layers) + 1):
+        held = sum(sizes[first:end])
+        if end == len(layers) or held + sizes[end] > DEVICE_PARAM_GROUP:
+            count = sum(len(layer.params) for layer in layers[first:end])
+            groups.append(_ParamGroup(slice(param, param + count), slice(value, value + held),
+                                      Segments(sizes[first:end], device)))
+            first, param, value = end, param + count, value + held
+    return groups
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -741,8 +771,8 @@ class Probe:
             views = [p.detach().reshape(-1) for p in plan.params]
             contiguous = all(p.is_contiguous() for p in plan.params)  # else reshape copied
             plan.device_views, plan.device_pointers = (views, pointers) if contiguous else (None, None)
-        if plan.segments is None:
-            plan.segments = Segments(plan.sizes, plan.device)
+        if plan.groups is None:
+            plan.groups = _param_groups(plan.layers, plan.sizes, plan.device)
             both = Segments(plan.sizes + plan.sizes, plan.device)
             plan.both_segments = both if both.ids is not None else None  # (see ATOMIC_SUMS_MAX)
             offsets = itertools.accumulate([p.numel() for p in plan.params], initial=0)
@@ -776,10 +806,13 @@ class Probe:
                     both = self._joined(views + grads)
                     self._weights, self._grads = both[:sum(plan.sizes)], both[sum(plan.sizes):]
                     rows = plan.both_segments.figures(both)[0]
-                else:
+                else:  # big: the weights' copy is kept whole, the rest is made a group at a time
                     self._weights = self._joined(views)
-                    rows = torch.cat([plan.segments.figures(self._weights)[0],
-                                      plan.segments.figures(self._joined(grads))[0]])
+                    weights, gradients = [], []
+                    for group in plan.groups:
+                        weights.append(group.segments.figures(_part(self._weights, group.values))[0])
+                        gradients.append(group.segments.figures(self._joined(grads[group.params]))[0])
+                    rows = torch.cat(weights + gradients)
             self._push("pstats", layers, "weight", rows[:len(layers)])
             self._push("pstats", layers, "grad", rows[len(layers):])
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
@@ -864,13 +897,19 @@ class Probe:
         self._before_flat = None
         plan = self._param_plan(self._device)
         layers = plan.layers
-        delta = None
+        delta = None  # the device path's change of every parameter, when they are one group
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
         else:
-            delta = self._joined(self._device_views(plan)) - before
-            norms = plan.segments.sums([lambda: delta * delta, lambda: before * before])
-            self._push("update", layers, "norms", norms)
+            views = self._device_views(plan)
+            norms = []
+            for group in plan.groups:  # (a big model's change is made and let go a group at a time)
+                start = _part(before, group.values)
+                change = self._joined(views[group.params]) - start
+                norms.append(group.segments.sums([lambda: change * change, lambda: start * start]))
+            delta = change if len(plan.groups) == 1 else None
+            del change, start
+            self._push("update", layers, "norms", norms[0] if len(norms) == 1 else torch.cat(norms))
         focus = next((layer for layer in layers if self._is_focus(layer)), None)
         if self._want_tensors and focus is not None and focus.main_weight is not None:
             offset = 0
@@ -879,7 +918,9 @@ class Probe:
                     if delta is not None:
                         change = delta[offset:offset + p.numel()].view(p.shape)
                     else:
-                        change = p.detach() - torch.from_numpy(before[offset:offset + p.numel()]).reshape(p.shape)
+                        start = before[offset:offset + p.numel()]
+                        start = torch.from_numpy(start) if isinstance(start, np.ndarray) else start
+                        change = p.detach() - start.reshape(p.shape)
                     self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
                 offset += p.numel()
 
