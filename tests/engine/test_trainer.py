@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.batches import LoaderBatches, TensorBatches
-from engine.snapshot import Hyper
+from engine.snapshot import Hyper, PhaseInfo
 from engine.trainer import StepError, Trainer, TrainerConfig
 
 
@@ -30,18 +30,21 @@ def params(trainer: Trainer) -> list[torch.Tensor]:
            [b.detach().clone() for b in trainer.model.buffers()]
 
 
+def phases_of_a_step(trainer: Trainer) -> list[PhaseInfo]:
+    """Every phase of one step, taken one at a time, up to and including its update."""
+    phases = [trainer.next_phase()]
+    while phases[-1].kind != "update":
+        phases.append(trainer.next_phase())
+    return phases
+
+
 def test_phase_by_phase_step_is_bit_identical_to_plain_step() -> None:
     plain, phased = make_trainer(), make_trainer()
     for _ in range(3):
         plain.step()
         phased.step()
     plain.step()
-    phases = []
-    while True:
-        phase = phased.next_phase()
-        phases.append(phase)
-        if phase.kind == "update":
-            break
+    phases = phases_of_a_step(phased)
     for a, b in zip(params(plain), params(phased)):
         assert torch.equal(a, b)
     # and the streams stay in lockstep afterwards (same batches, same dropout masks)
@@ -417,12 +420,7 @@ def test_an_in_place_activation_shows_no_input_it_no_longer_has() -> None:
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
     trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y),
                       hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=8))
-    phases = []
-    while True:
-        phase = trainer.next_phase()
-        phases.append(phase)
-        if phase.kind == "update":
-            break
+    phases = phases_of_a_step(trainer)
     relu = next(p for p in phases if p.kind == "forward" and p.module == "1")
     assert "input" not in relu.tensors and (relu.tensors["output"] >= 0).all()
     linear = next(p for p in phases if p.kind == "forward" and p.module == "0")

@@ -217,12 +217,8 @@ MANY = tuple(f"blocks.{b}.{part}" for b in range(3) for part in ("norm1", "attn"
 
 
 @pytest.mark.parametrize("size", [(300, 300), (420, 430), (900, 640)])
-def test_many_layers_in_a_small_dock_keep_readable_labels(qtbot, size):
-    view = ActivationView()
-    qtbot.addWidget(view)
-    view.resize(*size)
-    view.show()
-    qtbot.waitExposed(view)
+def test_many_layers_in_a_small_dock_keep_readable_labels(shown, qtbot, size):
+    view = shown(ActivationView(), *size)
     rng = np.random.default_rng(1)
     frames = tuple(make_frame(step, rng, names=MANY) for step in range(5))
     view.render(make_data(frames))
@@ -248,13 +244,9 @@ def test_many_layers_in_a_small_dock_keep_readable_labels(qtbot, size):
     assert "dead" in view.fraction_title.text
 
 
-def test_a_very_narrow_dock_still_gives_the_histograms_room(qtbot):
+def test_a_very_narrow_dock_still_gives_the_histograms_room(shown, qtbot):
     """200 px (every view shown at once): a fixed 100 px for the fractions left the histograms 8."""
-    view = ActivationView()
-    qtbot.addWidget(view)
-    view.resize(200, 420)
-    view.show()
-    qtbot.waitExposed(view)
+    view = shown(ActivationView(), 200, 420)
     rng = np.random.default_rng(2)
     view.render(make_data(tuple(make_frame(step, rng) for step in range(3))))
     qtbot.wait(30)

@@ -108,12 +108,8 @@ def test_title_names_the_layer_the_maps_come_from(view):
     assert view.plot_title.full_text.startswith("blocks.0.attn: 4 heads")
 
 
-def test_small_dock_thins_token_labels_and_keeps_head_titles_off_the_maps(qtbot):
-    view = AttentionView()
-    qtbot.addWidget(view)
-    view.resize(260, 230)
-    view.show()
-    qtbot.waitExposed(view)
+def test_small_dock_thins_token_labels_and_keeps_head_titles_off_the_maps(shown, qtbot):
+    view = shown(AttentionView(), 260, 230)
     tokens = tuple(f"tok{i}" for i in range(16))
     view.render(make_data(TensorViews(10, "attn", 0, attention=attention(heads=4, tokens=16), tokens=tokens)))
     qtbot.wait(30)

@@ -36,13 +36,8 @@ def view_data(b: BoundaryView | None) -> ViewData:
 
 
 @pytest.fixture
-def view(qtbot) -> DecisionBoundary:
-    widget = DecisionBoundary()
-    qtbot.addWidget(widget)
-    widget.resize(600, 600)
-    widget.show()
-    qtbot.waitExposed(widget)
-    return widget
+def view(shown) -> DecisionBoundary:
+    return shown(DecisionBoundary(), 600, 600)
 
 
 def test_binary_prediction_image_levels_and_extent(view):

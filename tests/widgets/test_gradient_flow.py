@@ -232,12 +232,8 @@ def row_label_gaps(axis, length: float) -> list[float]:
 
 @pytest.mark.parametrize("size, arrangement", [((900, 600), "side by side"), ((420, 430), "stacked"),
                                                ((300, 330), "bars only")])
-def test_layout_adapts_to_the_dock_and_never_overflows(qtbot, size, arrangement):
-    view = GradientFlow()
-    qtbot.addWidget(view)
-    view.resize(*size)
-    view.show()
-    qtbot.waitExposed(view)
+def test_layout_adapts_to_the_dock_and_never_overflows(shown, qtbot, size, arrangement):
+    view = shown(GradientFlow(), *size)
     view.render(transformer_data())
     qtbot.wait(30)
     assert view.arrangement == arrangement

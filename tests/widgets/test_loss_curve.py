@@ -193,12 +193,8 @@ def test_accuracy_plot_only_for_runs_that_report_accuracy(view, qtbot):
     assert len(x) == 100
 
 
-def test_step_labels_fit_a_narrow_dock(qtbot):
-    view = LossCurve()
-    qtbot.addWidget(view)
-    view.resize(220, 300)
-    view.show()
-    qtbot.waitExposed(view)
+def test_step_labels_fit_a_narrow_dock(shown, qtbot):
+    view = shown(LossCurve(), 220, 300)
     view.render(make_data(decimated_series(total=400_000, points=200)))
     qtbot.wait(20)
     axis = view.acc_plot.getAxis("bottom")

@@ -34,12 +34,8 @@ def view_data(net: NetworkView | None, layer: str | None = None, unit: int | Non
 
 
 @pytest.fixture
-def graph(qtbot) -> NetworkGraph:
-    widget = NetworkGraph()
-    qtbot.addWidget(widget)
-    widget.resize(800, 450)
-    widget.show()
-    qtbot.waitExposed(widget)
+def graph(shown) -> NetworkGraph:
+    widget = shown(NetworkGraph(), 800, 450)
     return widget
 
 

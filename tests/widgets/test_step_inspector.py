@@ -28,12 +28,8 @@ def phase(index=6, kind="forward", module="layers.6.linear", tensors=None) -> Ph
 
 
 @pytest.fixture
-def inspector(qtbot) -> StepInspector:
-    widget = StepInspector()
-    qtbot.addWidget(widget)
-    widget.resize(900, 500)
-    widget.show()
-    qtbot.waitExposed(widget)
+def inspector(shown) -> StepInspector:
+    widget = shown(StepInspector(), 900, 500)
     return widget
 
 
@@ -134,12 +130,8 @@ def test_one_example_tensors_read_as_bars_and_a_loss_as_a_number(inspector):
     assert "(1, 1)" in loss.caption.text()
 
 
-def test_panels_stack_in_a_narrow_dock_and_the_list_never_scrolls_sideways(qtbot):
-    view = StepInspector()
-    qtbot.addWidget(view)
-    view.resize(330, 300)
-    view.show()
-    qtbot.waitExposed(view)
+def test_panels_stack_in_a_narrow_dock_and_the_list_never_scrolls_sideways(shown, qtbot):
+    view = shown(StepInspector(), 330, 300)
     view.render(view_data(phase()))
     qtbot.wait(20)
     assert view.panel_columns == 1  # two tensors, one above the other

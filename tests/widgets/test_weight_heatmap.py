@@ -187,12 +187,8 @@ def test_cell_axes_count_units_at_cell_centres(view, qtbot):
     assert view.hover_at(1.5, 2.5).startswith("fc1  w[out=2, in=1] = ")
 
 
-def test_narrow_dock_keeps_the_layer_name_readable(qtbot):
-    view = WeightHeatmap()
-    qtbot.addWidget(view)
-    view.resize(300, 330)
-    view.show()
-    qtbot.waitExposed(view)
+def test_narrow_dock_keeps_the_layer_name_readable(shown, qtbot):
+    view = shown(WeightHeatmap(), 300, 330)
     layers = (LayerInfo(0, "layers.0.linear", "Linear", "param", 40, (16, 2)),)
     view.render(make_data(make_tensors(np.random.default_rng(0), layer="layers.0.linear", shape=(16, 2)), layers))
     qtbot.wait(20)
