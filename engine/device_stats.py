@@ -242,7 +242,8 @@ class DeviceActivationReducer:
         self.bins = bins
         self._layouts: dict[tuple, _Layout] = {}  # newest last
 
-    def _arrange(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
+    def arrange(self, pending: list[PendingDeviceActivation], device: torch.device) -> _Layout:
+        """What reducing outputs of this arrangement takes, made once and kept while it recurs."""
         key = (device,) + tuple((p.shape, p.hist_range, p.saturation_bounds, p.relu_like, p.units is None)
                                 for p in pending)
         layout = self._layouts.pop(key, None)
@@ -307,10 +308,11 @@ class DeviceActivationReducer:
                        per_sampled(-lo * scale), base, hist_counts, ones, low, high, flat_units, units, count,
                        unit_segment)
 
-    def rows(self, pending: list[PendingDeviceActivation]) -> torch.Tensor:
-        """(outputs, 8 + bins) float32 rows, on the outputs' device."""
+    def rows(self, pending: list[PendingDeviceActivation], layout: _Layout | None = None) -> torch.Tensor:
+        """(outputs, 8 + bins) float32 rows, on the outputs' device; ``layout`` is their
+        ``arrange``-ment, if it is at hand."""
         flat = torch.cat([p.values for p in pending])
-        layout = self._arrange(pending, flat.device)
+        layout = self.arrange(pending, flat.device) if layout is None else layout
         count, bins = len(pending), self.bins
         extra = []
         if layout.saturation_low is not None:

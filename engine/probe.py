@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from engine.capture_parse import ACT_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
+from engine.capture_parse import ACT_FIELDS, PARAM_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.device_stats import (
     DEVICE_BATCH_BUDGET,
     DEVICE_BATCHED_MAX,
@@ -69,6 +69,7 @@ from engine.host_stats import (
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.snapshot import LayerInfo
 from engine.stats import dead_units, histogram, moments, nonfinite_counts
+from engine.step_graph import GRAPH_INPUT_MAX, StepGraphs
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
 
@@ -90,6 +91,11 @@ MAX_GRAPH_UNITS = 64
 _EXACT = (torch.float32, torch.float64)  # dtypes measured as they are; others in float32
 
 
+def _norm(tensor: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of a device tensor (summed in float32 for other dtypes than ``_EXACT``)."""
+    return torch.linalg.vector_norm(tensor, dtype=None if tensor.dtype in _EXACT else torch.float32)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
     """How the probe measures."""
@@ -100,6 +106,10 @@ class ProbeConfig:
     # On a CPU, statistics are computed with numpy (engine.host_stats); False makes the probe
     # use the device path's PyTorch reductions there too, so that path is tested without a GPU.
     host_statistics: bool = True
+    # On CUDA, a small model's end-of-step reductions are recorded once as a CUDA graph and then
+    # replayed (engine.step_graph): one launch instead of about a hundred. Off until it has been
+    # timed and checked on a GPU (tests/engine/test_cuda.py, scripts/gpu_check.sh).
+    step_graphs: bool = False
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
@@ -302,6 +312,7 @@ class Probe:
         self._device_reducer = DeviceActivationReducer(self.config.saturation_margin, self.config.hist_bins)
         self._zero: torch.Tensor | None = None  # a figure a layer doesn't have, on the device
         self._change_meter = ChangeMeter()
+        self.graphs = StepGraphs()  # used when config.step_graphs (CUDA)
         self._attached = False
         self._layers = self._discover(model)
         spread = self.config.hist_range
@@ -470,6 +481,11 @@ class Probe:
         self._channels_first = False  # the layout of the last 3-D output a measured layer made
         self._pending_grads: list[tuple[_Layer, np.ndarray]] = []  # small output gradients (CPU)
         self._grad_norms: list[tuple[_Layer, torch.Tensor]] = []  # output gradients' norms (device)
+        # The device path's reductions left for the step's end: (slots in _pieces, the tensors
+        # they read, what computes the slots' pieces from them); see ``_device_copy``.
+        self._jobs: list[tuple[list[int], list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]] = []
+        self._grad_outputs: list[tuple[_Layer, torch.Tensor]] = []  # small output gradients, held (device)
+        self._deferring = False  # the device path leaves its reductions to the step's end
         # The device path's copies of the weights and (small models, until their views are
         # taken) of the gradients, as backward left them.
         self._weights: torch.Tensor | None = None
@@ -495,6 +511,7 @@ class Probe:
             self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record
+        self._deferring = self._capturing and not self._host and not record
         self._forward_order = []
         # (The root module is listed as "<model>"; its own name is "".)
         focus = "<model>" if self.focus_layer == "" else self.focus_layer
@@ -568,6 +585,13 @@ class Probe:
         self._pieces.append(piece)
         self._layout.append((kind, owner, key, tuple(tensor.shape), meta))
 
+    def _slot(self, kind: str, owner: "_Layer | list[_Layer]", key: str, shape: tuple[int, ...],
+              meta: tuple | None = None) -> int:
+        """A place in the step's copy for a piece computed at the step's end; its index."""
+        self._pieces.append(None)
+        self._layout.append((kind, owner, key, shape, meta))
+        return len(self._pieces) - 1
+
     def _example(self, x: torch.Tensor) -> torch.Tensor:
         return x[min(self._step_focus[1], x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
 
@@ -596,10 +620,8 @@ class Probe:
             # later in-place op (ReLU(inplace=True)) may still change this output.
             pending = PendingActivation(host_array(out).copy(), tuple(measured.shape), layer.hist_range,
                                         layer.saturation_bounds, layer.relu_like)
-            self._pending_acts.append((len(self._pieces), pending))
-            self._pieces.append(None)
-            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
-                                 (measured.shape, None)))
+            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (measured.shape, None))
+            self._pending_acts.append((slot, pending))
         elif host:
             row, sampled = self._reducer.row_now(measured, layer.hist_range, layer.saturation_bounds,
                                                  layer.relu_like)
@@ -610,12 +632,11 @@ class Probe:
             values = values.clone() if values.dtype in _EXACT else values.float()
             self._batched += values.numel()
             shape = tuple(measured.shape)
-            self._pending_acts.append((len(self._pieces), PendingDeviceActivation(
+            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                              (measured.shape, sampled_count(values.numel())))
+            self._pending_acts.append((slot, PendingDeviceActivation(
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
-            self._pieces.append(None)
-            self._layout.append(("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
-                                 (measured.shape, sampled_count(values.numel()))))
             shown, copied = values.view(out.shape), True
         else:
             stats, sampled = self._activation_stats(layer, measured)
@@ -667,9 +688,10 @@ class Probe:
                     self._pending_grads.append((layer, host_array(grad).copy()))
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
+            elif self._deferring and grad.numel() <= DEVICE_BATCHED_MAX:  # reduced at the step's end
+                self._grad_outputs.append((layer, grad))
             else:  # squared and shipped together in ``finish``
-                exact = grad.dtype in _EXACT  # others are summed in float32
-                self._grad_norms.append((layer, torch.linalg.vector_norm(grad, dtype=None if exact else torch.float32)))
+                self._grad_norms.append((layer, _norm(grad)))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
@@ -798,23 +820,10 @@ class Probe:
                           for p in layer.params] for layer in layers]
                 rows = group_rows(self._host_groups(plan) + grads)  # weights, then gradients
             else:  # a copy of weights and gradients, a few operations for every layer at once
-                views = self._device_views(plan)
-                grads = [_dense(p.grad).reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
-                         for p in plan.params]
-                # The weights' copy is also what the update is measured against.
-                if plan.both_segments is not None:  # small: one copy, one pass
-                    both = self._joined(views + grads)
-                    self._weights, self._grads = both[:sum(plan.sizes)], both[sum(plan.sizes):]
-                    rows = plan.both_segments.figures(both)[0]
-                else:  # big: the weights' copy is kept whole, the rest is made a group at a time
-                    self._weights = self._joined(views)
-                    weights, gradients = [], []
-                    for group in plan.groups:
-                        weights.append(group.segments.figures(_part(self._weights, group.values))[0])
-                        gradients.append(group.segments.figures(self._joined(grads[group.params]))[0])
-                    rows = torch.cat(weights + gradients)
-            self._push("pstats", layers, "weight", rows[:len(layers)])
-            self._push("pstats", layers, "grad", rows[len(layers):])
+                rows = self._device_param_rows(plan)
+            if rows is not None:  # (else they are reduced at the step's end)
+                self._push("pstats", layers, "weight", rows[:len(layers)])
+                self._push("pstats", layers, "grad", rows[len(layers):])
             gradless = [layer for layer in layers if all(p.grad is None for p in layer.params)]
             if gradless:
                 empty = np.zeros(0) if self._host else torch.zeros(0, device=self._device)
@@ -825,6 +834,40 @@ class Probe:
         self._grads = None
         if self._recording:
             self._record_param_grads()
+
+    def _device_param_rows(self, plan: _ParamPlan) -> torch.Tensor | None:
+        """The (2 * layers, 5) rows of the weights, then the gradients (device path); None when
+        they are left to the step's end, as ``_jobs`` (a model of one parameter group)."""
+        views = self._device_views(plan)
+        grads = [_dense(p.grad).reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                 for p in plan.params]
+        # The weights' copy is also what the update is measured against.
+        if plan.both_segments is not None:  # small: one copy, one pass
+            both = self._joined(views + grads)
+            self._weights, self._grads = both[:sum(plan.sizes)], both[sum(plan.sizes):]
+            reduced, segments = [both], plan.both_segments
+        elif len(plan.groups) == 1 and (not self._deferring or 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX):
+            # (Left to the step's end, the gradients' copy is held until then: small models only.)
+            self._weights = self._joined(views)
+            reduced, segments = [self._weights, self._joined(grads)], plan.groups[0].segments
+        else:  # big: the weights' copy is kept whole, the rest is made a group at a time
+            self._weights = self._joined(views)
+            weights, gradients = [], []
+            for group in plan.groups:
+                weights.append(group.segments.figures(_part(self._weights, group.values))[0])
+                gradients.append(group.segments.figures(self._joined(grads[group.params]))[0])
+            return torch.cat(weights + gradients)
+
+        def param_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+            rows = [segments.figures(t)[0] for t in tensors]
+            return (rows[0] if len(rows) == 1 else torch.cat(rows)).float()
+
+        if not self._deferring:
+            return param_rows(reduced)
+        count = len(plan.layers)
+        slots = [self._slot("pstats", plan.layers, key, (count, PARAM_FIELDS)) for key in ("weight", "grad")]
+        self._jobs.append((slots, reduced, lambda tensors: param_rows(tensors).split(count)))
+        return None
 
     def _copied(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) -> torch.Tensor | None:
         """The device path's copy of a parameter (or of its gradient, small models only) from
@@ -900,6 +943,16 @@ class Probe:
         delta = None  # the device path's change of every parameter, when they are one group
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
+        elif self._deferring and len(plan.groups) == 1 and 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX:
+            segments = plan.groups[0].segments
+
+            def update_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor]:
+                start, after = tensors
+                change = after - start
+                return (segments.sums([change * change, start * start]).float(),)
+
+            slot = self._slot("update", layers, "norms", (len(layers), 2))
+            self._jobs.append(([slot], [before, self._joined(self._device_views(plan))], update_norms))
         else:
             views = self._device_views(plan)
             norms = []
@@ -952,6 +1005,76 @@ class Probe:
         self._parse_plans = [plan] + self._parse_plans[:3]
         return plan
 
+    def _defer_activations(self) -> None:
+        """Leave the batched outputs' rows to the step's end (device path)."""
+        if not self._pending_acts:
+            return
+        slots = [slot for slot, _ in self._pending_acts]
+        items = [item for _, item in self._pending_acts]
+        layout = self._device_reducer.arrange(items, items[0].values.device)  # (held by the job)
+        reducer = self._device_reducer
+
+        def activation_rows(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+            units = iter(tensors[len(items):])
+            pending = [item._replace(values=values, units=None if item.units is None else next(units))
+                       for item, values in zip(items, tensors)]
+            return reducer.rows(pending, layout).unbind(0)
+
+        tensors = [item.values for item in items] + [item.units for item in items if item.units is not None]
+        self._jobs.append((slots, tensors, activation_rows))
+
+    def _defer_output_gradients(self) -> None:
+        """Leave the squared norms of the outputs' gradients to the step's end (device path):
+        those taken in their hooks, and the small gradients held since."""
+        if not (self._grad_norms or self._grad_outputs):
+            return
+        owners = self._grad_norms + self._grad_outputs
+        taken = len(self._grad_norms)
+
+        def squared_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor]:
+            grads = tensors[taken:]
+            norms = list(torch._foreach_norm(grads)) if grads and all(g.dtype in _EXACT for g in grads) \
+                else [_norm(g) for g in grads]
+            return (torch.stack(tensors[:taken] + norms).square().float(),)
+
+        slot = self._slot("gout", [layer for layer, _ in owners], "sumsq", (len(owners),))
+        self._jobs.append(([slot], [tensor for _, tensor in owners], squared_norms))
+
+    def _device_copy(self, plan: ParsePlan, scalars: torch.Tensor) -> torch.Tensor:
+        """The step's pieces and scalars as one flat float32 tensor on the device.
+
+        Every piece the step has pushed, and every tensor a job left to the step's end reads, is
+        an input of one function that computes the jobs and joins the pieces; on CUDA, with
+        ``step_graphs``, a small model's function is replayed from a CUDA graph.
+        """
+        inputs: list[torch.Tensor] = []
+        where: dict[int, int] = {}  # id(tensor) -> its index in inputs (each tensor once)
+
+        def take(tensor: torch.Tensor) -> int:
+            index = where.get(id(tensor))
+            if index is None:
+                index = where[id(tensor)] = len(inputs)
+                inputs.append(tensor)
+            return index
+
+        template = tuple(None if piece is None else take(piece) for piece in self._pieces)
+        jobs = [(slots, [take(t) for t in tensors], compute) for slots, tensors, compute in self._jobs]
+        last = take(scalars.detach().float())
+
+        def join(tensors: list[torch.Tensor]) -> torch.Tensor:
+            pieces = [None if index is None else tensors[index] for index in template]
+            for slots, indices, compute in jobs:
+                for slot, piece in zip(slots, compute([tensors[index] for index in indices])):
+                    pieces[slot] = piece
+            # (One call flattens and joins every piece: far fewer Python calls than a reshape each.)
+            return torch._utils._flatten_dense_tensors(pieces + [tensors[last]])
+
+        if self.config.step_graphs and self._deferring and sum(t.numel() for t in inputs) <= GRAPH_INPUT_MAX:
+            key = (template, tuple((tuple(slots), tuple(indices)) for slots, indices, _ in jobs))
+            flat = self.graphs.run(plan, key, join, inputs)
+            return flat if flat.is_cuda else flat.clone()  # (a CPU stand-in's replays reuse their output)
+        return join(inputs)
+
     def finish(self, step: int, scalars: torch.Tensor) -> PendingCapture | None:
         """Gather the step's measurements into one tensor and start its single host copy.
 
@@ -966,30 +1089,26 @@ class Probe:
         if not self._order_fixed:
             self._fix_order()
         self._capturing = False
-        if self._pending_acts:
-            items = [item for _, item in self._pending_acts]
-            rows = self._reducer.rows(items) if self._host else self._device_reducer.rows(items).unbind(0)
-            for (slot, _), row in zip(self._pending_acts, rows):
-                self._pieces[slot] = row
-            self._pending_acts = []
-        if self._pending_grads:
-            layers, grads = zip(*self._pending_grads)
-            self._push("gout", list(layers), "sumsq", sums_of_squares(list(grads)))
-            self._pending_grads = []
-        if self._grad_norms:
-            layers, norms = zip(*self._grad_norms)
-            self._push("gout", list(layers), "sumsq", torch.stack(norms).square())
-            self._grad_norms = []
         if self._host:
+            if self._pending_acts:
+                rows = self._reducer.rows([item for _, item in self._pending_acts])
+                for (slot, _), row in zip(self._pending_acts, rows):
+                    self._pieces[slot] = row
+            if self._pending_grads:
+                layers, grads = zip(*self._pending_grads)
+                self._push("gout", list(layers), "sumsq", sums_of_squares(list(grads)))
+            plan = self._parse_plan(self._layout, self._layer_table())
             flat: torch.Tensor | np.ndarray = np.concatenate(
                 self._pieces + [host_array(scalars if scalars.is_cpu else scalars.cpu())])
         else:
-            # (One call flattens and joins every piece: far fewer Python calls than a reshape each.)
-            flat = torch._utils._flatten_dense_tensors(self._pieces + [scalars.detach().float()])
+            self._defer_activations()
+            self._defer_output_gradients()
+            plan = self._parse_plan(self._layout, self._layer_table())
+            flat = self._device_copy(plan, scalars)
         # The scalars follow the layout's pieces; the next step builds a new layout. What the step
         # copied is released now (not at the next captured step).
-        self._pieces, self._weights, self._grads = [], None, None
-        plan = self._parse_plan(self._layout, self._layer_table())
+        self._pieces, self._weights, self._grads, self._jobs = [], None, None, []
+        self._pending_acts, self._pending_grads, self._grad_norms, self._grad_outputs = [], [], [], []
         (focus, example), tensors_wanted = self._step_focus, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
