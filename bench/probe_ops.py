@@ -15,12 +15,19 @@ kernels read and write (tensor arguments and results), a captured step's as a mu
 the operations that add most: on a big model, whose GPU step is bound by memory rather than by
 launches, this is what a capture costs.
 
-Usage: python bench/probe_ops.py [--only NAME ...] [--json PATH]
+``--step-graphs`` counts the steps as CUDA graphs would run them (``ProbeConfig.step_graphs``): the
+end-of-step reductions are recorded once and each captured step then dispatches one copy of its
+inputs and one graph launch for them (counted as ``graph_launch``). On the CPU a stand-in replays
+the recording by running it again (``engine.step_graph.record_by_rerunning``); the operations it
+runs are not counted as dispatched, but their memory traffic is, as a graph's kernels move it too.
+
+Usage: python bench/probe_ops.py [--only NAME ...] [--json PATH] [--step-graphs]
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probe_overhead import CONFIGS, Config, make_dataset, make_trainer  # noqa: E402
 
+from engine.step_graph import Recording, StepGraphs, record_by_rerunning  # noqa: E402
 from engine.trainer import Trainer  # noqa: E402
 
 # Operations that only make a new view or alias of a tensor: dispatched, but launch no kernel.
@@ -45,19 +53,50 @@ class OpCounter(TorchDispatchMode):
     """Counts operations, and the bytes of the tensors each kernel-launching one reads or writes
     (its tensor arguments and results: a GPU-bound step's cost is roughly the memory it moves)."""
 
+    active: "OpCounter | None" = None  # the counter of the step being counted
+
     def __init__(self) -> None:
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
         self.bytes: collections.Counter[str] = collections.Counter()
+        self.replaying = False  # operations of a stand-in graph replay: traffic, but no dispatch
+
+    def __enter__(self) -> "OpCounter":
+        OpCounter.active = self
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        OpCounter.active = None
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        self.ops[name] += 1
+        if not self.replaying:
+            self.ops[name] += 1
         out = func(*args, **(kwargs or {}))
         if name not in VIEWS:
             self.bytes[name] += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
                                     if isinstance(t, torch.Tensor))
         return out
+
+
+def record_counted(reduce, inputs) -> Recording:
+    """``record_by_rerunning``, whose replays count as one launch (and their kernels' traffic)."""
+    recording = record_by_rerunning(reduce, inputs)
+
+    def replay() -> None:
+        counter = OpCounter.active
+        if counter is None:
+            recording.replay()
+            return
+        counter.ops["graph_launch"] += 1
+        counter.replaying = True
+        try:
+            recording.replay()
+        finally:
+            counter.replaying = False
+
+    return dataclasses.replace(recording, replay=replay)
 
 
 def count_step(trainer: Trainer, capture: bool, tensors: bool) -> OpCounter:
@@ -68,9 +107,12 @@ def count_step(trainer: Trainer, capture: bool, tensors: bool) -> OpCounter:
     return counter
 
 
-def measure(config: Config) -> dict:
+def measure(config: Config, step_graphs: bool = False) -> dict:
     trainer = make_trainer(config, make_dataset(config.data), "cpu", torch_stats=True)
     probe = trainer.probe
+    if step_graphs:
+        probe.config = dataclasses.replace(probe.config, step_graphs=True)
+        probe.graphs = StepGraphs(record_counted)
     layers = probe.layers
     if config.maps_layer_kind == "attention":
         probe.focus_layer = next(info.name for info in layers if info.role == "attention")
@@ -79,7 +121,9 @@ def measure(config: Config) -> dict:
     else:
         probe.focus_layer = layers[0].name
     modes = {"bare": (False, False), "captured": (True, False), "maps": (True, True)}
-    for capture, tensors in list(modes.values()) * 2:  # the first capture fixes the layer order
+    # The first capture fixes the layer order; with --step-graphs an arrangement is recorded the
+    # second time it is seen (after that order is fixed).
+    for capture, tensors in list(modes.values()) * 3:
         count_step(trainer, capture, tensors)
     counters = {mode: count_step(trainer, *flags) for mode, flags in modes.items()}
     trainer.close()
@@ -105,10 +149,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="config names")
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--step-graphs", action="store_true", help="end-of-step reductions replayed as graphs")
     args = parser.parse_args()
     header = f"{'config':<18} {'bare ops':>8} {'(kern)':>7} {'capture +':>9} {'(kern)':>7} {'maps +':>7} " \
              f"{'every16':>8} {'maps':>6} {'bare MB':>8} {'capt x':>8}  capture adds most MB"
-    print(f"torch {torch.__version__}; the GPU path's operations, counted on the CPU")
+    graphs = ", end-of-step reductions replayed as CUDA graphs" if args.step_graphs else ""
+    print(f"torch {torch.__version__}; the GPU path's operations, counted on the CPU{graphs}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -117,7 +163,7 @@ def main() -> int:
             continue  # (counting is exact at any size, but these take long on a CPU)
         if args.only and config.name not in args.only:
             continue
-        row = measure(config)
+        row = measure(config, args.step_graphs)
         rows.append(row)
         maps = f"{row['maps_ratio_ops']:.3f}" if config.maps_layer_kind != "none" else "—"
         print(f"{row['config']:<18} {row['bare_ops']:>8} {row['bare_kernels']:>7} {row['capture_ops']:>9} "

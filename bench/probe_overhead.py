@@ -23,12 +23,17 @@ time that path's Python and dispatch overhead without a GPU (its kernels run on 
 reads them) for this run, to time other settings on a GPU; 0 as the budget reduces every output in
 its hook.
 
+``--step-graphs`` turns on ``ProbeConfig.step_graphs``: on CUDA, the end-of-step reductions of a
+small model are recorded once as a CUDA graph and replayed (``engine.step_graph``); the warm-up
+records each mode's arrangement before anything is timed.
+
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
-       [--torch-stats] [--batch-budget N] [--batched-max N]
+       [--torch-stats] [--batch-budget N] [--batched-max N] [--step-graphs]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -80,7 +85,8 @@ CONFIGS = [
 ]
 
 
-def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: bool = False) -> Trainer:
+def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: bool = False,
+                 step_graphs: bool = False) -> Trainer:
     torch.manual_seed(0)
     model = build_model(config.model, dataset)
     trainer = Trainer(model, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train),
@@ -89,6 +95,8 @@ def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: boo
     if torch_stats:
         trainer.probe.config = ProbeConfig(host_statistics=False)
         trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-3, foreach=True)
+    if step_graphs:
+        trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=True)
     return trainer
 
 
@@ -141,9 +149,10 @@ def peak_memory(trainer: Trainer, mode: str, device: str, steps: int = 4) -> int
     return torch.cuda.max_memory_allocated()
 
 
-def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: bool = False) -> dict:
+def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: bool = False,
+          step_graphs: bool = False) -> dict:
     dataset = make_dataset(config.data)
-    trainer = make_trainer(config, dataset, device, torch_stats)
+    trainer = make_trainer(config, dataset, device, torch_stats, step_graphs)
     probe = trainer.probe
     layers = [layer for layer in probe.layers]
     if config.maps_layer_kind == "attention":
@@ -154,8 +163,8 @@ def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: boo
     else:
         probe.focus_layer = layers[0].name
     modes = ["bare", "every", "every16", "captured", "maps"]
-    for mode in modes:  # warm up every path (allocator, lazy inits)
-        run_block(trainer, mode, 3, device)
+    for mode in modes:  # warm up every path (allocator, lazy inits; with graphs, their recordings)
+        run_block(trainer, mode, 48 if mode == "every16" else 3, device)
     times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(blocks):
         for mode in modes:
@@ -166,7 +175,7 @@ def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: boo
     memory = {m: peak_memory(trainer, m, device) for m in ("bare", "every", "captured", "maps")}
     trainer.close()
     result = {
-        "config": config.name, "device": device, "batch": config.batch,
+        "config": config.name, "device": device, "batch": config.batch, "step_graphs": step_graphs,
         "bare_ms": round(1000 * med["bare"], 3),
         "capture_ms": round(1000 * (med["every"] - med["bare"]), 3),
         "every_step": round(med["every"] / med["bare"], 3),
@@ -188,6 +197,7 @@ def main() -> int:
     parser.add_argument("--torch-stats", action="store_true", help="CPU runs take the GPU path's reductions")
     parser.add_argument("--batch-budget", type=int, help="values of outputs reduced together at a step's end")
     parser.add_argument("--batched-max", type=int, help="the largest output reduced with the others")
+    parser.add_argument("--step-graphs", action="store_true", help="replay end-of-step reductions as CUDA graphs")
     args = parser.parse_args()
     if args.batch_budget is not None:
         engine.probe.DEVICE_BATCH_BUDGET = args.batch_budget
@@ -203,6 +213,7 @@ def main() -> int:
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           + (", CPU runs take the GPU path's reductions" if args.torch_stats else "")
+          + (", step graphs on" if args.step_graphs else "")
           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
           + f", batch budget {engine.probe.DEVICE_BATCH_BUDGET}, batched max {engine.probe.DEVICE_BATCHED_MAX}")
     print(header)
@@ -211,7 +222,8 @@ def main() -> int:
         for config in CONFIGS:
             if (args.only and config.name not in args.only) or (config.cuda_only and device != "cuda"):
                 continue
-            row = bench(config, device, args.blocks, args.steps, args.torch_stats and device == "cpu")
+            row = bench(config, device, args.blocks, args.steps, args.torch_stats and device == "cpu",
+                        args.step_graphs)
             rows.append(row)
             target = 1.25 if device == "cuda" else 1.5
             notes = []

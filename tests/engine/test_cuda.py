@@ -1,10 +1,12 @@
-"""On a CUDA GPU: a captured step synchronises nowhere; its one host copy is read a step later.
+"""On a CUDA GPU: a captured step synchronises nowhere; its one host copy is read a step later;
+the end-of-step reductions replayed from CUDA graphs compute what they compute eagerly.
 
 Skipped without CUDA. Run on a GPU machine with `pytest tests/engine/test_cuda.py`.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,19 +14,27 @@ import torch
 
 from engine.scenarios import build_run
 from engine.snapshot import STAT_INDEX
+from engine.step_graph import StepGraphs
+
+SCENARIOS = ["spirals-mlp", "shapes-cnn", "reverse-transformer", "long-range-lstm"]
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.mark.parametrize("scenario", ["spirals-mlp", "shapes-cnn", "reverse-transformer", "long-range-lstm"])
-def test_captured_step_does_not_synchronise(scenario: str) -> None:
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_captured_step_does_not_synchronise(scenario: str, graphs: bool) -> None:
     run = build_run(scenario, device="cuda", val_every=0)
     trainer = run.trainer
+    trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=graphs)
     trainer.probe.focus_layer = next(info.name for info in trainer.probe.layers if info.params)
     try:
-        for _ in range(3):  # warm-up: lazy CUDA init, allocator, first-capture layer order
-            result = trainer.step(capture=True, tensors=True)
-            result.capture.get()
+        # Warm-up: lazy CUDA init, allocator, first-capture layer order; with graphs, both
+        # arrangements below recorded (recording synchronises, once).
+        for _ in range(3):
+            for tensors in (True, False):
+                trainer.step(capture=True, tensors=tensors).capture.get()
+        replayed = trainer.probe.graphs.replayed
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -41,6 +51,37 @@ def test_captured_step_does_not_synchronise(scenario: str) -> None:
         assert capture.tensors is not None and capture.tensors.weight is not None
         assert second.capture.get().frame.step == first.capture.get().frame.step + 1
         assert third.capture is None
+        if graphs:
+            assert trainer.probe.graphs.off_because is None
+            assert trainer.probe.graphs.replayed == replayed + 2
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_replayed_reductions_match_eager_ones(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step's reductions run eagerly too, on the same inputs, and the replay must agree."""
+    checked: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    run_graphed = StepGraphs.run
+
+    def run_both(self, owner, template, reduce, inputs):
+        want = reduce(inputs).clone()
+        got = run_graphed(self, owner, template, reduce, inputs)
+        checked.append((self.replayed, got.clone(), want))
+        return got
+
+    monkeypatch.setattr(StepGraphs, "run", run_both)
+    run = build_run(scenario, device="cuda", val_every=0)
+    trainer = run.trainer
+    trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=True)
+    try:
+        for step in range(10):
+            trainer.step(capture=True, tensors=step % 3 == 0).capture.get()
+        graphs = trainer.probe.graphs
+        assert graphs.off_because is None and graphs.recorded >= 2 and graphs.replayed >= 5
+        for _, got, want in checked:  # (float64 atomic sums may add in another order)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert len({replayed for replayed, _, _ in checked}) >= 5  # replays happened among them
     finally:
         trainer.close()
 
