@@ -10,10 +10,12 @@ step's inputs into the graph's own tensors, one launch, instead of a hundred.
 The reductions are a function of their inputs alone (``Probe`` builds it so): every tensor they
 read is an input, or a constant made before the recording and held, with the function, for as
 long as the recording is kept. An arrangement is recorded the second time it is seen (the first
-runs eagerly, which also makes its constants); a recording that fails turns graphs off for the
-runner, which then runs every step eagerly and says why once.
+runs eagerly, which also makes its constants), and its first replay is checked against the same
+reductions run eagerly on the same inputs; a recording that fails, or a replay that differs,
+turns graphs off for the runner, which then runs every step eagerly and says why once.
 
-Recording synchronises the device once (``torch.cuda.graph`` does); a replay never does.
+Recording synchronises the device (``torch.cuda.graph`` does, and so does the check); a replay
+never does.
 """
 from __future__ import annotations
 
@@ -114,20 +116,32 @@ class StepGraphs:
                 return reduce(inputs)
             try:
                 kept = _Kept(owner, self._record(reduce, inputs))
+                want = reduce(inputs)
+                got = self._replay(kept.recording, inputs)
+                if not torch.allclose(got, want, rtol=1e-4, atol=1e-6, equal_nan=True):
+                    worst = float((got - want).abs().nan_to_num(float("inf")).max())
+                    raise ValueError(f"a replay differed from the same reductions run eagerly (by up to {worst:.3g})")
             except Exception as exc:  # noqa: BLE001 - any failure to record means: run eagerly
-                self.off_because = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                log.warning("the probe's reductions run without CUDA graphs from now on (%s)", self.off_because)
-                self._kept.clear()
-                return reduce(inputs)
+                return self._turn_off(exc, reduce, inputs)
             self.recorded += 1
             while len(self._kept) >= self.KEPT:
                 self._kept.pop(next(iter(self._kept)))
+            self._kept[key] = kept
+            return got
         self._kept[key] = kept
-        recording = kept.recording
+        return self._replay(kept.recording, inputs)
+
+    def _replay(self, recording: Recording, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         torch._foreach_copy_(recording.inputs, list(inputs))
         recording.replay()
         self.replayed += 1
         return recording.output
+
+    def _turn_off(self, exc: Exception, reduce: Reduction, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        self.off_because = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        log.warning("the probe's reductions run without CUDA graphs from now on (%s)", self.off_because)
+        self._kept.clear()
+        return reduce(inputs)
 
     def clear(self) -> None:
         """Drop every recording (and the memory its graph holds)."""

@@ -74,6 +74,22 @@ def test_a_failed_recording_turns_graphs_off_and_the_step_is_still_computed() ->
     assert graphs.recorded == graphs.replayed == 0
 
 
+def test_a_recording_whose_replay_differs_is_dropped() -> None:
+    """The first replay is checked against the eager result: one that doesn't follow its inputs
+    (here: a replay that does nothing) turns graphs off, and every step is still right."""
+    def inert(reduce, inputs) -> Recording:
+        static = [torch.zeros_like(t) for t in inputs]
+        return Recording(static, reduce(static), lambda: None, (reduce,))
+
+    graphs = StepGraphs(inert)
+    for step in range(3):
+        inputs = [torch.full((3,), step + 1.0), torch.ones(2)]
+        np.testing.assert_array_equal(graphs.run(object, (), _sum_and_scale, inputs).numpy(),
+                                      [3.0 * (step + 1), 2.0, 2.0])
+    assert graphs.off_because == "ValueError: a replay differed from the same reductions run eagerly (by up to 6)"
+    assert graphs.recorded == 0
+
+
 def _lockstep_steps(name: str, steps: int, tensors_every: int = 0) -> tuple[list, list, Probe]:
     """The same training, measured with recorded reductions and without: each step's captures."""
     make_model, make_x, make_y = CASES[name]
