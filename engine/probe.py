@@ -68,7 +68,7 @@ from engine.host_stats import (
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.snapshot import LayerInfo
-from engine.stats import dead_units, histogram, moments, nonfinite_counts
+from engine.stats import dead_units, hist_stride, histogram, moments, nonfinite_counts
 from engine.step_graph import GRAPH_INPUT_MAX, StepGraphs
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -486,6 +486,7 @@ class Probe:
         self._jobs: list[tuple[list[int], list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]] = []
         self._grad_outputs: list[tuple[_Layer, torch.Tensor]] = []  # small output gradients, held (device)
         self._deferring = False  # the device path leaves its reductions to the step's end
+        self._held_big = 0  # values of big outputs and gradients held for a step graph
         # The device path's copies of the weights and (small models, until their views are
         # taken) of the gradients, as backward left them.
         self._weights: torch.Tensor | None = None
@@ -638,8 +639,19 @@ class Probe:
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
             shown, copied = values.view(out.shape), True
+        elif self._graph_room(out.numel()):
+            # A step graph will replay its reductions with the rest: copied now (as above), reduced
+            # at the step's end.
+            held = out.detach().clone(memory_format=torch.contiguous_format)
+            held = held if held.dtype in _EXACT else held.float()
+            sampled = -(-held.numel() // hist_stride(held.numel()))
+            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (measured.shape, sampled))
+            zero = self._zero_on(held.device)  # (held by the job, as a replay reads it)
+            self._jobs.append(([slot], [held.view(measured.shape)],
+                               lambda tensors: (self._activation_stats(layer, tensors[0], zero)[0].float(),)))
+            shown, copied = held.view(out.shape), True
         else:
-            stats, sampled = self._activation_stats(layer, measured)
+            stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device))
             self._push("act", layer, "stats", stats, (measured.shape, sampled))
         if out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
@@ -688,7 +700,8 @@ class Probe:
                     self._pending_grads.append((layer, host_array(grad).copy()))
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
-            elif self._deferring and grad.numel() <= DEVICE_BATCHED_MAX:  # reduced at the step's end
+            elif self._deferring and (grad.numel() <= DEVICE_BATCHED_MAX or self._graph_room(grad.numel())):
+                # Held (backward doesn't change a gradient it has passed on) and reduced at the step's end.
                 self._grad_outputs.append((layer, grad))
             else:  # squared and shipped together in ``finish``
                 self._grad_norms.append((layer, _norm(grad)))
@@ -706,16 +719,28 @@ class Probe:
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
         return on_grad
 
-    def _activation_stats(self, layer: _Layer, out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _zero_on(self, device: torch.device) -> torch.Tensor:
+        """A figure a layer doesn't have, on the device (one tensor, kept)."""
+        if self._zero is None or self._zero.device != device:
+            self._zero = torch.zeros((), device=device)
+        return self._zero
+
+    def _graph_room(self, values: int) -> bool:
+        """Whether an output, or its gradient, of this many values is held to the step's end,
+        where a step graph reduces it (a big one is otherwise reduced in its hook, which costs
+        fewer copies when nothing is replayed). Holds at most half of ``GRAPH_INPUT_MAX``."""
+        if not (self.config.step_graphs and self._deferring) or self._held_big + values > GRAPH_INPUT_MAX // 2:
+            return False
+        self._held_big += values
+        return True
+
+    def _activation_stats(self, layer: _Layer, out: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, int]:
         x = out.detach()
         x = x if x.dtype in _EXACT else x.float()
         flat = x.reshape(-1)
         mean, var = moments(flat)
         low, high = torch.aminmax(flat)
         nan, inf = nonfinite_counts(flat, mean)
-        zero = self._zero
-        if zero is None or zero.device != x.device:
-            zero = self._zero = torch.zeros((), device=x.device)
         dead = dead_units(x) if layer.relu_like else zero
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
