@@ -7,6 +7,9 @@ concatenated and copied to the host in one transfer (asynchronously, read a step
 training thread never synchronises per layer. Outputs of up to 65,536 values are copied in their
 hooks and reduced together at the end of the step, and all parameters and gradients in one pass
 (``engine.device_stats``): a small model's GPU step is bound by how many operations it launches.
+Those reductions (a small model's parameters' too) wait for the step's end, as one function of the
+step's inputs, which ``engine.step_graph`` can record as a CUDA graph and replay
+(``ProbeConfig.step_graphs``).
 On the CPU, where there is no transfer to save, the statistics are computed with numpy
 (``engine.host_stats``), small outputs and their gradients all together at the end of the step.
 ``engine.capture_parse`` reads a step's copy back.
@@ -639,7 +642,7 @@ class Probe:
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
             shown, copied = values.view(out.shape), True
-        elif self._graph_room(out.numel()):
+        elif self._reserve_graph_room(out.numel()):
             # A step graph will replay its reductions with the rest: copied now (as above), reduced
             # at the step's end.
             held = out.detach().clone(memory_format=torch.contiguous_format)
@@ -700,7 +703,7 @@ class Probe:
                     self._pending_grads.append((layer, host_array(grad).copy()))
                 else:
                     self._push("gout", layer, "sumsq", np.array([sumsq(grad)]))
-            elif self._deferring and (grad.numel() <= DEVICE_BATCHED_MAX or self._graph_room(grad.numel())):
+            elif self._deferring and (grad.numel() <= DEVICE_BATCHED_MAX or self._reserve_graph_room(grad.numel())):
                 # Held (backward doesn't change a gradient it has passed on) and reduced at the step's end.
                 self._grad_outputs.append((layer, grad))
             else:  # squared and shipped together in ``finish``
@@ -725,10 +728,10 @@ class Probe:
             self._zero = torch.zeros((), device=device)
         return self._zero
 
-    def _graph_room(self, values: int) -> bool:
-        """Whether an output, or its gradient, of this many values is held to the step's end,
-        where a step graph reduces it (a big one is otherwise reduced in its hook, which costs
-        fewer copies when nothing is replayed). Holds at most half of ``GRAPH_INPUT_MAX``."""
+    def _reserve_graph_room(self, values: int) -> bool:
+        """Whether a big output, or its gradient, of this many values is held to the step's end,
+        where a step graph reduces it with the rest (counted against half of ``GRAPH_INPUT_MAX``);
+        without step graphs it is reduced in its hook, which takes no copy."""
         if not (self.config.step_graphs and self._deferring) or self._held_big + values > GRAPH_INPUT_MAX // 2:
             return False
         self._held_big += values
