@@ -615,7 +615,7 @@ class Probe:
         if out.numel() == 0:
             return
         host = self._host and out.is_cpu
-        shown, copied = out, False  # where the views below are taken from; whether the probe's copy
+        copy = None  # the probe's flat copy of the output, if it took one: the views below are taken from it
         # A ReLU after a conv1d judges channels: (batch, channels, positions) is measured as
         # (batch, channels, positions, 1), whose units are those of a 2-D conv's output.
         measured = out.unsqueeze(-1) if layer.relu_like and self._channels_first and out.dim() == 3 else out
@@ -641,7 +641,7 @@ class Probe:
             self._pending_acts.append((slot, PendingDeviceActivation(
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
-            shown, copied = values.view(out.shape), True
+            copy = values
         elif self._reserve_graph_room(out.numel()):
             # A step graph will replay its reductions with the rest: copied now (as above), reduced
             # at the step's end.
@@ -652,7 +652,7 @@ class Probe:
             zero = self._zero_on(held.device)  # (held by the job, as a replay reads it)
             self._jobs.append(([slot], [held.view(measured.shape)],
                                lambda tensors: (self._activation_stats(layer, tensors[0], zero)[0].float(),)))
-            shown, copied = held.view(out.shape), True
+            copy = held
         else:
             stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device))
             self._push("act", layer, "stats", stats, (measured.shape, sampled))
@@ -663,8 +663,8 @@ class Probe:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
-                example = self._example(shown)
-                model_tensor = None if copied else out
+                example = self._example(out if copy is None else copy.view(out.shape))
+                model_tensor = out if copy is None else None
                 if graphed:
                     self._push("tensor", layer, "unit_value", example.reshape(-1), model_tensor=model_tensor)
                 if focused:
