@@ -168,7 +168,7 @@ class Segments:
 class PendingDeviceActivation(NamedTuple):
     """One hooked output's copy, waiting for the end-of-step batch."""
 
-    values: torch.Tensor  # flat float32 copy of the output
+    values: torch.Tensor  # contiguous float copy of the output (any shape)
     shape: tuple[int, ...]
     hist_range: tuple[float, float]
     saturation_bounds: tuple[float, float] | None
@@ -311,7 +311,7 @@ class DeviceActivationReducer:
     def rows(self, pending: list[PendingDeviceActivation], layout: _Layout | None = None) -> torch.Tensor:
         """(outputs, 8 + bins) float32 rows, on the outputs' device; ``layout`` is their
         ``arrange``-ment, if it is at hand."""
-        flat = torch.cat([p.values for p in pending])
+        flat = torch.cat([p.values.reshape(-1) for p in pending])
         layout = self.arrange(pending, flat.device) if layout is None else layout
         count, bins = len(pending), self.bins
         extra = []
@@ -331,7 +331,7 @@ class DeviceActivationReducer:
         if layout.units is not None:
             # A unit is dead when none of its values is > 0 or NaN (as max <= 0 judges it).
             values = flat if layout.unit_values_are_flat else torch.cat(
-                [p.values if p.units is None else p.units.reshape(-1) for p in pending if p.relu_like])
+                [(p.values if p.units is None else p.units).reshape(-1) for p in pending if p.relu_like])
             live = torch.zeros(layout.unit_count, device=flat.device)
             live.index_add_(0, layout.units, (~(values <= 0)).float())
             dead = torch.zeros_like(zeros).index_add_(0, layout.unit_segment, (live == 0).double())

@@ -631,9 +631,11 @@ class Probe:
                                                  layer.relu_like)
             self._push("act", layer, "stats", row, (measured.shape, sampled))
         elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
-            # Copied now (an in-place op may change it), reduced with the others in ``finish``.
-            values = out.detach().reshape(-1)
-            values = values.clone() if values.dtype in _EXACT else values.float()
+            # Copied now (an in-place op may change it), reduced with the others in ``finish``:
+            # one dispatch (no detach, no reshape; it is flattened where it is reduced).
+            with torch.no_grad():
+                values = out.clone(memory_format=torch.contiguous_format) if out.dtype in _EXACT \
+                    else out.float().contiguous()
             self._batched += values.numel()
             shape = tuple(measured.shape)
             slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
@@ -645,8 +647,9 @@ class Probe:
         elif self._reserve_graph_room(out.numel()):
             # A step graph will replay its reductions with the rest: copied now (as above), reduced
             # at the step's end.
-            held = out.detach().clone(memory_format=torch.contiguous_format)
-            held = held if held.dtype in _EXACT else held.float()
+            with torch.no_grad():
+                held = out.clone(memory_format=torch.contiguous_format) if out.dtype in _EXACT \
+                    else out.float().contiguous()
             sampled = -(-held.numel() // hist_stride(held.numel()))
             slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (measured.shape, sampled))
             zero = self._zero_on(held.device)  # (held by the job, as a replay reads it)
@@ -663,7 +666,8 @@ class Probe:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
-                example = self._example(out if copy is None else copy.view(out.shape))
+                example = self._example(out if copy is None else copy.view(out.shape) if copy.shape != out.shape
+                                        else copy)
                 model_tensor = out if copy is None else None
                 if graphed:
                     self._push("tensor", layer, "unit_value", example.reshape(-1), model_tensor=model_tensor)
@@ -1087,7 +1091,7 @@ class Probe:
 
         template = tuple(None if piece is None else take(piece) for piece in self._pieces)
         jobs = [(slots, [take(t) for t in tensors], compute) for slots, tensors, compute in self._jobs]
-        last = take(scalars.detach().float())
+        last = take((scalars.detach() if scalars.requires_grad else scalars).float())
 
         def join(tensors: list[torch.Tensor]) -> torch.Tensor:
             pieces = [None if index is None else tensors[index] for index in template]
