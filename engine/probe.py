@@ -867,6 +867,11 @@ class Probe:
         if self._recording:
             self._record_param_grads()
 
+    def _params_deferred(self, plan: _ParamPlan) -> bool:
+        """Whether this step leaves the parameters' reductions to its end (device path): a model
+        of one group, small enough that holding copies of its gradients and weights costs little."""
+        return self._deferring and len(plan.groups) == 1 and 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX
+
     def _device_param_rows(self, plan: _ParamPlan) -> torch.Tensor | None:
         """The (2 * layers, 5) rows of the weights, then the gradients (device path); None when
         they are left to the step's end, as ``_jobs`` (a model of one parameter group)."""
@@ -878,7 +883,7 @@ class Probe:
             both = self._joined(views + grads)
             self._weights, self._grads = both[:sum(plan.sizes)], both[sum(plan.sizes):]
             reduced, segments = [both], plan.both_segments
-        elif len(plan.groups) == 1 and (not self._deferring or 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX):
+        elif len(plan.groups) == 1 and (not self._deferring or self._params_deferred(plan)):
             # (Left to the step's end, the gradients' copy is held until then: small models only.)
             self._weights = self._joined(views)
             reduced, segments = [self._weights, self._joined(grads)], plan.groups[0].segments
@@ -975,7 +980,7 @@ class Probe:
         delta = None  # the device path's change of every parameter, when they are one group
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
-        elif self._deferring and len(plan.groups) == 1 and 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX:
+        elif self._params_deferred(plan):
             segments = plan.groups[0].segments
 
             def update_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor]:

@@ -142,8 +142,3 @@ class StepGraphs:
         log.warning("the probe's reductions run without CUDA graphs from now on (%s)", self.off_because)
         self._kept.clear()
         return reduce(inputs)
-
-    def clear(self) -> None:
-        """Drop every recording (and the memory its graph holds)."""
-        self._kept.clear()
-        self._seen.clear()
