@@ -337,6 +337,9 @@ class Probe:
         # The focus as the step under way began: a focus changed mid-step (between phases)
         # applies from the next step, so one step's views are all of one layer and example.
         self._step_focus: tuple[str | None, int] = (None, 0)
+        # The shape of each view a step graph computes at the step's end, learned from the first
+        # step that computed it at once: (layer id, key, source shapes) -> shape.
+        self._view_shapes: dict[tuple, tuple[int, ...]] = {}
         self._capturing = False
         self._want_tensors = False
         self._recording = False
@@ -490,6 +493,7 @@ class Probe:
         self._grad_outputs: list[tuple[_Layer, torch.Tensor]] = []  # small output gradients, held (device)
         self._deferring = False  # the device path leaves its reductions to the step's end
         self._held_big = 0  # values of big outputs and gradients held for a step graph
+        self._views_deferred = False  # some view is computed by the step's end (its example is in the graph)
         # The device path's copies of the weights and (small models, until their views are
         # taken) of the gradients, as backward left them.
         self._weights: torch.Tensor | None = None
@@ -596,8 +600,43 @@ class Probe:
         self._layout.append((kind, owner, key, shape, meta))
         return len(self._pieces) - 1
 
-    def _example(self, x: torch.Tensor) -> torch.Tensor:
-        return x[min(self._step_focus[1], x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
+    def _example_of(self, shape: torch.Size | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What takes this step's focus example from a batch (first viewed in ``shape``, when it is
+        the probe's flat copy of an output); the example is fixed now, as a step graph fixes it."""
+        focus = self._step_focus[1]
+
+        def example(x: torch.Tensor) -> torch.Tensor:
+            if shape is not None and x.shape != shape:
+                x = x.view(shape)
+            return x[min(focus, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
+        return example
+
+    def _graphing(self) -> bool:
+        """Whether a step graph may replay this step's end (the device path, small models)."""
+        return self.config.step_graphs and self._deferring and self.graphs.off_because is None
+
+    def _push_view(self, layer: _Layer, key: str, sources: list[torch.Tensor],
+                   view: Callable[..., torch.Tensor], held: bool) -> None:
+        """Push ``view(*sources)`` for the views.
+
+        ``held``: the sources are the probe's own (its copies, or gradients it holds to the step's
+        end); else they are the model's, and a view sharing their memory is copied now. When a
+        step graph may replay the step's end, a view of held sources is computed there with the
+        reductions, once its shape is known: the first step that needs it computes it at once.
+        """
+        if held and self._graphing():
+            shape = self._view_shapes.get((id(layer), key, tuple(tuple(t.shape) for t in sources)))
+            if shape is not None:
+                slot = self._slot("tensor", layer, key, shape)
+                self._jobs.append(([slot], sources, lambda tensors: (view(*tensors).float(),)))
+                self._views_deferred = True
+                return
+        piece = view(*sources)
+        if held and self._graphing():
+            if len(self._view_shapes) > 1024:  # (a long session of changing focus)
+                self._view_shapes.clear()
+            self._view_shapes[(id(layer), key, tuple(tuple(t.shape) for t in sources))] = tuple(piece.shape)
+        self._push("tensor", layer, key, piece, model_tensor=None if held else sources[0])
 
     def _on_forward(self, layer: _Layer, args: tuple, output: Any) -> None:
         if not layer.called:
@@ -666,15 +705,15 @@ class Probe:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
-                example = self._example(out if copy is None else copy.view(out.shape) if copy.shape != out.shape
-                                        else copy)
-                model_tensor = out if copy is None else None
+                # From the probe's copy if it took one (then it may be left to the step's end).
+                source, shape, held = (out, None, False) if copy is None else (copy, out.shape, True)
+                example = self._example_of(shape)
                 if graphed:
-                    self._push("tensor", layer, "unit_value", example.reshape(-1), model_tensor=model_tensor)
+                    self._push_view(layer, "unit_value", [source], lambda x: example(x).reshape(-1), held)
                 if focused:
-                    self._push("tensor", layer, "activation", shrink_2d(as_matrix(example)), model_tensor=model_tensor)
+                    self._push_view(layer, "activation", [source], lambda x: shrink_2d(as_matrix(example(x))), held)
                 if maps:
-                    self._push("tensor", layer, "feature_maps", shrink_maps(example), model_tensor=model_tensor)
+                    self._push_view(layer, "feature_maps", [source], lambda x: shrink_maps(example(x)), held)
         if self._recording:
             self._phase_events.append(("forward", self._call_name(layer, call), self._display(_io(args, out))))
 
@@ -684,10 +723,10 @@ class Probe:
 
     def _display(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The focus example's slice of each tensor, shrunk, still on the device."""
-        shown = {}
+        shown, example = {}, self._example_of(None)
         for key, value in tensors.items():
             if value.dim() >= 1 and value.shape[0] > 0:
-                value = self._example(value)
+                value = example(value)
             shown[key] = shrink_2d(as_matrix(value.detach())).clone()
         return shown
 
@@ -702,6 +741,7 @@ class Probe:
         def on_grad(grad: torch.Tensor) -> None:
             if not self._capturing:
                 return
+            held = False  # (held to the step's end: a view of it may be computed there too)
             if self._host and grad.is_cpu:
                 if grad.numel() <= BATCHED_MAX:  # reduced with the others in ``finish``
                     self._pending_grads.append((layer, host_array(grad).copy()))
@@ -710,17 +750,17 @@ class Probe:
             elif self._deferring and (grad.numel() <= DEVICE_BATCHED_MAX or self._reserve_graph_room(grad.numel())):
                 # Held (backward doesn't change a gradient it has passed on) and reduced at the step's end.
                 self._grad_outputs.append((layer, grad))
+                held = True
             else:  # squared and shipped together in ``finish``
                 self._grad_norms.append((layer, _norm(grad)))
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
-                if graphed or focused:
-                    example = self._example(grad)
-                    if graphed:
-                        self._push("tensor", layer, "unit_grad", example.reshape(-1), model_tensor=grad)
-                    if focused:
-                        self._push("tensor", layer, "output_grad", shrink_2d(as_matrix(example)), model_tensor=grad)
+                example = self._example_of(None)
+                if graphed:
+                    self._push_view(layer, "unit_grad", [grad], lambda g: example(g).reshape(-1), held=held)
+                if focused:
+                    self._push_view(layer, "output_grad", [grad], lambda g: shrink_2d(as_matrix(example(g))), held=held)
             if self._recording:
                 self._phase_events.append(
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
@@ -885,8 +925,8 @@ class Probe:
             reduced, segments = [both], plan.both_segments
         elif len(plan.groups) == 1 and (not self._deferring or self._params_deferred(plan)):
             # (Left to the step's end, the gradients' copy is held until then: small models only.)
-            self._weights = self._joined(views)
-            reduced, segments = [self._weights, self._joined(grads)], plan.groups[0].segments
+            self._weights, self._grads = self._joined(views), self._joined(grads)
+            reduced, segments = [self._weights, self._grads], plan.groups[0].segments
         else:  # big: the weights' copy is kept whole, the rest is made a group at a time
             self._weights = self._joined(views)
             weights, gradients = [], []
@@ -906,14 +946,19 @@ class Probe:
         self._jobs.append((slots, reduced, lambda tensors: param_rows(tensors).split(count)))
         return None
 
-    def _copied(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) -> torch.Tensor | None:
-        """The device path's copy of a parameter (or of its gradient, small models only) from
-        after backward."""
+    def _param_source(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) \
+            -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], bool]:
+        """Where a view finds a parameter (or its gradient) as backward left it, and what takes it
+        from there: the device path's flat copy of them all (held), when the step's end reads
+        that copy anyway; else its part of that copy, or the model's tensor."""
         copy = self._grads if grad else self._weights
-        if copy is None or plan.offsets is None:
-            return None
-        offset = plan.offsets[id(p)]
-        return copy[offset:offset + p.numel()].view(p.shape)
+        if copy is not None and plan.offsets is not None:
+            offset, count, shape = plan.offsets[id(p)], p.numel(), p.shape
+
+            def part(flat: torch.Tensor) -> torch.Tensor:
+                return flat[offset:offset + count].view(shape)
+            return (copy, part, True) if self._params_deferred(plan) else (part(copy), lambda tensor: tensor, True)
+        return (_dense(p.grad) if grad else p).detach(), lambda tensor: tensor, False
 
     def _push_weight_views(self, layer: _Layer, plan: _ParamPlan) -> None:
         w = layer.main_weight
@@ -923,20 +968,18 @@ class Probe:
         kernels = w.dim() == 4 and layer.name == self._step_targets.get("conv")
         if not (graphed or kernels or self._is_focus(layer)):
             return
-        copy = self._copied(plan, w)
-        shown, model_tensor = (w, w) if copy is None else (copy, None)
+        source, weight, held = self._param_source(plan, w)
         if graphed:
-            self._push("tensor", layer, "graph_weight", shown, model_tensor=model_tensor)
+            self._push_view(layer, "graph_weight", [source], weight, held)
         if self._is_focus(layer):
-            self._push("tensor", layer, "weight", shrink_2d(as_matrix(shown)), model_tensor=model_tensor)
+            self._push_view(layer, "weight", [source], lambda x: shrink_2d(as_matrix(weight(x))), held)
             if w.grad is not None:
-                grad_copy = self._copied(plan, w, grad=True)
-                grad = _dense(w.grad) if grad_copy is None else grad_copy
-                self._push("tensor", layer, "weight_grad", shrink_2d(as_matrix(grad)),
-                           model_tensor=w.grad if grad is w.grad else None)
+                grad_source, grad, grad_held = self._param_source(plan, w, grad=True)
+                self._push_view(layer, "weight_grad", [grad_source], lambda x: shrink_2d(as_matrix(grad(x))),
+                                grad_held)
         if kernels:
-            maps = shown.detach().reshape(-1, w.shape[-2], w.shape[-1])
-            self._push("tensor", layer, "kernels", shrink_maps(maps), model_tensor=model_tensor)
+            side = w.shape[-2:]
+            self._push_view(layer, "kernels", [source], lambda x: shrink_maps(weight(x).reshape(-1, *side)), held)
 
     def _record_param_grads(self) -> None:
         """Attach each module's parameter gradients to its backward phase; those of a module never
@@ -978,6 +1021,7 @@ class Probe:
         plan = self._param_plan(self._device)
         layers = plan.layers
         delta = None  # the device path's change of every parameter, when they are one group
+        after = None  # the device path's copy of them all, when their reductions are left to the step's end
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
         elif self._params_deferred(plan):
@@ -989,7 +1033,8 @@ class Probe:
                 return (segments.sums([change * change, start * start]).float(),)
 
             slot = self._slot("update", layers, "norms", (len(layers), 2))
-            self._jobs.append(([slot], [before, self._joined(self._device_views(plan))], update_norms))
+            after = self._joined(self._device_views(plan))
+            self._jobs.append(([slot], [before, after], update_norms))
         else:
             views = self._device_views(plan)
             norms = []
@@ -1005,14 +1050,24 @@ class Probe:
             offset = 0
             for p in plan.params:
                 if p is focus.main_weight:  # only the focused weight's change is shown
-                    if delta is not None:
-                        change = delta[offset:offset + p.numel()].view(p.shape)
-                    else:
-                        start = before[offset:offset + p.numel()]
-                        start = torch.from_numpy(start) if isinstance(start, np.ndarray) else start
-                        change = p.detach() - start.reshape(p.shape)
-                    self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
+                    self._push_weight_update(focus, p, offset, before, after, delta)
                 offset += p.numel()
+
+    def _push_weight_update(self, layer: _Layer, p: torch.Tensor, offset: int, before: torch.Tensor | np.ndarray,
+                            after: torch.Tensor | None, delta: torch.Tensor | None) -> None:
+        """The view of the focused weight's change; ``offset``: where ``p`` is in the flat copies."""
+        count, shape = p.numel(), p.shape
+        if after is not None:  # (both copies are the probe's: it may be left to the step's end)
+            self._push_view(layer, "weight_update", [before, after], lambda start, end: shrink_2d(as_matrix(
+                (end[offset:offset + count] - start[offset:offset + count]).view(shape))), held=True)
+            return
+        if delta is not None:
+            change = delta[offset:offset + count].view(shape)
+        else:
+            start = before[offset:offset + count]
+            start = torch.from_numpy(start) if isinstance(start, np.ndarray) else start
+            change = p.detach() - start.reshape(shape)
+        self._push("tensor", layer, "weight_update", shrink_2d(as_matrix(change)))
 
     def phase_events(self) -> list[PhaseRecord]:
         """The recorded step's forward/backward events, on the host."""
@@ -1107,7 +1162,8 @@ class Probe:
             return torch._utils._flatten_dense_tensors(pieces + [tensors[last]])
 
         if self.config.step_graphs and self._deferring and sum(t.numel() for t in inputs) <= GRAPH_INPUT_MAX:
-            key = (template, tuple((tuple(slots), tuple(indices)) for slots, indices, _ in jobs))
+            key = (template, tuple((tuple(slots), tuple(indices)) for slots, indices, _ in jobs),
+                   self._step_focus[1] if self._views_deferred else None)  # (a graph fixes the example)
             flat = self.graphs.run(plan, key, join, inputs)
             return flat if flat.is_cuda else flat.clone()  # (a CPU stand-in's replays reuse their output)
         return join(inputs)

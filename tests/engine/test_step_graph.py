@@ -90,8 +90,10 @@ def test_a_recording_whose_replay_differs_is_dropped() -> None:
     assert graphs.recorded == 0
 
 
-def _lockstep_steps(name: str, steps: int, tensors_every: int = 0) -> tuple[list, list, Probe]:
-    """The same training, measured with recorded reductions and without: each step's captures."""
+def _lockstep_steps(name: str, steps: int, tensors_every: int = 0, examples: tuple[int, ...] = (0,)) \
+        -> tuple[list, list, Probe]:
+    """The same training, measured with recorded reductions and without: each step's captures
+    (the focus example of step k is ``examples[k % len(examples)]``)."""
     make_model, make_x, make_y = CASES[name]
     captures: list[list] = [[], []]
     probes = []
@@ -108,6 +110,7 @@ def _lockstep_steps(name: str, steps: int, tensors_every: int = 0) -> tuple[list
                 torch.manual_seed(100 + step)  # the same batch, and dropout, in both runs
                 x, y = make_x(), make_y()
                 x = x + 0.1 * torch.randn(x.shape, generator=generator) if x.is_floating_point() else x
+                probe.focus_example = examples[step % len(examples)]
                 probe.begin_step(True, tensors=bool(tensors_every) and step % tensors_every == 0)
                 optimizer.zero_grad()
                 loss = loss_fn(model(x), y)
@@ -129,8 +132,13 @@ def _assert_same(eager, graphed) -> None:
         np.testing.assert_array_equal(b.scalars, a.scalars)
         assert (a.tensors is None) == (b.tensors is None)
         if a.tensors is not None:
-            for field in ("weight", "weight_grad", "weight_update", "activation"):
+            for field in ("weight", "weight_grad", "weight_update", "activation", "output_grad", "feature_maps",
+                          "kernels", "attention"):
                 np.testing.assert_array_equal(getattr(b.tensors, field), getattr(a.tensors, field))
+        for kind in ("unit_values", "unit_grads", "graph_weights"):
+            assert getattr(b, kind).keys() == getattr(a, kind).keys()
+            for name, value in getattr(a, kind).items():
+                np.testing.assert_array_equal(getattr(b, kind)[name], value)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -153,6 +161,15 @@ def test_replays_with_segment_sums_and_steps_with_views_between(name: str, monke
     # may be an arrangement of their own (a conv target is picked among layers that have run).
     assert probe.graphs.recorded == 2 and probe.graphs.replayed in (5, 6)
     _assert_same(eager, graphed)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_large_outputs"])
+def test_views_left_to_a_replay_follow_the_focus_example(name: str) -> None:
+    """Views of what the probe holds are computed by the replay too; a replay fixes the example it
+    was recorded with, so another example is another recording."""
+    eager, graphed, probe = _lockstep_steps(name, steps=12, tensors_every=1, examples=(0, 0, 0, 3, 3, 3, 1, 1, 1, 1))
+    _assert_same(eager, graphed)
+    assert probe.graphs.recorded >= 2 and probe.graphs.replayed >= 4 and probe.graphs.off_because is None
 
 
 def test_big_models_and_recorded_steps_are_not_graphed(monkeypatch: pytest.MonkeyPatch) -> None:
