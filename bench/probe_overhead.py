@@ -27,8 +27,13 @@ its hook.
 small model are recorded once as a CUDA graph and replayed (``engine.step_graph``); the warm-up
 records each mode's arrangement before anything is timed.
 
+``--after-capture`` prints instead where an every-16 capture's cost lands: each step of a cycle of
+16 (the first captured) timed alone, as its median over many cycles. On a small model the steps
+after a capture run slower too (the capture's code and data have displaced the step's own from
+the CPU's caches and predictors), so a capture costs more in all than the capture step shows.
+
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
-       [--torch-stats] [--batch-budget N] [--batched-max N] [--step-graphs]
+       [--torch-stats] [--batch-budget N] [--batched-max N] [--step-graphs] [--after-capture]
 """
 from __future__ import annotations
 
@@ -187,6 +192,31 @@ def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: boo
     return result
 
 
+def after_capture(config: Config, device: str, cycles: int = 200) -> dict:
+    """Median time of each step of a 16-step cycle whose first step captures (each step synced
+    and timed alone), and what the capture costs in all: the cycle's excess over 16 bare steps."""
+    trainer = make_trainer(config, make_dataset(config.data), device)
+    times: list[list[float]] = [[] for _ in range(16)]
+    for cycle in range(cycles + 10):  # (the first 10 cycles warm up)
+        for i in range(16):
+            sync(device)
+            start = time.perf_counter()
+            result = trainer.step(capture=i == 0)
+            if result.capture is not None:
+                result.capture.get()
+            sync(device)
+            if cycle >= 10:
+                times[i].append(time.perf_counter() - start)
+        trainer.flush_scalars()
+    trainer.close()
+    med = [statistics.median(t) * 1000 for t in times]
+    bare = statistics.median(med[8:])  # (steps far from the capture)
+    excess = [m - bare for m in med]
+    return {"config": config.name, "device": device, "bare_ms": round(bare, 3),
+            "excess_ms": [round(e, 3) for e in excess[:4]], "after_ms": round(sum(excess[1:]), 3),
+            "every_16": round((16 * bare + sum(excess)) / (16 * bare), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
@@ -198,6 +228,7 @@ def main() -> int:
     parser.add_argument("--batch-budget", type=int, help="values of outputs reduced together at a step's end")
     parser.add_argument("--batched-max", type=int, help="the largest output reduced with the others")
     parser.add_argument("--step-graphs", action="store_true", help="replay end-of-step reductions as CUDA graphs")
+    parser.add_argument("--after-capture", action="store_true", help="time each step of a 16-step cycle alone")
     args = parser.parse_args()
     if args.batch_budget is not None:
         engine.probe.DEVICE_BATCH_BUDGET = args.batch_budget
@@ -209,6 +240,22 @@ def main() -> int:
         print("no CUDA device", file=sys.stderr)
         return 1
     rows = []
+    if args.after_capture:
+        print(f"{'config':<18} {'device':<6} {'bare ms':>8}  excess ms: {'capture':>8} {'+1':>6} {'+2':>6} {'+3':>6}"
+              f" {'all after':>10} {'every16':>8}")
+        for device in devices:
+            for config in CONFIGS:
+                if (args.only and config.name not in args.only) or (config.cuda_only and device != "cuda"):
+                    continue
+                row = after_capture(config, device)
+                rows.append(row)
+                first, *later = row["excess_ms"]
+                print(f"{row['config']:<18} {device:<6} {row['bare_ms']:>8.3f}  {'':>10} {first:>8.3f} "
+                      + " ".join(f"{e:>6.3f}" for e in later) + f" {row['after_ms']:>10.3f} {row['every_16']:>8.3f}",
+                      flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     header = f"{'config':<18} {'device':<6} {'batch':>5} {'bare ms':>8} {'capt ms':>8} {'every':>7} {'every16':>8} " \
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
