@@ -74,6 +74,38 @@ def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(how: str, monkeypatch
 
 
 @pytest.mark.parametrize("how", SUMMING)
+def test_a_segment_starting_with_inf_or_nan_has_numpys_mean(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments are shifted by their first value; one that isn't finite shifts by 0 instead, so
+    the mean is still the values' mean (inf, -inf or NaN, as numpy's) and the counts are right."""
+    _summing(how, monkeypatch, piece=3)
+    inf, nan = float("inf"), float("nan")
+    parts = [[inf, 1.0, 2.0, 5.0], [-inf, 3.0], [nan, 1.0, 2.0], [inf, -inf, 0.0], [inf, inf], [2.0, 4.0, 9.0]]
+    rows, _ = Segments([len(p) for p in parts], "cpu").figures(torch.tensor(sum(parts, [])))
+    rows = rows.numpy()
+    for row, part in zip(rows, parts):
+        a = np.array(part)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(row[1], a.mean())
+        assert row[3] == np.isnan(a).sum() and row[4] == np.isinf(a).sum()
+    np.testing.assert_allclose(rows[-1, :3], [np.linalg.norm([2, 4, 9]), 5.0, np.var([2, 4, 9])], rtol=1e-12)
+
+
+def test_long_segments_are_summed_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of SEGMENT_PIECE values, each summed on its own: values in float64 (a float32 sum
+    of 65 536 values would be off by ~1e-5), counts in float32 (exact up to 2^24)."""
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+    g = torch.Generator().manual_seed(11)
+    flat = torch.randn(5 * device_stats.SEGMENT_PIECE + 123, generator=g) * 3.0 + 1.0
+    flat[::1001] = float("nan")
+    segments = Segments([flat.numel() - 1000, 1000], "cpu")
+    assert segments._pieces is not None
+    rows, extra = segments.figures(flat.nan_to_num(), [flat.isnan()])
+    a = flat.nan_to_num().double().numpy()[:-1000]
+    np.testing.assert_allclose(rows[0, :3].numpy(), [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-10)
+    assert extra[0, 0] == np.isnan(flat.numpy()[:-1000]).sum() and rows[0, 3] == 0
+
+
+@pytest.mark.parametrize("how", SUMMING)
 def test_empty_segments_get_nan_figures(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _summing(how, monkeypatch, piece=2)
     segments = Segments([0, 3, 0], "cpu")
