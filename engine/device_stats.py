@@ -9,8 +9,9 @@ arrangement and kept on the device.
 
 Nothing here synchronises with the host: no Python number is read from a device tensor, and no
 operation whose output size depends on the data (``bincount``, boolean masks) is used. Sums are
-accumulated in float64. Variances are taken from values shifted by their segment's first value,
-so E[d^2] - E[d]^2 doesn't cancel when the mean dwarfs the spread.
+accumulated in float64 (counts over long segments in float32 pieces, where they are exact).
+Variances are taken from values shifted by their segment's first value, so E[d^2] - E[d]^2
+doesn't cancel when the mean dwarfs the spread.
 """
 from __future__ import annotations
 

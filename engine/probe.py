@@ -601,8 +601,8 @@ class Probe:
         return len(self._pieces) - 1
 
     def _example_of(self, shape: torch.Size | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """What takes this step's focus example from a batch (first viewed in ``shape``, when it is
-        the probe's flat copy of an output); the example is fixed now, as a step graph fixes it."""
+        """What takes this step's focus example from a batch (viewed in ``shape`` first, if given
+        and the batch has another); the example is fixed now, as a step graph fixes it."""
         focus = self._step_focus[1]
 
         def example(x: torch.Tensor) -> torch.Tensor:
