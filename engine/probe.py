@@ -600,14 +600,12 @@ class Probe:
         self._layout.append((kind, owner, key, shape, meta))
         return len(self._pieces) - 1
 
-    def _example_of(self, shape: torch.Size | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """What takes this step's focus example from a batch (viewed in ``shape`` first, if given
-        and the batch has another); the example is fixed now, as a step graph fixes it."""
+    def _example_of(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What takes this step's focus example from a batch; the example is fixed now, as a step
+        graph fixes it."""
         focus = self._step_focus[1]
 
         def example(x: torch.Tensor) -> torch.Tensor:
-            if shape is not None and x.shape != shape:
-                x = x.view(shape)
             return x[min(focus, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
         return example
 
@@ -624,18 +622,20 @@ class Probe:
         step graph may replay the step's end, a view of held sources is computed there with the
         reductions, once its shape is known: the first step that needs it computes it at once.
         """
+        known = None  # (the view's shape is cached under this key when it may be deferred)
         if held and self._graphing():
-            shape = self._view_shapes.get((id(layer), key, tuple(tuple(t.shape) for t in sources)))
+            known = (id(layer), key, tuple(tuple(t.shape) for t in sources))
+            shape = self._view_shapes.get(known)
             if shape is not None:
                 slot = self._slot("tensor", layer, key, shape)
                 self._jobs.append(([slot], sources, lambda tensors: (view(*tensors).float(),)))
                 self._views_deferred = True
                 return
         piece = view(*sources)
-        if held and self._graphing():
+        if known is not None:
             if len(self._view_shapes) > 1024:  # (a long session of changing focus)
                 self._view_shapes.clear()
-            self._view_shapes[(id(layer), key, tuple(tuple(t.shape) for t in sources))] = tuple(piece.shape)
+            self._view_shapes[known] = tuple(piece.shape)
         self._push("tensor", layer, key, piece, model_tensor=None if held else sources[0])
 
     def _on_forward(self, layer: _Layer, args: tuple, output: Any) -> None:
@@ -705,9 +705,10 @@ class Probe:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
             if graphed or focused or maps:
-                # From the probe's copy if it took one (then it may be left to the step's end).
-                source, shape, held = (out, None, False) if copy is None else (copy, out.shape, True)
-                example = self._example_of(shape)
+                # From the probe's copy (of the output's shape) if it took one: then it may be
+                # left to the step's end.
+                source, held = (out, False) if copy is None else (copy, True)
+                example = self._example_of()
                 if graphed:
                     self._push_view(layer, "unit_value", [source], lambda x: example(x).reshape(-1), held)
                 if focused:
@@ -723,7 +724,7 @@ class Probe:
 
     def _display(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The focus example's slice of each tensor, shrunk, still on the device."""
-        shown, example = {}, self._example_of(None)
+        shown, example = {}, self._example_of()
         for key, value in tensors.items():
             if value.dim() >= 1 and value.shape[0] > 0:
                 value = example(value)
@@ -756,7 +757,7 @@ class Probe:
             if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
-                example = self._example_of(None)
+                example = self._example_of()
                 if graphed:
                     self._push_view(layer, "unit_grad", [grad], lambda g: example(g).reshape(-1), held=held)
                 if focused:
