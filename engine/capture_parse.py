@@ -15,6 +15,9 @@ Piece kinds:
   several (``owner`` a list of layers, one per call).
 - ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
   (``key`` 'weight') or gradients ('grad'); ``owner`` is the list of layers.
+- ``prows``: the same figures of a group of layers' weights or gradients as
+  ``engine.device_stats.Segments.row_piece`` gives them (a big model's); ``meta`` is its
+  ``RowLayout``, which makes them on the host.
 - ``nograd``: empty; its layers have no gradient at all this step.
 - ``update``: (layers, 2) of the sums of squares of the update and of the weights before it.
 - ``tensor``: a display tensor (``key`` names it) of ``shape``.
@@ -97,6 +100,7 @@ class ParsePlan:
         zero: list[int] = []  # ...and zero NaN/Inf counts
         calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, counts)
         self.tensors: list[tuple[int, int, tuple[int, ...], int, str]] = []
+        self.row_pieces: list[tuple[slice, Any, np.ndarray]] = []  # (host part, RowLayout, frame positions)
         offset = 0
         for kind, owner, key, shape, meta in layout:
             size = math.prod(shape)
@@ -114,6 +118,9 @@ class ParsePlan:
                     at, base = offset + row * PARAM_FIELDS, layer.index * width
                     copy += [(at, base + norm), (at + 1, base + mean), (at + 3, base + nans), (at + 4, base + infs)]
                     std.append((at + 2, base + spread))
+            elif kind == "prows":
+                base = np.array([layer.index * width for layer in owner])[:, None]
+                self.row_pieces.append((slice(offset, offset + size), meta, base + _PARAM_COLUMNS[key]))
             elif kind == "nograd":
                 for layer in owner:
                     blank += [layer.index * width + c for c in _GRAD_FIGURES]
@@ -172,6 +179,10 @@ class ParsePlan:
         values[self.copy_dst] = host[self.copy_src]
         values[self.std_dst] = np.sqrt(np.maximum(host[self.std_src], 0.0))
         values[self.scaled_dst] = host[self.scaled_src] / self.scaled_by
+        for part, rows, positions in self.row_pieces:
+            figures = rows.figures(host[part])
+            figures[:, 2] = np.sqrt(np.maximum(figures[:, 2], 0.0))  # (NaN stays NaN)
+            values[positions] = figures
         if self.update_src.size:
             delta, base = np.sqrt(host[self.update_src]), np.sqrt(host[self.update_src + 1])
             ratio = delta / base

@@ -16,6 +16,7 @@ doesn't cancel when the mean dwarfs the spread.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -23,8 +24,9 @@ import torch
 
 from engine.stats import hist_stride, unit_count, unit_dims
 
-__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP",
-           "Segments", "PendingDeviceActivation", "DeviceActivationReducer", "sampled_count", "unit_maxima"]
+__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "SEGMENT_ROW", "ROWS_FROM", "ROW_FIELDS", "DEVICE_BATCH_BUDGET",
+           "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP", "Segments", "RowLayout", "PendingDeviceActivation",
+           "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with
@@ -40,6 +42,17 @@ ATOMIC_SUMS_MAX = 1 << 16
 #: pieces per segment: one block streaming a whole 4M-value weight matrix, column after column,
 #: would leave the rest of the GPU idle.
 SEGMENT_PIECE = 1 << 16
+
+#: Segments made ``by_rows`` (the parameters') holding at least this many values in all can be
+#: taken by rows (``Segments.row_piece``): the flat tensor is seen as rows of ``SEGMENT_ROW``
+#: values, and every row lying inside one segment gets its sum, mean and variance (one
+#: ``var_mean``) and NaN and Inf counts on the device; the host joins them per segment, with
+#: the few values of no whole row (``RowLayout``). That reads each value about five times and
+#: dispatches a dozen operations, where ``figures`` moves some 30 bytes a value in shifted
+#: float64 columns over some 40 operations: on a big model, whose GPU step is bound by the
+#: memory it moves, the parameters' statistics were most of a capture's traffic.
+ROWS_FROM = 1 << 20
+SEGMENT_ROW = 1 << 12
 
 #: Outputs are copied in their hooks and reduced together at the end of the step while their
 #: copies hold at most this many values in all (8 MiB of float32; summing them takes a few
@@ -82,7 +95,8 @@ Column = Union[torch.Tensor, Callable[[], torch.Tensor]]
 class Segments:
     """Consecutive segments of a flat tensor on ``device``, by their sizes."""
 
-    def __init__(self, sizes: Sequence[int], device: torch.device | str, atomic: bool | None = None) -> None:
+    def __init__(self, sizes: Sequence[int], device: torch.device | str, atomic: bool | None = None,
+                 by_rows: bool = False) -> None:
         self.sizes = tuple(int(n) for n in sizes)
         self.count = len(self.sizes)
         self.total = sum(self.sizes)
@@ -106,6 +120,7 @@ class Segments:
                                          for o, n in zip(offsets[:-1], self.sizes)] + [np.array([self.total])])
                 self._pieces = _index(starts, device)
                 self._piece_offsets = _index(np.concatenate([[0], np.cumsum(per_segment)]), device)
+        self._rows = _RowPlan.make(self.sizes, self.device) if by_rows and self.total >= ROWS_FROM else None
 
     def spread(self, per_segment: torch.Tensor) -> torch.Tensor:
         """Each value's segment's entry of a (count,) tensor, as a (total,) tensor."""
@@ -175,6 +190,122 @@ class Segments:
             length = torch.where(self.lengths > 0, length, float("nan"))
         rows = torch.stack([length, mean, variance, sums[:, 2], sums[:, 3]], dim=1)
         return rows, sums[:, 4:4 + len(extra)]
+
+    @property
+    def row_layout(self) -> "RowLayout | None":
+        """How a ``row_piece`` of these segments is read, if they are taken by rows."""
+        return None if self._rows is None else self._rows.layout
+
+    def row_piece(self, flat: torch.Tensor) -> torch.Tensor:
+        """What the host needs to make ``figures(flat)`` of segments taken by rows (see
+        ``RowLayout``): a few numbers per row and the values of no whole row, reading each value
+        about four times, where ``figures`` moves some 30 bytes a value."""
+        assert self._rows is not None
+        return self._rows.piece(flat)
+
+    def square_sums(self, *flats: torch.Tensor) -> torch.Tensor:
+        """(count, len(flats)) float64 sums of each segment's squared values, for each flat tensor."""
+        if self._rows is not None:
+            return self._rows.square_sums(flats)
+        return self.sums([lambda flat=flat: flat * flat for flat in flats])
+
+
+@dataclass(frozen=True, eq=False)  # (a layout's meta: compared by identity, made once per arrangement)
+class RowLayout:
+    """How a ``Segments.row_piece`` makes each segment's figures, on the host (see ``ROWS_FROM``).
+
+    The piece holds, per whole row: its sum, mean, variance (Welford's, exact however the mean
+    dwarfs the spread), NaN and Inf counts; then what is left of each segment, as it is. A
+    segment's figures join its parts by Chan's formula: n = sum n_i, M2 = sum M2_i + sum n_i
+    (m_i - mean)^2, in float64."""
+
+    width: int
+    row_segment: np.ndarray  # per row in the piece: its segment
+    left_sizes: np.ndarray  # per segment: its values left (int64)
+
+    @property
+    def size(self) -> int:
+        return len(self.row_segment) * ROW_FIELDS + int(self.left_sizes.sum())
+
+    def figures(self, piece: np.ndarray) -> np.ndarray:
+        """(segments, 5) float64: L2 norm, mean, population variance, NaN and Inf counts."""
+        count, width = len(self.left_sizes), float(self.width)
+        rows = np.asarray(piece[:len(self.row_segment) * ROW_FIELDS], np.float64).reshape(-1, ROW_FIELDS)
+        left = np.asarray(piece[len(rows) * ROW_FIELDS:], np.float64)
+        segment, left_segment = self.row_segment, np.repeat(np.arange(count), self.left_sizes)
+        total = lambda owner, values: np.bincount(owner, weights=values, minlength=count)  # noqa: E731
+        n_left = self.left_sizes.astype(np.float64)
+        n = total(segment, np.full(len(rows), width)) + n_left
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            left_sum = total(left_segment, left)
+            left_mean = np.where(n_left > 0, left_sum / n_left, 0.0)
+            row_mean, row_var = rows[:, 1], rows[:, 2]
+            # The centre of the deviations is the mean of Welford's means (NaN with an Inf, as the variance).
+            centre = (total(segment, row_mean * width) + left_sum) / n
+            deviation = left - left_mean[left_segment]
+            m2 = (total(segment, width * (row_var + (row_mean - centre[segment]) ** 2))
+                  + total(left_segment, deviation * deviation) + n_left * (left_mean - centre) ** 2)
+            squares = total(segment, width * (row_var + row_mean * row_mean)) + total(left_segment, left * left)
+            nans = total(segment, rows[:, 3]) + total(left_segment, np.isnan(left))
+            infs = total(segment, rows[:, 4]) + total(left_segment, np.isinf(left))
+            norm = np.where((infs > 0) & (nans == 0), np.inf, np.sqrt(squares))  # (a row with an Inf has NaN variance)
+            mean = (total(segment, rows[:, 0]) + left_sum) / n  # (a row's sum is numpy's with an Inf)
+            figures = np.stack([norm, mean, m2 / n, nans, infs], axis=1)
+        figures[n == 0, :3] = np.nan
+        return figures
+
+
+#: Per row of a ``Segments.row_piece``: sum, mean, variance, NaN count, Inf count.
+ROW_FIELDS = 5
+
+
+class _RowPlan:
+    """Where a flat tensor of segments has whole rows of ``SEGMENT_ROW`` values inside one segment
+    (on the device), and the ``RowLayout`` that reads what they give."""
+
+    def __init__(self, grid: int, rows: np.ndarray, row_segment: np.ndarray, left: np.ndarray,
+                 left_sizes: list[int], device: torch.device) -> None:
+        self.grid = grid  # rows of the flat tensor's grid: flat[:grid * SEGMENT_ROW].view(grid, -1)
+        self.rows = _index(rows, device)  # the grid's rows inside a segment
+        self.left = _index(left, device)  # the values in no such row, by segment
+        self.left_segments = Segments(left_sizes, device)
+        self.layout = RowLayout(SEGMENT_ROW, row_segment, np.asarray(left_sizes, np.int64))
+        self.row_offsets = _index(np.concatenate([[0], np.cumsum(np.bincount(row_segment, minlength=len(left_sizes)))]),
+                                  device)
+
+    @classmethod
+    def make(cls, sizes: tuple[int, ...], device: torch.device) -> "_RowPlan | None":
+        """The plan, or None when rows would hold too little of the values to pay."""
+        width = SEGMENT_ROW
+        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        first = -(-offsets[:-1] // width)  # each segment's first whole row...
+        end = np.maximum(offsets[1:] // width, first)  # ...and the row after its last
+        if 2 * int((end - first).sum()) * width < offsets[-1]:
+            return None
+        rows = [np.arange(a, b) for a, b in zip(first, end)]
+        left = [np.concatenate([np.arange(o, min(a * width, o + n)), np.arange(max(b * width, a * width), o + n)])
+                for o, n, a, b in zip(offsets[:-1], sizes, first, end)]
+        row_segment = np.repeat(np.arange(len(sizes)), end - first)
+        return cls(int(offsets[-1] // width), np.concatenate(rows), row_segment, np.concatenate(left).astype(np.int64),
+                   [len(part) for part in left], device)
+
+    def _grid(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[:self.grid * self.layout.width].view(self.grid, self.layout.width)
+
+    def piece(self, flat: torch.Tensor) -> torch.Tensor:
+        """As ``Segments.row_piece``."""
+        grid = self._grid(flat)
+        var, mean = torch.var_mean(grid, dim=1, correction=0)
+        per_row = torch.stack([grid.sum(1), mean, var, grid.isnan().sum(1, dtype=torch.float32),
+                               grid.isinf().sum(1, dtype=torch.float32)], dim=1)[self.rows]
+        return torch.cat([per_row.view(-1), flat[self.left].float()])
+
+    def square_sums(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """As ``Segments.square_sums``: each row's norm (one pass, no squares made), squared."""
+        norms = torch.stack([torch.linalg.vector_norm(self._grid(flat), dim=1) for flat in flats], dim=1)
+        rows = torch.segment_reduce(norms[self.rows].double().square(), "sum", offsets=self.row_offsets, axis=0,
+                                    unsafe=True)
+        return rows + self.left_segments.square_sums(*[flat[self.left] for flat in flats])
 
 
 class PendingDeviceActivation(NamedTuple):

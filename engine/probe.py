@@ -225,6 +225,7 @@ class _ParamGroup:
     params: slice
     values: slice
     segments: Segments
+    layers: list[_Layer]
 
 
 def _part(flat: torch.Tensor, values: slice) -> torch.Tensor:
@@ -241,7 +242,7 @@ def _param_groups(layers: list[_Layer], sizes: list[int], device: torch.device) 
         if end == len(layers) or held + sizes[end] > DEVICE_PARAM_GROUP:
             count = sum(len(layer.params) for layer in layers[first:end])
             groups.append(_ParamGroup(slice(param, param + count), slice(value, value + held),
-                                      Segments(sizes[first:end], device)))
+                                      Segments(sizes[first:end], device, by_rows=True), layers[first:end]))
             first, param, value = end, param + count, value + held
     return groups
 
@@ -930,6 +931,11 @@ class Probe:
             reduced, segments = [self._weights, self._grads], plan.groups[0].segments
         else:  # big: the weights' copy is kept whole, the rest is made a group at a time
             self._weights = self._joined(views)
+            if any(group.segments.row_layout is not None for group in plan.groups):
+                for group in plan.groups:  # (each group's pushed as made, by rows where it is taken so)
+                    self._push_group_figures(group, "weight", _part(self._weights, group.values))
+                    self._push_group_figures(group, "grad", self._joined(grads[group.params]))
+                return None
             weights, gradients = [], []
             for group in plan.groups:
                 weights.append(group.segments.figures(_part(self._weights, group.values))[0])
@@ -946,6 +952,14 @@ class Probe:
         slots = [self._slot("pstats", plan.layers, key, (count, PARAM_FIELDS)) for key in ("weight", "grad")]
         self._jobs.append((slots, reduced, lambda tensors: param_rows(tensors).split(count)))
         return None
+
+    def _push_group_figures(self, group: _ParamGroup, key: str, flat: torch.Tensor) -> None:
+        """A group's weight or gradient figures; by rows, what the host makes them from."""
+        layout = group.segments.row_layout
+        if layout is None:
+            self._push("pstats", group.layers, key, group.segments.figures(flat)[0])
+        else:
+            self._push("prows", group.layers, key, group.segments.row_piece(flat), layout)
 
     def _param_source(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) \
             -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], bool]:
@@ -1031,7 +1045,7 @@ class Probe:
             def update_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor]:
                 start, after = tensors
                 change = after - start
-                return (segments.sums([change * change, start * start]).float(),)
+                return (segments.square_sums(change, start).float(),)
 
             slot = self._slot("update", layers, "norms", (len(layers), 2))
             after = self._joined(self._device_views(plan))
@@ -1042,7 +1056,7 @@ class Probe:
             for group in plan.groups:  # (a big model's change is made and let go a group at a time)
                 start = _part(before, group.values)
                 change = self._joined(views[group.params]) - start
-                norms.append(group.segments.sums([lambda: change * change, lambda: start * start]))
+                norms.append(group.segments.square_sums(change, start))
             delta = change if len(plan.groups) == 1 else None
             del change, start
             self._push("update", layers, "norms", norms[0] if len(norms) == 1 else torch.cat(norms))

@@ -26,26 +26,46 @@ def _parts() -> list[torch.Tensor]:
     return parts
 
 
-SUMMING = ["index_add", "segment_reduce", "pieces"]
+SUMMING = ["index_add", "segment_reduce", "pieces", "rows"]
 
 
 def _summing(how: str, monkeypatch: pytest.MonkeyPatch, piece: int = 7) -> None:
-    """Sum with index_add_, with segment_reduce over whole segments, or in pieces of ``piece`` values."""
+    """Sum with index_add_, with segment_reduce over whole segments, in pieces of ``piece``
+    values, or (segments made ``by_rows``) by rows of ``piece`` values and what is left."""
     monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if how == "index_add" else 0)
     if how == "pieces":
         monkeypatch.setattr(device_stats, "SEGMENT_PIECE", piece)
+    if how == "rows":
+        monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+        monkeypatch.setattr(device_stats, "SEGMENT_ROW", piece)
+
+
+def _segments(sizes: list[int], how: str) -> Segments:
+    segments = Segments(sizes, "cpu", by_rows=True)
+    assert (segments.row_layout is not None) == (how == "rows" and sum(sizes) > 0)
+    return segments
+
+
+def _figures(segments: Segments, flat: torch.Tensor) -> torch.Tensor:
+    """``figures``, or by rows (made on the host from the device's piece) when so taken."""
+    if segments.row_layout is None:
+        return segments.figures(flat)[0]
+    piece = segments.row_piece(flat)
+    assert piece.numel() == segments.row_layout.size
+    return torch.from_numpy(segments.row_layout.figures(piece.numpy()))
 
 
 @pytest.mark.parametrize("how", SUMMING)
 def test_segment_figures_against_numpy(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _summing(how, monkeypatch)
     parts = _parts()
-    segments = Segments([p.numel() for p in parts], "cpu")
+    segments = _segments([p.numel() for p in parts], how)
     assert (segments.ids is not None) == (how == "index_add")
     assert (segments._pieces is not None) == (how == "pieces")
     flat = torch.cat(parts)
     extra = (flat > 0.5)
-    rows, sums = segments.figures(flat, [extra])
+    sums = segments.figures(flat, [extra])[1]
+    rows = _figures(segments, flat)
     for row, part, total in zip(rows.numpy(), parts, sums[:, 0].numpy()):
         a = part.double().numpy()
         assert total == np.count_nonzero(a > 0.5)
@@ -54,8 +74,13 @@ def test_segment_figures_against_numpy(how: str, monkeypatch: pytest.MonkeyPatch
             assert np.isnan(row[2])  # no variance of a segment with NaN or Inf
             assert np.isnan(row[1]) == bool(np.isnan(a).any())
             continue
-        # The second segment's mean is 30 000 times its spread: still exact (shifted sums).
-        np.testing.assert_allclose(row[:3], [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-6, atol=1e-12)
+        # The second segment's mean is 30 000 times its spread: still exact (shifted sums). By
+        # rows, its variance has the float32 rows' means' rounding (relative 6e-8 of the mean,
+        # against a spread of rows' means of 1/sqrt(row) of the values'): 1e-4 at worst here,
+        # with rows of 7 values; 2e-9 times mean/spread with SEGMENT_ROW's.
+        exact = how != "rows" or abs(a.mean()) < 100 * a.std()
+        np.testing.assert_allclose(row[:2], [np.linalg.norm(a), a.mean()], rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(row[2], a.var(), rtol=1e-6 if exact else 1e-4, atol=1e-12)
     pair = segments.sums([flat * 2, torch.ones_like(flat)])
     np.testing.assert_allclose(pair[:, 1].numpy(), [p.numel() for p in parts])
     np.testing.assert_allclose(pair[:2, 0].numpy(), [float(p.double().sum()) * 2 for p in parts[:2]], rtol=1e-6)
@@ -68,7 +93,7 @@ def test_a_tiny_segment_after_a_huge_one_keeps_its_figures(how: str, monkeypatch
     _summing(how, monkeypatch)
     g = torch.Generator().manual_seed(5)
     huge, tiny = torch.randn(5000, generator=g) * 1e4, torch.randn(300, generator=g) * 1e-7
-    rows, _ = Segments([5000, 300], "cpu").figures(torch.cat([huge, tiny]))
+    rows = _figures(_segments([5000, 300], how), torch.cat([huge, tiny]))
     a = tiny.double().numpy()
     np.testing.assert_allclose(rows[1, :3].numpy(), [np.linalg.norm(a), a.mean(), a.var()], rtol=1e-6)
 
@@ -80,7 +105,7 @@ def test_a_segment_starting_with_inf_or_nan_has_numpys_mean(how: str, monkeypatc
     _summing(how, monkeypatch, piece=3)
     inf, nan = float("inf"), float("nan")
     parts = [[inf, 1.0, 2.0, 5.0], [-inf, 3.0], [nan, 1.0, 2.0], [inf, -inf, 0.0], [inf, inf], [2.0, 4.0, 9.0]]
-    rows, _ = Segments([len(p) for p in parts], "cpu").figures(torch.tensor(sum(parts, [])))
+    rows = _figures(_segments([len(p) for p in parts], how), torch.tensor(sum(parts, [])))
     rows = rows.numpy()
     for row, part in zip(rows, parts):
         a = np.array(part)
@@ -105,12 +130,37 @@ def test_long_segments_are_summed_in_float64(monkeypatch: pytest.MonkeyPatch) ->
     assert extra[0, 0] == np.isnan(flat.numpy()[:-1000]).sum() and rows[0, 3] == 0
 
 
+def test_rows_and_what_is_left_hold_every_value_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By rows (SEGMENT_ROW values), segments starting anywhere in a row: some shorter than a row,
+    some across several, empty ones; each value is in one whole row of its segment or left."""
+    monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+    row = device_stats.SEGMENT_ROW
+    sizes = [row + 3, 0, 1, row - 4, 2 * row, 3 * row + 5, row, 7, 0, 5 * row - 2]  # (the 5th: rows only)
+    g = torch.Generator().manual_seed(17)
+    parts = [torch.randn(n, generator=g) * (i + 1) + (i - 4) for i, n in enumerate(sizes)]
+    parts[5][2 * row + 1] = float("nan")  # in a whole row
+    parts[5][-1] = float("inf")  # left over
+    parts[6][row // 2] = float("-inf")
+    parts[9][row + 7] = float("inf")  # in a whole row: the norm and mean are Inf
+    flat = torch.cat(parts)
+    segments = Segments(sizes, "cpu", by_rows=True)
+    assert segments.row_layout is not None and segments.row_layout.left_sizes.sum() < flat.numel() // 2
+    rows = _figures(segments, flat)
+    squares = segments.square_sums(flat)[:, 0].numpy()
+    for i, (figures, part) in enumerate(zip(rows.numpy(), parts)):
+        a = part.double().numpy()
+        assert figures[3] == np.isnan(a).sum() and figures[4] == np.isinf(a).sum()
+        with np.errstate(invalid="ignore"):
+            expected = [np.linalg.norm(a), a.mean(), a.var(), (a * a).sum()] if a.size else [np.nan] * 3 + [0.0]
+        np.testing.assert_allclose([*figures[:3], squares[i]], expected, rtol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("how", SUMMING)
 def test_empty_segments_get_nan_figures(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _summing(how, monkeypatch, piece=2)
-    segments = Segments([0, 3, 0], "cpu")
+    segments = _segments([0, 3, 0], how)
     assert (segments._pieces is not None) == (how == "pieces")
-    rows, _ = segments.figures(torch.tensor([1.0, 2.0, 3.0]))
+    rows = _figures(segments, torch.tensor([1.0, 2.0, 3.0]))
     assert np.isnan(rows[[0, 2], :3].numpy()).all() and (rows[[0, 2], 3] == 0).all()
     np.testing.assert_allclose(rows[1, :3].numpy(), [np.sqrt(14.0), 2.0, 2.0 / 3.0])
     if how != "index_add":

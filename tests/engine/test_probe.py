@@ -121,10 +121,11 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # The probe's ways of reducing: numpy on the host (CPUs), PyTorch on the device (GPUs); the
 # latter also as big models take it: outputs and parameters summed segment by segment
 # (segment_reduce), every output reduced in its hook (past the batch's budget), and the
-# parameters a layer at a time, each segment in pieces (huge models).
+# parameters a layer at a time, each segment in pieces (huge models), and in groups of layers
+# whose figures the host makes from rows of their values (big models).
 PATHS = {"numpy": ProbeConfig(), "torch": ProbeConfig(host_statistics=False),
          "torch_segments": ProbeConfig(host_statistics=False), "torch_unbatched": ProbeConfig(host_statistics=False),
-         "torch_grouped": ProbeConfig(host_statistics=False)}
+         "torch_grouped": ProbeConfig(host_statistics=False), "torch_rows": ProbeConfig(host_statistics=False)}
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +142,11 @@ def _big_model_limits(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
         monkeypatch.setattr(device_stats, "SEGMENT_PIECE", 64)
         monkeypatch.setattr(probe_module, "DEVICE_PARAM_GROUP", 1)
+    elif path == "torch_rows":
+        monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+        monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+        monkeypatch.setattr(device_stats, "SEGMENT_ROW", 8)
+        monkeypatch.setattr(probe_module, "DEVICE_PARAM_GROUP", 256)
 
 
 def run_reference_and_probe(name: str, path: str = "numpy"):
