@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import engine.device_stats as device_stats
+import engine.probe as probe_module
 from engine.scenarios import build_run
 from engine.snapshot import STAT_INDEX
 from engine.step_graph import StepGraphs
@@ -21,9 +23,20 @@ SCENARIOS = ["spirals-mlp", "shapes-cnn", "reverse-transformer", "long-range-lst
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphs"])
+def _parameters_by_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small models' parameters taken as big ones' are: in groups, by rows (``Segments.row_piece``)."""
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+    monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+    monkeypatch.setattr(device_stats, "SEGMENT_ROW", 64)
+    monkeypatch.setattr(probe_module, "DEVICE_PARAM_GROUP", 4096)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs", "rows"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_captured_step_does_not_synchronise(scenario: str, graphs: bool) -> None:
+def test_captured_step_does_not_synchronise(scenario: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    graphs = mode == "graphs"
+    if mode == "rows":
+        _parameters_by_rows(monkeypatch)
     run = build_run(scenario, device="cuda", val_every=0)
     trainer = run.trainer
     trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=graphs)
@@ -117,10 +130,14 @@ class _Mixed(torch.nn.Module):
         return self.head(self.sigmoid(self.hidden(h)))
 
 
-def test_device_path_on_cuda_matches_the_host_path() -> None:
-    """The same step measured by numpy on the CPU and by the batched reductions on CUDA."""
+@pytest.mark.parametrize("rows", [False, True], ids=["segments", "rows"])
+def test_device_path_on_cuda_matches_the_host_path(rows: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same step measured by numpy on the CPU and by the batched reductions on CUDA (and
+    with its parameters taken by rows, as a big model's are)."""
     from engine.probe import Probe
 
+    if rows:
+        _parameters_by_rows(monkeypatch)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     cpu_model = _Mixed()
