@@ -11,7 +11,8 @@ Nothing here synchronises with the host: no Python number is read from a device 
 operation whose output size depends on the data (``bincount``, boolean masks) is used. Sums are
 accumulated in float64 (counts over long segments in float32 pieces, where they are exact).
 Variances are taken from values shifted by their segment's first value, so E[d^2] - E[d]^2
-doesn't cancel when the mean dwarfs the spread.
+doesn't cancel when the mean dwarfs the spread. A big model's parameters can instead be taken by
+rows, a few figures a row made on the device and joined on the host (``ROWS_FROM``).
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ SEGMENT_PIECE = 1 << 16
 #: taken by rows (``Segments.row_piece``): the flat tensor is seen as rows of ``SEGMENT_ROW``
 #: values, and every row lying inside one segment gets its sum, mean and variance (one
 #: ``var_mean``) and NaN and Inf counts on the device; the host joins them per segment, with
-#: the few values of no whole row (``RowLayout``). That reads each value about five times and
-#: dispatches a dozen operations, where ``figures`` moves some 30 bytes a value in shifted
-#: float64 columns over some 40 operations: on a big model, whose GPU step is bound by the
-#: memory it moves, the parameters' statistics were most of a capture's traffic.
+#: the few values of no whole row (``RowLayout``). That moves about 20 bytes a float32 value (four
+#: passes over the values, two over byte masks) in a dozen operations, where ``figures`` moves
+#: about 150 in shifted float64 columns over some 40: on a big model, whose GPU step is bound by
+#: the memory it moves, the parameters' statistics were most of a capture's traffic.
 ROWS_FROM = 1 << 20
 SEGMENT_ROW = 1 << 12
 
@@ -198,8 +199,7 @@ class Segments:
 
     def row_piece(self, flat: torch.Tensor) -> torch.Tensor:
         """What the host needs to make ``figures(flat)`` of segments taken by rows (see
-        ``RowLayout``): a few numbers per row and the values of no whole row, reading each value
-        about four times, where ``figures`` moves some 30 bytes a value."""
+        ``RowLayout`` and ``ROWS_FROM``): a few numbers per row and the values of no whole row."""
         assert self._rows is not None
         return self._rows.piece(flat)
 
