@@ -75,9 +75,9 @@ def test_segment_figures_against_numpy(how: str, monkeypatch: pytest.MonkeyPatch
             assert np.isnan(row[1]) == bool(np.isnan(a).any())
             continue
         # The second segment's mean is 30 000 times its spread: still exact (shifted sums). By
-        # rows, its variance has the float32 rows' means' rounding (relative 6e-8 of the mean,
-        # against a spread of rows' means of 1/sqrt(row) of the values'): 1e-4 at worst here,
-        # with rows of 7 values; 2e-9 times mean/spread with SEGMENT_ROW's.
+        # rows, its variance carries the rounding of the rows' float32 means (6e-8 of the mean,
+        # some 2e-3 of the spread here), about 2e-3 / sqrt(n) of it: ~1e-4 with these 1,000
+        # values (a million values with a mean 30,000 spreads off zero: 6e-7 on this CPU).
         exact = how != "rows" or abs(a.mean()) < 100 * a.std()
         np.testing.assert_allclose(row[:2], [np.linalg.norm(a), a.mean()], rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(row[2], a.var(), rtol=1e-6 if exact else 1e-4, atol=1e-12)
