@@ -916,7 +916,8 @@ class Probe:
 
     def _device_param_rows(self, plan: _ParamPlan) -> torch.Tensor | None:
         """The (2 * layers, 5) rows of the weights, then the gradients (device path); None when
-        they are left to the step's end, as ``_jobs`` (a model of one parameter group)."""
+        they are left to the step's end, as ``_jobs`` (a model of one parameter group), or pushed
+        group by group (a big model's)."""
         views = self._device_views(plan)
         grads = [_dense(p.grad).reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
                  for p in plan.params]
@@ -931,16 +932,10 @@ class Probe:
             reduced, segments = [self._weights, self._grads], plan.groups[0].segments
         else:  # big: the weights' copy is kept whole, the rest is made a group at a time
             self._weights = self._joined(views)
-            if any(group.segments.row_layout is not None for group in plan.groups):
-                for group in plan.groups:  # (each group's pushed as made, by rows where it is taken so)
-                    self._push_group_figures(group, "weight", _part(self._weights, group.values))
-                    self._push_group_figures(group, "grad", self._joined(grads[group.params]))
-                return None
-            weights, gradients = [], []
-            for group in plan.groups:
-                weights.append(group.segments.figures(_part(self._weights, group.values))[0])
-                gradients.append(group.segments.figures(self._joined(grads[group.params]))[0])
-            return torch.cat(weights + gradients)
+            for group in plan.groups:  # (each group's figures pushed as they are made)
+                self._push_group_figures(group, "weight", _part(self._weights, group.values))
+                self._push_group_figures(group, "grad", self._joined(grads[group.params]))
+            return None
 
         def param_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
             rows = [segments.figures(t)[0] for t in tensors]
