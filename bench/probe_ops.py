@@ -46,12 +46,17 @@ from engine.trainer import Trainer  # noqa: E402
 
 # Operations that only make a new view or alias of a tensor: dispatched, but launch no kernel.
 VIEWS = {"view", "_unsafe_view", "detach", "alias", "slice", "select", "unsqueeze", "squeeze", "t", "transpose",
-         "permute", "expand", "as_strided", "split", "unbind", "reshape", "narrow", "_reshape_alias"}
+         "permute", "expand", "as_strided", "split", "split_with_sizes", "unbind", "reshape", "narrow", "_reshape_alias"}
+
+
+# Operations that gather values of their first argument by an index.
+GATHERS = {"index", "index_select", "gather", "take"}
 
 
 class OpCounter(TorchDispatchMode):
     """Counts operations, and the bytes of the tensors each kernel-launching one reads or writes
-    (its tensor arguments and results: a GPU-bound step's cost is roughly the memory it moves)."""
+    (its tensor arguments and results: a GPU-bound step's cost is roughly the memory it moves; a
+    gather's, the values it takes, twice, and its indices)."""
 
     active: "OpCounter | None" = None  # the counter of the step being counted
 
@@ -74,10 +79,15 @@ class OpCounter(TorchDispatchMode):
         if not self.replaying:
             self.ops[name] += 1
         out = func(*args, **(kwargs or {}))
-        if name not in VIEWS:
-            self.bytes[name] += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
-                                    if isinstance(t, torch.Tensor))
+        if name in GATHERS:  # reads what it gathers (and the indices), not its whole source
+            self.bytes[name] += 2 * _bytes(out) + sum(_bytes(t) for t in tree_flatten((args[1:], kwargs))[0])
+        elif name not in VIEWS:
+            self.bytes[name] += sum(_bytes(t) for t in tree_flatten((args, kwargs, out))[0])
         return out
+
+
+def _bytes(t: object) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
 def record_counted(reduce, inputs) -> Recording:

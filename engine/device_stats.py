@@ -25,8 +25,8 @@ import torch
 
 from engine.stats import hist_stride, unit_count, unit_dims
 
-__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "SEGMENT_ROW", "ROWS_FROM", "ROW_FIELDS", "DEVICE_BATCH_BUDGET",
-           "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP", "Segments", "RowLayout", "PendingDeviceActivation",
+__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "SEGMENT_ROW", "ROWS_FROM", "ROW_FIELDS", "DETAIL_FIELDS", "ROW_DETAIL", "DEVICE_BATCH_BUDGET",
+           "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP", "Segments", "RowLayout", "RowCounting", "PendingDeviceActivation",
            "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
@@ -46,12 +46,13 @@ SEGMENT_PIECE = 1 << 16
 
 #: Segments made ``by_rows`` (the parameters') holding at least this many values in all can be
 #: taken by rows (``Segments.row_piece``): the flat tensor is seen as rows of ``SEGMENT_ROW``
-#: values, and every row lying inside one segment gets its sum, mean and variance (one
-#: ``var_mean``) and NaN and Inf counts on the device; the host joins them per segment, with
-#: the few values of no whole row (``RowLayout``). That moves about 20 bytes a float32 value (four
-#: passes over the values, two over byte masks) in a dozen operations, where ``figures`` moves
-#: about 150 in shifted float64 columns over some 40: on a big model, whose GPU step is bound by
-#: the memory it moves, the parameters' statistics were most of a capture's traffic.
+#: values, and every row lying inside one segment gets its mean and variance (one ``var_mean``)
+#: on the device; the few rows whose variance isn't finite also get their sums and NaN and Inf
+#: counts (``ROW_DETAIL``), and the host joins them per segment, with the few values of no whole
+#: row (``RowLayout``). That reads each float32 value about once and a half (some 6 bytes) in
+#: about 15 operations, where ``figures`` moves about 150 bytes in shifted float64 columns over
+#: some 40: on a big model, whose GPU step is bound by the memory it moves, the parameters'
+#: statistics were most of a capture's traffic.
 ROWS_FROM = 1 << 20
 SEGMENT_ROW = 1 << 12
 
@@ -193,15 +194,17 @@ class Segments:
         return rows, sums[:, 4:4 + len(extra)]
 
     @property
-    def row_layout(self) -> "RowLayout | None":
-        """How a ``row_piece`` of these segments is read, if they are taken by rows."""
-        return None if self._rows is None else self._rows.layout
+    def by_rows(self) -> bool:
+        """Whether these segments are taken by rows (``row_piece``, not ``figures``)."""
+        return self._rows is not None
 
-    def row_piece(self, flat: torch.Tensor) -> torch.Tensor:
+    def row_piece(self, flat: torch.Tensor, kind: str = "") -> tuple[torch.Tensor, RowLayout]:
         """What the host needs to make ``figures(flat)`` of segments taken by rows (see
-        ``RowLayout`` and ``ROWS_FROM``): a few numbers per row and the values of no whole row."""
+        ``RowLayout`` and ``ROWS_FROM``): a few numbers per row and the values of no whole row,
+        and the layout that reads them. ``kind`` names what ``flat`` holds (the weights, the
+        gradients): each kind decides on its own whether every row is counted."""
         assert self._rows is not None
-        return self._rows.piece(flat)
+        return self._rows.piece(flat, kind)
 
     def square_sums(self, *flats: torch.Tensor) -> torch.Tensor:
         """(count, len(flats)) float64 sums of each segment's squared values, for each flat tensor."""
@@ -210,28 +213,77 @@ class Segments:
         return self.sums([lambda flat=flat: flat * flat for flat in flats])
 
 
+class RowCounting:
+    """Whether every row of a group's weights (or gradients) gets its NaN and Inf counts and its
+    sum, or only the rows whose variance isn't finite, up to ``ROW_DETAIL`` of them (see there).
+    The host sets it, reading a capture (``RowLayout.figures``); the device path reads it when it
+    makes the next piece. Only a bool is shared, and the training thread does both."""
+
+    def __init__(self) -> None:
+        self.every_row = False
+
+
 @dataclass(frozen=True, eq=False)  # (a layout's meta: compared by identity, made once per arrangement)
 class RowLayout:
     """How a ``Segments.row_piece`` makes each segment's figures, on the host (see ``ROWS_FROM``).
 
-    The piece holds, per whole row: its sum, mean, variance (Welford's, exact however the mean
-    dwarfs the spread), NaN and Inf counts; then what is left of each segment, as it is. A
-    segment's figures join its parts by Chan's formula: n = sum n_i, M2 = sum M2_i + sum n_i
-    (m_i - mean)^2, in float64."""
+    The piece holds, per whole row, its mean and variance (Welford's, exact however the mean
+    dwarfs the spread). Then, if ``every_row``, each row's sum and NaN and Inf counts; else those
+    of ``detail`` rows (their positions first), which include every row whose variance isn't
+    finite while they are that few: a row with finite variance holds no NaN or Inf, and its sum
+    is its mean times its length. Last, what is left of each segment, as it is. A segment's
+    figures join its parts by Chan's formula: n = sum n_i, M2 = sum M2_i + sum n_i (m_i - mean)^2,
+    in float64.
+
+    Rows not finite and not looked at (more than ``detail`` of them: a diverged group) leave
+    their segments' counts short and their means NaN in that one capture (a segment with such a
+    row still has one looked at: at least one NaN or Inf is counted in it), and ``counting`` is
+    set to count every row from the next piece on (until at most half of ``detail`` rows are
+    left)."""
 
     width: int
     row_segment: np.ndarray  # per row in the piece: its segment
     left_sizes: np.ndarray  # per segment: its values left (int64)
+    detail: int  # rows looked at in detail while not every row is
+    every_row: bool
+    counting: RowCounting
 
     @property
     def size(self) -> int:
-        return len(self.row_segment) * ROW_FIELDS + int(self.left_sizes.sum())
+        rows = len(self.row_segment)
+        per_row = rows * ROW_FIELDS if self.every_row else rows * 2 + self.detail * DETAIL_FIELDS
+        return per_row + int(self.left_sizes.sum())
+
+    def _rows(self, piece: np.ndarray) -> tuple[np.ndarray, int]:
+        """(rows, 5) of sum, mean, variance, NaN and Inf count per row, and where the rest starts."""
+        count = len(self.row_segment)
+        if self.every_row:
+            rows = np.asarray(piece[:count * ROW_FIELDS], np.float64).reshape(-1, ROW_FIELDS)
+            if (~np.isfinite(rows[:, 2])).sum() <= self.detail // 2:
+                self.counting.every_row = False
+            return rows, count * ROW_FIELDS
+        end = count * 2 + self.detail * DETAIL_FIELDS
+        moments = np.asarray(piece[:count * 2], np.float64).reshape(-1, 2)
+        detail = np.asarray(piece[count * 2:end], np.float64).reshape(-1, DETAIL_FIELDS)
+        rows = np.zeros((count, ROW_FIELDS))
+        rows[:, 1:3] = moments
+        rows[:, 0] = moments[:, 0] * self.width
+        unresolved = ~np.isfinite(moments[:, 1])
+        picked = detail[:, 0].astype(np.int64)
+        flagged = unresolved[picked]
+        rows[picked[flagged], 0] = detail[flagged, 1]
+        rows[picked[flagged], 3:] = detail[flagged, 2:]
+        unresolved[picked] = False
+        if unresolved.any():
+            self.counting.every_row = True
+        return rows, end
 
     def figures(self, piece: np.ndarray) -> np.ndarray:
         """(segments, 5) float64: L2 norm, mean, population variance, NaN and Inf counts."""
         count, width = len(self.left_sizes), float(self.width)
-        rows = np.asarray(piece[:len(self.row_segment) * ROW_FIELDS], np.float64).reshape(-1, ROW_FIELDS)
-        left = np.asarray(piece[len(rows) * ROW_FIELDS:], np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            rows, end = self._rows(piece)
+        left = np.asarray(piece[end:], np.float64)
         segment, left_segment = self.row_segment, np.repeat(np.arange(count), self.left_sizes)
         total = lambda owner, values: np.bincount(owner, weights=values, minlength=count)  # noqa: E731
         n_left = self.left_sizes.astype(np.float64)
@@ -255,8 +307,16 @@ class RowLayout:
         return figures
 
 
-#: Per row of a ``Segments.row_piece``: sum, mean, variance, NaN count, Inf count.
+#: Per row of a ``Segments.row_piece`` counting every row: sum, mean, variance, NaN and Inf count.
 ROW_FIELDS = 5
+#: Per row looked at in detail: its position among the piece's rows, sum, NaN and Inf count.
+DETAIL_FIELDS = 4
+
+#: While no more than one row in this many has a variance that isn't finite (a NaN or an Inf in
+#: it), only that many rows get their sums and NaN and Inf counts: about a byte a value in all,
+#: where counting every row reads each value three more times and makes two byte masks (some 16
+#: bytes a float32 value, most of what a capture moved for a big model's parameters).
+ROW_DETAIL = 64
 
 
 class _RowPlan:
@@ -269,9 +329,16 @@ class _RowPlan:
         self.rows = _index(rows, device)  # the grid's rows inside a segment
         self.left = _index(left, device)  # the values in no such row, by segment
         self.left_segments = Segments(left_sizes, device)
-        self.layout = RowLayout(SEGMENT_ROW, row_segment, np.asarray(left_sizes, np.int64))
-        self.row_offsets = _index(np.concatenate([[0], np.cumsum(np.bincount(row_segment, minlength=len(left_sizes)))]),
-                                  device)
+        self.width = SEGMENT_ROW
+        self.row_segment = row_segment
+        self.left_sizes = np.asarray(left_sizes, np.int64)
+        per_segment = np.bincount(row_segment, minlength=len(left_sizes))
+        # Enough to look at a row of every segment with rows, if it has one not finite.
+        self.detail = min(len(rows), max(int((per_segment > 0).sum()), -(-len(rows) // ROW_DETAIL)))
+        starts = np.concatenate([[0], np.cumsum(per_segment)])
+        self.row_offsets = _index(starts, device)
+        self.segment_first = _index(starts[row_segment], device)  # per row: its segment's first row
+        self._layouts: dict[str, tuple[RowLayout, RowLayout]] = {}  # by kind: looking at some rows, at every row
 
     @classmethod
     def make(cls, sizes: tuple[int, ...], device: torch.device) -> "_RowPlan | None":
@@ -290,15 +357,40 @@ class _RowPlan:
                    [len(part) for part in left], device)
 
     def _grid(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[:self.grid * self.layout.width].view(self.grid, self.layout.width)
+        return flat[:self.grid * self.width].view(self.grid, self.width)
 
-    def piece(self, flat: torch.Tensor) -> torch.Tensor:
+    def layouts(self, kind: str) -> tuple[RowLayout, RowLayout]:
+        """The layouts of ``kind``'s pieces (weights', gradients'...: each counts on its own)."""
+        if kind not in self._layouts:
+            counting = RowCounting()
+            self._layouts[kind] = tuple(RowLayout(self.width, self.row_segment, self.left_sizes, self.detail, every,
+                                                  counting) for every in (False, True))
+        return self._layouts[kind]
+
+    def piece(self, flat: torch.Tensor, kind: str) -> tuple[torch.Tensor, RowLayout]:
         """As ``Segments.row_piece``."""
+        some, every = self.layouts(kind)
         grid = self._grid(flat)
         var, mean = torch.var_mean(grid, dim=1, correction=0)
-        per_row = torch.stack([grid.sum(1), mean, var, grid.isnan().sum(1, dtype=torch.float32),
-                               grid.isinf().sum(1, dtype=torch.float32)], dim=1)[self.rows]
-        return torch.cat([per_row.view(-1), flat[self.left].float()])
+        if every.counting.every_row:
+            per_row = torch.stack([grid.sum(1), mean, var, grid.isnan().sum(1, dtype=grid.dtype),
+                                   grid.isinf().sum(1, dtype=grid.dtype)], dim=1)[self.rows]
+            return torch.cat([per_row.view(-1), flat[self.left].float()]), every
+        moments = torch.stack([mean, var], dim=1)[self.rows]
+        picked = torch.topk(self._priority(moments[:, 1]), self.detail, sorted=False).indices
+        looked = grid[self.rows[picked]]
+        detail = torch.stack([picked.to(grid.dtype), looked.sum(1), looked.isnan().sum(1, dtype=grid.dtype),
+                              looked.isinf().sum(1, dtype=grid.dtype)], dim=1)
+        return torch.cat([moments.view(-1), detail.view(-1), flat[self.left].float()]), some
+
+    def _priority(self, variance: torch.Tensor) -> torch.Tensor:
+        """Which rows to look at (the ``detail`` highest): 2 for each segment's first row whose
+        variance isn't finite, 1 for its others, 0 for finite ones. A few kilobytes whatever the
+        model, in float32: exact while a group has under 2^24 rows (it has at most 2^14)."""
+        bad = torch.isfinite(variance).logical_not().float()
+        seen = bad.cumsum(0)  # rows not finite up to each, in the whole piece...
+        rank = seen - seen[self.segment_first] + bad[self.segment_first]  # ...and in its segment
+        return bad + bad * (rank == 1)
 
     def square_sums(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
         """As ``Segments.square_sums``: each row's norm (one pass, no squares made), squared."""

@@ -226,6 +226,7 @@ class _ParamGroup:
     values: slice
     segments: Segments
     layers: list[_Layer]
+    param_layer: torch.Tensor  # per parameter: its layer in the group (on the device)
 
 
 def _part(flat: torch.Tensor, values: slice) -> torch.Tensor:
@@ -240,9 +241,11 @@ def _param_groups(layers: list[_Layer], sizes: list[int], device: torch.device) 
     for end in range(1, len(layers) + 1):
         held = sum(sizes[first:end])
         if end == len(layers) or held + sizes[end] > DEVICE_PARAM_GROUP:
-            count = sum(len(layer.params) for layer in layers[first:end])
+            owners = [i for i, layer in enumerate(layers[first:end]) for _ in layer.params]
+            count = len(owners)
             groups.append(_ParamGroup(slice(param, param + count), slice(value, value + held),
-                                      Segments(sizes[first:end], device, by_rows=True), layers[first:end]))
+                                      Segments(sizes[first:end], device, by_rows=True), layers[first:end],
+                                      torch.tensor(owners, dtype=torch.int64, device=device)))
             first, param, value = end, param + count, value + held
     return groups
 
@@ -950,11 +953,10 @@ class Probe:
 
     def _push_group_figures(self, group: _ParamGroup, key: str, flat: torch.Tensor) -> None:
         """A group's weight or gradient figures; by rows, what the host makes them from."""
-        layout = group.segments.row_layout
-        if layout is None:
-            self._push("pstats", group.layers, key, group.segments.figures(flat)[0])
+        if group.segments.by_rows:
+            self._push("prows", group.layers, key, *group.segments.row_piece(flat, key))
         else:
-            self._push("prows", group.layers, key, group.segments.row_piece(flat), layout)
+            self._push("pstats", group.layers, key, group.segments.figures(flat)[0])
 
     def _param_source(self, plan: _ParamPlan, p: torch.Tensor, grad: bool = False) \
             -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], bool]:
@@ -1030,7 +1032,9 @@ class Probe:
         self._before_flat = None
         plan = self._param_plan(self._device)
         layers = plan.layers
-        delta = None  # the device path's change of every parameter, when they are one group
+        focus = next((layer for layer in layers if self._is_focus(layer)), None)
+        shown = focus.main_weight if self._want_tensors and focus is not None else None  # its change is shown
+        delta = None  # the device path's change of the shown weight, if made here
         after = None  # the device path's copy of them all, when their reductions are left to the step's end
         if isinstance(before, np.ndarray):
             self._push("update", layers, "norms", self._change_meter.rows(self._host_groups(plan), before))
@@ -1049,30 +1053,34 @@ class Probe:
             views = self._device_views(plan)
             norms = []
             for group in plan.groups:  # (a big model's change is made and let go a group at a time)
-                start = _part(before, group.values)
-                change = self._joined(views[group.params]) - start
-                norms.append(group.segments.square_sums(change, start))
-            delta = change if len(plan.groups) == 1 else None
-            del change, start
+                tensors, params = views[group.params], plan.params[group.params]
+                starts = list(_part(before, group.values).split([t.numel() for t in tensors]))
+                # Each parameter's change, and its norm and its weights': no copy of them all joined.
+                changes = list(torch._foreach_sub(tensors, starts))
+                delta = next((c for c, p in zip(changes, params) if p is shown), delta)
+                squares = torch.stack(torch._foreach_norm(changes + starts)).double().square().view(2, -1).T
+                norms.append(torch.zeros((len(group.layers), 2), dtype=torch.float64, device=squares.device)
+                             .index_add_(0, group.param_layer, squares))
+                del changes, starts
             self._push("update", layers, "norms", norms[0] if len(norms) == 1 else torch.cat(norms))
-        focus = next((layer for layer in layers if self._is_focus(layer)), None)
-        if self._want_tensors and focus is not None and focus.main_weight is not None:
+        if shown is not None:
             offset = 0
             for p in plan.params:
-                if p is focus.main_weight:  # only the focused weight's change is shown
+                if p is shown:
                     self._push_weight_update(focus, p, offset, before, after, delta)
                 offset += p.numel()
 
     def _push_weight_update(self, layer: _Layer, p: torch.Tensor, offset: int, before: torch.Tensor | np.ndarray,
                             after: torch.Tensor | None, delta: torch.Tensor | None) -> None:
-        """The view of the focused weight's change; ``offset``: where ``p`` is in the flat copies."""
+        """The view of the focused weight's change; ``offset``: where ``p`` is in the flat copies;
+        ``delta``: its change, if made already."""
         count, shape = p.numel(), p.shape
         if after is not None:  # (both copies are the probe's: it may be left to the step's end)
             self._push_view(layer, "weight_update", [before, after], lambda start, end: shrink_2d(as_matrix(
                 (end[offset:offset + count] - start[offset:offset + count]).view(shape))), held=True)
             return
         if delta is not None:
-            change = delta[offset:offset + count].view(shape)
+            change = delta.view(shape)
         else:
             start = before[offset:offset + count]
             start = torch.from_numpy(start) if isinstance(start, np.ndarray) else start

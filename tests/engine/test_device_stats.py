@@ -9,6 +9,7 @@ import engine.device_stats as device_stats
 from engine.device_stats import (
     DeviceActivationReducer,
     PendingDeviceActivation,
+    RowLayout,
     Segments,
     sampled_count,
     unit_maxima,
@@ -31,28 +32,44 @@ SUMMING = ["index_add", "segment_reduce", "pieces", "rows"]
 
 def _summing(how: str, monkeypatch: pytest.MonkeyPatch, piece: int = 7) -> None:
     """Sum with index_add_, with segment_reduce over whole segments, in pieces of ``piece``
-    values, or (segments made ``by_rows``) by rows of ``piece`` values and what is left."""
+    values, or (segments made ``by_rows``) by rows of ``piece`` values and what is left, every
+    row looked at in detail."""
     monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 1 << 20 if how == "index_add" else 0)
     if how == "pieces":
         monkeypatch.setattr(device_stats, "SEGMENT_PIECE", piece)
     if how == "rows":
         monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
         monkeypatch.setattr(device_stats, "SEGMENT_ROW", piece)
+        monkeypatch.setattr(device_stats, "ROW_DETAIL", 1)
 
 
 def _segments(sizes: list[int], how: str) -> Segments:
     segments = Segments(sizes, "cpu", by_rows=True)
-    assert (segments.row_layout is not None) == (how == "rows" and sum(sizes) > 0)
+    assert segments.by_rows == (how == "rows" and sum(sizes) > 0)
     return segments
 
 
+def _row_figures(segments: Segments, flat: torch.Tensor, kind: str = "") -> tuple[np.ndarray, RowLayout]:
+    """The figures the host makes from a piece by rows, and the layout that read it."""
+    piece, layout = segments.row_piece(flat, kind)
+    assert piece.numel() == layout.size
+    return layout.figures(piece.numpy()), layout
+
+
 def _figures(segments: Segments, flat: torch.Tensor) -> torch.Tensor:
-    """``figures``, or by rows (made on the host from the device's piece) when so taken."""
-    if segments.row_layout is None:
+    """``figures``, or by rows (made on the host from the device's piece) when so taken: then
+    the same whether some rows are looked at in detail or every row is counted."""
+    if not segments.by_rows:
         return segments.figures(flat)[0]
-    piece = segments.row_piece(flat)
-    assert piece.numel() == segments.row_layout.size
-    return torch.from_numpy(segments.row_layout.figures(piece.numpy()))
+    some, layout = _row_figures(segments, flat)
+    assert not layout.every_row
+    layout.counting.every_row = True
+    every, layout = _row_figures(segments, flat)
+    assert layout.every_row
+    # (A row's sum is its float32 mean times its length, or what the device summed.)
+    np.testing.assert_allclose(some[:, :3], every[:, :3], rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(some[:, 3:], every[:, 3:])
+    return torch.from_numpy(some)
 
 
 @pytest.mark.parametrize("how", SUMMING)
@@ -134,6 +151,7 @@ def test_rows_and_what_is_left_hold_every_value_once(monkeypatch: pytest.MonkeyP
     """By rows (SEGMENT_ROW values), segments starting anywhere in a row: some shorter than a row,
     some across several, empty ones; each value is in one whole row of its segment or left."""
     monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+    monkeypatch.setattr(device_stats, "ROW_DETAIL", 1)
     row = device_stats.SEGMENT_ROW
     sizes = [row + 3, 0, 1, row - 4, 2 * row, 3 * row + 5, row, 7, 0, 5 * row - 2]  # (the 5th: rows only)
     g = torch.Generator().manual_seed(17)
@@ -144,7 +162,7 @@ def test_rows_and_what_is_left_hold_every_value_once(monkeypatch: pytest.MonkeyP
     parts[9][row + 7] = float("inf")  # in a whole row: the norm and mean are Inf
     flat = torch.cat(parts)
     segments = Segments(sizes, "cpu", by_rows=True)
-    assert segments.row_layout is not None and segments.row_layout.left_sizes.sum() < flat.numel() // 2
+    assert segments.by_rows and segments._rows.left_sizes.sum() < flat.numel() // 2
     rows = _figures(segments, flat)
     squares = segments.square_sums(flat)[:, 0].numpy()
     for i, (figures, part) in enumerate(zip(rows.numpy(), parts)):
@@ -153,6 +171,55 @@ def test_rows_and_what_is_left_hold_every_value_once(monkeypatch: pytest.MonkeyP
         with np.errstate(invalid="ignore"):
             expected = [np.linalg.norm(a), a.mean(), a.var(), (a * a).sum()] if a.size else [np.nan] * 3 + [0.0]
         np.testing.assert_allclose([*figures[:3], squares[i]], expected, rtol=1e-6, equal_nan=True)
+
+
+def test_rows_not_finite_are_looked_at_and_many_make_every_row_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only rows whose variance isn't finite get their sums and counts, up to ``detail`` of them.
+    More (a diverged group): that capture's counts fall short, every segment holding such a row
+    still counts one, and the next pieces count every row, until few such rows are left."""
+    monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+    monkeypatch.setattr(device_stats, "SEGMENT_ROW", 4)
+    monkeypatch.setattr(device_stats, "ROW_DETAIL", 8)
+    sizes = [64, 3, 128, 64]  # 16, 0, 32 and 16 whole rows: 8 looked at (64 / 8), at least 3
+    segments = Segments(sizes, "cpu", by_rows=True)
+    assert segments._rows.detail == 8
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randn(sum(sizes), generator=g)
+    offsets = np.cumsum([0] + sizes)
+
+    def check(flat: torch.Tensor, every_row: bool, exact: bool) -> np.ndarray:
+        figures, layout = _row_figures(segments, flat, "grad")
+        assert layout.every_row == every_row
+        parts = [flat[a:b].double().numpy() for a, b in zip(offsets[:-1], offsets[1:])]
+        nans, infs = (np.array([f(p).sum() for p in parts]) for f in (np.isnan, np.isinf))
+        if exact:
+            np.testing.assert_array_equal(figures[:, 3:], np.stack([nans, infs], 1))
+            with np.errstate(invalid="ignore"):
+                means = [p.mean() for p in parts]
+            np.testing.assert_allclose(figures[:, 1], means, rtol=1e-6, equal_nan=True)
+        else:  # short, never over, and not zero where there is any
+            assert (figures[:, 3] <= nans).all() and (figures[:, 4] <= infs).all()
+            assert ((figures[:, 3] + figures[:, 4] > 0) == (nans + infs > 0)).all()
+            assert (figures[:, 3:].sum() < nans.sum() + infs.sum())
+        return figures
+
+    check(clean, every_row=False, exact=True)
+    few = clean.clone()
+    few[[0, 5, 70, 71, 150, 160, 230, 258]] = torch.tensor([float("nan"), float("inf"), float("-inf"), float("nan"),
+                                                          float("nan"), float("inf"), float("inf"), float("nan")])
+    check(few, every_row=False, exact=True)  # 6 rows (and a value left over): all looked at
+    assert not segments._rows.layouts("grad")[0].counting.every_row
+    many = clean.clone()
+    many[1::9] = float("nan")  # in every row
+    many[200:260:7] = float("inf")
+    check(many, every_row=False, exact=False)
+    check(many, every_row=True, exact=True)
+    check(many, every_row=True, exact=True)  # (while many rows aren't finite)
+    _row_figures(segments, clean, "weight")  # the weights count on their own
+    assert not segments._rows.layouts("weight")[0].counting.every_row
+    check(few, every_row=True, exact=True)  # 6 rows: over half of 8, still every row
+    check(clean, every_row=True, exact=True)
+    check(few, every_row=False, exact=True)
 
 
 @pytest.mark.parametrize("how", SUMMING)

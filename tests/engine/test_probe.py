@@ -401,6 +401,39 @@ def test_nan_and_inf_counted(path: str) -> None:
     assert row[STAT_INDEX["nan_acts"]] == 5 and row[STAT_INDEX["inf_acts"]] == 5
 
 
+def test_a_diverged_big_model_counts_every_row_from_its_next_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parameters by rows count NaN and Inf only in the few rows whose variance isn't finite.
+    Weights NaN in many rows: the first capture counts at least one in each layer (never more
+    than there are), the next ones every one."""
+    monkeypatch.setattr(device_stats, "ATOMIC_SUMS_MAX", 0)
+    monkeypatch.setattr(device_stats, "ROWS_FROM", 0)
+    monkeypatch.setattr(device_stats, "SEGMENT_ROW", 4)
+    monkeypatch.setattr(probe_module, "DEVICE_PARAM_GROUP", 256)  # (a layer a group, as a big model's)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16))
+    probe = Probe(model, ProbeConfig(host_statistics=False))
+    counted = []
+    with probe:
+        for step in range(4):
+            if step == 1:  # (after the first capture, which fixes the layers' order)
+                with torch.no_grad():
+                    model[0].weight[:, ::3] = float("nan")  # every row of the first layer's weights...
+                    model[2].weight[::2, 5] = float("inf")  # ...and half of the second's
+            probe.begin_step(True)
+            model(torch.ones(2, 16)).sum().backward()
+            probe.after_backward()
+            frame = probe.finish(1, torch.zeros(1, 2)).get().frame
+            counted.append([frame.values[frame.layer_names.index(name)][[STAT_INDEX["nan_weights"],
+                                                                          STAT_INDEX["inf_weights"]]]
+                            for name in ("0", "2")])
+            model.zero_grad()
+    clean, first, *later = np.array(counted)
+    exact = np.array([[16 * 6, 0], [0, 8]])
+    assert (clean == 0).all()
+    assert (first <= exact).all() and (first.sum(1) > 0).all() and (first < exact).any()
+    for counts in later:
+        np.testing.assert_array_equal(counts, exact)
+
+
 def test_uncaptured_step_records_nothing() -> None:
     model = mlp()
     probe = Probe(model)
