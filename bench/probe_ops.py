@@ -46,7 +46,8 @@ from engine.trainer import Trainer  # noqa: E402
 
 # Operations that only make a new view or alias of a tensor: dispatched, but launch no kernel.
 VIEWS = {"view", "_unsafe_view", "detach", "alias", "slice", "select", "unsqueeze", "squeeze", "t", "transpose",
-         "permute", "expand", "as_strided", "split", "split_with_sizes", "unbind", "reshape", "narrow", "_reshape_alias"}
+         "permute", "expand", "as_strided", "split", "split_with_sizes", "unbind", "reshape", "narrow",
+         "_reshape_alias"}
 
 
 # Operations that gather values of their first argument by an index.

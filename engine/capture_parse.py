@@ -134,6 +134,7 @@ class ParsePlan:
                 raise ValueError(f"unknown piece kind {kind!r}")
             offset += size
         self.size = offset  # the scalars follow
+        self.act_layers = _index(sorted(calls))  # layers whose outputs were measured
         hist: list[tuple[int, int, int]] = []  # (layer, host position, values sampled)
         self.repeated: list[tuple[Any, list[int], list[tuple[int, int, int]]]] = []
         for index, made in calls.items():

@@ -25,9 +25,9 @@ import torch
 
 from engine.stats import hist_stride, unit_count, unit_dims
 
-__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "SEGMENT_ROW", "ROWS_FROM", "ROW_FIELDS", "DETAIL_FIELDS", "ROW_DETAIL", "DEVICE_BATCH_BUDGET",
-           "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP", "Segments", "RowLayout", "RowCounting", "PendingDeviceActivation",
-           "DeviceActivationReducer", "sampled_count", "unit_maxima"]
+__all__ = ["ATOMIC_SUMS_MAX", "SEGMENT_PIECE", "SEGMENT_ROW", "ROWS_FROM", "ROW_FIELDS", "DETAIL_FIELDS", "ROW_DETAIL",
+           "DEVICE_BATCH_BUDGET", "DEVICE_BATCHED_MAX", "DEVICE_PARAM_GROUP", "Segments", "RowLayout", "RowCounting",
+           "PendingDeviceActivation", "DeviceActivationReducer", "sampled_count", "unit_maxima"]
 
 #: Segments holding up to this many values in all are summed with one ``index_add_`` through a
 #: per-value segment index; bigger ones (big models' parameters, big batches of outputs) with

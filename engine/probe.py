@@ -70,8 +70,8 @@ from engine.host_stats import (
     sumsq,
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
-from engine.snapshot import LayerInfo
-from engine.stats import dead_units, hist_stride, histogram, moments, nonfinite_counts
+from engine.snapshot import STAT_INDEX, LayerInfo, StatsFrame
+from engine.stats import dead_units, hist_stride, histogram, moments, nonfinite_bounds, nonfinite_counts
 from engine.step_graph import GRAPH_INPUT_MAX, StepGraphs
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -149,6 +149,9 @@ class _Layer:
     called: bool = False
     main_weight: torch.nn.Parameter | None = None
     hist_range: tuple[float, float] = (0.0, 1.0)  # set by the probe from its config
+    # Its output's min and max were finite at the last capture read (device path): a big output,
+    # reduced in its hook, then isn't counted for NaN and Inf (``Probe._activation_stats``).
+    outputs_finite: bool = False
     saturation_bounds: tuple[float, float] | None = None  # bounds of a saturating layer
     # Whether the layer's 3-D output is (batch, channels, positions) (conv1d), else (batch,
     # positions, features); None for an activation, which keeps its producer's layout.
@@ -700,7 +703,9 @@ class Probe:
                                lambda tensors: (self._activation_stats(layer, tensors[0], zero)[0].float(),)))
             copy = held
         else:
-            stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device))
+            # (Counting NaN and Inf reads the output twice more: left out while it was finite.)
+            stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device),
+                                                     count=not layer.outputs_finite)
             self._push("act", layer, "stats", stats, (measured.shape, sampled))
         if out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
@@ -786,13 +791,24 @@ class Probe:
         self._held_big += values
         return True
 
-    def _activation_stats(self, layer: _Layer, out: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, int]:
+    @staticmethod
+    def _note_finite_outputs(frame: StatsFrame, plan: ParsePlan) -> None:
+        """Which layers' outputs were finite at a capture just read (see ``_Layer.outputs_finite``):
+        an output turning NaN or Inf is counted from the next capture on."""
+        ends = frame.values[plan.act_layers][:, [STAT_INDEX["act_min"], STAT_INDEX["act_max"]]]
+        for index, finite in zip(plan.act_layers, np.isfinite(ends).all(axis=1)):
+            plan.table.layers[index].outputs_finite = bool(finite)
+
+    def _activation_stats(self, layer: _Layer, out: torch.Tensor, zero: torch.Tensor,
+                          count: bool = True) -> tuple[torch.Tensor, int]:
+        """An output's row of ``ACT_FIELDS`` and histogram. Unless ``count``, its NaN and Inf
+        counts are what its min and max tell (``nonfinite_bounds``: exact while it is finite)."""
         x = out.detach()
         x = x if x.dtype in _EXACT else x.float()
         flat = x.reshape(-1)
         mean, var = moments(flat)
         low, high = torch.aminmax(flat)
-        nan, inf = nonfinite_counts(flat, mean)
+        nan, inf = nonfinite_counts(flat, mean) if count else nonfinite_bounds(low, high)
         dead = dead_units(x) if layer.relu_like else zero
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
@@ -1223,7 +1239,9 @@ class Probe:
         (focus, example), tensors_wanted = self._step_focus, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
-            return parse_capture(host, plan, step, focus, example, tensors_wanted)
+            capture = parse_capture(host, plan, step, focus, example, tensors_wanted)
+            self._note_finite_outputs(capture.frame, plan)
+            return capture
 
         if isinstance(flat, torch.Tensor) and flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)

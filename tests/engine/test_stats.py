@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from engine.stats import HIST_SAMPLE, dead_units, histogram, moments, nonfinite_counts, unit_count
+from engine.stats import (
+    HIST_SAMPLE,
+    dead_units,
+    histogram,
+    moments,
+    nonfinite_bounds,
+    nonfinite_counts,
+    unit_count,
+)
 
 
 def test_moments_exact_when_mean_dwarfs_spread() -> None:
@@ -14,6 +23,24 @@ def test_moments_exact_when_mean_dwarfs_spread() -> None:
     ref = x.double().numpy()
     np.testing.assert_allclose(mean.item(), ref.mean(), rtol=1e-6)
     np.testing.assert_allclose(np.sqrt(var.item()), ref.std(), rtol=1e-3)
+
+
+nan, inf = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("values", [[1.0, -2.0, 3.0], [1.0, nan, 3.0, inf], [inf, 2.0, inf], [-inf, 0.0, inf, inf],
+                                    [nan, nan], [-inf, -inf], [inf], [-inf], [nan]])
+def test_nonfinite_bounds_from_min_and_max(values: list[float]) -> None:
+    """What min and max tell: exact (0, 0) when finite, never over, and never 0 where there is any."""
+    x = torch.tensor(values)
+    low, high = torch.aminmax(x)
+    nan_count, inf_count = (t.item() for t in nonfinite_bounds(low, high))
+    a = np.array(values)
+    exact = np.isnan(a).sum(), np.isinf(a).sum()
+    assert nan_count <= exact[0] and inf_count <= exact[1]
+    assert (nan_count + inf_count > 0) == (sum(exact) > 0)
+    if not exact[0]:  # (no NaN: both ends known; one infinite end or two)
+        assert inf_count == len({v for v in values if np.isinf(v)})
 
 
 def test_nonfinite_counts() -> None:
