@@ -71,7 +71,14 @@ from engine.host_stats import (
 )
 from engine.reduce import as_matrix, shrink_2d, shrink_maps, to_numpy
 from engine.snapshot import STAT_INDEX, LayerInfo, StatsFrame
-from engine.stats import dead_units, hist_stride, histogram, moments, nonfinite_bounds, nonfinite_counts
+from engine.stats import (
+    hist_stride,
+    histogram,
+    moments,
+    nonfinite_bounds,
+    nonfinite_counts,
+    unit_extremes,
+)
 from engine.step_graph import GRAPH_INPUT_MAX, StepGraphs
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
@@ -807,9 +814,12 @@ class Probe:
         x = x if x.dtype in _EXACT else x.float()
         flat = x.reshape(-1)
         mean, var = moments(flat)
-        low, high = torch.aminmax(flat)
+        if layer.relu_like:  # (its extremes and its units' maxima in one pass)
+            low, high, units = unit_extremes(x)
+            dead = (units <= 0).sum(dtype=torch.float32)
+        else:
+            (low, high), dead = torch.aminmax(flat), zero
         nan, inf = nonfinite_counts(flat, mean) if count else nonfinite_bounds(low, high)
-        dead = dead_units(x) if layer.relu_like else zero
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
             margin = self.config.saturation_margin

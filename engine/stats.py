@@ -11,7 +11,7 @@ import math
 import torch
 
 __all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "nonfinite_bounds", "dead_units", "unit_dims",
-           "unit_count", "histogram"]
+           "unit_count", "unit_extremes", "histogram"]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
 #: of a distribution needs no more, and it keeps big conv outputs cheap.
@@ -58,6 +58,21 @@ def dead_units(x: torch.Tensor) -> torch.Tensor:
     if x.dim() <= 1:
         return (x <= 0).sum(dtype=torch.float32)
     return (x.amax(dim=unit_dims(x)) <= 0).sum(dtype=torch.float32)
+
+
+def unit_extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The min and max of ``x`` (NaN if it holds one) and each unit's max (as ``dead_units``
+    takes units), from one pass over it: a ReLU-like output's extremes and dead units, where
+    ``aminmax`` and ``dead_units`` read it twice."""
+    if x.dim() <= 1:
+        low, high = torch.aminmax(x.reshape(-1))
+        return low, high, x.reshape(-1)
+    if x.dim() in (2, 3):  # (..., features): a min and max per feature
+        lows, units = torch.aminmax(x.reshape(-1, x.shape[-1]), dim=0)
+    else:  # (batch, channels, ...spatial): per example and channel, then per channel
+        lows, highs = torch.aminmax(x.reshape(x.shape[0], x.shape[1], -1), dim=2)
+        units = highs.amax(dim=0)
+    return lows.amin(), units.amax(), units
 
 
 def hist_stride(count: int) -> int:

@@ -13,6 +13,8 @@ from engine.stats import (
     nonfinite_bounds,
     nonfinite_counts,
     unit_count,
+    unit_dims,
+    unit_extremes,
 )
 
 
@@ -50,6 +52,23 @@ def test_nonfinite_counts() -> None:
     assert (nan.item(), inf.item()) == (2, 2)
     clean = torch.ones(10)
     assert [t.item() for t in nonfinite_counts(clean, moments(clean)[0])] == [0, 0]
+
+
+@pytest.mark.parametrize("shape", [(7,), (16, 10), (4, 7, 10), (8, 6, 5, 5), (3, 4, 5)])
+@pytest.mark.parametrize("poison", ["none", "nan", "inf"])
+def test_unit_extremes_against_numpy(shape: tuple[int, ...], poison: str) -> None:
+    """One pass's min, max and units' maxima: numpy's, with NaN propagated as amax does."""
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g)
+    if poison != "none":
+        x.view(-1)[5] = float(poison)
+    x = x.transpose(0, 1) if len(shape) == 3 and shape[0] == 3 else x  # (one not contiguous)
+    low, high, units = unit_extremes(x)
+    a = x.numpy()
+    np.testing.assert_array_equal([low.item(), high.item()], [a.min(), a.max()])
+    axes = tuple(unit_dims(x)) if x.dim() > 1 else ()
+    np.testing.assert_array_equal(units.numpy(), a.max(axis=axes) if axes else a)
+    assert dead_units(x).item() == (units <= 0).sum().item()
 
 
 def test_dead_units_per_layout() -> None:
