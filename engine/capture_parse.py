@@ -10,7 +10,8 @@ Piece kinds:
 
 - ``act``: one call of a layer: 8 statistics (mean, var, min, max, NaN count, Inf count, dead
   units, saturated count) then the histogram counts; ``meta`` is (the output's shape, values
-  its histogram sampled, or None for all).
+  its histogram sampled, or None for all, and whether its NaN and Inf were counted: if not,
+  their places hold anything and the counts are what its min and max tell, ``nonfinite_bounds``).
 - ``gout``: the squared norm of the gradient w.r.t. one call's output (``owner`` a layer), or of
   several (``owner`` a list of layers, one per call).
 - ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
@@ -35,7 +36,7 @@ import numpy as np
 from engine.snapshot import STAT_INDEX, STAT_NAMES, StatsFrame, TensorViews
 from engine.stats import unit_count
 
-__all__ = ["ACT_FIELDS", "PARAM_FIELDS", "Capture", "LayerTable", "ParsePlan", "parse_capture"]
+__all__ = ["ACT_FIELDS", "PARAM_FIELDS", "Capture", "LayerTable", "ParsePlan", "nonfinite_bounds", "parse_capture"]
 
 ACT_FIELDS = 8  # mean, var, min, max, nan, inf, dead, saturated; then the histogram
 PARAM_FIELDS = 5  # norm, mean, var, nan, inf  (numel is known on the host)
@@ -99,14 +100,17 @@ class ParsePlan:
         blank: list[int] = []  # no gradient: NaN figures...
         zero: list[int] = []  # ...and zero NaN/Inf counts
         calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, counts)
+        uncounted: set[int] = set()  # positions of act pieces whose NaN and Inf weren't counted
         self.tensors: list[tuple[int, int, tuple[int, ...], int, str]] = []
         self.row_pieces: list[tuple[slice, Any, np.ndarray]] = []  # (host part, RowLayout, frame positions)
         offset = 0
         for kind, owner, key, shape, meta in layout:
             size = math.prod(shape)
             if kind == "act":
-                out_shape, sampled = meta
+                out_shape, sampled, counted = meta
                 numel = math.prod(out_shape)
+                if not counted:
+                    uncounted.add(offset)
                 calls.setdefault(owner.index, []).append(
                     (offset, (numel, numel if sampled is None else sampled, unit_count(out_shape))))
             elif kind == "gout":  # one call's, or (CPU) a list of calls' in backward order
@@ -136,6 +140,8 @@ class ParsePlan:
         self.size = offset  # the scalars follow
         self.act_layers = _index(sorted(calls))  # layers whose outputs were measured
         hist: list[tuple[int, int, int]] = []  # (layer, host position, values sampled)
+        bounds: list[tuple[int, int]] = []  # (host position, frame position) of uncounted single calls
+        self.uncounted = uncounted
         self.repeated: list[tuple[Any, list[int], list[tuple[int, int, int]]]] = []
         for index, made in calls.items():
             layer = table.layers[index]
@@ -151,11 +157,14 @@ class ParsePlan:
             if layer.saturating:
                 scaled.append((at + 7, base + _COL["saturated_fraction"], numel))
             hist.append((index, at + ACT_FIELDS, sampled))
+            if at in uncounted:
+                bounds.append((at, base))
         self.copy_src, self.copy_dst = (_index(list(c)) for c in zip(*copy)) if copy else (_index([]),) * 2
         self.std_src, self.std_dst = (_index(list(c)) for c in zip(*std)) if std else (_index([]),) * 2
         self.scaled_src = _index([s for s, _, _ in scaled])
         self.scaled_dst = _index([d for _, d, _ in scaled])
         self.scaled_by = np.array([float(by) for _, _, by in scaled])
+        self.bounds_src, self.bounds_dst = (_index(list(c)) for c in zip(*bounds)) if bounds else (_index([]),) * 2
         self.update_src = _index([s for s, _ in update])
         self.update_dst = _index([d for _, d in update])
         self.gout_src = _index([s for s, _ in gout])
@@ -180,6 +189,10 @@ class ParsePlan:
         values[self.copy_dst] = host[self.copy_src]
         values[self.std_dst] = np.sqrt(np.maximum(host[self.std_src], 0.0))
         values[self.scaled_dst] = host[self.scaled_src] / self.scaled_by
+        if self.bounds_src.size:
+            nans, infs = nonfinite_bounds(host[self.bounds_src + 2], host[self.bounds_src + 3])
+            values[self.bounds_dst + _COL["nan_acts"]] = nans
+            values[self.bounds_dst + _COL["inf_acts"]] = infs
         for part, rows, positions in self.row_pieces:
             figures = rows.figures(host[part])
             figures[:, 2] = np.sqrt(np.maximum(figures[:, 2], 0.0))  # (NaN stays NaN)
@@ -198,9 +211,20 @@ class ParsePlan:
         hist = np.zeros((count, self.table.bins), np.float32)
         hist[self.hist_rows] = host[self.hist_src] / self.hist_sampled
         for layer, positions, metas in self.repeated:
-            pieces = [np.asarray(host[at:at + ACT_FIELDS + self.table.bins], np.float64) for at in positions]
+            pieces = [np.array(host[at:at + ACT_FIELDS + self.table.bins], np.float64) for at in positions]
+            for at, piece in zip(positions, pieces):
+                if at in self.uncounted:
+                    piece[4:6] = nonfinite_bounds(piece[2], piece[3])
             _fill_repeated_calls(values, hist, layer, pieces, metas)
         return values, hist
+
+
+def nonfinite_bounds(low: np.ndarray | float, high: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """What an output's min and max (NaN if it holds one) tell of its NaN and Inf counts, where
+    they weren't counted: (0, 0) when both are finite, exact; else at least 1 NaN, or (no NaN,
+    exactly) at least one Inf for each infinite end: -Inf at the min, +Inf at the max."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    return np.isnan(high).astype(np.float64), (low == -np.inf) + (high == np.inf).astype(np.float64)
 
 
 def parse_capture(host: np.ndarray, plan: ParsePlan, step: int, focus: str | None, example: int,

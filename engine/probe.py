@@ -75,7 +75,6 @@ from engine.stats import (
     hist_stride,
     histogram,
     moments,
-    nonfinite_bounds,
     nonfinite_counts,
     unit_extremes,
 )
@@ -677,12 +676,13 @@ class Probe:
             # later in-place op (ReLU(inplace=True)) may still change this output.
             pending = PendingActivation(host_array(out).copy(), tuple(measured.shape), layer.hist_range,
                                         layer.saturation_bounds, layer.relu_like)
-            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (measured.shape, None))
+            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                              (measured.shape, None, True))
             self._pending_acts.append((slot, pending))
         elif host:
             row, sampled = self._reducer.row_now(measured, layer.hist_range, layer.saturation_bounds,
                                                  layer.relu_like)
-            self._push("act", layer, "stats", row, (measured.shape, sampled))
+            self._push("act", layer, "stats", row, (measured.shape, sampled, True))
         elif out.numel() <= DEVICE_BATCHED_MAX and self._batched + out.numel() <= DEVICE_BATCH_BUDGET:
             # Copied now (an in-place op may change it), reduced with the others in ``finish``:
             # one dispatch (no detach, no reshape; it is flattened where it is reduced).
@@ -692,7 +692,7 @@ class Probe:
             self._batched += values.numel()
             shape = tuple(measured.shape)
             slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
-                              (measured.shape, sampled_count(values.numel())))
+                              (measured.shape, sampled_count(values.numel()), True))
             self._pending_acts.append((slot, PendingDeviceActivation(
                 values, shape, layer.hist_range, layer.saturation_bounds, layer.relu_like,
                 unit_maxima(values, shape, layer.relu_like, self._batched))))
@@ -704,16 +704,17 @@ class Probe:
                 held = out.clone(memory_format=torch.contiguous_format) if out.dtype in _EXACT \
                     else out.float().contiguous()
             sampled = -(-held.numel() // hist_stride(held.numel()))
-            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,), (measured.shape, sampled))
+            slot = self._slot("act", layer, "stats", (ACT_FIELDS + self.config.hist_bins,),
+                              (measured.shape, sampled, True))
             zero = self._zero_on(held.device)  # (held by the job, as a replay reads it)
             self._jobs.append(([slot], [held.view(measured.shape)],
                                lambda tensors: (self._activation_stats(layer, tensors[0], zero)[0].float(),)))
             copy = held
         else:
             # (Counting NaN and Inf reads the output twice more: left out while it was finite.)
-            stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device),
-                                                     count=not layer.outputs_finite)
-            self._push("act", layer, "stats", stats, (measured.shape, sampled))
+            counted = not layer.outputs_finite
+            stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device), count=counted)
+            self._push("act", layer, "stats", stats, (measured.shape, sampled, counted))
         if out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
@@ -808,8 +809,9 @@ class Probe:
 
     def _activation_stats(self, layer: _Layer, out: torch.Tensor, zero: torch.Tensor,
                           count: bool = True) -> tuple[torch.Tensor, int]:
-        """An output's row of ``ACT_FIELDS`` and histogram. Unless ``count``, its NaN and Inf
-        counts are what its min and max tell (``nonfinite_bounds``: exact while it is finite)."""
+        """An output's row of ``ACT_FIELDS`` and histogram. Unless ``count``, the places of its NaN
+        and Inf counts hold its min and max again: the host reads what they tell of the counts
+        (``engine.capture_parse.nonfinite_bounds``: exact while it is finite)."""
         x = out.detach()
         x = x if x.dtype in _EXACT else x.float()
         flat = x.reshape(-1)
@@ -819,7 +821,7 @@ class Probe:
             dead = (units <= 0).sum(dtype=torch.float32)
         else:
             (low, high), dead = torch.aminmax(flat), zero
-        nan, inf = nonfinite_counts(flat, mean) if count else nonfinite_bounds(low, high)
+        nan, inf = nonfinite_counts(flat, mean) if count else (low, high)
         if layer.saturating and layer.bounds is not None:
             lo, hi = layer.bounds
             margin = self.config.saturation_margin

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-__all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "nonfinite_bounds", "dead_units", "unit_dims",
+__all__ = ["HIST_SAMPLE", "hist_stride", "moments", "nonfinite_counts", "dead_units", "unit_dims",
            "unit_count", "unit_extremes", "histogram"]
 
 #: Histograms are taken over at most this many evenly strided elements of a tensor; a display
@@ -27,14 +27,6 @@ def moments(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def nonfinite_counts(flat: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """How many NaN and how many ±Inf values."""
     return torch.isnan(flat).sum(dtype=torch.float32), torch.isinf(flat).sum(dtype=torch.float32)
-
-
-def nonfinite_bounds(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What a tensor's min and max (NaN if it holds one) tell of its NaN and Inf counts, without
-    reading it again: (0, 0) when both are finite, exact; else at least 1 NaN, or (no NaN,
-    exactly) at least one Inf for each infinite end: -Inf for the min, +Inf for the max."""
-    ends = torch.stack([low == -math.inf, high == math.inf])
-    return torch.isnan(high).sum(dtype=torch.float32), ends.sum(dtype=torch.float32)
 
 
 def unit_dims(x: torch.Tensor) -> tuple[int, ...]:

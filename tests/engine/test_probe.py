@@ -434,29 +434,44 @@ def test_a_diverged_big_model_counts_every_row_from_its_next_capture(monkeypatch
         np.testing.assert_array_equal(counts, exact)
 
 
-def test_big_outputs_are_counted_for_nan_and_inf_once_they_are_not_finite(monkeypatch: pytest.MonkeyPatch) -> None:
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.relu(self.lin(x)))
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_big_outputs_are_counted_for_nan_and_inf_once_they_are_not_finite(calls: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An output reduced in its hook (a big one) is counted for NaN and Inf at its first capture
-    and again once a capture finds it not finite; in between its min and max say 0."""
+    and again once a capture finds it not finite; in between its min and max say 0 (also for a
+    layer called twice, whose calls' counts add up)."""
     monkeypatch.setattr(probe_module, "DEVICE_BATCH_BUDGET", 0)  # (every output reduced in its hook)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU()) if calls == 1 else _CalledTwice()
+    name = "0" if calls == 1 else "lin"
+    linear = model[0] if calls == 1 else model.lin
     probe = Probe(model, ProbeConfig(host_statistics=False))
     x = torch.ones(5, 3)
     poisoned = x.clone()
-    poisoned[1] = float("nan")  # 4 NaN in the Linear's output...
-    poisoned[3, 0] = float("inf")  # ...and 4 infinite values (of the weights' signs)
+    poisoned[1] = float("nan")  # NaN in the Linear's output...
+    poisoned[3, 0] = float("inf")  # ...and infinite values (of the weights' signs)
     counted = []
     with probe:
         for batch in (x, x, poisoned, poisoned, x):
             probe.begin_step(True)
             model(batch).sum().backward()
             probe.after_backward()
-            row = probe.finish(1, torch.zeros(1, 2)).get().frame.values[0]
-            counted.append(row[[STAT_INDEX["nan_acts"], STAT_INDEX["inf_acts"]]])
+            frame = probe.finish(1, torch.zeros(1, 2)).get().frame
+            counted.append(frame.values[frame.layer_names.index(name)][[STAT_INDEX["nan_acts"],
+                                                                        STAT_INDEX["inf_acts"]]])
             model.zero_grad()
     with torch.no_grad():
-        out = model[0](poisoned)
-    exact = [int(out.isnan().sum()), int(out.isinf().sum())]
-    assert exact == [4, 4]
+        outputs = [linear(poisoned)] + ([linear(torch.relu(linear(poisoned)))] if calls == 2 else [])
+    exact = [sum(int(out.isnan().sum()) for out in outputs), sum(int(out.isinf().sum()) for out in outputs)]
+    assert exact[0] >= 3 and exact[1] >= 3
     np.testing.assert_array_equal(counted[0], [0, 0])
     np.testing.assert_array_equal(counted[1], [0, 0])
     assert counted[2][0] >= 1 and (counted[2] <= exact).all() and (counted[2] < exact).any()  # from min and max

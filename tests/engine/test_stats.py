@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from engine.capture_parse import nonfinite_bounds
 from engine.stats import (
     HIST_SAMPLE,
     dead_units,
     histogram,
     moments,
-    nonfinite_bounds,
     nonfinite_counts,
     unit_count,
     unit_dims,
@@ -33,10 +33,10 @@ nan, inf = float("nan"), float("inf")
 @pytest.mark.parametrize("values", [[1.0, -2.0, 3.0], [1.0, nan, 3.0, inf], [inf, 2.0, inf], [-inf, 0.0, inf, inf],
                                     [nan, nan], [-inf, -inf], [inf], [-inf], [nan]])
 def test_nonfinite_bounds_from_min_and_max(values: list[float]) -> None:
-    """What min and max tell: exact (0, 0) when finite, never over, and never 0 where there is any."""
-    x = torch.tensor(values)
-    low, high = torch.aminmax(x)
-    nan_count, inf_count = (t.item() for t in nonfinite_bounds(low, high))
+    """What the device's min and max tell the host of uncounted NaN and Inf: exact (0, 0) when
+    finite, never over, and never 0 where there is any."""
+    low, high = torch.aminmax(torch.tensor(values))
+    nan_count, inf_count = nonfinite_bounds(low.item(), high.item())
     a = np.array(values)
     exact = np.isnan(a).sum(), np.isinf(a).sum()
     assert nan_count <= exact[0] and inf_count <= exact[1]
