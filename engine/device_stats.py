@@ -279,7 +279,8 @@ class RowLayout:
         return rows, end
 
     def figures(self, piece: np.ndarray) -> np.ndarray:
-        """(segments, 5) float64: L2 norm, mean, population variance, NaN and Inf counts."""
+        """(segments, 5) float64: L2 norm, mean, population variance, NaN and Inf counts. Reading
+        a piece may switch ``counting`` for the pieces made after it (see the class)."""
         count, width = len(self.left_sizes), float(self.width)
         with np.errstate(invalid="ignore", over="ignore"):
             rows, end = self._rows(piece)
