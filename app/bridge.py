@@ -180,6 +180,11 @@ class Bridge(QtCore.QObject):
         if snapshot.stats is not None and (not self._frames or self._frames[-1].step != snapshot.stats.step):
             self._frames.append(snapshot.stats)
 
+    @property
+    def frames(self) -> tuple[StatsFrame, ...]:
+        """The recent captured statistics of the live run, oldest first (for histograms over time)."""
+        return tuple(self._frames)
+
     def view_data(self) -> ViewData:
         """The frame the views should draw now: live, or the scrubbed-to step."""
         assert self._shown is not None

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from typing import Any, Callable
 
 import numpy as np
 from PySide6 import QtWidgets
 
+from engine import saved_frame
 from engine.atomic_file import write_atomic
 from engine.history import History
 from engine.snapshot import Snapshot, ViewData
+
+log = logging.getLogger(__name__)
 
 __all__ = ["save_png", "save_history_csv", "save_run_file", "restore_run_factory"]
 
@@ -59,11 +63,15 @@ def save_run_file(path: str, bridge: Any, snapshot: Snapshot, current: dict[str,
                 tensors[f"{name}/{views.layer}"] = value
     import dataclasses
 
+    # What the views draw besides the series, so the opened run looks as it did (frames: those up
+    # to the saved step).
+    frames = tuple(frame for frame in bridge.frames if frame.step <= snapshot.step)
+    shown, arrays = saved_frame.encode(snapshot, frames, known=tensors)
     config = {"kind": current.get("kind"), "name": current.get("name"), "model": current.get("model"),
               "scenario": snapshot.scenario, "hyper": _hyper_dict(snapshot), "step": snapshot.step,
               "device": snapshot.device, "tensor_layer": views.layer if views is not None else None,
-              "layers": [dataclasses.asdict(layer) for layer in snapshot.layers]}
-    save_run(path, config=config, history=history, tensors=tensors, step=snapshot.step)
+              "layers": [dataclasses.asdict(layer) for layer in snapshot.layers], "shown": shown}
+    save_run(path, config=config, history=history, tensors={**tensors, **arrays}, step=snapshot.step)
 
 
 def saved_view(path: str) -> ViewData:
@@ -94,31 +102,38 @@ def open_saved(path: str) -> tuple[ViewData, History]:
             if keep.any():
                 series[name] = SeriesData(data.steps[keep], data.values[keep])
     layer = config.get("tensor_layer")
-    fields = {f.name for f in dataclasses.fields(TensorViews)}
-    # One layer's tensors are shown: the one the file names (a report saves every layer's weights).
-    found = {}
-    for name, value in loaded.tensors.items():
-        kind, _, owner = name.partition("/")
-        if kind in fields and (not layer or not owner or owner == layer):
-            found[kind] = value
-    tensors = TensorViews(step=int(config.get("step", 0)), layer=layer or "", example=0, **found) if found else None
+    shown = saved_frame.restore(config.get("shown"), loaded.tensors)
+    if shown.unreadable:
+        log.warning("%s: left out what could not be read: %s", path, "; ".join(shown.unreadable))
+    tensors = shown.tensors
+    if tensors is None:  # (a file from before the views were saved whole, or a report's)
+        fields = {f.name for f in dataclasses.fields(TensorViews)}
+        # One layer's tensors are shown: the one the file names (a report saves every layer's weights).
+        found = {}
+        for name, value in loaded.tensors.items():
+            kind, _, owner = name.partition("/")
+            if kind in fields and (not layer or not owner or owner == layer):
+                found[kind] = value
+        tensors = TensorViews(step=int(config.get("step", 0)), layer=layer or "", example=0, **found) \
+            if found else None
     hyper = Hyper(**config["hyper"]) if isinstance(config.get("hyper"), dict) else Hyper()
     last_loss = history.last("loss") if "loss" in history.columns else float("nan")
     step = int(config.get("step", history.latest_step or 0))
-    # The last captured statistics of every layer (histograms aren't kept in a run file).
     names = tuple(info.name for info in layers)
-    stats = None
-    if names and all(f"{stat}/{name}" in history.columns for name in names for stat in STAT_NAMES):
+    frames = shown.frames
+    if not frames and names and all(f"{stat}/{name}" in history.columns for name in names for stat in STAT_NAMES):
+        # The last captured statistics of every layer, from the history (no histograms there).
         values = np.array([[history.last(f"{stat}/{name}") for stat in STAT_NAMES] for name in names])
-        stats = StatsFrame(step=step, loss=last_loss, layer_names=names, values=values,
-                           histograms=np.zeros((len(names), 48), np.float32),
-                           hist_edges=np.linspace(-4, 4, 49, dtype=np.float32))
+        frames = (StatsFrame(step=step, loss=last_loss, layer_names=names, values=values,
+                             histograms=np.zeros((len(names), 48), np.float32),
+                             hist_edges=np.linspace(-4, 4, 49, dtype=np.float32)),)
     snapshot = Snapshot(run_id=-1, step=step, state="paused",
                         scenario=str(config.get("scenario") or config.get("name")),
                         device=str(config.get("device", "cpu")), layers=layers,
-                        metrics=Metrics(train_loss=last_loss), hyper=hyper, stats=stats, tensors=tensors)
-    view = ViewData(snapshot=snapshot, frames=() if stats is None else (stats,), series=series,
-                    selected_layer=layer)
+                        metrics=shown.metrics or Metrics(train_loss=last_loss), hyper=hyper,
+                        stats=frames[-1] if frames else None, tensors=tensors, network=shown.network,
+                        boundary=shown.boundary, diagnoses=shown.diagnoses)
+    view = ViewData(snapshot=snapshot, frames=frames, series=series, selected_layer=layer)
     return view, history
 
 

@@ -189,7 +189,7 @@ class HyperPanel(QtWidgets.QWidget):
         # The example shown is one of the batch (a smaller maximum clamps it, and says so).
         self.example.setMaximum(max(0, hyper.batch_size - 1))
 
-    def show_run(self, description: str, hyper: Any, model: dict[str, Any] | None) -> None:
+    def show_run(self, description: str, model: dict[str, Any] | None, hyper: Any) -> None:
         """Fill the controls from a new run without emitting changes."""
         self.description.setText(description)
         self._fill_hyper(hyper)

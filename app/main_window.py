@@ -691,6 +691,17 @@ class MainWindow(QtWidgets.QMainWindow):
             self.timeline.set_steps([s.step for s in self.bridge.snapshots])
         self._show_status(snapshot)
 
+    def _run_description(self, scenario: str, model_changes: dict | None) -> tuple[str, dict | None]:
+        """The hyperparameter panel's description of a run, and its built-in model's settings."""
+        if scenario not in self._scenarios:
+            return f"<b>Your model</b><br>{scenario}", None
+        import dataclasses
+
+        sc = self._scenarios[scenario]
+        model = dataclasses.asdict(sc.model)
+        model.update(model_changes or {})
+        return f"<b>{sc.title}</b><br>{sc.description}", model
+
     def _raise_health_on_news(self, snapshot: Snapshot) -> None:
         """Bring the health panel forward when a new warning or error appears."""
         serious = {(d.code, d.layers) for d in snapshot.diagnoses if d.severity in ("warning", "error")}
@@ -707,23 +718,14 @@ class MainWindow(QtWidgets.QMainWindow):
         if requested is not None and requested["name"] == snapshot.scenario:
             self._current.update(requested)
         self._show_current_run()
-        model = None
-        description = ""
-        if snapshot.scenario in self._scenarios:
-            sc = self._scenarios[snapshot.scenario]
-            import dataclasses
-            model = dataclasses.asdict(sc.model)
-            model.update(self._current.get("model") or {})
-            description = f"<b>{sc.title}</b><br>{sc.description}"
-        else:
-            description = f"<b>Your model</b><br>{snapshot.scenario}"
-        self.hyper_panel.show_run(description, snapshot.hyper, model)
+        self.hyper_panel.show_run(*self._run_description(snapshot.scenario, self._current.get("model")),
+                                  snapshot.hyper)
         kinds = {layer.type_name for layer in snapshot.layers}
         if "MultiheadAttention" in kinds:
             self.docks["attention"].raise_()
         elif "Conv2d" in kinds or "Conv1d" in kinds:
             self.docks["features"].raise_()
-        elif snapshot.boundary is not None:
+        else:  # (its empty note says why, rather than an empty attention or feature map view)
             self.docks["boundary"].raise_()
         default = next((layer.name for layer in snapshot.layers
                         if layer.params and layer.weight_shape and len(layer.weight_shape) >= 2), None)
@@ -741,9 +743,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_state.setText(state)
         loss = snapshot.metrics.train_loss
         self.status_step.setText(f"step {snapshot.step:,}" + (f" · loss {loss:.4g}" if math.isfinite(loss) else ""))
-        self.status_rate.setText(f"{snapshot.steps_per_s:,.0f} steps/s" if snapshot.state == "running" else "")
+        running = snapshot.state == "running" and live and snapshot.run_id >= 0
+        self.status_rate.setText(f"{snapshot.steps_per_s:,.0f} steps/s" if running else "")
         self.status_device.setText(snapshot.device.upper())
-        self.status_overhead.setText(f"probe +{100 * snapshot.probe_overhead:.0f} %")
+        # (A saved run's file doesn't hold what its probe cost.)
+        self.status_overhead.setText(f"probe +{100 * snapshot.probe_overhead:.0f} %" if snapshot.run_id >= 0 else "")
 
     def _on_error(self, event: ErrorEvent) -> None:
         self.errors.append(event)
@@ -833,9 +837,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self._saved_history = history
         # The file holds one step's state: nothing to scrub through until its run trains again.
         self.timeline.set_steps([view.snapshot.step])
+        self.timeline.label.setText(f"saved at step {view.snapshot.step:,}")
         self.timeline.setEnabled(False)
         # Its settings are shown, read-only: a change now would reach the live run behind it.
-        self.hyper_panel.show_hyper(view.snapshot.hyper)
+        description, model = self._run_description(view.snapshot.scenario, current.get("model"))
+        self.hyper_panel.show_run(description, model, view.snapshot.hyper)
         self.hyper_panel.setEnabled(False)
         if current["kind"] == "scenario":
             with QtCore.QSignalBlocker(self.scenario):

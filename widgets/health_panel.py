@@ -63,10 +63,14 @@ class HealthPanel(View):
             if len(item.layers) > 6:
                 layers += f" and {len(item.layers) - 6} more"
             evidence = ", ".join(f"{html.escape(k)} = {v:.3g}" for k, v in list(item.evidence.items())[:6])
+            if evidence:  # (its numbers are those of when it was found, not of the step on screen)
+                evidence = f"when found: {evidence}"
+            last = getattr(item, "last_step", 0)
+            span = f"from step {item.step}" + (f", last seen at step {last}" if last > item.step else "")
             fixes = "".join(f"<li>{html.escape(fix)}</li>" for fix in item.fixes)
             parts.append(
                 f"<p><b style='color:{colour}'>{item.severity.upper()}</b> "
-                f"<b>{html.escape(item.code.replace('_', ' '))}</b> · from step {item.step}"
+                f"<b>{html.escape(item.code.replace('_', ' '))}</b> · {span}"
                 f"{' · ' + layers if layers else ''}<br>{html.escape(item.message)}"
                 f"{'<br><span style=color:#9aa0aa>' + evidence + '</span>' if evidence else ''}</p>"
                 f"{'<ul style=margin-top:0>' + fixes + '</ul>' if fixes else ''}")

@@ -168,11 +168,27 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert window.export_csv(str(tmp_path / "series.csv")) == str(tmp_path / "series.csv")
     lines = (tmp_path / "series.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss") and len(lines) > 10
-    saved_step = window.bridge.latest.step
+    saved = window.bridge.latest
+    saved_step, saved_frames = saved.step, [f for f in window.bridge.frames if f.step <= saved.step]
     run_path = window.save_run(str(tmp_path / "run.glassbox"))
+    window.run_scenario("spirals-mlp")  # something else on screen
+    qtbot.waitUntil(lambda: window.bridge.latest.scenario == "spirals-mlp", timeout=20000)
     assert run_path and window.open_run(run_path)
     loss_view = window.views["loss"]
     assert not loss_view.hint  # the saved loss curve is on screen
+    # ...and what the other views drew: the network, the boundary, the histograms over time.
+    opened = window._last_snapshot
+    assert not window.views["network"].hint and not window.views["boundary"].hint
+    assert opened.network.column_sizes == saved.network.column_sizes
+    for mine, theirs in zip(opened.network.weights + opened.network.activations,
+                            saved.network.weights + saved.network.activations):
+        assert (mine is None and theirs is None) or np.array_equal(mine, theirs)
+    assert np.array_equal(opened.boundary.prediction, saved.boundary.prediction)
+    assert np.array_equal(opened.stats.histograms, saved_frames[-1].histograms)
+    from app.exporting import open_saved
+
+    assert [f.step for f in open_saved(run_path)[0].frames] == [f.step for f in saved_frames]
+    assert "XOR" in window.hyper_panel.description.text()  # the saved run's, not spirals'
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
     assert not window.timeline.isEnabled() and window.timeline.last_step() == saved_step

@@ -32,9 +32,19 @@ def test_findings_show_message_evidence_fixes_and_layers(qtbot) -> None:
     panel.render(data((FINDING,)))
     text = panel.browser.toPlainText()
     assert "WARNING" in text and "vanishing gradients" in text and "from step 12" in text
-    assert "layers.0.linear" in text and "first_over_last = 3.2e-06" in text
+    assert "layers.0.linear" in text and "when found: first_over_last = 3.2e-06" in text
+    assert "last seen" not in text  # (found at one step only)
     assert "Use ReLU with He initialisation." in text and "Add normalization." in text
     assert panel.readout_text() == "1 finding"
     with qtbot.waitSignal(panel.layer_selected, timeout=1000) as blocker:
         panel.browser.anchorClicked.emit(QtCore.QUrl("layer:layers.1.linear"))
     assert blocker.args == ["layers.1.linear"]
+
+
+def test_a_finding_says_until_when_it_held(qtbot) -> None:
+    import dataclasses
+
+    panel = HealthPanel()
+    qtbot.addWidget(panel)
+    panel.render(data((dataclasses.replace(FINDING, last_step=31),)))
+    assert "from step 12, last seen at step 31" in panel.browser.toPlainText()
