@@ -19,6 +19,7 @@ from app.error_banner import ErrorBanner
 from app.hyper_panel import HyperPanel
 from app.lesson_panel import LessonPanel
 from app.settings import app_settings
+from engine.atomic_file import write_atomic
 from engine.snapshot import ErrorEvent, Snapshot, ViewData
 from widgets.activation_view import ActivationView
 from widgets.attention_view import AttentionView
@@ -105,6 +106,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._layout_restored = False
         self._saved_run: tuple[Callable, dict[str, Any]] | None = None  # an opened run file: (factory, description)
         self._saved_history: Any = None  # and its history, for Export
+        self._saved_path = ""  # and where it is
         self.partner: Any = None  # a second Bridge while two runs train side by side
         self._compare_drawn = [0.0, 0.0]
 
@@ -117,8 +119,14 @@ class MainWindow(QtWidgets.QMainWindow):
             view.layer_selected.connect(lambda name: self.select(name, None))
             view.unit_selected.connect(lambda name, unit: self.select(name, unit))
         self.hyper_panel = HyperPanel()
-        self.hyper_panel.setMaximumWidth(330)
-        self.docks["controls"] = self._dock("controls", "Hyperparameters", self.hyper_panel)
+        # Scrolled, so its height doesn't set the window's least height (a 768-pixel screen).
+        controls = QtWidgets.QScrollArea()
+        controls.setWidget(self.hyper_panel)
+        controls.setWidgetResizable(True)
+        controls.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        controls.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        controls.setMaximumWidth(330)
+        self.docks["controls"] = self._dock("controls", "Hyperparameters", controls)
         self.lesson_panel = LessonPanel()
         self.lesson_panel.setMaximumWidth(330)
         self.docks["lessons"] = self._dock("lessons", "Lessons", self.lesson_panel)
@@ -620,8 +628,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.scenario.setCurrentIndex(max(0, self.scenario.findData(self._current["name"])))
             return
         candidates = _zero_argument_functions(path)
-        if len(candidates) == 1:
-            function = candidates[0]
+        if candidates is None or len(candidates) == 1:  # (a file that doesn't parse: no question first)
+            function = candidates[0] if candidates else "build"
         else:
             function, ok = QtWidgets.QInputDialog.getItem(
                 self, "Which function?", "The function that returns (model, data, loss_fn):",
@@ -706,8 +714,9 @@ class MainWindow(QtWidgets.QMainWindow):
         """Bring the health panel forward when a new warning or error appears."""
         serious = {(d.code, d.layers) for d in snapshot.diagnoses if d.severity in ("warning", "error")}
         if serious - self._seen_findings:
-            self.docks["health"].show()
-            self.docks["health"].raise_()
+            if self.partner is None:  # (two runs side by side: Compare, which was asked for, stays in front)
+                self.docks["health"].show()
+                self.docks["health"].raise_()
             self.views["health"].render(self.bridge.view_data())
             self.statusBar().showMessage("Glassbox found a problem: see the Health panel", 6000)
         self._seen_findings |= serious
@@ -797,9 +806,10 @@ class MainWindow(QtWidgets.QMainWindow):
         return path
 
     def save_run(self, path: str | None = None) -> str | None:
-        if self.bridge is None or self.bridge.history is None or self._last_snapshot is None \
-                or self._saved_run is not None:
-            self.banner.show_error("Nothing new to save: train at least one step of a run.", "")
+        """Save the live run (its newest state), or a copy of the run file on screen."""
+        if self._saved_run is None and (self.bridge is None or self.bridge.history is None
+                                        or self._last_snapshot is None):
+            self.banner.show_error("Nothing to save yet: train at least one step of a run.", "")
             return None
         if path is None:
             path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save run", "run.glassbox",
@@ -809,8 +819,11 @@ class MainWindow(QtWidgets.QMainWindow):
         from app.exporting import save_run_file
 
         try:
-            # The live run's newest state, even while an earlier step is on screen.
-            save_run_file(path, self.bridge, self.bridge.latest or self._last_snapshot, self._current)
+            if self._saved_run is not None:  # (the opened file, as it is)
+                if os.path.abspath(path) != os.path.abspath(self._saved_path):
+                    write_atomic(path, Path(self._saved_path).read_bytes())
+            else:  # the live run's newest state, even while an earlier step is on screen
+                save_run_file(path, self.bridge, self.bridge.latest or self._last_snapshot, self._current)
         except Exception as exc:  # disk full, permissions: say so, keep running
             self.banner.show_error(f"Could not save the run: {exc}", path)
             return None
@@ -835,6 +848,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pause()
         self._saved_run = (factory, current)
         self._saved_history = history
+        self._saved_path = path
         # The file holds one step's state: nothing to scrub through until its run trains again.
         self.timeline.set_steps([view.snapshot.step])
         self.timeline.label.setText(f"saved at step {view.snapshot.step:,}")
@@ -906,14 +920,15 @@ def _where(event: ErrorEvent) -> str:
                                   event.step and f"step {event.step}") if p)
 
 
-def _zero_argument_functions(path: str) -> list[str]:
-    """Top-level functions of a Python file that take no arguments (without running it)."""
+def _zero_argument_functions(path: str) -> list[str] | None:
+    """Top-level functions of a Python file that take no arguments (without running it); None for
+    a file that can't be read or parsed."""
     import ast
 
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError):
-        return []
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None  # (loading it says what is wrong, in the banner)
     names = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef):

@@ -54,6 +54,9 @@ def test_side_by_side_trains_two_runs_and_stops_the_second(qtbot, window: MainWi
     qtbot.waitUntil(lambda: window.bridge.latest.state == "paused" and window.partner.latest.state == "paused",
                     timeout=10000)
     assert window.partner.latest.scenario == "deep-relu-he"
+    # The sigmoid stack's vanishing gradients are found, and Compare, which was asked for, stays in front.
+    assert any(d.code == "vanishing_gradients" for d in window.bridge.latest.diagnoses)
+    assert not window.comparison.visibleRegion().isEmpty()
     compare = window.comparison
     qtbot.waitUntil(lambda: all(s is not None for s in compare.sides), timeout=5000)
     qtbot.waitUntil(lambda: compare.gradient_norms(0).size == 11 and compare.gradient_norms(1).size == 11,

@@ -123,6 +123,30 @@ def test_bad_model_file_shows_one_line_and_app_survives(qtbot, window: MainWindo
     assert window.scenario.currentData() == "xor-mlp"
 
 
+def test_a_model_file_that_does_not_parse_is_reported_without_a_question_first(qtbot, window: MainWindow,
+                                                                                 tmp_path, monkeypatch) -> None:
+    from PySide6 import QtWidgets
+
+    bad = tmp_path / "broken.py"
+    bad.write_text("def build(:\n")
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(bad), "")))
+
+    def no_question(*args, **kwargs):
+        raise AssertionError("asked which function of a file that does not parse")
+    monkeypatch.setattr(QtWidgets.QInputDialog, "getItem", staticmethod(no_question))
+    window.open_model_file()
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=20000)
+    assert "broken.py" in window.errors[-1].message and "syntax" in window.errors[-1].message.lower()
+
+
+def test_the_window_fits_a_small_screen(window: MainWindow) -> None:
+    # (The hyperparameter panel scrolls rather than setting the window's least height.)
+    hint = window.minimumSizeHint()
+    assert hint.height() <= 640 and hint.width() <= 1280, hint  # (a 1366 x 768 laptop)
+
+
 def test_a_failed_load_while_training_keeps_the_run_training_and_the_button_right(qtbot, window: MainWindow,
                                                                                    tmp_path) -> None:
     bad = tmp_path / "broken.py"
@@ -189,6 +213,9 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
 
     assert [f.step for f in open_saved(run_path)[0].frames] == [f.step for f in saved_frames]
     assert "XOR" in window.hyper_panel.description.text()  # the saved run's, not spirals'
+    # Save while it is on screen: a copy of the file.
+    assert window.save_run(str(tmp_path / "copy.glassbox"))
+    assert (tmp_path / "copy.glassbox").read_bytes() == (tmp_path / "run.glassbox").read_bytes()
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
     assert not window.timeline.isEnabled() and window.timeline.last_step() == saved_step

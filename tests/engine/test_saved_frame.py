@@ -9,8 +9,7 @@ from engine import saved_frame
 from engine.diagnostics import Diagnosis
 from engine.history import History
 from engine.runfile import load_run, save_run
-from engine.snapshot import (STAT_NAMES, BoundaryView, Hyper, Metrics, NetworkView, Snapshot, StatsFrame,
-                             TensorViews)
+from engine.snapshot import STAT_NAMES, BoundaryView, Hyper, Metrics, NetworkView, Snapshot, StatsFrame, TensorViews
 
 
 def _frame(step: int, rng: np.random.Generator, ranged: bool = True, names=("a", "b")) -> StatsFrame:
