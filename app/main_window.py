@@ -842,7 +842,12 @@ class MainWindow(QtWidgets.QMainWindow):
             view, history = open_saved(path)
             factory, current = restore_run_factory(path, self._current["device"])
         except Exception as exc:  # a corrupt or foreign file: one line, nothing lost
-            self.banner.show_error(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), "")
+            from engine.runfile import RunFileError
+
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            if not isinstance(exc, RunFileError):  # (a configuration it can't take: a hand-edited or newer file)
+                text = f"{path}: a run file this Glassbox cannot show ({type(exc).__name__}: {text})"
+            self.banner.show_error(text, "")
             return False
         self.stop_compare()
         self.pause()

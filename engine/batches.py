@@ -87,7 +87,7 @@ class LoaderBatches:
             if self._iterator is None:
                 self._iterator = iter(self.loader)
             try:
-                x, y = next(self._iterator)
+                batch = next(self._iterator)
                 break
             except StopIteration:
                 self._iterator = None
@@ -96,6 +96,14 @@ class LoaderBatches:
             raise ValueError("the data loader yields no batches (a generator can be read only once: "
                              "return a list of batches or a DataLoader)")
         self._batches += 1
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            what = f"a {type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) \
+                else f"a {type(batch).__name__}"
+            raise ValueError(f"batch {self._batches} of the data loader is {what}; expected (x, y)")
+        x, y = batch
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise ValueError(f"batch {self._batches} of the data loader holds {type(x).__name__} and "
+                             f"{type(y).__name__}; expected two tensors (x, y)")
         if not self._checked:
             for name, tensor in (("x", x), ("y", y)):
                 _check_finite(tensor, f"batch {self._batches} of the data loader: its {name}")

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from typing import Any, NoReturn, Sequence
 
 import numpy as np
@@ -179,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glassbox report: interrupted", file=sys.stderr)
         return 130
-    except (Exception, SystemExit) as exc:  # one clear line for any bad input (a user's sys.exit too)
+    except BaseException as exc:  # one clear line for any bad input (a user's sys.exit or own kind too)
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"glassbox report: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -223,6 +224,8 @@ def _run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--save", args.save)):
         if path:
             _check_destination(option, path)
+    _check_distinct({"--json": args.json, "--save": args.save,
+                     "--model": args.model.rsplit(":", 1)[0] if args.model and ":" in args.model else None})
     hyper = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr),
                                ("batch_size", args.batch_size)) if v is not None}
     if args.model:
@@ -246,6 +249,18 @@ def _run(args: argparse.Namespace) -> int:
         write_atomic(args.json, json.dumps(report, indent=1).encode())
         print(f"wrote {args.json}")
     return 0
+
+
+def _check_distinct(paths: dict[str, str | None]) -> None:
+    """No output may overwrite the other, or the model file (each would be lost without a word)."""
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if not path:
+            continue
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {option} name the same file {path}: one would overwrite the other")
+        seen[key] = option
 
 
 def _save(path: str, run: Any, report: dict[str, Any]) -> None:

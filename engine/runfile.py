@@ -8,6 +8,7 @@ renamed over the target, so a crash or a failed save never leaves a half-written
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -36,6 +37,9 @@ _MANIFEST = "manifest.json"
 _FORMAT_NAME = "glassbox-run"
 _HISTORY_PREFIX = "history/"
 _TENSOR_PREFIX = "tensors/"
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", int: "an integer"}
 
 
 class RunFileError(ValueError):
@@ -134,6 +138,9 @@ def _read_array(archive: zipfile.ZipFile, key: str, spec: Any, path: str) -> np.
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
+        if "pickle" in str(exc):  # (numpy's advice to allow pickles is not for a file from elsewhere)
+            raise RunFileError(f"{path}: array {key!r} is not a plain array (damaged, or not from Glassbox)") \
+                from None
         raise RunFileError(f"{path}: array {key!r} is unreadable: {_one_line(exc)}") from None
     if list(array.shape) != spec.get("shape") or array.dtype.str != spec.get("dtype"):
         raise RunFileError(
@@ -165,7 +172,7 @@ def _read_manifest(archive: zipfile.ZipFile, path: str) -> dict:
         raise RunFileError(
             f"{path}: made by a newer Glassbox: format {version}, this one reads up to {FORMAT_VERSION}"
         )
-    checks = {
+    checks: dict[str, type] = {
         "config": dict,
         "arrays": dict,
         "tensors": list,
@@ -174,7 +181,7 @@ def _read_manifest(archive: zipfile.ZipFile, path: str) -> dict:
     for field, kind in checks.items():
         value = manifest.get(field)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise RunFileError(f"{path}: {_MANIFEST} field {field!r} is missing or not a {kind.__name__}")
+            raise RunFileError(f"{path}: {_MANIFEST} field {field!r} is missing or not {_KIND_NAMES[kind]}")
     return manifest
 
 
@@ -207,6 +214,8 @@ def load_run(path: str | os.PathLike) -> RunFile:
             raise RunFileError(f"{path}: corrupt run file ({_one_line(exc)})") from None
         raise RunFileError(f"{path}: truncated or damaged run file ({_one_line(exc)})") from None
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # (a seek to where no byte is: a damaged directory of the zip)
+            raise RunFileError(f"{path}: corrupt run file ({_one_line(exc)})") from None
         raise RunFileError(f"{path}: cannot read run file: {_one_line(exc)}") from None
     except Exception as exc:
         # Damaged zip structures surface as assorted exceptions from zipfile and numpy

@@ -263,7 +263,8 @@ class Trainer:
         return self._end_step(phased.started, True, timed=False)
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.batches.next(self.hyper.batch_size)
+        with self._located("data loading"):  # (a user's loader may fail at any batch)
+            x, y = self.batches.next(self.hyper.batch_size)
         self._last_batch = (x, y)
         return x, y
 
@@ -436,14 +437,17 @@ class Trainer:
             yield
         except StepError:
             raise
-        except (Exception, SystemExit) as exc:  # user code can raise anything: locate it, never crash the loop
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # user code can raise anything: locate it, never crash the loop
             module = _innermost_module(exc.__traceback__, self.model)
             first_line = (str(exc).strip().splitlines() or [""])[0]
             where = f" in {module}" if module else ""
-            message = f"{type(exc).__name__} during {phase}{where}: {first_line}"
+            step = self.step_count + 1 if step is None else step
+            message = f"{type(exc).__name__} during {phase}{where} at step {step}: {first_line}"
             if _is_out_of_memory(exc):
-                message = f"out of memory during {phase}{where}: try a smaller batch size or model"
-            raise StepError(message, module, phase, self.step_count + 1 if step is None else step) from exc
+                message = f"out of memory during {phase}{where} at step {step}: try a smaller batch size or model"
+            raise StepError(message, module, phase, step) from exc
 
     @property
     def last_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -463,7 +467,9 @@ def _reset_all_parameters(model: nn.Module) -> None:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text or "cannot allocate memory" in text  # (the CPU allocator's words)
 
 
 def _innermost_module(tb: Any, model: nn.Module) -> str | None:

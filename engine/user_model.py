@@ -222,7 +222,9 @@ def load_user_model(ref: str, seed: int | None = None) -> UserModel:
         except SyntaxError as exc:
             where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else (exc.filename or path)
             raise UserModelError(f"{where}: syntax error: {_one_line(exc.msg)}") from None
-        except (Exception, SystemExit) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (user code may raise any kind)
             where = _user_location(exc.__traceback__, path) or path
             raise UserModelError(f"{where}: {_error_text(exc)} while importing the file") from exc
         fn = getattr(module, function, None)
@@ -241,7 +243,9 @@ def load_user_model(ref: str, seed: int | None = None) -> UserModel:
                 if seed is not None:
                     torch.manual_seed(seed)
                 result = fn()
-        except (Exception, SystemExit) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (user code may raise any kind)
             where = _user_location(exc.__traceback__, path) or _definition(fn) or path
             raise UserModelError(f"{where}: {function}() raised {_error_text(exc)}") from exc
         user_model = _unpack(f"{path}:{function}", path, function, result)
@@ -266,6 +270,10 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
         raise UserModelError(
             f"{where}: {function}() returned {_describe(model)} as the model; expected a torch.nn.Module"
         )
+    if not any(p.requires_grad for p in model.parameters()):
+        what = "every parameter frozen (requires_grad=False)" if any(True for _ in model.parameters()) \
+            else "no parameters"
+        raise UserModelError(f"{where}: {function}() returned a model with {what}: there is nothing to train")
     if not callable(loss_fn):
         raise UserModelError(
             f"{where}: {function}() returned {_describe(loss_fn)} as loss_fn; expected a callable "
@@ -360,7 +368,9 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             warnings.simplefilter("always")
             try:
                 output = um.model(x)
-            except (Exception, SystemExit) as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # (user code may raise any kind)
                 at = _user_location(exc.__traceback__, path) or where
                 if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
                     first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
@@ -372,7 +382,9 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             loss_at = _definition(um.loss_fn)
             try:
                 loss = um.loss_fn(output, y)
-            except (Exception, SystemExit) as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # (user code may raise any kind)
                 at = _user_location(exc.__traceback__, path) or where
                 shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
                 raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc

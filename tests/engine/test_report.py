@@ -119,11 +119,11 @@ def build():
     "raises in forward": ('''
 import torch
 from torch import nn
-class Net(nn.Module):
+class Net(nn.Linear):
     def forward(self, x):
         raise ValueError("my forward is broken")
 def build():
-    return Net(), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+    return Net(3, 2), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
 ''', "{f}:build", "my forward is broken"),
     "nan in data": ('''
 import torch
@@ -133,7 +133,90 @@ def build():
     x[2, 1] = float("nan")
     return nn.Linear(3, 2), (x, torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
 ''', "{f}:build", "NaN"),
+    "own BaseException in forward": ('''
+import torch
+from torch import nn
+class Stop(BaseException):
+    pass
+class Net(nn.Linear):
+    def forward(self, x):
+        raise Stop("my own kind of stop")
+def build():
+    return Net(3, 2), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "my own kind of stop"),
+    "own BaseException in build": ('''
+class Stop(BaseException):
+    pass
+def build():
+    raise Stop("no model today")
+''', "{f}:build", "no model today"),
+    "no parameters": ('''
+import torch
+from torch import nn
+def build():
+    return nn.ReLU(), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "a model with no parameters: there is nothing to train"),
+    "every parameter frozen": ('''
+import torch
+from torch import nn
+def build():
+    model = nn.Linear(3, 2).requires_grad_(False)
+    return model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "{f}:build", "every parameter frozen"),
 }
+
+# Faults of a user's data loader or model that the first-batch check can't see: named with the
+# step (and the batch) where they happened.
+LATER_FAULTS = {
+    "loader raises at batch 4": ('''
+class Loader:
+    def __iter__(self):
+        for i in range(6):
+            if i == 3:
+                raise OSError("disk read failed")
+            yield torch.randn(4, 3), torch.zeros(4, dtype=torch.long)
+def build():
+    return nn.Linear(3, 2), Loader(), nn.functional.cross_entropy
+''', "OSError during data loading at step 4: disk read failed"),
+    "a batch of three": ('''
+class Loader:
+    def __iter__(self):
+        for i in range(6):
+            extra = (torch.zeros(4),) if i == 2 else ()
+            yield (torch.randn(4, 3), torch.zeros(4, dtype=torch.long)) + extra
+def build():
+    return nn.Linear(3, 2), Loader(), nn.functional.cross_entropy
+''', "at step 3: batch 3 of the data loader is a tuple of 3 items; expected (x, y)"),
+    "a batch of a dict": ('''
+class Loader:
+    def __iter__(self):
+        for i in range(6):
+            yield {"x": torch.randn(4, 3)} if i == 2 else (torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+def build():
+    return nn.Linear(3, 2), Loader(), nn.functional.cross_entropy
+''', "at step 3: batch 3 of the data loader is a dict; expected (x, y)"),
+    "the CPU runs out of memory": ('''
+class Net(nn.Linear):
+    calls = 0
+    def forward(self, x):
+        Net.calls += 1
+        if Net.calls > 3:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        return super().forward(x)
+def build():
+    return Net(3, 2), (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)), nn.functional.cross_entropy
+''', "out of memory during forward in Net at step 3: try a smaller batch size or model"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATER_FAULTS))
+def test_a_later_fault_names_its_step(case: str, tmp_path: Path, capsys) -> None:
+    body, needle = LATER_FAULTS[case]
+    path = write(tmp_path, "import torch\nfrom torch import nn\n" + body)
+    assert main(["--model", f"{path}:build", "--steps", "6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert needle in err, err
 
 
 @pytest.mark.parametrize("case", list(BAD_CASES))
@@ -188,6 +271,7 @@ def test_report_save_writes_a_loadable_run_file(tmp_path: Path) -> None:
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--json", "no/such/folder/r.json"], "--json no/such/folder/r.json: no folder"),
     (["--save", "."], "--save .: is a folder"),
+    (["--json", "r.out", "--save", "./r.out"], "--json and --save name the same file ./r.out"),
 ])
 def test_bad_flags_and_destinations_are_refused_before_training(flags: list[str], needle: str, capsys,
                                                                 monkeypatch, tmp_path: Path) -> None:
@@ -242,3 +326,18 @@ def test_a_wrong_flag_is_one_line_and_exit_2() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "glassbox report: error: argument --steps: invalid int value: 'abc' (see --help)"]
+
+
+def test_the_model_file_is_never_an_output(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, "def build():\n    pass\n")
+    before = path.read_text()
+    assert main(["--model", f"{path}:build", "--json", str(path)]) == 2
+    assert "--json and --model name the same file" in capsys.readouterr().err
+    assert path.read_text() == before
+
+
+def test_debug_shows_the_traceback_and_still_exits_2(capsys) -> None:
+    assert main(["--scenario", "xor-mlp", "--steps", "0", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == \
+        "glassbox report: error: --steps must be at least 1, got 0"

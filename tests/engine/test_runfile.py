@@ -224,7 +224,7 @@ def test_manifest_problems(saved, tmp_path):
     manifest = _manifest(saved)
     manifest["step"] = True  # (a bool is an int to isinstance)
     _rewrite(saved, target, manifest)
-    with pytest.raises(RunFileError, match="field 'step' is missing or not a int"):
+    with pytest.raises(RunFileError, match="field 'step' is missing or not an integer"):
         load_run(target)
 
 
@@ -259,5 +259,5 @@ def test_arrays_are_never_unpickled(saved, tmp_path):
                 dst.writestr(member, buffer.getvalue())
             else:
                 dst.writestr(info, src.read(info))
-    with pytest.raises(RunFileError, match="array 'tensors/labels' is unreadable"):
+    with pytest.raises(RunFileError, match=r"array 'tensors/labels' is not a plain array \(damaged, or not from"):
         load_run(target)

@@ -195,7 +195,7 @@ def test_exception_in_forward_is_located() -> None:
         trainer.step()
     err = info.value
     assert err.phase == "forward" and err.module == "inner.1"
-    assert err.message == "ValueError during forward in inner.1: bad input to faulty layer"
+    assert err.message == "ValueError during forward in inner.1 at step 1: bad input to faulty layer"
     assert not any(m._forward_hooks for m in trainer.model.modules())  # the captured step left none
     assert not trainer.probe.capturing and trainer.probe.attached
 
@@ -252,7 +252,8 @@ def test_out_of_memory_is_explained_and_the_trainer_survives() -> None:
     trainer = Trainer(OutOfMemory(), nn.functional.cross_entropy, TensorBatches(x, y))
     with pytest.raises(StepError) as info:
         trainer.step()
-    assert info.value.message == "out of memory during forward in OutOfMemory: try a smaller batch size or model"
+    assert info.value.message == \
+        "out of memory during forward in OutOfMemory at step 1: try a smaller batch size or model"
     assert trainer.step_count == 0
 
 
@@ -278,7 +279,7 @@ def test_a_failed_update_queues_no_loss_for_the_step_that_never_counted() -> Non
     trainer.step(capture=False)  # one loss queued, shipped with the next capture
     optimizer = _with_failing_optimizer(trainer)
     optimizer.fail = True
-    with pytest.raises(StepError, match="during update: the update failed"):
+    with pytest.raises(StepError, match="during update at step 2: the update failed"):
         trainer.step(capture=True)
     assert trainer.step_count == 1
     assert not any(m._forward_hooks for m in trainer.model.modules())
@@ -360,7 +361,7 @@ class Exits(nn.Module):
 def test_sys_exit_in_a_forward_is_a_located_step_error() -> None:
     trainer = Trainer(Exits(), nn.functional.cross_entropy,
                       TensorBatches(torch.randn(10, 3), torch.zeros(10, dtype=torch.long)))
-    with pytest.raises(StepError, match="SystemExit during forward in Exits: bye from forward"):
+    with pytest.raises(StepError, match="SystemExit during forward in Exits at step 1: bye from forward"):
         trainer.step()
     assert trainer.step_count == 0
 
@@ -384,7 +385,8 @@ def test_nan_in_a_later_loader_batch_is_named() -> None:
     trainer = Trainer(nn.Linear(3, 2), nn.functional.cross_entropy, LoaderBatches(loader))
     trainer.step()
     trainer.step()
-    with pytest.raises(ValueError, match="batch 3 of the data loader: its x holds 1 NaN or Inf values of 24"):
+    with pytest.raises(StepError, match="during data loading at step 3: batch 3 of the data loader: its x holds 1 NaN "
+                                        "or Inf values of 24"):
         trainer.step()
     assert trainer.step_count == 2
 

@@ -107,7 +107,7 @@ def test_exception_in_forward_becomes_error_event_and_worker_goes_on() -> None:
         error = out.wait_for(lambda e: isinstance(e, ErrorEvent))
         assert "kaboom in forward" in error.message
         assert error.phase == "forward" and error.module == "Broken"
-        assert error.message == "RuntimeError during forward in Broken: kaboom in forward"
+        assert error.message == "RuntimeError during forward in Broken at step 1: kaboom in forward"
         last = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused")
         assert last.step == 0
         worker.send(Replace(small_run))
