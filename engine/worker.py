@@ -298,13 +298,18 @@ class Worker:
             if self._unit is not None:  # the inspected unit, written out again for this step
                 self._neuron = self._trace()
                 self._publish_snapshot(force=True)
+            if self._focus_is_stale():  # (focus changed during a phase-by-phase step this one finished)
+                self._refresh_focus()
         elif isinstance(command, PhaseStep):
             self._running = False
             phase = trainer.next_phase()
             self._last_phase = phase
             if phase.kind == "update":
                 self._collect(self._take_finished_capture())
-            self._publish_snapshot(force=True)
+            if phase.kind == "update" and self._focus_is_stale():  # (focus changed during the step)
+                self._refresh_focus()
+            else:
+                self._publish_snapshot(force=True)
         elif isinstance(command, SetHyper):
             trainer.set_hyper(**command.changes)
             self._publish_snapshot(force=True)

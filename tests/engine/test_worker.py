@@ -213,3 +213,25 @@ def test_a_failing_validation_pauses_with_its_step_recorded() -> None:
         assert worker.current_history().latest_step == 3
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_a_layer_focused_during_a_phase_by_phase_step_is_shown_when_it_ends() -> None:
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        worker.send(Focus("0"))
+        worker.send(Step())
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 1 and s.tensors is not None
+                     and s.tensors.layer == "0")
+        worker.send(PhaseStep())
+        worker.send(PhaseStep())
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.phase is not None and s.phase.index == 1)
+        worker.send(Focus("2"))  # mid-step: nothing to inspect yet
+        worker.send(Step())  # finishes the phase-by-phase step
+        done = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 2 and s.phase is None
+                            and s.tensors is not None and s.tensors.layer == "2")
+        assert done.tensors.weight.shape == (2, 8)
+    finally:
+        assert worker.stop(timeout=1.0)
