@@ -360,6 +360,8 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
         x, y = x.to(device), y.to(device)
     model_name = type(um.model).__name__
     forward_at = _definition(um.model)
+    if forward_at and path and os.path.realpath(forward_at.rsplit(":", 1)[0]) != os.path.realpath(path):
+        forward_at = None  # (a forward of torch's own, e.g. nn.Sequential's: its class name says enough)
     forward = f"{model_name}.forward" + (f" at {forward_at}" if forward_at else "")
     modes = [(module, module.training) for module in um.model.modules()]
     um.model.eval()
