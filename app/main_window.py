@@ -400,6 +400,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _show_current_run(self) -> None:
         """The combos show the current run (after a failed load, again)."""
+        if self._current["kind"] == "user" and self.scenario.findData(self._current["name"]) < 0:
+            # The user's model gets an entry of its own (choosing it again reloads the file).
+            file, _, function = self._current["name"].rpartition(":")
+            with QtCore.QSignalBlocker(self.scenario):
+                self.scenario.insertItem(self.scenario.findData(OPEN_MODEL),
+                                         f"Your model · {Path(file).name}:{function}", self._current["name"])
         for combo, value in ((self.scenario, self._current["name"]), (self.device, self._current["device"])):
             index = combo.findData(value)
             if index >= 0 and index != combo.currentIndex():
@@ -580,6 +586,10 @@ class MainWindow(QtWidgets.QMainWindow):
         name = self.scenario.itemData(index)
         if name == OPEN_MODEL:
             self.open_model_file()
+            return
+        if name and name not in self._scenarios:  # a model file opened before
+            if name != self._current["name"] or self._saved_run is not None:
+                self.open_model(name)
             return
         if name and (name != self._current["name"] or self._current["kind"] != "scenario"
                      or self._saved_run is not None):  # (the box shows an opened file's scenario)

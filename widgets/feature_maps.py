@@ -175,7 +175,8 @@ class FeatureMaps(View):
         name = tensors.layer if tensors is not None else data.selected_layer or self.selected_layer
         for layer in data.snapshot.layers:
             if layer.name == name:
-                return f"{name} is a {layer.type_name}. " + _NOT_CONV
+                article = "an" if layer.type_name[:1].lower() in "aeiou" else "a"
+                return f"{name} is {article} {layer.type_name}. " + _NOT_CONV
         return _NOT_CONV
 
     # --- readout and clicks ------------------------------------------------------------------

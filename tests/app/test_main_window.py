@@ -350,3 +350,24 @@ def test_a_blow_up_lesson_pauses_at_the_nan_and_says_where(qtbot, window: MainWi
     codes = {d.code for d in window.bridge.latest.diagnoses}
     assert "exploding_gradients" in codes or "nan_inf" in codes
     assert "⚠" in window.views["health"].browser.toPlainText() or window.views["health"].findings
+
+
+def test_your_model_gets_its_own_entry_in_the_scenario_box(qtbot, window: MainWindow, tmp_path) -> None:
+    good = tmp_path / "good.py"
+    good.write_text("import torch\nfrom torch import nn\n\ndef build():\n    x = torch.randn(64, 3)\n"
+                    "    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), "
+                    "(x, (x[:, 0] > 0).long()), nn.functional.cross_entropy\n")
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    ref = f"{good}:build"
+    window.open_model(ref)
+    qtbot.waitUntil(lambda: window._current["kind"] == "user" and window.bridge.latest.run_id > 1, timeout=20000)
+    qtbot.waitUntil(lambda: window.scenario.currentData() == ref, timeout=5000)
+    assert window.scenario.currentText() == "Your model · good.py:build"
+    window.run_scenario("xor-mlp")
+    qtbot.waitUntil(lambda: window._current["kind"] == "scenario", timeout=20000)
+    run_id = window.bridge.latest.run_id
+    window.scenario.activated.emit(window.scenario.findData(ref))  # chosen again: loaded again
+    qtbot.waitUntil(lambda: window._current["kind"] == "user" and window.bridge.latest.run_id > run_id,
+                    timeout=20000)
+    assert window.scenario.findText("Your model · good.py:build") >= 0 and not window.errors
