@@ -77,6 +77,7 @@ class DecisionBoundary(View):
         content_layout.setSpacing(2)
         self.plot_widget = pg.PlotWidget(content)
         self.plot = self.plot_widget.getPlotItem()
+        self._title = ""
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.view_box = self.plot.getViewBox()
@@ -226,6 +227,11 @@ class DecisionBoundary(View):
             return
         self._boundary = boundary
         self._stack.setCurrentIndex(0)
+        # (Made every few steps, so a recorded step shows the one made last before it: says which.)
+        title = f"prediction at step {boundary.step:,}"
+        if title != self._title:
+            self._title = title
+            self.plot.setTitle(title, size="9pt", color="#c8ccd4")
         self._draw_prediction(boundary, prediction, (x0, x1, y0, y1))
         self._draw_points(boundary)
         self._draw_hidden(boundary)

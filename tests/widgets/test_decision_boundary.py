@@ -155,3 +155,11 @@ def test_miniature_caption_wraps_rather_than_widening_the_dock(view, qtbot):
     assert view.minimumSizeHint().width() < 300
     view.readout.setText("x" * 400)
     assert view.minimumSizeHint().width() < 300
+
+
+def test_the_title_says_which_step_the_prediction_is_of(view):
+    # (The boundary is made every few steps: a recorded step shows the last one made before it.)
+    view.render(view_data(boundary(step=1234)))
+    assert view.plot.titleLabel.text == "prediction at step 1,234"
+    view.render(view_data(boundary(step=1240)))
+    assert view.plot.titleLabel.text == "prediction at step 1,240"
