@@ -126,6 +126,8 @@ class MainWindow(QtWidgets.QMainWindow):
         controls.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
         controls.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         controls.setMaximumWidth(330)
+        controls.setMinimumWidth(self.hyper_panel.minimumSizeHint().width()
+                                 + controls.verticalScrollBar().sizeHint().width())
         self.docks["controls"] = self._dock("controls", "Hyperparameters", controls)
         self.lesson_panel = LessonPanel()
         self.lesson_panel.setMaximumWidth(330)
