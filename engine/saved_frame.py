@@ -13,6 +13,7 @@ part only: ``restore`` returns what it could read and names what it could not.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Mapping
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from engine.diagnostics import Diagnosis
 from engine.snapshot import BoundaryView, Metrics, NetworkView, Snapshot, StatsFrame, TensorViews
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PREFIX", "SavedFrame", "encode", "restore"]
 
@@ -57,8 +60,16 @@ def encode(snapshot: Snapshot, frames: tuple[StatsFrame, ...] = (),
     description: dict[str, Any] = {}
     for part in _PARTS:
         value = getattr(snapshot, part)
-        if value is not None and value != ():
-            description[part] = _encode(value, PREFIX + part, arrays, named)
+        if value is None or value == ():
+            continue
+        mine, names = {}, dict(named)  # (kept only if the whole part can be saved)
+        try:
+            description[part] = _encode(value, PREFIX + part, mine, names)
+        except TypeError as exc:  # (a display extra that can't be saved mustn't cost the save)
+            log.warning("left %s out of the run file: %s", part, exc)
+            continue
+        arrays.update(mine)
+        named.update(names)
     stacked = _stack_frames(tuple(frames) or ((snapshot.stats,) if snapshot.stats is not None else ()))
     if stacked is not None:
         description["frames"] = _encode(stacked, PREFIX + "frames", arrays, named)

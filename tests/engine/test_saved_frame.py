@@ -107,3 +107,15 @@ def test_a_part_that_cannot_be_rebuilt_is_left_out_and_named() -> None:
     _assert_same(snapshot.tensors, shown.tensors)
     assert saved_frame.restore(None, {}) == saved_frame.SavedFrame()
     assert saved_frame.restore("junk", {}).unreadable == ("shown",)
+
+
+def test_a_part_that_cannot_be_saved_is_left_out_not_the_save() -> None:
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    snapshot = _snapshot(rng, _frame(2, rng))
+    odd = dataclasses.replace(snapshot.diagnoses[0], evidence={"when": object()})
+    description, arrays = saved_frame.encode(dataclasses.replace(snapshot, diagnoses=(odd,)))
+    assert "diagnoses" not in description and "network" in description
+    shown = saved_frame.restore(json.loads(json.dumps(description)), arrays)
+    _assert_same(snapshot.network, shown.network)
