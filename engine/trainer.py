@@ -437,7 +437,7 @@ class Trainer:
             yield
         except StepError:
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):
             raise
         except BaseException as exc:  # user code can raise anything: locate it, never crash the loop
             module = _innermost_module(exc.__traceback__, self.model)
