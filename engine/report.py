@@ -126,7 +126,10 @@ def _json_number(value: float | None) -> float | None:
 
 
 def _fmt(value: float | None, pattern: str = "{:.3g}") -> str:
-    return "—" if value is None or (isinstance(value, float) and not math.isfinite(value)) else pattern.format(value)
+    """A number, "nan/inf" for one that isn't finite, "—" for none."""
+    if value is None:
+        return "—"
+    return pattern.format(value) if math.isfinite(value) else "nan/inf"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -135,10 +138,12 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
 
     def last(values: list | None) -> float | None:
+        """The last step's value; NaN where it wasn't finite (JSON's null) after finite ones."""
         if not values:
             return None
-        finite = [v for v in values if v is not None]
-        return finite[-1] if finite else None
+        if values[-1] is None:
+            return math.nan if any(v is not None for v in values) else None
+        return values[-1]
 
     def first(values: list | None) -> float | None:
         if not values:
@@ -154,11 +159,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt(first(layer['grad_norm'])):>10} {_fmt(last(layer['grad_norm'])):>10} "
             f"{_fmt(last(layer['act_std'])):>9} {_fmt(None if dead is None else 100 * dead, '{:.1f}'):>7} "
             f"{_fmt(None if sat is None else 100 * sat, '{:.1f}'):>7}")
-    losses = [v for v in report["loss"] if v is not None]
+    losses = report["loss"]  # (null where a step's loss wasn't finite)
+    lost = next((step for step, v in enumerate(losses, 1) if v is None), None)
     lines.append("")
-    lines.append(f"loss: first {_fmt(losses[0] if losses else None, '{:.4g}')}, "
-                 f"last {_fmt(losses[-1] if losses else None, '{:.4g}')} over {report['steps']} steps "
-                 f"on {report['device']}")
+    lines.append(f"loss: first {_fmt(first(losses), '{:.4g}')}, last {_fmt(last(losses), '{:.4g}')} over "
+                 f"{report['steps']} steps on {report['device']}"
+                 + (f" (not finite from step {lost})" if lost is not None else ""))
     if report["diagnoses"]:
         lines.append("diagnoses:")
         for d in report["diagnoses"]:

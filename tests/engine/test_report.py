@@ -341,3 +341,19 @@ def test_debug_shows_the_traceback_and_still_exits_2(capsys) -> None:
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1] == \
         "glassbox report: error: --steps must be at least 1, got 0"
+
+
+def test_the_table_says_when_the_loss_and_gradients_stopped_being_finite() -> None:
+    from engine.report import format_table
+
+    layer = {"name": "fc", "type": "Linear", "params": 8, "grad_norm": [1.5, 2.0, None, None],
+             "weight_norm": [1.0] * 4, "act_mean": [0.0] * 4, "act_std": [0.5, 0.5, 0.5, 0.25],
+             "dead_fraction": None, "saturated_fraction": None}
+    relu = {**layer, "name": "act", "type": "ReLU", "params": 0, "grad_norm": [None] * 4,
+            "dead_fraction": [0.0, 0.5, None, None]}
+    text = format_table({"steps": 4, "device": "cpu", "loss": [0.75, 0.5, None, None],
+                         "layers": [layer, relu], "diagnoses": []})
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith(("fc ", "act "))}
+    assert rows["fc"][3:6] == ["1.5", "nan/inf", "0.25"]  # |g| first, |g| last, act std
+    assert rows["act"][3:6] == ["—", "—", "0.25"] and rows["act"][6] == "nan/inf"  # no gradients; dead % lost
+    assert "loss: first 0.75, last nan/inf over 4 steps on cpu (not finite from step 3)" in text
