@@ -867,9 +867,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._saved_history = history
         self._saved_path = path
         # The file holds one step's state: nothing to scrub through until its run trains again.
-        self.timeline.set_steps([view.snapshot.step])
-        self.timeline.label.setText(f"saved at step {view.snapshot.step:,}")
-        self.timeline.setEnabled(False)
+        self.timeline.show_saved(view.snapshot.step)
         # Its settings are shown, read-only: a change now would reach the live run behind it.
         description, model = self._run_description(view.snapshot.scenario, current.get("model"))
         self.hyper_panel.show_run(description, model, view.snapshot.hyper)

@@ -31,7 +31,9 @@ PREFIX = "shown/"
 
 _TYPES: dict[str, type] = {cls.__name__: cls for cls in (BoundaryView, Diagnosis, Metrics, NetworkView,
                                                          TensorViews)}
-_PARTS = ("metrics", "network", "boundary", "tensors", "diagnoses")
+#: The snapshot's parts kept, and what each must read back as.
+_PARTS: dict[str, type] = {"metrics": Metrics, "network": NetworkView, "boundary": BoundaryView,
+                           "tensors": TensorViews, "diagnoses": tuple}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,20 +91,13 @@ def restore(description: Any, arrays: Mapping[str, np.ndarray]) -> SavedFrame:
             value = _decode(description[part], arrays)
             if part == "frames":
                 value = _unstack_frames(value)
-            elif part == "diagnoses":
-                if not all(isinstance(d, Diagnosis) for d in value):
-                    raise TypeError("not a list of diagnoses")
-                value = tuple(value)
-            elif not isinstance(value, _expected(part)):
-                raise TypeError(f"not a {_expected(part).__name__}")
+            elif not isinstance(value, _PARTS[part]) or (
+                    part == "diagnoses" and not all(isinstance(d, Diagnosis) for d in value)):
+                raise TypeError(f"not {'a list of diagnoses' if part == 'diagnoses' else _PARTS[part].__name__}")
             found[part] = value
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             unreadable.append(f"{part} ({exc})")
     return SavedFrame(**found, unreadable=tuple(unreadable))
-
-
-def _expected(part: str) -> type:
-    return {"metrics": Metrics, "network": NetworkView, "boundary": BoundaryView, "tensors": TensorViews}[part]
 
 
 # --- the encoding ---------------------------------------------------------------------------

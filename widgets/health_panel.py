@@ -65,8 +65,8 @@ class HealthPanel(View):
             evidence = ", ".join(f"{html.escape(k)} = {v:.3g}" for k, v in list(item.evidence.items())[:6])
             if evidence:  # (its numbers are those of when it was found, not of the step on screen)
                 evidence = f"when found: {evidence}"
-            last = getattr(item, "last_step", 0)
-            span = f"from step {item.step}" + (f", last seen at step {last}" if last > item.step else "")
+            span = f"from step {item.step}" + (f", last seen at step {item.last_step}"
+                                               if item.last_step > item.step else "")
             fixes = "".join(f"<li>{html.escape(fix)}</li>" for fix in item.fixes)
             parts.append(
                 f"<p><b style='color:{colour}'>{item.severity.upper()}</b> "

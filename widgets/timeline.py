@@ -75,6 +75,12 @@ class Timeline(QtWidgets.QWidget):
         self._first = int(array[0]) if array.size else 0
         self._sync_slider()
 
+    def show_saved(self, step: int) -> None:
+        """A saved run's one step: nothing to scrub through (the label says so) until it trains again."""
+        self.set_steps([step])
+        self.label.setText(f"saved at step {step:,}")
+        self.setEnabled(False)
+
     # --- state -------------------------------------------------------------------------
     def is_live(self) -> bool:
         """True while the timeline follows the newest step."""

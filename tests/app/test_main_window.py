@@ -219,6 +219,7 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert window._last_snapshot.step == saved_step and window._last_snapshot.run_id == -1
     assert "Viewing the saved run" in window.status_state.text()
     assert not window.timeline.isEnabled() and window.timeline.last_step() == saved_step
+    assert window.timeline.label.text() == f"saved at step {saved_step:,}"  # (not "(live)")
     assert not window.hyper_panel.isEnabled() and window.scenario.currentData() == "xor-mlp"
     # The saved statistics are on screen too, and Export writes the saved run's series.
     saved_stats = window._last_snapshot.stats
