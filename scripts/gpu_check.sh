@@ -26,7 +26,7 @@ if ! $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0
 fi
 cat "$OUT/device.txt"
 status=0
-timeout 180 $PY -m pytest -q -p no:cacheprovider --tb=short tests/engine/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt"
+timeout 150 $PY -m pytest -q -p no:cacheprovider --tb=short tests/engine/test_cuda.py 2>&1 | tee "$OUT/test_cuda.txt"
 if [ "${PIPESTATUS[0]}" -ne 0 ]; then
     status=1
     echo "--- sync test again, every batch summed by index_add_ ---"
@@ -35,13 +35,15 @@ sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tb=short', 'tests/engin
         2>&1 | tee -a "$OUT/test_cuda.txt"
 fi
 MODELS="mlp cnn transformer cnn-large transformer-large"
-timeout 170 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS \
+timeout 130 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS \
     --json "$OUT/probe_overhead_eager.json" 2>&1 | tee "$OUT/probe_overhead_eager.txt"
-timeout 170 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS --step-graphs \
+timeout 130 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS --step-graphs \
     --json "$OUT/probe_overhead_graphs.json" 2>&1 | tee "$OUT/probe_overhead_graphs.txt"
+timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 3 --only mlp-xl cnn-xl transformer-xl \
+    2>&1 | tee "$OUT/probe_overhead_xl.txt"
+{ timeout 40 $PY -c "import sys; from engine.report import main; sys.exit(main(sys.argv[1:]))" \
+    --scenario shapes-cnn --steps 50 --device cuda --json "$OUT/report_cuda.json" || status=1; } 2>&1 | tail -5
 if [ "${FULL:-0}" = 1 ]; then
-    timeout 300 $PY bench/probe_overhead.py --device cuda --blocks 3 --only mlp-xl cnn-xl transformer-xl \
-        2>&1 | tee "$OUT/probe_overhead_xl.txt"
     { timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only mlp cnn transformer --batch-budget 0
       timeout 120 $PY bench/probe_overhead.py --device cuda --blocks 5 --only cnn cnn-large --batched-max 1048576
     } 2>&1 | tee "$OUT/batching_limits.txt"
