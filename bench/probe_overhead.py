@@ -23,9 +23,10 @@ time that path's Python and dispatch overhead without a GPU (its kernels run on 
 reads them) for this run, to time other settings on a GPU; 0 as the budget reduces every output in
 its hook.
 
-``--step-graphs`` turns on ``ProbeConfig.step_graphs``: on CUDA, the end-of-step reductions of a
-small model are recorded once as a CUDA graph and replayed (``engine.step_graph``); the warm-up
-records each mode's arrangement before anything is timed.
+``--no-step-graphs`` turns off ``ProbeConfig.step_graphs`` (on by default): on CUDA, the end-of-step
+reductions of a small model are recorded once as a CUDA graph and replayed (``engine.step_graph``);
+the warm-up records each mode's arrangement before anything is timed. ``--step-graphs`` turns them
+on whatever the default.
 
 ``--after-capture`` prints instead where an every-16 capture's cost lands: each step of a cycle of
 16 (the first captured) timed alone, as its median over many cycles. On a small model the steps
@@ -33,7 +34,7 @@ after a capture run slower too (the capture's code and data have displaced the s
 the CPU's caches and predictors), so a capture costs more in all than the capture step shows.
 
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
-       [--torch-stats] [--batch-budget N] [--batched-max N] [--step-graphs] [--after-capture]
+       [--torch-stats] [--batch-budget N] [--batched-max N] [--[no-]step-graphs] [--after-capture]
 """
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ CONFIGS = [
 
 
 def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: bool = False,
-                 step_graphs: bool = False) -> Trainer:
+                 step_graphs: bool | None = None) -> Trainer:
     torch.manual_seed(0)
     model = build_model(config.model, dataset)
     trainer = Trainer(model, loss_for_task(dataset.task), TensorBatches(dataset.x_train, dataset.y_train),
@@ -100,8 +101,8 @@ def make_trainer(config: Config, dataset: Dataset, device: str, torch_stats: boo
     if torch_stats:
         trainer.probe.config = ProbeConfig(host_statistics=False)
         trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-3, foreach=True)
-    if step_graphs:
-        trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=True)
+    if step_graphs is not None:
+        trainer.probe.config = dataclasses.replace(trainer.probe.config, step_graphs=step_graphs)
     return trainer
 
 
@@ -155,7 +156,7 @@ def peak_memory(trainer: Trainer, mode: str, device: str, steps: int = 4) -> int
 
 
 def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: bool = False,
-          step_graphs: bool = False) -> dict:
+          step_graphs: bool | None = None) -> dict:
     dataset = make_dataset(config.data)
     trainer = make_trainer(config, dataset, device, torch_stats, step_graphs)
     probe = trainer.probe
@@ -180,7 +181,7 @@ def bench(config: Config, device: str, blocks: int, steps: int, torch_stats: boo
     memory = {m: peak_memory(trainer, m, device) for m in ("bare", "every", "captured", "maps")}
     trainer.close()
     result = {
-        "config": config.name, "device": device, "batch": config.batch, "step_graphs": step_graphs,
+        "config": config.name, "device": device, "batch": config.batch, "step_graphs": trainer.probe.config.step_graphs,
         "bare_ms": round(1000 * med["bare"], 3),
         "capture_ms": round(1000 * (med["every"] - med["bare"]), 3),
         "every_step": round(med["every"] / med["bare"], 3),
@@ -227,7 +228,8 @@ def main() -> int:
     parser.add_argument("--torch-stats", action="store_true", help="CPU runs take the GPU path's reductions")
     parser.add_argument("--batch-budget", type=int, help="values of outputs reduced together at a step's end")
     parser.add_argument("--batched-max", type=int, help="the largest output reduced with the others")
-    parser.add_argument("--step-graphs", action="store_true", help="replay end-of-step reductions as CUDA graphs")
+    parser.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=None,
+                        help="replay end-of-step reductions as CUDA graphs (default: ProbeConfig's, on)")
     parser.add_argument("--after-capture", action="store_true", help="time each step of a 16-step cycle alone")
     args = parser.parse_args()
     if args.batch_budget is not None:
@@ -260,7 +262,8 @@ def main() -> int:
              f"{'maps t':>7} {'mem every':>9} {'maps mem':>9}  notes"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           + (", CPU runs take the GPU path's reductions" if args.torch_stats else "")
-          + (", step graphs on" if args.step_graphs else "")
+          + (", step graphs " + ("on" if (ProbeConfig().step_graphs if args.step_graphs is None
+                                            else args.step_graphs) else "off"))
           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
           + f", batch budget {engine.probe.DEVICE_BATCH_BUDGET}, batched max {engine.probe.DEVICE_BATCHED_MAX}")
     print(header)

@@ -103,6 +103,11 @@ class StepGraphs:
         self.recorded = 0
         self.replayed = 0
 
+    def can_record_on(self, device: torch.device) -> bool:
+        """Whether this runner's recordings work on ``device`` (CUDA graphs: CUDA only; a stand-in
+        recorder: anywhere)."""
+        return self._record is not record_cuda_graph or device.type == "cuda"
+
     def run(self, owner: object, template: tuple, reduce: Reduction, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.off_because is not None:
             return reduce(inputs)

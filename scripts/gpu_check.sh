@@ -4,7 +4,7 @@
 #      their recordings); replayed step graphs against the same reductions run eagerly; the
 #      device path against the host path;
 #   2. the probe's overhead on CUDA for the built-in and large models, eagerly, then with step
-#      graphs (ProbeConfig.step_graphs), in that order, so the two tables compare.
+#      graphs (ProbeConfig.step_graphs, the default), in that order, so the two tables compare.
 # FULL=1 adds (several more minutes; run it as a second command): the xl models, the batching
 # limits changed, and a profile of two GPU-bound models' captures.
 # Needs torch with CUDA, numpy, pytest and pytest-timeout; no Qt. Writes its logs and the
@@ -35,7 +35,7 @@ sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--tb=short', 'tests/engin
         2>&1 | tee -a "$OUT/test_cuda.txt"
 fi
 MODELS="mlp cnn transformer cnn-large transformer-large"
-timeout 130 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS \
+timeout 130 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS --no-step-graphs \
     --json "$OUT/probe_overhead_eager.json" 2>&1 | tee "$OUT/probe_overhead_eager.txt"
 timeout 130 $PY bench/probe_overhead.py --device cuda --blocks 5 --only $MODELS --step-graphs \
     --json "$OUT/probe_overhead_graphs.json" 2>&1 | tee "$OUT/probe_overhead_graphs.txt"
