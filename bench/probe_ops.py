@@ -15,13 +15,14 @@ kernels read and write (tensor arguments and results), a captured step's as a mu
 the operations that add most: on a big model, whose GPU step is bound by memory rather than by
 launches, this is what a capture costs.
 
-``--step-graphs`` counts the steps as CUDA graphs would run them (``ProbeConfig.step_graphs``): the
-end-of-step reductions are recorded once and each captured step then dispatches one copy of its
-inputs and one graph launch for them (counted as ``graph_launch``). On the CPU a stand-in replays
+By default the steps are counted as CUDA runs them, with step graphs (``ProbeConfig.step_graphs``):
+the end-of-step reductions are recorded once and each captured step then dispatches one copy of
+its inputs and one graph launch for them (counted as ``graph_launch``); ``--no-step-graphs``
+counts them run eagerly. On the CPU a stand-in replays
 the recording by running it again (``engine.step_graph.record_by_rerunning``); the operations it
 runs are not counted as dispatched, but their memory traffic is, as a graph's kernels move it too.
 
-Usage: python bench/probe_ops.py [--only NAME ...] [--json PATH] [--step-graphs]
+Usage: python bench/probe_ops.py [--only NAME ...] [--json PATH] [--no-step-graphs]
 """
 from __future__ import annotations
 
@@ -118,11 +119,11 @@ def count_step(trainer: Trainer, capture: bool, tensors: bool) -> OpCounter:
     return counter
 
 
-def measure(config: Config, step_graphs: bool = False) -> dict:
+def measure(config: Config, step_graphs: bool = True) -> dict:
     trainer = make_trainer(config, make_dataset(config.data), "cpu", torch_stats=True)
     probe = trainer.probe
+    probe.config = dataclasses.replace(probe.config, step_graphs=step_graphs)
     if step_graphs:
-        probe.config = dataclasses.replace(probe.config, step_graphs=True)
         probe.graphs = StepGraphs(record_counted)
     layers = probe.layers
     if config.maps_layer_kind == "attention":
@@ -132,7 +133,7 @@ def measure(config: Config, step_graphs: bool = False) -> dict:
     else:
         probe.focus_layer = layers[0].name
     modes = {"bare": (False, False), "captured": (True, False), "maps": (True, True)}
-    # The first capture fixes the layer order; with --step-graphs an arrangement is recorded the
+    # The first capture fixes the layer order; with step graphs an arrangement is recorded the
     # second time it is seen (after that order is fixed).
     for capture, tensors in list(modes.values()) * 3:
         count_step(trainer, capture, tensors)
@@ -160,7 +161,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="config names")
     parser.add_argument("--json", help="also write the rows as JSON here")
-    parser.add_argument("--step-graphs", action="store_true", help="end-of-step reductions replayed as graphs")
+    parser.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="end-of-step reductions replayed as graphs (the default, as on CUDA)")
     args = parser.parse_args()
     header = f"{'config':<18} {'bare ops':>8} {'(kern)':>7} {'capture +':>9} {'(kern)':>7} {'maps +':>7} " \
              f"{'every16':>8} {'maps':>6} {'bare MB':>8} {'capt x':>8}  capture adds most MB"

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from typing import Any, NoReturn, Sequence
 
 import numpy as np
@@ -234,17 +235,20 @@ def _run(args: argparse.Namespace) -> int:
                      "--model": args.model.rsplit(":", 1)[0] if args.model and ":" in args.model else None})
     hyper = {k: v for k, v in (("optimizer", args.optimizer), ("lr", args.lr),
                                ("batch_size", args.batch_size)) if v is not None}
-    if args.model:
-        run = build_user_run(args.model, device=args.device, seed=args.seed, hyper=hyper)
-    else:
-        run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
-    if args.batch_size is not None and _uses_loader(run):
-        print("glassbox report: note: --batch-size is ignored: your data loader sets the batch size", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        report = collect_report(run, args.steps, args.every)
-    finally:
-        run.trainer.close()
+    with _EachWarningOnce() as warnings_once:
+        if args.model:
+            run = build_user_run(args.model, device=args.device, seed=args.seed, hyper=hyper)
+        else:
+            run = build_run(args.scenario or DEFAULT_SCENARIO, device=args.device, seed=args.seed, hyper=hyper)
+        if args.batch_size is not None and _uses_loader(run):
+            print("glassbox report: note: --batch-size is ignored: your data loader sets the batch size",
+                  file=sys.stderr)
+        warnings_once.trainer = run.trainer
+        started = time.perf_counter()
+        try:
+            report = collect_report(run, args.steps, args.every)
+        finally:
+            run.trainer.close()
     report["seconds"] = round(time.perf_counter() - started, 3)
     print(format_table(report))
     # The run file first: should it fail, an existing JSON report is still the old one.
@@ -255,6 +259,35 @@ def _run(args: argparse.Namespace) -> int:
         write_atomic(args.json, json.dumps(report, indent=1).encode())
         print(f"wrote {args.json}")
     return 0
+
+
+class _EachWarningOnce:
+    """Prints each distinct Python warning once, as one line on stderr, naming the step it first
+    came from. (torch repeats a warning, such as a loss broadcasting its target, at every step, and
+    Python's own format adds a line of torch's source that tells the user nothing.)"""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None  # set once training starts: warnings before it are "before training"
+        self._seen: set[str] = set()
+        self._caught = warnings.catch_warnings()
+
+    def __enter__(self) -> "_EachWarningOnce":
+        self._caught.__enter__()
+        warnings.simplefilter("always")  # (repeats are told apart here, by their text)
+        warnings.showwarning = self._show
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._caught.__exit__(*exc)
+
+    def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: Any = None, line: str | None = None) -> None:
+        text = " ".join(str(message).split())
+        if text in self._seen:
+            return
+        self._seen.add(text)
+        when = "before training" if self.trainer is None else f"at step {self.trainer.step_count + 1}"
+        print(f"glassbox report: warning ({when}): {text}", file=sys.stderr)
 
 
 def _check_distinct(paths: dict[str, str | None]) -> None:

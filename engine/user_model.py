@@ -20,7 +20,6 @@ import sys
 import sysconfig
 import traceback
 import types
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -35,6 +34,10 @@ _EXPECTED = "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
 _MAX_MESSAGE = 400
 # Torch's RuntimeErrors about incompatible shapes, as opposed to other failures in a forward.
 _SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2", re.IGNORECASE)
+# torch's words for tensors of different dtypes meeting (float64 data and a float32 Linear, float
+# indices into an Embedding): looked for before the shape words, since "mat1 and mat2" is in both.
+_DTYPE_WORDS = re.compile(r"dtype|scalar types?\b|\btype \((?:double|float|half|bfloat16|long|int)\)",
+                          re.IGNORECASE)
 # Frames in these folders are never "the user's code": torch, this engine, installed packages
 # and the standard library.
 _LIBRARY_DIRS = tuple(
@@ -366,16 +369,20 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
     modes = [(module, module.training) for module in um.model.modules()]
     um.model.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with torch.no_grad():
             try:
                 output = um.model(x)
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # (user code may raise any kind)
                 at = _user_location(exc.__traceback__, path) or where
+                first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+                if isinstance(exc, (RuntimeError, ValueError, TypeError)) and _DTYPE_WORDS.search(first):
+                    raise UserModelError(
+                        f"{at}: model/data dtype mismatch: {first} "
+                        f"(in {forward}; input batch of dtype {str(x.dtype).removeprefix('torch.')})"
+                    ) from exc
                 if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
-                    first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
                     raise UserModelError(
                         f"{at}: model/data shape mismatch: {first} "
                         f"(in {forward}; input batch of shape {tuple(x.shape)})"
@@ -393,8 +400,6 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
     finally:
         for module, training in modes:
             module.training = training
-    for warning in caught:
-        logger.warning("%s: warning while checking the model: %s", where, _one_line(warning.message))
     at = loss_at if loss_at and path and _same_file(loss_at.rsplit(":", 1)[0], path) else where
     if not isinstance(loss, torch.Tensor):
         raise UserModelError(f"{at}: loss_fn returned {_describe(loss)}, expected a scalar tensor")

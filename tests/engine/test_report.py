@@ -357,3 +357,35 @@ def test_the_table_says_when_the_loss_and_gradients_stopped_being_finite() -> No
     assert rows["fc"][3:6] == ["1.5", "nan/inf", "0.25"]  # |g| first, |g| last, act std
     assert rows["act"][3:6] == ["—", "—", "0.25"] and rows["act"][6] == "nan/inf"  # no gradients; dead % lost
     assert "loss: first 0.75, last nan/inf over 4 steps on cpu (not finite from step 3)" in text
+
+
+def test_each_warning_is_one_line_once_naming_where_it_first_came(tmp_path: Path, capsys) -> None:
+    # MSELoss warns of a broadcast target at every step, from the check before training on; the
+    # model's own warning starts at its third training step (counted in training mode).
+    path = write(tmp_path, '''
+import warnings
+import torch
+from torch import nn
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 1)
+        self.calls = 0
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls >= 3:
+                warnings.warn("the model warns\\n  over two lines")
+        return self.fc(x)
+def build():
+    return Net(), (torch.randn(16, 3), torch.zeros(16)), nn.MSELoss()
+''')
+    assert main(["--model", f"{path}:build", "--steps", "5"]) == 0
+    with pytest.warns(UserWarning) as torch_warning:  # what torch says of this broadcast, word for word
+        nn_loss = torch.nn.MSELoss()
+        nn_loss(torch.zeros(16, 1), torch.zeros(16))
+    broadcast = " ".join(str(torch_warning[0].message).split())
+    assert capsys.readouterr().err.splitlines() == [
+        f"glassbox report: warning (before training): {broadcast}",
+        "glassbox report: warning (at step 3): the model warns over two lines",
+    ]

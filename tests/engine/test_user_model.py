@@ -380,6 +380,22 @@ def test_shape_mismatch_in_a_torch_model(tmp_path):
     assert "(in Sequential.forward; input batch" in message and "site-packages" not in message
 
 
+@pytest.mark.parametrize("model, x, x_dtype", [
+    ("nn.Linear(2, 1)", "torch.zeros(8, 2, dtype=torch.float64)", "float64"),
+    ("nn.Sequential(nn.Conv2d(1, 2, 3))", "torch.zeros(8, 1, 5, 5, dtype=torch.float64)", "float64"),
+    ("nn.Embedding(4, 2)", "torch.zeros(8, 3)", "float32"),
+])
+def test_dtype_mismatch_is_not_called_a_shape_mismatch(tmp_path, model, x, x_dtype):
+    path = returning(tmp_path, f"{model}, ({x}, torch.zeros(8)), nn.MSELoss()")
+    module, batch = eval(model), eval(x)  # noqa: S307 - the same expressions, to get torch's own message
+    with pytest.raises(RuntimeError) as torch_error:
+        module(batch)
+    torch_message = str(torch_error.value).splitlines()[0]
+    message = validate_error(f"{path}:build")
+    assert message.startswith(f"{path}: model/data dtype mismatch: {torch_message} (in ")
+    assert message.endswith(f"; input batch of dtype {x_dtype})")
+
+
 def test_exception_inside_forward(tmp_path):
     path = write(tmp_path, """
     class Net(nn.Module):
