@@ -39,8 +39,9 @@ blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-tra
   bound) >= ``saturated_fraction`` = 0.5 in every one of ``window`` frames. Healthy max 0.27
   (spirals and xor, tanh); a sigmoid MLP with ``init_scale=30``: 0.84; tanh x10: 0.87.
 - ``nan_inf`` (error, at once): the first layer in forward order whose weights (written by the
-  previous update) or activations (forward) are non-finite, otherwise the layer closest to the
-  output whose gradients are (backward, where autograd starts). Healthy: never.
+  previous update) or activations (forward) are non-finite; otherwise, if the loss is not finite,
+  the loss (no layer); otherwise the layer closest to the output whose gradients are (backward,
+  where autograd starts). Healthy: never.
 - ``diverging_loss`` (error): a non-finite loss at once, or a loss above ``loss_growth`` = 10 times
   its starting value (the lowest of the first 3 captured losses; the first is measured before any
   update) for ``confirm`` frames. Healthy max 1.23 times the start (spirals); SGD lr 100 on xor:
@@ -331,6 +332,18 @@ class Diagnostics:
             if acts[i] > 0:
                 where, origin = i, "forward"
                 break
+        if where is None and not math.isfinite(frame.loss):
+            # Every measured output is finite, so the loss itself made the NaN (and every gradient
+            # from it): naming the last layer's gradients "the backward" would send the user there.
+            kind = "NaN" if frame.loss != frame.loss else "infinite"
+            after = ", and the gradients computed from it are not finite either" if grads.any() else ""
+            self._raise("nan_inf", "nan_inf", "error", (), frame.step, frame.step,
+                        f"Every layer's output is finite but the loss is {kind} at step {frame.step}: the loss "
+                        f"function made it (or a computation in forward after the last measured layer){after}.",
+                        {**{key: float(np.sum(counts[key])) for key in _NONFINITE},
+                         "forward": 0.0, "backward": 0.0, "loss_fn": 1.0},
+                        _FIXES["nan_inf"])
+            return
         if where is None:
             bad = np.flatnonzero(grads > 0)
             if len(bad):
@@ -349,6 +362,7 @@ class Diagnostics:
         evidence = {f"{key}": float(counts[key][where]) for key in _NONFINITE}
         evidence["forward"] = float(origin == "forward")
         evidence["backward"] = float(origin == "backward")
+        evidence["loss_fn"] = 0.0
         self._raise("nan_inf", "nan_inf", "error", (name,), frame.step, frame.step, text, evidence,
                     _FIXES["nan_inf"])
 

@@ -3,6 +3,7 @@ layers, and healthy networks raise nothing over a whole run."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,31 @@ def test_a_dead_units_warning_becomes_an_error_when_the_layer_dies_entirely() ->
     worse = only(diagnostics.findings, "dead_units")
     assert worse.severity == "error" and worse.step == 1 and worse.last_step == 40
     assert "100 %" in worse.message
+
+
+def test_a_loss_that_makes_the_nan_is_named_not_the_backward() -> None:
+    # The log of a sigmoid that underflowed to 0: every layer's output is finite, the loss is
+    # infinite, and its gradient through the sigmoid is inf * 0 = NaN.
+    model = nn.Sequential(nn.Linear(2, 1), nn.Sigmoid())
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-200.0)
+    x = torch.randn(32, 2)
+    y = torch.ones(32, 1)
+
+    def log_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(target * torch.log(output)).mean()
+
+    output = model(x)
+    assert torch.isfinite(output).all() and math.isinf(float(log_loss(output, y).detach()))
+    log_loss(output, y).backward()
+    assert torch.isnan(model[0].weight.grad).all()
+    model.zero_grad()
+    trainer = Trainer(model, log_loss, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    d = only(diagnose(trainer, 2), "nan_inf")
+    assert d.step == 1 and d.layers == ()
+    assert d.message == ("Every layer's output is finite but the loss is infinite at step 1: the loss function "
+                         "made it (or a computation in forward after the last measured layer), and the gradients "
+                         "computed from it are not finite either.")
+    assert d.evidence["loss_fn"] == 1.0 and d.evidence["backward"] == 0.0 and d.evidence["forward"] == 0.0
+    assert d.evidence["nan_grads"] > 0
