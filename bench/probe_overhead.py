@@ -21,7 +21,8 @@ time that path's Python and dispatch overhead without a GPU (its kernels run on 
 ``--batch-budget`` and ``--batched-max`` override the device path's batching limits
 (``DEVICE_BATCH_BUDGET`` / ``DEVICE_BATCHED_MAX`` of ``engine.device_stats``, as ``engine.probe``
 reads them) for this run, to time other settings on a GPU; 0 as the budget reduces every output in
-its hook.
+its hook. ``--graph-input-max`` does the same for ``GRAPH_INPUT_MAX`` (``engine.step_graph``): how
+many values a step graph's inputs may hold (half of it for big outputs held to the step's end).
 
 ``--no-step-graphs`` turns off ``ProbeConfig.step_graphs`` (on by default): on CUDA, the end-of-step
 reductions of a small model are recorded once as a CUDA graph and replayed (``engine.step_graph``);
@@ -34,7 +35,8 @@ after a capture run slower too (the capture's code and data have displaced the s
 the CPU's caches and predictors), so a capture costs more in all than the capture step shows.
 
 Usage: python bench/probe_overhead.py [--device cpu|cuda|all] [--blocks 5] [--steps 32] [--json PATH]
-       [--torch-stats] [--batch-budget N] [--batched-max N] [--[no-]step-graphs] [--after-capture]
+       [--torch-stats] [--batch-budget N] [--batched-max N] [--graph-input-max N]
+       [--[no-]step-graphs] [--after-capture]
 """
 from __future__ import annotations
 
@@ -228,6 +230,7 @@ def main() -> int:
     parser.add_argument("--torch-stats", action="store_true", help="CPU runs take the GPU path's reductions")
     parser.add_argument("--batch-budget", type=int, help="values of outputs reduced together at a step's end")
     parser.add_argument("--batched-max", type=int, help="the largest output reduced with the others")
+    parser.add_argument("--graph-input-max", type=int, help="the most values a step graph's inputs may hold")
     parser.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=None,
                         help="replay end-of-step reductions as CUDA graphs (default: ProbeConfig's, on)")
     parser.add_argument("--after-capture", action="store_true", help="time each step of a 16-step cycle alone")
@@ -236,6 +239,8 @@ def main() -> int:
         engine.probe.DEVICE_BATCH_BUDGET = args.batch_budget
     if args.batched_max is not None:
         engine.probe.DEVICE_BATCHED_MAX = args.batched_max
+    if args.graph_input_max is not None:
+        engine.probe.GRAPH_INPUT_MAX = args.graph_input_max
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     if args.device == "cuda" and "cuda" not in devices:
@@ -265,7 +270,8 @@ def main() -> int:
           + (", step graphs " + ("on" if (ProbeConfig().step_graphs if args.step_graphs is None
                                             else args.step_graphs) else "off"))
           + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
-          + f", batch budget {engine.probe.DEVICE_BATCH_BUDGET}, batched max {engine.probe.DEVICE_BATCHED_MAX}")
+          + f", batch budget {engine.probe.DEVICE_BATCH_BUDGET}, batched max {engine.probe.DEVICE_BATCHED_MAX}"
+          + f", graph inputs max {engine.probe.GRAPH_INPUT_MAX}")
     print(header)
     print("-" * len(header))
     for device in devices:

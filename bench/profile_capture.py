@@ -2,7 +2,8 @@
 
 Complements ``bench/probe_overhead.py`` (which says how much a capture costs) by saying where: the
 Python functions with the most own time, and the PyTorch operations with the most CPU time (on a
-GPU, small models' captures are bound by dispatching and launching, so this is the bill).
+GPU, small models' captures are bound by dispatching and launching, so this is the bill) and, on
+CUDA, the most GPU time (the bill of a big model, whose step is bound by the GPU).
 
 Usage: python bench/profile_capture.py [--device cpu|cuda] [--only NAME ...] [--steps 64] [--top 25]
        [--torch-stats]
@@ -49,12 +50,21 @@ def main() -> int:
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats("engine", args.top)
         print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[:6000])
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if args.device == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
         for mode in ("bare", "every"):
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            with torch.profiler.profile(activities=activities) as prof:
                 run_block(trainer, mode, args.steps, args.device)
             print(f"--- torch.profiler, {mode}: {args.steps} steps ---")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top,
                                             max_name_column_width=40))
+            if args.device == "cuda":  # a GPU-bound step's bill: the kernels' own time on the device
+                print(f"--- GPU time by operation, {mode} ---")
+                averages = prof.key_averages()
+                key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") \
+                    else "self_cuda_time_total"  # (the older name)
+                print(averages.table(sort_by=key, row_limit=args.top, max_name_column_width=40))
         trainer.close()
     return 0
 
