@@ -78,7 +78,7 @@ from engine.stats import (
     nonfinite_counts,
     unit_extremes,
 )
-from engine.step_graph import GRAPH_INPUT_MAX, StepGraphs
+from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
 
@@ -506,6 +506,7 @@ class Probe:
         self._grad_outputs: list[tuple[_Layer, torch.Tensor]] = []  # small output gradients, held (device)
         self._deferring = False  # the device path leaves its reductions to the step's end
         self._held_big = 0  # values of big outputs and gradients held for a step graph
+        self._graph_max = GRAPH_INPUT_MAX  # what a step graph's inputs may hold on this step's device
         self._views_deferred = False  # some view is computed by the step's end (its example is in the graph)
         # The device path's copies of the weights and (small models, until their views are
         # taken) of the gradients, as backward left them.
@@ -529,6 +530,7 @@ class Probe:
             first = self._first_param
             self._device = torch.device("cpu") if first is None else first.device
             self._host = self._device.type == "cpu" and self.config.host_statistics
+            self._graph_max = graph_input_max(self._device, GRAPH_INPUT_MAX)
             self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record
@@ -794,9 +796,10 @@ class Probe:
 
     def _reserve_graph_room(self, values: int) -> bool:
         """Whether a big output, or its gradient, of this many values is held to the step's end,
-        where a step graph reduces it with the rest (counted against half of ``GRAPH_INPUT_MAX``);
-        without step graphs it is reduced in its hook, which takes no copy."""
-        if not self._graphing() or self._held_big + values > GRAPH_INPUT_MAX // 2:
+        where a step graph reduces it with the rest (one of at most ``GRAPH_HELD_MAX`` values,
+        counted against half of what the graph's inputs may hold); otherwise it is reduced in its
+        hook, which takes no copy."""
+        if not self._graphing() or values > GRAPH_HELD_MAX or self._held_big + values > self._graph_max // 2:
             return False
         self._held_big += values
         return True
@@ -945,7 +948,8 @@ class Probe:
     def _params_deferred(self, plan: _ParamPlan) -> bool:
         """Whether this step leaves the parameters' reductions to its end (device path): a model
         of one group, small enough that holding copies of its gradients and weights costs little."""
-        return self._deferring and len(plan.groups) == 1 and 2 * sum(plan.sizes) <= GRAPH_INPUT_MAX
+        return (self._deferring and len(plan.groups) == 1
+                and 2 * sum(plan.sizes) <= min(GRAPH_PARAMS_MAX, self._graph_max))
 
     def _device_param_rows(self, plan: _ParamPlan) -> torch.Tensor | None:
         """The (2 * layers, 5) rows of the weights, then the gradients (device path); None when
@@ -1209,7 +1213,7 @@ class Probe:
             # (One call flattens and joins every piece: far fewer Python calls than a reshape each.)
             return torch._utils._flatten_dense_tensors(pieces + [tensors[last]])
 
-        if self._graphing() and sum(t.numel() for t in inputs) <= GRAPH_INPUT_MAX:
+        if self._graphing() and sum(t.numel() for t in inputs) <= self._graph_max:
             key = (template, tuple((tuple(slots), tuple(indices)) for slots, indices, _ in jobs),
                    self._step_focus[1] if self._views_deferred else None)  # (a graph fixes the example)
             flat = self.graphs.run(plan, key, join, inputs)

@@ -25,14 +25,33 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["GRAPH_INPUT_MAX", "StepGraphs", "record_cuda_graph", "record_by_rerunning"]
+__all__ = ["GRAPH_HELD_MAX", "GRAPH_INPUT_MAX", "GRAPH_MEMORY_SHARE", "GRAPH_PARAMS_MAX", "StepGraphs",
+           "graph_input_max", "record_cuda_graph", "record_by_rerunning"]
 
 log = logging.getLogger(__name__)
 
-#: Steps whose reductions read at most this many values in all are replayed as graphs. Bigger
-#: ones are bound by their kernels' memory traffic, not by launches, and a recording would keep a
-#: copy of every input for as long as it is kept.
-GRAPH_INPUT_MAX = 1 << 22
+#: Steps whose reductions read at most this many values in all are replayed as graphs, and on
+#: CUDA at most 1/GRAPH_MEMORY_SHARE of the GPU's memory in float32 values (``graph_input_max``):
+#: a recording keeps a copy of every input for as long as it is kept (``StepGraphs.KEPT`` of them).
+#: On an H200 a captured step of the large transformer (outputs of 1M-4M values, 3M parameters)
+#: cost 22 ms more than a bare one with this at 4M values, 12 ms at 32M and 5 ms at 128M.
+GRAPH_INPUT_MAX = 1 << 27
+GRAPH_MEMORY_SHARE = 128
+#: An output, or an output's gradient, of more values is reduced in its hook rather than held to
+#: the step's end for a graph: a pass over it costs more than the launches a replay saves, and a
+#: GPU-bound model's big outputs would only be copied twice more.
+GRAPH_HELD_MAX = 1 << 22
+#: A model's parameters are left to the step's end (and so to a graph) when its weights and
+#: gradients hold at most this many values together.
+GRAPH_PARAMS_MAX = 1 << 24
+
+
+def graph_input_max(device: torch.device, most: int = GRAPH_INPUT_MAX) -> int:
+    """The most values a step graph's inputs may hold on ``device`` (``most``, and on CUDA at most
+    1/GRAPH_MEMORY_SHARE of the GPU's memory in float32 values)."""
+    if device.type != "cuda":
+        return most
+    return min(most, torch.cuda.get_device_properties(device).total_memory // (4 * GRAPH_MEMORY_SHARE))
 
 Reduction = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 

@@ -17,7 +17,7 @@ import engine.device_stats as device_stats
 import engine.probe as probe_module
 from engine.probe import Probe, ProbeConfig
 from engine.snapshot import STAT_INDEX
-from engine.step_graph import Recording, StepGraphs, record_by_rerunning
+from engine.step_graph import GRAPH_MEMORY_SHARE, Recording, StepGraphs, graph_input_max, record_by_rerunning
 
 from .test_probe import CASES, loss_fn
 
@@ -227,3 +227,36 @@ def test_held_output_gradients_are_not_changed_by_the_rest_of_backward() -> None
         want = np.sqrt(sum(float(grad.double().square().sum()) for grad in seen[name]))
         np.testing.assert_allclose(capture.frame.values[row, column], want, rtol=1e-6)
 
+
+
+def _graph_inputs(probe: Probe) -> int:
+    """Values the newest recording's inputs hold."""
+    kept = list(probe.graphs._kept.values())[-1]
+    return sum(t.numel() for t in kept.recording.inputs)
+
+
+def test_outputs_over_the_held_limit_are_reduced_in_their_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conv, batch-norm and ReLU outputs of this cnn hold 12 * 8 * 28 * 28 values each: held for
+    the graph under the default limit, reduced in their hooks under one just below; the figures are
+    the same either way."""
+    big = 12 * 8 * 28 * 28
+    _, _, holding = _lockstep_steps("cnn_large_outputs", steps=4)
+    monkeypatch.setattr(probe_module, "GRAPH_HELD_MAX", big - 1)
+    eager, graphed, probe = _lockstep_steps("cnn_large_outputs", steps=4)
+    _assert_same(eager, graphed)
+    assert probe.graphs.recorded >= 1 and probe.graphs.replayed >= 2 and probe.graphs.off_because is None
+    assert _graph_inputs(holding) - _graph_inputs(probe) >= 3 * big
+
+
+def test_a_graphs_inputs_are_bounded_by_the_gpus_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    gib = 1 << 30
+
+    class Properties:
+        total_memory = 8 * gib
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    # 1/GRAPH_MEMORY_SHARE of 8 GiB, in float32 values
+    assert graph_input_max(cuda, 1 << 40) == 8 * gib // (4 * GRAPH_MEMORY_SHARE)
+    assert graph_input_max(cuda, 1000) == 1000
+    assert graph_input_max(cpu, 1 << 40) == 1 << 40
