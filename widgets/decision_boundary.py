@@ -8,7 +8,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import BoundaryView, ViewData
 from widgets import colormaps
 from widgets.base import View
-from widgets.tiling import Tiling, tile_maps
+from widgets.tiling import Tiling, gutter_lines, tile_maps
 
 __all__ = ["DecisionBoundary", "CLASS_COLOURS"]
 
@@ -113,6 +113,10 @@ class DecisionBoundary(View):
         self.miniatures = pg.ImageItem()
         self.miniatures.setLookupTable(colormaps.DIVERGING_LUT)
         self.mini_plot.addItem(self.miniatures)
+        # The gaps between miniatures, drawn alike at any size: the image alone, drawn smaller than
+        # its pixels, keeps some of its 1-px gutters and drops others (tiles merged at random).
+        self.mini_gutters = pg.PlotCurveItem(pen=pg.mkPen(*_BACKGROUND, width=2), connect="pairs")
+        self.mini_plot.addItem(self.mini_gutters)
         self.mini_ring = pg.PlotCurveItem(pen=pg.mkPen(_SELECTED, width=2))
         self.mini_plot.addItem(self.mini_ring)
         self.mini_widget.setMinimumHeight(60)
@@ -283,6 +287,7 @@ class DecisionBoundary(View):
         if hidden is None or hidden.ndim != 3 or hidden.shape[0] == 0:
             self._tiling = None
             self._hidden_layer = None
+            self.mini_gutters.setData([], [])
             self.hidden_title.setVisible(False)
             self.mini_widget.setVisible(False)
             return
@@ -297,6 +302,7 @@ class DecisionBoundary(View):
             self._hidden_shape = hidden.shape
             height, width = tiling.image.shape
             self.miniatures.setRect(QtCore.QRectF(0, 0, width, height))
+            self.mini_gutters.setData(*gutter_lines(tiling), connect="pairs")
             self.mini_box.setRange(xRange=(0, width), yRange=(0, height), padding=0.02)
         shown, total = hidden.shape[0], max(boundary.hidden_units, hidden.shape[0])
         which = f"each of its {shown} units" if shown == total else f"its first {shown} of {total} units"

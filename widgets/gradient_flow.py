@@ -24,12 +24,21 @@ __all__ = ["GradientFlow", "abbreviate", "align_series", "fit_axis_to_labels", "
 _NO_DATA = "No gradients yet: run a training step"
 _NO_PARAMS = "This model has no layers with parameters"
 _BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
-_ZERO_BRUSH = pg.mkBrush(150, 150, 150, 200)  # a gradient norm of exactly 0
-_ZERO_BAR = 0.15  # its height, in decades
+#: A gradient norm of exactly 0 has no bar (any bar would read as "small"): a "0" stands on the
+#: bars' floor instead, and the heatmap draws it in this grey, which is not on its colour ramp.
+_ZERO_RGB = (150, 150, 150)
+_ZERO_BRUSH = pg.mkBrush(*_ZERO_RGB)
+_ZERO_MARK_PX = 28  # the glyph is half of it tall
 _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
-#: Outlines of bars whose layer a diagnosis names, by severity.
+#: Outlines of bars whose layer a diagnosis names, by severity (a "0" mark takes the colour itself).
 _FLAG_PENS = {severity: pg.mkPen(*rgb, width=2.5) for severity, rgb in SEVERITY_RGB.items()}
+_FLAG_BRUSHES = {severity: pg.mkBrush(*rgb) for severity, rgb in SEVERITY_RGB.items()}
+#: The heatmap's table: entry 0 is the zero grey, the other 255 the sequential ramp (see
+#: ``_heat_levels``, which maps the smallest non-zero norm to entry 1).
+HEAT_LUT = np.vstack([np.array([_ZERO_RGB], np.uint8),
+                      SEQUENTIAL_LUT[np.round(np.linspace(0, 255, 255)).astype(np.int64), :3]])
+HEAT_LUT.setflags(write=False)
 _WEIGHT_BRUSH = pg.mkBrush(150, 220, 150)
 _RATIO_BRUSH = pg.mkBrush(240, 160, 90)
 #: Narrower than this (px), the weight/update plot goes under the gradient bars, not beside them.
@@ -61,6 +70,32 @@ def fill_missing_columns(image: np.ndarray) -> np.ndarray:
     source = np.where(missing, 0, np.arange(image.shape[1]))
     np.maximum.accumulate(source, out=source)
     return image[:, source]
+
+
+def _zero_symbol() -> QtGui.QPainterPath:
+    """A "0" as a scatter symbol, standing on the point (on the bars' floor).
+
+    pyqtgraph draws a symbol within the unit square centred on its point, so the glyph takes the
+    square's upper half; the item's size is twice the glyph's height.
+    """
+    font = QtGui.QFont()
+    font.setBold(True)
+    path = QtGui.QPainterPath()
+    path.addText(0.0, 0.0, font, "0")
+    box = path.boundingRect()
+    scale = 0.95 * min(1.0 / box.width(), 0.5 / box.height())
+    transform = QtGui.QTransform()
+    transform.scale(scale, scale)
+    transform.translate(-box.center().x(), -box.bottom())
+    return transform.map(path)
+
+
+def _heat_levels(logs: np.ndarray) -> tuple[float, float]:
+    """Levels for ``HEAT_LUT``: the finite logs span entries 1..255; entry 0 (grey, zero) is
+    reached only by values below the low level."""
+    low, high = finite_levels(logs)
+    # 1.5 entries' worth below the minimum: the minimum lands on entry 1 despite rounding.
+    return (low - 1.5 * (high - low) / 255.0, high)
 
 
 def _log10(values: np.ndarray) -> np.ndarray:
@@ -103,7 +138,9 @@ class GradientFlow(View):
         self._layers: tuple[str, ...] = ()  # layers with parameters, in model order
         self._frame: StatsFrame | None = None
         self._grad_norms = np.zeros(0)
-        self._bars: list[tuple[str, bool]] = []  # (layer, zero stub) of each bar drawn, in order
+        self._bars: list[str] = []  # the layer of each bar drawn, in order
+        self._zero_layers: list[str] = []  # the layer of each "0" mark drawn (gradient exactly 0)
+        self._run_id: int | None = None
         self._heat_layers: tuple[str, ...] = ()
         self._heat_steps = np.zeros(0)
         self._heat_values: np.ndarray | None = None  # (rows, steps) raw gradient norms
@@ -123,6 +160,8 @@ class GradientFlow(View):
         self.bar_plot.setMenuEnabled(False)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, y0=0, brush=_BAR_BRUSH, pen=None)
         self.bar_plot.addItem(self.bars)
+        self.zero_marks = pg.ScatterPlotItem(size=_ZERO_MARK_PX, symbol=_zero_symbol(), pen=None, brush=_ZERO_BRUSH)
+        self.bar_plot.addItem(self.zero_marks)
 
         self.ratio_plot = layout.addPlot(row=0, col=1, axisItems={
             "left": FittedAxis("left"), "bottom": CategoryAxis("bottom")})
@@ -154,7 +193,7 @@ class GradientFlow(View):
         self.heat_plot.invertY(True)
         self.heat_plot.setMenuEnabled(False)
         self.heat_image = pg.ImageItem(axisOrder="row-major")
-        self.heat_image.setLookupTable(SEQUENTIAL_LUT)
+        self.heat_image.setLookupTable(HEAT_LUT)
         self.heat_plot.addItem(self.heat_image)
         self._heat_box = pg.PlotDataItem(pen=_SELECTION_PEN)
         self.heat_plot.addItem(self._heat_box)
@@ -253,6 +292,8 @@ class GradientFlow(View):
             self._show_hint(_NO_PARAMS if data.snapshot.layers else _NO_DATA)
             return
         self.flagged = flagged_layers(data.snapshot.diagnoses)
+        if data.snapshot.run_id != self._run_id:
+            self._new_run(data.snapshot.run_id)
         layers_changed = layers != self._layers
         if layers_changed:
             self._layers = layers
@@ -265,6 +306,15 @@ class GradientFlow(View):
             return
         self._draw_selection()
         self._show_content()
+
+    def _new_run(self, run_id: int) -> None:
+        """A new run (Reinitialize restarts the steps with the same layers): nothing of the old
+        run's ranges is kept; every plot fits the new run's values as they come."""
+        self._run_id = run_id
+        self._heat_sources = ()
+        self._heat_extent = (math.nan, math.nan)
+        for plot in (self.bar_plot, self.ratio_plot):
+            plot.enableAutoRange(axis="y")
 
     def _set_layer_ticks(self, layers: tuple[str, ...]) -> None:
         # Every layer named when there is room; the axes shorten and thin their labels when not.
@@ -285,22 +335,25 @@ class GradientFlow(View):
         if frame is None:
             self._grad_norms = np.full(len(self._layers), np.nan)
             self._bars = []
+            self._zero_layers = []
             self.bars.setOpts(x=[], height=[], y0=0, brushes=[])
+            self.zero_marks.setData(x=[], y=[])
             self.weight_norm_log = self.update_ratio_log = np.full(len(self._layers), np.nan)
             self.ratio_points.setData(x=[], y=[])
             return
         self._grad_norms = self._stat_per_layer(frame, "grad_norm")
         logs = _log10(self._grad_norms)
         positive = np.isfinite(logs)
-        # Bars grow up from one decade below the smallest norm so the shortest is still visible;
-        # a gradient of exactly zero (a dead layer) is a grey stub on that floor, not a gap.
+        # Bars grow up from one decade below the smallest norm so the shortest is still visible.
+        # A gradient of exactly zero (a dead layer) gets no bar, however short: it would read as
+        # small. A "0" stands on the floor in its place (not a gap, which reads as "not measured").
         floor = math.floor(float(np.min(logs[positive]))) - 1 if positive.any() else -8
         zero = self._grad_norms == 0
-        shown = positive | zero
-        # The bars drawn, in order, and which are zero stubs (their colours, again on selection).
-        self._bars = [(name, bool(z)) for name, drawn, z in zip(self._layers, shown, zero) if drawn]
-        self.bars.setOpts(x=index[shown], height=np.where(zero, _ZERO_BAR, logs - floor)[shown], y0=floor,
-                          brushes=[_ZERO_BRUSH if z else _BAR_BRUSH for _, z in self._bars])
+        self._bars = [name for name, drawn in zip(self._layers, positive) if drawn]
+        self._zero_layers = [name for name, z in zip(self._layers, zero) if z]
+        self.bars.setOpts(x=index[positive], height=(logs - floor)[positive], y0=floor,
+                          brushes=[_BAR_BRUSH] * len(self._bars))
+        self.zero_marks.setData(x=index[zero], y=np.full(len(self._zero_layers), float(floor)))
         self.weight_norm_log = _log10(self._stat_per_layer(frame, "weight_norm"))
         self.update_ratio_log = _log10(self._stat_per_layer(frame, "update_ratio"))
         xs, ys, symbols, brushes = [], [], [], []
@@ -326,26 +379,30 @@ class GradientFlow(View):
         self._heat_sources = sources
         present = [(name, s) for name, s in zip(self._layers, sources) if s is not None and len(s.steps) > 0]
         if not present:
-            self._clear_heatmap()
+            self._clear_heatmap(data.snapshot.step)
             return
         steps, values = align_series([s for _, s in present])
         logs = _log10(values)
-        zero = values == 0  # exactly zero (a dead layer): the darkest colour, not a blank
-        if zero.any():
-            finite = logs[np.isfinite(logs)]
-            logs[zero] = math.floor(float(finite.min())) - 1 if finite.size else -8.0
+        # Exactly zero (a dead layer): grey, off the colour ramp, so it reads neither as a blank
+        # nor as the smallest measured norm.
+        zero = values == 0
+        if np.isfinite(logs).any():
+            low, high = finite_levels(logs)
+            colours = f"{10 ** low:.0e} … {10 ** high:.0e}" + (", grey: 0" if zero.any() else "")
+        else:
+            colours = "grey: 0"
+        levels = _heat_levels(logs)
+        logs[zero] = levels[0] - (levels[1] - levels[0])
         keep = np.isfinite(logs).any(axis=1)  # a row that is all NaN says nothing: skip it
         if not keep.any():
-            self._clear_heatmap()
+            self._clear_heatmap(data.snapshot.step)
             return
         names = tuple(name for (name, _), k in zip(present, keep) if k)
         logs, values = logs[keep], values[keep]
         spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 1.0
         spacing = spacing if spacing > 0 else 1.0
         x0 = steps[0] - spacing / 2
-        levels = finite_levels(logs)
         self.heat_image.setImage(fill_missing_columns(logs).astype(np.float32), levels=levels, autoLevels=False)
-        colours = f"{10 ** levels[0]:.0e} … {10 ** levels[1]:.0e}"
         self.heat_title.set(f"log10 ‖g‖ over the run  (colour: {colours})", f"‖g‖ over the run  ({colours})",
                             f"‖g‖ {colours}", "log10 ‖g‖")
         self.heat_image.setRect(QtCore.QRectF(x0, 0.0, spacing * len(steps), len(names)))
@@ -353,6 +410,7 @@ class GradientFlow(View):
         # The run grows while the decimated point count stays put: follow the extent, not the count.
         if names != self._heat_layers or extent != self._heat_extent:
             self.heat_plot.setRange(xRange=extent, yRange=(0, len(names)), padding=0.0)
+            self.heat_plot.getAxis("bottom").setStyle(showValues=True)
         if names != self._heat_layers:
             self.heat_plot.getAxis("left").set_categories(
                 [i + 0.5 for i in range(len(names))], short_names(names), names)
@@ -362,8 +420,16 @@ class GradientFlow(View):
         self._heat_values = values
         self._drawn_selection = None
 
-    def _clear_heatmap(self) -> None:
+    def _clear_heatmap(self, step: int = 0) -> None:
+        """No series (yet): an empty heatmap at the run's current step, with nothing left of the
+        previous run's range, rows or colour scale."""
         self.heat_image.clear()
+        if self._heat_layers:
+            self.heat_plot.getAxis("left").set_categories([], [])
+        self.heat_plot.setRange(xRange=(step - 0.5, step + 0.5), yRange=(0, 1), padding=0.0)
+        self.heat_plot.getAxis("bottom").setStyle(showValues=False)  # no steps to mark yet
+        self.heat_title.set("log10 ‖g‖ over the run", "‖g‖ over the run", "log10 ‖g‖")
+        self._heat_extent = (math.nan, math.nan)
         self._heat_layers = ()
         self._heat_steps = np.zeros(0)
         self._heat_values = None
@@ -376,14 +442,18 @@ class GradientFlow(View):
             return
         self._drawn_selection = key
         if len(self._layers) and self._frame is not None:
-            brushes = [_SELECTED_BRUSH if name == selection else _ZERO_BRUSH if z else _BAR_BRUSH
-                       for name, z in self._bars]
-            drawn = [name for name, _ in self._bars]
+            drawn = self._bars
+            brushes = [_SELECTED_BRUSH if name == selection else _BAR_BRUSH for name in drawn]
             # A flagged layer's bar gets its severity's outline (the Health panel says why).
             pens = [_FLAG_PENS[self.flagged[name][0]] if name in self.flagged else pg.mkPen(None)
                     for name in drawn]
             if drawn:  # pyqtgraph 0.14 fails on an empty pens list
                 self.bars.setOpts(brushes=brushes, pens=pens)
+            if self._zero_layers:  # a "0" is coloured like the outline its bar would have had
+                self.zero_marks.setBrush([
+                    _SELECTED_BRUSH if name == selection
+                    else _FLAG_BRUSHES[self.flagged[name][0]] if name in self.flagged else _ZERO_BRUSH
+                    for name in self._zero_layers])
         if selection in self._heat_layers and len(self._heat_steps):
             row = self._heat_layers.index(selection)
             x0, x1 = self._heat_extent
@@ -402,7 +472,7 @@ class GradientFlow(View):
             return ""
         column = int(np.argmin(np.abs(steps - x)))
         value = values[row, column]
-        shown = f"{value:.2g}" if not math.isfinite(value) else f"{value:.1e}"
+        shown = f"{value:.2g}" if not math.isfinite(value) else "0" if value == 0 else f"{value:.1e}"
         return f"{self._heat_layers[row]}  step {int(round(steps[column]))}: |g| = {shown}"
 
     def describe_layer(self, index: int) -> str:
@@ -415,8 +485,9 @@ class GradientFlow(View):
         flag = ""
         if name in self.flagged:
             flag = "  ⚠ " + ", ".join(code.replace("_", " ") for code in self.flagged[name][1])
+        norm = self._grad_norms[index]
         return (
-            f"{name}  step {self._frame.step}: |g| = {self._grad_norms[index]:.1e}"
+            f"{name}  step {self._frame.step}: |g| = {'0' if norm == 0 else f'{norm:.1e}'}"
             f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}{flag}"
         )
 

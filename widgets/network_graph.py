@@ -162,7 +162,8 @@ class NetworkGraph(View):
 
     Edges are drawn for pairs of columns of at most ``COLLAPSE_ABOVE`` units each, coloured
     blue (negative) to red (positive) and thickened by |weight| relative to the largest weight
-    of that matrix (layers differ in scale; per-matrix scaling keeps each one readable). Larger
+    of that matrix (layers differ in scale; per-matrix scaling keeps each one readable); a weight
+    of exactly zero draws no edge. Larger
     columns become a block showing its values as a strip, joined to its neighbours by a band.
 
     Units are coloured by activation or by gradient (``set_mode``), on a diverging scale
@@ -648,7 +649,9 @@ class NetworkGraph(View):
             level = np.minimum((magnitude / largest * EDGE_LEVELS).astype(np.int64), EDGE_LEVELS - 1) \
                 if largest > 0 else np.zeros(flat.size, np.int64)
             code = np.where(flat < 0, level, EDGE_LEVELS + level)
-            shown = finite
+            # A weight of exactly zero (an all-zero initialisation) connects nothing: no edge,
+            # rather than the faintest red one, which would read as a small positive weight.
+            shown = finite & (flat != 0)
             if total > EDGE_BUDGET:  # this pair's share of the budget, its strongest edges
                 quota = max(1, EDGE_BUDGET * flat.size // total)
                 if quota < flat.size:

@@ -10,9 +10,10 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from engine.snapshot import PhaseInfo, ViewData
 from widgets import colormaps
 from widgets.base import View
-from widgets.label_fit import FittedAxis
+from widgets.label_fit import FittedAxis, unique_suffixes
 
-__all__ = ["StepInspector", "DIRECTION_TEXT", "DIRECTION_COLOURS"]
+__all__ = ["StepInspector", "DIRECTION_TEXT", "DIRECTION_COLOURS", "DIRECTION_ARROWS", "elide_head",
+           "phase_row_text"]
 
 #: What the big badge says for each kind of phase; arrows show which way data flows.
 DIRECTION_TEXT: dict[str, str] = {
@@ -28,7 +29,11 @@ DIRECTION_COLOURS: dict[str, str] = {
     "loss": "#d8b13a",
     "update": "#5b8fd9",
 }
+#: How the phase list marks a phase's direction (its words are in the badge and the tooltip).
+DIRECTION_ARROWS: dict[str, str] = {"forward": "\u2192", "backward": "\u2190"}
 _HINT = "Press Shift+\u2192 to step through one training step phase by phase"
+#: Room (px) a list row's text leaves for the item's margins.
+_ROW_MARGIN = 12
 _MAX_PANELS = 4
 #: Narrower than this (px), the tensor panels stack in one column instead of two.
 TWO_COLUMNS_WIDTH = 360
@@ -36,6 +41,45 @@ TWO_COLUMNS_WIDTH = 360
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
+
+
+def elide_head(text: str, width: float, metrics: QtGui.QFontMetrics, keep: str | None = None) -> str:
+    """``text`` cut from the left to fit ``width`` px, keeping its distinctive tail ``keep``.
+
+    Whole dotted parts go first (``layers.1.linear`` → ``…1.linear``), never into ``keep`` (by
+    default the last part, or the last two when that is a bare index: ``ff.0``). When even
+    ``keep`` is too wide, it is cut in its middle, so its start (often an index) and end stay.
+    """
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    parts = text.split(".")
+    if keep is None or not text.endswith(keep):
+        keep = ".".join(parts[-2:]) if len(parts) > 1 and parts[-1].isdigit() else parts[-1]
+    for k in range(1, len(parts)):
+        tail = ".".join(parts[k:])
+        if len(tail) < len(keep):
+            break
+        candidate = "\u2026" + tail
+        if metrics.horizontalAdvance(candidate) <= width:
+            return candidate
+    return metrics.elidedText(keep, QtCore.Qt.TextElideMode.ElideMiddle, max(int(width), 0))
+
+
+def _split_phase(name: str) -> tuple[str, str]:
+    """``("→ ", "layers.0.linear")`` for ``"forward layers.0.linear"``; ``("", name)`` for a phase
+    without a direction (``"loss"``, ``"update"``)."""
+    kind, _, module = name.partition(" ")
+    arrow = DIRECTION_ARROWS.get(kind)
+    return (f"{arrow} ", module) if arrow and module else ("", name)
+
+
+def phase_row_text(row: int, name: str, width: float, metrics: QtGui.QFontMetrics, keep: str | None = None) -> str:
+    """A phase list row: its number, an arrow for its direction and its module, the module cut
+    from the left when the row is wider than ``width`` px (``12  ← …1.linear``), down to
+    ``keep`` at the least (see ``elide_head``)."""
+    arrow, body = _split_phase(name)
+    prefix = f"{row + 1:>3}  {arrow}"
+    return prefix + elide_head(body, width - metrics.horizontalAdvance(prefix), metrics, keep)
 
 
 def _display_array(array: np.ndarray) -> tuple[np.ndarray, str]:
@@ -238,9 +282,10 @@ class StepInspector(View):
         self.phase_list.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.NoSelection)
         self.phase_list.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
         self.phase_list.setMinimumWidth(100)
-        # Long module names keep their start and end ("forward blocks.0…out_proj"), never a
-        # sideways scroll bar.
-        self.phase_list.setTextElideMode(QtCore.Qt.TextElideMode.ElideMiddle)
+        # Rows are fitted to the list's width here (``phase_row_text``): an arrow for the
+        # direction, and a long module name cut from the left, so its distinctive tail stays
+        # ("← …1.linear"); a middle cut left "forward…ers.1.linear". Never a sideways scroll bar.
+        self.phase_list.setTextElideMode(QtCore.Qt.TextElideMode.ElideLeft)
         self.phase_list.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         tensors = QtWidgets.QWidget(splitter)
         self._tensor_area = tensors
@@ -276,8 +321,10 @@ class StepInspector(View):
         self._drawn: PhaseInfo | None = None
         self._drawn_tensors: Mapping[str, np.ndarray] | None = None
         self._drawn_names: tuple[str, ...] | None = None
+        self._rows_fitted: tuple[tuple[str, ...], int] | None = None  # (names, list width) of the row texts
         self._highlighted = -1
         self._kind: str | None = None
+        self.phase_list.viewport().installEventFilter(self)
 
     # --- layout ----------------------------------------------------------------------------
     @property
@@ -288,6 +335,8 @@ class StepInspector(View):
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt name
         if watched is self._tensor_area and event.type() == QtCore.QEvent.Type.Resize:
             self._fit_panels()
+        elif watched is self.phase_list.viewport() and event.type() == QtCore.QEvent.Type.Resize:
+            self._fit_rows()
         return super().eventFilter(watched, event)
 
     def _fit_panels(self) -> None:
@@ -353,11 +402,10 @@ class StepInspector(View):
                 self.phase_list.addItem(QtWidgets.QListWidgetItem())
             for row, name in enumerate(names):
                 item = self.phase_list.item(row)
-                text = f"{row + 1:>3}  {name}"
-                if item.text() != text:
-                    item.setText(text)
-                    item.setToolTip(name)  # the list may elide it
+                if item.toolTip() != name:
+                    item.setToolTip(name)  # the full name: the row may be cut
                 self._plain(item)
+            self._fit_rows()
         index = int(phase.index)
         if 0 <= self._highlighted < self.phase_list.count():
             self._plain(self.phase_list.item(self._highlighted))
@@ -372,6 +420,27 @@ class StepInspector(View):
             self.phase_list.setCurrentRow(index)
             self.phase_list.scrollToItem(item, QtWidgets.QAbstractItemView.ScrollHint.PositionAtCenter)
             self._highlighted = index
+
+    def _fit_rows(self) -> None:
+        """Row texts that fit the list's width (again only when the names or the width change)."""
+        names = self._drawn_names or ()
+        width = self.phase_list.viewport().width()
+        if (names, width) == self._rows_fitted:
+            return
+        self._rows_fitted = (names, width)
+        # Measured bold, as the current phase's row is drawn: a row fits whichever it is.
+        font = QtGui.QFont(self.phase_list.font())
+        font.setBold(True)
+        metrics = QtGui.QFontMetrics(font)
+        # What tells the modules apart ("0.linear", "1.linear"): cut no further than that.
+        modules = [_split_phase(name)[1] for name in names]
+        distinct = tuple(dict.fromkeys(modules))
+        keep = dict(zip(distinct, unique_suffixes(distinct)))
+        for row, (name, module) in enumerate(zip(names[:self.phase_list.count()], modules)):
+            item = self.phase_list.item(row)
+            text = phase_row_text(row, name, width - _ROW_MARGIN, metrics, keep[module])
+            if item.text() != text:
+                item.setText(text)
 
     @staticmethod
     def _plain(item: QtWidgets.QListWidgetItem) -> None:

@@ -1,7 +1,9 @@
 """Tile a stack of small 2-D maps into one image, so a view draws them with ONE ImageItem.
 
 Tiles are separated by 1-px NaN gutters, which ImageItem renders transparent: the maps read as
-separate squares without a second item per map.
+separate squares without a second item per map. Drawn smaller than its pixels, though, the image
+keeps some 1-px gutters and drops others (nearest-neighbour scaling), so a view that may shrink it
+also draws ``gutter_lines`` over them with a pen of fixed screen width: one line item for all.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tiling", "grid_columns", "tile_maps", "normalise_each"]
+__all__ = ["Tiling", "grid_columns", "tile_maps", "normalise_each", "gutter_lines"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,26 @@ class Tiling:
         if index >= self.count:
             return None
         return (index, inner_x, inner_y)
+
+
+def gutter_lines(tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of segments along the middle of every gutter between tiles, in image
+    coordinates, in pairs (for ``PlotCurveItem(connect="pairs")``)."""
+    height, width = tiling.image.shape
+    if tiling.count == 0 or tiling.gutter <= 0:
+        return np.zeros(0), np.zeros(0)
+    half = tiling.gutter / 2.0
+    xs: list[float] = []
+    ys: list[float] = []
+    for column in range(1, tiling.columns):
+        x = column * (tiling.width + tiling.gutter) - half
+        xs += [x, x]
+        ys += [0.0, float(height)]
+    for row in range(1, tiling.rows):
+        y = row * (tiling.height + tiling.gutter) - half
+        xs += [0.0, float(width)]
+        ys += [y, y]
+    return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
 
 
 def grid_columns(count: int, height: int, width: int) -> int:

@@ -372,3 +372,23 @@ def test_your_model_gets_its_own_entry_in_the_scenario_box(qtbot, window: MainWi
     qtbot.waitUntil(lambda: window._current["kind"] == "user" and window.bridge.latest.run_id > run_id,
                     timeout=20000)
     assert window.scenario.findText("Your model · good.py:build") >= 0 and not window.errors
+
+
+def test_reinitialize_refits_the_gradient_flow_to_the_new_run(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=True)
+    wait_step(qtbot, window, 60)
+    window.pause()
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
+    flow = window.views["gradients"]
+    qtbot.waitUntil(lambda: flow.heat_plot.getViewBox().viewRange()[0][1] >= 60, timeout=5000)
+    run = window.bridge.latest.run_id
+    window.reinitialize()
+    qtbot.waitUntil(lambda: window.bridge.latest.run_id != run, timeout=10000)
+    # Paused at step 0 of the new run: nothing of the old run's 60 steps is left on the axis.
+    qtbot.waitUntil(lambda: flow.heat_plot.getViewBox().viewRange()[0][1] < 5, timeout=5000)
+    assert flow.heatmap_layers == ()
+    window.step_once()
+    wait_step(qtbot, window, 1)
+    qtbot.waitUntil(lambda: flow.heatmap_layers != (), timeout=5000)
+    low, high = flow.heat_plot.getViewBox().viewRange()[0]
+    assert low < 1 < high < 5

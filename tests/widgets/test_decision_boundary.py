@@ -163,3 +163,31 @@ def test_the_title_says_which_step_the_prediction_is_of(view):
     assert view.plot.titleLabel.text == "prediction at step 1,234"
     view.render(view_data(boundary(step=1240)))
     assert view.plot.titleLabel.text == "prediction at step 1,240"
+
+
+def _dark_runs(row: np.ndarray) -> list[int]:
+    """Widths of the dark runs between the first and last bright pixel of a row of RGB pixels."""
+    bright = row.astype(np.int64).sum(axis=1) > 600
+    inside = bright[np.argmax(bright):len(bright) - np.argmax(bright[::-1])]
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], inside.astype(np.int8), [1]])))
+    return list(edges[1::2] - edges[0::2])
+
+
+@pytest.mark.parametrize("width", [300, 380, 460, 540, 620])
+def test_every_gap_between_miniatures_is_drawn_alike(shown, qtbot, width):
+    """Dead units (all zero: pale tiles) show how the gaps read: the miniature image drawn smaller
+    than its pixels used to keep some 1-px gutters and drop others, merging tiles at random."""
+    view = shown(DecisionBoundary(), width, 600)
+    grid = 64  # the engine's resolution (engine.views.GRID)
+    view.render(view_data(boundary(units=16, height=grid, width=grid, hidden=np.zeros((16, grid, grid)))))
+    qtbot.wait(20)
+    image = view.mini_widget.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(image.height(), -1)
+    pixels = pixels[:, :image.width() * 4].reshape(image.height(), image.width(), 4)[..., 2::-1]
+    first_row = view.mini_box.mapViewToScene(QtCore.QPointF(0.0, grid / 2.0))
+    y = int(view.mini_widget.mapFromScene(first_row).y())
+    runs = _dark_runs(pixels[y])
+    assert len(runs) == 7 and len(set(runs)) == 1, runs  # seven gaps, all the same width
+    first_column = view.mini_box.mapViewToScene(QtCore.QPointF(grid / 2.0, 0.0))
+    x = int(view.mini_widget.mapFromScene(first_column).x())
+    assert len(_dark_runs(pixels[:, x])) == 1  # and the one between the two rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 from PySide6 import QtCore, QtGui
 
@@ -16,6 +17,7 @@ from engine.snapshot import (
     StatsFrame,
     ViewData,
 )
+from widgets.colormaps import SEQUENTIAL_LUT
 from widgets.gradient_flow import GradientFlow, abbreviate, align_series, fill_missing_columns
 
 LAYERS = (
@@ -86,22 +88,39 @@ def test_bars_are_log10_norms_of_layers_with_parameters(view):
     assert [text for _, text in ticks] == ["encoder.fc1", "encoder.fc2", "norm", "head"]
 
 
-def test_a_zero_gradient_is_a_grey_stub_on_the_floor_not_a_gap(view):
+def rendered_rgb(image: pg.ImageItem, row: int, column: int) -> tuple[int, int, int]:
+    """The colour the image item paints at (row, column) of its data."""
+    image.render()
+    r, g, b, _ = QtGui.QColor(image.qimage.pixel(column, row)).getRgb()
+    return (r, g, b)
+
+
+def test_a_zero_gradient_reads_as_zero_not_as_a_small_one(view):
     frame = make_frame()
     frame.values[frame.layer_names.index("norm"), STAT_INDEX["grad_norm"]] = 0.0  # a dead layer
     view.render(make_data(frame, make_series()))
     opts = view.bars.opts
-    np.testing.assert_array_equal(opts["x"], [0.0, 1.0, 2.0, 3.0])
-    assert opts["height"][2] == pytest.approx(0.15)  # a stub on the floor, one decade below 2e-5
+    # No bar for it, however short (one would read as a small gradient), but a "0" on the floor.
+    np.testing.assert_array_equal(opts["x"], [0.0, 1.0, 3.0])
     assert opts["y0"] == np.floor(np.log10(2e-5)) - 1
-    colours = [brush.color().getRgb()[:3] for brush in opts["brushes"]]
-    assert colours[2] == (150, 150, 150) and colours[0] != colours[2]
+    x, y = view.zero_marks.getData()
+    np.testing.assert_array_equal(x, [2.0])
+    np.testing.assert_array_equal(y, [opts["y0"]])
+    assert view.zero_marks.data["brush"][0].color().getRgb()[:3] == (150, 150, 150)
+    assert "|g| = 0  " in view.describe_layer(2)
+    view.selected_layer = "norm"
+    view.render(make_data(frame, make_series()))
+    assert view.zero_marks.data["brush"][0].color().getRgb()[:3] == (255, 210, 90)  # selected
+    # Over the run: a row of zeros is grey, off the colour ramp, not its darkest colour.
     series = make_series()
     series["grad_norm/norm"] = SeriesData(series["grad_norm/head"].steps, np.zeros(300))
     view.render(make_data(frame, series))
-    assert "norm" in view._heat_layers  # its row is drawn, at the bottom of the colour scale
-    row = view._heat_layers.index("norm")
-    assert np.all(view.heat_image.image[row] <= view.heat_image.levels[0] + 1e-6)
+    row = view.heatmap_layers.index("norm")
+    assert {rendered_rgb(view.heat_image, row, column) for column in (0, 150, 299)} == {(150, 150, 150)}
+    darkest = view.heatmap_layers.index("head")  # the smallest norm measured
+    assert rendered_rgb(view.heat_image, darkest, 0) == tuple(SEQUENTIAL_LUT[0][:3])
+    assert view.hover_at(1200.0, row + 0.5) == "norm  step 1200: |g| = 0"
+    assert "grey: 0" in view.heat_title.full_text
 
 
 def test_weight_norm_and_update_ratio_per_layer(view):
@@ -123,7 +142,11 @@ def test_heatmap_is_log10_series_and_skips_nan_rows(view):
     assert image.shape == (3, 300)
     expected = np.log10(np.vstack([series[f"grad_norm/{n}"].values for n in view.heatmap_layers]))
     np.testing.assert_allclose(image, expected, rtol=1e-6)
-    np.testing.assert_allclose(view.heat_image.levels, [expected.min(), expected.max()], rtol=1e-6)
+    # The smallest and largest norms take the colour ramp's two ends.
+    low = np.unravel_index(np.argmin(expected), expected.shape)
+    high = np.unravel_index(np.argmax(expected), expected.shape)
+    assert rendered_rgb(view.heat_image, *low) == tuple(SEQUENTIAL_LUT[0][:3])
+    assert rendered_rgb(view.heat_image, *high) == tuple(SEQUENTIAL_LUT[-1][:3])
 
 
 def test_heatmap_aligns_series_of_different_lengths(view):
@@ -318,3 +341,29 @@ def test_layers_named_by_a_diagnosis_get_their_severity_outline(qtbot) -> None:
     # The finding gone (a new run): the outline goes too.
     view.render(make_data(frame))
     assert all(pen.style() == QtCore.Qt.PenStyle.NoPen for pen in view.bars.opts["pens"])
+
+
+def test_a_reinitialized_run_fits_its_own_values_not_the_old_runs(view) -> None:
+    """Reinitialize keeps the layers and restarts the steps: nothing of the old run's range stays."""
+    frame = make_frame(step=2990)
+    view.render(make_data(frame, make_series()))  # steps 0 .. 2990
+    assert view.heat_plot.getViewBox().viewRange()[0][1] > 2900
+    # The new run's first frame (step 0, paused), before any of its steps is recorded.
+    first = StatsFrame(0, 0.7, frame.layer_names, frame.values * 100.0, frame.histograms, frame.hist_edges)
+    snapshot = Snapshot(2, 0, "paused", "test", "cpu", LAYERS, Metrics(0.7), Hyper(), stats=first)
+    view.render(ViewData(snapshot, (first,), {}))
+    assert view.heatmap_layers == ()
+    x_range = view.heat_plot.getViewBox().viewRange()[0]
+    assert x_range[0] <= 0 <= x_range[1] and x_range[1] - x_range[0] < 5
+    assert "…" not in view.heat_title.full_text  # the old run's colour scale is gone too
+    # Its first steps: the heatmap fits them, and the bars' axis fits its (larger) norms.
+    steps = np.arange(21, dtype=np.float64)
+    series = {f"grad_norm/{name}": SeriesData(steps, np.full(21, 10.0)) for name in ("encoder.fc1", "head")}
+    snapshot = Snapshot(2, 20, "paused", "test", "cpu", LAYERS, Metrics(0.7), Hyper(), stats=first)
+    view.render(ViewData(snapshot, (first,), series))
+    x_range = view.heat_plot.getViewBox().viewRange()[0]
+    assert x_range == pytest.approx([-0.5, 20.5])
+    view.bar_plot.getViewBox().updateAutoRange()
+    tops = np.asarray(view.bars.opts["height"]) + view.bars.opts["y0"]
+    low, high = view.bar_plot.getViewBox().viewRange()[1]
+    assert low <= view.bars.opts["y0"] and high >= tops.max()

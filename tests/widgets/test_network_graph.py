@@ -337,3 +337,16 @@ def test_a_deep_wide_stack_draws_its_strongest_edges_within_the_budget(graph):
         segments = np.stack([x[0::2], y[0::2], x[1::2], y[1::2]], axis=1)
         drawn += int(((segments[:, 0] == start[0]) & (segments[:, 2] == end[0])).sum())
     assert drawn == int((weights >= threshold).sum())
+
+
+def test_a_zero_weight_draws_no_edge_not_a_faint_positive_one(graph):
+    """An all-zero initialisation connects nothing: its matrices draw no edges at all (the
+    faintest red edge would say "a small positive weight")."""
+    zeros = tuple(np.zeros((o, i)) for i, o in zip(SMALL[:-1], SMALL[1:]))
+    graph.render(view_data(network(weights=zeros)))
+    assert edge_count(graph) == 0
+    some = list(network().weights)
+    some[1] = some[1].copy()
+    some[1][:, :8] = 0.0  # half of the middle matrix is zero
+    graph.render(view_data(network(weights=tuple(some), seed=1)))
+    assert edge_count(graph) == 2 * 16 + 16 * 8 + 16 * 2

@@ -1,12 +1,14 @@
 """StepInspector: direction, module, position, phase list and the phase's tensors."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PySide6 import QtCore, QtGui
 
 from engine.snapshot import Hyper, Metrics, PhaseInfo, Snapshot, ViewData
-from widgets.step_inspector import DIRECTION_COLOURS, StepInspector
+from widgets.step_inspector import DIRECTION_COLOURS, StepInspector, elide_head
 
 NAMES = tuple(
     [f"forward layers.{i}" for i in range(10)] + ["loss"] + [f"backward layers.{i}" for i in range(9, -1, -1)]
@@ -51,7 +53,8 @@ def test_forward_phase_labels_and_highlighted_row(inspector):
     item = inspector.phase_list.item(6)
     assert item.font().bold()
     assert item.background().color().name() == DIRECTION_COLOURS["forward"]
-    assert "forward layers.6" in item.text()
+    assert item.text().split() == ["7", "\u2192", "layers.6"]  # the arrow says "forward"
+    assert item.toolTip() == "forward layers.6"
 
 
 def test_backward_phase_moves_the_highlight_and_reuses_items(inspector):
@@ -148,3 +151,54 @@ def test_panels_stack_in_a_narrow_dock_and_the_list_never_scrolls_sideways(shown
     view.render(view_data(phase(index=8)))
     qtbot.wait(20)
     assert view.panel_columns == 2
+
+
+MLP_NAMES = ("forward flatten", "forward layers.0.linear", "forward layers.0.act", "forward layers.1.linear",
+             "forward layers.1.act", "forward layers.2.linear", "forward layers.2.act", "forward head", "loss",
+             "backward head", "backward layers.2.act", "backward layers.2.linear", "backward layers.1.act",
+             "backward layers.1.linear", "backward layers.0.act", "backward layers.0.linear", "update")
+
+
+@pytest.mark.parametrize("list_width", [120, 165, 260])
+def test_layer_names_in_the_phase_list_stay_told_apart(shown, qtbot, list_width):
+    """The rows of a narrow list (a 1366-px window leaves it about 165 px) keep what tells layers
+    apart and fit without Qt cutting them again (its middle cut made "forward…ers.1.linear")."""
+    view = shown(StepInspector(), 600, 300)
+    view.phase_list.parentWidget().setSizes([list_width, 600 - list_width])  # the splitter
+    info = PhaseInfo(index=3, total=len(MLP_NAMES), kind="forward", module="layers.1.linear", names=MLP_NAMES)
+    view.render(view_data(info))
+    qtbot.wait(20)
+    assert abs(view.phase_list.width() - list_width) < 10
+    bold = QtGui.QFont(view.phase_list.font())
+    bold.setBold(True)
+    metrics = QtGui.QFontMetrics(bold)
+    room = view.phase_list.viewport().width()
+    texts = [view.phase_list.item(row).text() for row in range(len(MLP_NAMES))]
+    for row, (text, name) in enumerate(zip(texts, MLP_NAMES)):
+        assert metrics.horizontalAdvance(text) < room, text  # drawn as it is, not elided by the list
+        assert view.phase_list.item(row).toolTip() == name  # the full name
+        kind, _, module = name.partition(" ")
+        if module.startswith("layers."):
+            shown_module = text.split(None, 2)[2]
+            assert re.search(rf"(?<![0-9]){module.split('.')[1]}\.", shown_module), text  # which layer
+            if list_width >= 165:
+                assert text.endswith(module.split(".", 1)[1])  # "1.linear" whole
+    forward, backward = texts[:8], texts[9:16]
+    for rows in (forward, backward):  # every layer its own label, in either direction
+        assert len({text.split(None, 1)[1] for text in rows}) == len(rows)
+    if list_width >= 165:
+        assert texts[3].split() == ["4", "\u2192", "layers.1.linear"]
+        assert texts[13].split() == ["14", "\u2190", "layers.1.linear"]
+
+
+def test_elide_head_cuts_whole_parts_from_the_left():
+    metrics = QtGui.QFontMetrics(QtGui.QFont())
+    full = "blocks.0.attn.out_proj"
+    assert elide_head(full, 1000, metrics) == full
+    assert elide_head(full, metrics.horizontalAdvance("\u2026attn.out_proj"), metrics) == "\u2026attn.out_proj"
+    # Never shorter than the part that tells it from the others: it is cut in its middle instead.
+    kept = elide_head(full, metrics.horizontalAdvance("0.attn.out"), metrics, keep="0.attn.out_proj")
+    assert kept.startswith("0.") and kept.endswith("proj") and "\u2026" in kept
+    assert elide_head("layers.1.linear", metrics.horizontalAdvance("\u20261.linear") + 2, metrics,
+                      keep="1.linear") == "\u20261.linear"
+    assert elide_head("blocks.1.ff.0", metrics.horizontalAdvance("\u2026ff.0"), metrics) == "\u2026ff.0"
