@@ -11,7 +11,7 @@ from engine.snapshot import ViewData
 from widgets.base import View
 from widgets.colormaps import DIVERGING_LUT, SEQUENTIAL_LUT, finite_levels, symmetric_levels
 from widgets.label_fit import FittedTitle
-from widgets.tiling import Tiling, normalise_each, tile_maps
+from widgets.tiling import Tiling, gutter_lines, normalise_each, tile_maps
 
 __all__ = ["FeatureMaps"]
 
@@ -30,6 +30,9 @@ def _as_stack(a: np.ndarray | None) -> np.ndarray | None:
     if stack.ndim != 3 or stack.size == 0:
         return None
     return stack
+
+
+_BACKGROUND = "#15171c"  # the plots' background (widgets.base)
 
 
 def _image_plot(graphics: pg.GraphicsLayoutWidget, row: int, lut: np.ndarray) -> tuple[pg.PlotItem, pg.ImageItem]:
@@ -78,6 +81,12 @@ class FeatureMaps(View):
         self.kernel_plot, self.kernel_image = _image_plot(self.canvas, 1, DIVERGING_LUT)
         self._titles = {id(self.maps_plot): FittedTitle(self.maps_plot),
                         id(self.kernel_plot): FittedTitle(self.kernel_plot)}
+        # The gaps between tiles, drawn alike at any size: the image alone, drawn smaller than its
+        # pixels, keeps some of its 1-px gutters and drops others (widgets.tiling).
+        self._gutters = {}
+        for plot in (self.maps_plot, self.kernel_plot):
+            gutters = self._gutters[id(plot)] = pg.PlotCurveItem(pen=pg.mkPen(_BACKGROUND, width=2), connect="pairs")
+            plot.addItem(gutters)
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 2)
 
@@ -151,6 +160,7 @@ class FeatureMaps(View):
         title = self._titles[id(plot)]
         if stack is None:
             image.clear()
+            self._gutters[id(plot)].setData([], [])
             title.set(f"no {label} for {self._layer}", f"no {label}")
             return None
         if image is self.maps_image and not self._shared:
@@ -160,7 +170,8 @@ class FeatureMaps(View):
             tiles = tile_maps(stack)
             levels = levels_of(stack)
         image.setImage(tiles.image, levels=levels, autoLevels=False)
-        if previous is None or previous.image.shape != tiles.image.shape:
+        if previous is None or previous.image.shape != tiles.image.shape or previous.columns != tiles.columns:
+            self._gutters[id(plot)].setData(*gutter_lines(tiles), connect="pairs")
             plot.setRange(xRange=(0, tiles.image.shape[1]), yRange=(0, tiles.image.shape[0]), padding=0.02)
         count, h, w = stack.shape
         per_map = image is self.maps_image and not self._shared

@@ -179,3 +179,39 @@ def test_maps_of_another_layer_are_named_and_selected_by_their_own_layer(view, q
     scene = view.maps_plot.getViewBox().mapViewToScene(QtCore.QPointF(x0 + 1.5, y0 + 1.5))
     qtbot.mouseClick(view.canvas.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=view.canvas.mapFromScene(scene))
     assert emitted == [("conv1", 3)]
+
+
+def _gaps(line: np.ndarray) -> list[int]:
+    """Widths of the dark runs between the first and last bright pixel of a line of RGB pixels."""
+    bright = line.astype(np.int64).sum(axis=1) > 300  # (the background sums to 72)
+    inside = bright[np.argmax(bright):len(bright) - np.argmax(bright[::-1])]
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], inside.astype(np.int8), [1]])))
+    return list(edges[1::2] - edges[0::2])
+
+
+@pytest.mark.parametrize("size", [260, 330, 410, 500])
+def test_every_gap_between_maps_is_drawn_alike(shown, qtbot, size):
+    """Bright maps drawn smaller than their pixels: the image alone kept some 1-px gutters and
+    dropped others, merging maps at random; every gap must read alike."""
+    view = shown(FeatureMaps(), size, size)
+    view.set_shared_range(True)
+    maps = np.ones((16, 28, 28), np.float32)
+    maps[:, 0, 0] = 0.0  # (a range to scale by: the maps are its bright end)
+    view.render(make_data(TensorViews(10, "conv1", 0, feature_maps=maps)))
+    qtbot.wait(20)
+    image = view.canvas.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
+    pixels = np.frombuffer(image.constBits(), np.uint8, image.sizeInBytes()).reshape(image.height(), -1)
+    pixels = pixels[:, :image.width() * 4].reshape(image.height(), image.width(), 4)[..., 2::-1]
+    tiles = view.map_tiling
+    assert tiles is not None and (tiles.rows, tiles.columns) == (4, 4)
+    height, width = tiles.image.shape
+
+    def on_screen(x: float, y: float) -> tuple[int, int]:
+        point = view.canvas.mapFromScene(view.maps_plot.vb.mapViewToScene(QtCore.QPointF(x, y)))
+        return int(point.x()), int(point.y())
+
+    (left, top), (right, bottom) = on_screen(0.0, 0.0), on_screen(width, height)
+    x, y = on_screen(14.0, 14.0)  # inside the first map
+    across, down = _gaps(pixels[y, left:right + 1]), _gaps(pixels[top:bottom + 1, x])
+    for gaps in (across, down):  # three gaps each way, none lost, within a pixel of each other
+        assert len(gaps) == 3 and min(gaps) >= 2 and max(gaps) - min(gaps) <= 1, gaps
