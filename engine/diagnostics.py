@@ -59,6 +59,10 @@ blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-tra
   same gradient, so they can never differ. Limitation: the frame holds per-layer moments only, so
   identical rows with a *different* bias value (constant init with biases) can't be told apart
   from healthy weights; zeros init, and constant init without biases, are caught.
+- ``model_warning`` (warning, before training): a warning that a user's model or loss raised on
+  its first batch (``Run.model_warnings``), such as torch's "target size ... different to the
+  input size" from a loss that broadcasts its target: the run trains without an error, on the
+  wrong quantity.
 
 Severities: ``error`` means training is broken, ``warning`` that it is badly hampered, ``info``
 is reserved for notes. Imports no Qt.
@@ -78,7 +82,7 @@ __all__ = ["CODES", "Diagnosis", "Thresholds", "Diagnostics", "diagnose_frames"]
 
 CODES: tuple[str, ...] = (
     "vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
-    "diverging_loss", "learning_rate", "symmetry",
+    "diverging_loss", "learning_rate", "symmetry", "model_warning",
 )
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 _RELU_FAMILY = {"relu", "relu6", "leakyrelu", "leaky_relu", "prelu"}
@@ -194,6 +198,15 @@ _FIXES = {
         "make every unit of a layer compute the same thing.",
         "Biases may start at zero, but weights may not.",
     ),
+    "model_warning": (
+        "Read the warning: PyTorch raises it where a computation is legal but probably not what was meant.",
+    ),
+    "broadcast_target": (
+        "Give the loss an output and a target of the same shape: reshape the target (y.view(-1, 1)) "
+        "or the output (output.squeeze(1)).",
+        "A (N, 1) output against (N,) targets is broadcast to (N, N): the loss compares every "
+        "prediction with every target, and the model learns to predict their mean.",
+    ),
 }
 
 
@@ -230,13 +243,21 @@ class Diagnostics:
     Args:
         layers: the probe's layers (``trainer.probe.layers``), for their roles and activations.
         thresholds: when each check fires.
+        model_warnings: what a user's model warned of on its first batch, found from the start.
     """
 
-    def __init__(self, layers: Iterable[LayerInfo], thresholds: Thresholds = Thresholds()) -> None:
+    def __init__(self, layers: Iterable[LayerInfo], thresholds: Thresholds = Thresholds(),
+                 model_warnings: Iterable[str] = ()) -> None:
         self.layers = tuple(layers)
         self.thresholds = thresholds
         self._info = {layer.name: layer for layer in self.layers}
         self._found: dict[str, Diagnosis] = {}
+        for number, text in enumerate(model_warnings):
+            broadcast = "target size" in text and "different to the input size" in text
+            self._found[f"model_warning/{number}"] = Diagnosis(
+                code="model_warning", severity="warning", layers=(), step=0,
+                message=f"PyTorch warned while running your model on its first batch: {text}",
+                evidence={}, fixes=_FIXES["broadcast_target" if broadcast else "model_warning"])
         self._streaks: dict[str, _Streak] = {}
         self._updates: deque[np.ndarray] = deque(maxlen=thresholds.window)
         self._steps: deque[int] = deque(maxlen=thresholds.window)

@@ -92,7 +92,7 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
             series[name][:, k] = frame.stat(name)
         if diagnostics is None:
             from engine.diagnostics import Diagnostics
-            diagnostics = Diagnostics(layers)
+            diagnostics = Diagnostics(layers, model_warnings=run.model_warnings)
         diagnostics.update(frame)
     assert layers is not None
     layers = trainer.probe.layers  # as they are now: a layer first called late counts as called
@@ -171,7 +171,8 @@ def format_table(report: dict[str, Any]) -> str:
         for d in report["diagnoses"]:
             shown = d["layers"] if len(d["layers"]) <= 4 else [*d["layers"][:2], "…", d["layers"][-1]]
             where = f" ({', '.join(shown)})" if shown else ""
-            lines.append(f"  [{d['severity']}] {d['code']}{where} from step {d['step']}: {d['message']}")
+            when = f"from step {d['step']}" if d["step"] else "before training"
+            lines.append(f"  [{d['severity']}] {d['code']}{where} {when}: {d['message']}")
             if d.get("fixes"):
                 lines.append(f"      try: {d['fixes'][0]}")
     else:
@@ -244,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
             print("glassbox report: note: --batch-size is ignored: your data loader sets the batch size",
                   file=sys.stderr)
         warnings_once.trainer = run.trainer
+        warnings_once.said(run.model_warnings)  # (listed with the diagnoses)
         started = time.perf_counter()
         try:
             report = collect_report(run, args.steps, args.every)
@@ -279,6 +281,10 @@ class _EachWarningOnce:
 
     def __exit__(self, *exc: object) -> None:
         self._caught.__exit__(*exc)
+
+    def said(self, texts: Sequence[str]) -> None:
+        """Texts told another way, not to be printed again."""
+        self._seen.update(" ".join(text.split()) for text in texts)
 
     def _show(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
               file: Any = None, line: str | None = None) -> None:

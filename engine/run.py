@@ -27,3 +27,5 @@ class Run:
     boundary_data: tuple[np.ndarray, np.ndarray] | None = None
     n_classes: int = 0
     token_names: tuple[str, ...] | None = None
+    # What a user's model and loss warned of on their first batch (``validate_user_model``)
+    model_warnings: tuple[str, ...] = ()

@@ -291,7 +291,7 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     from engine.user_model import load_user_model, validate_user_model
 
     user = load_user_model(ref, seed=seed)
-    validate_user_model(user)
+    warned = validate_user_model(user)
     hp = replace(Hyper(optimizer="adam", lr=1e-3, batch_size=64), **(hyper or {}))
     if capture_every == "auto":
         size = sum(p.numel() for p in user.model.parameters())
@@ -309,7 +309,7 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
         boundary = (user.x[:take].detach().float().cpu().numpy(), user.y[:take].detach().cpu().numpy())
     config = {"kind": "user", "model_ref": user.ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
     return Run(name=ref, trainer=trainer, description=f"Your model from {ref}", config=config,
-               boundary_data=boundary)
+               boundary_data=boundary, model_warnings=warned)
 
 
 def _jsonable(value: Any) -> Any:

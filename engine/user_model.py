@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import traceback
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -345,11 +346,16 @@ def _model_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
+def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
     """Run one batch forward and through the loss under ``torch.no_grad()``, and check the loss.
 
     The model runs in eval mode (so batch-norm statistics are left alone) and gets its
     training flags back afterwards.
+
+    Returns:
+        the distinct warnings (``UserWarning`` and ``RuntimeWarning``, one line each) that the
+        forward and the loss raised: torch's "target size ... different to the input size" here
+        means a loss broadcasting its target, a mistake that trains without an error.
 
     Raises:
         UserModelError: a shape mismatch, an exception in the forward or loss, a loss that is not
@@ -369,7 +375,8 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
     modes = [(module, module.training) for module in um.model.modules()]
     um.model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
                 output = um.model(x)
             except KeyboardInterrupt:
@@ -400,6 +407,8 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
     finally:
         for module, training in modes:
             module.training = training
+    said = tuple(dict.fromkeys(_one_line(w.message) for w in caught
+                               if issubclass(w.category, (UserWarning, RuntimeWarning))))
     at = loss_at if loss_at and path and _same_file(loss_at.rsplit(":", 1)[0], path) else where
     if not isinstance(loss, torch.Tensor):
         raise UserModelError(f"{at}: loss_fn returned {_describe(loss)}, expected a scalar tensor")
@@ -416,3 +425,4 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> None:
             if bad:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
+    return said

@@ -268,7 +268,7 @@ class Worker:
             self.run = run
             with self._history_lock:
                 self.history = None
-            self._diagnostics = None
+            self._diagnostics = self._diagnostics_before_training()
             self._unit = self._neuron = self._gradient_check = None
             self._last_capture = None
             self._last_phase = None
@@ -337,11 +337,18 @@ class Worker:
             if not self._running and (changed or self._focus_is_stale()):
                 self._refresh_focus()  # (a unit click sends its layer twice: one re-inspection)
 
+    def _diagnostics_before_training(self) -> Diagnostics | None:
+        """What is known of a run before its first capture: the warnings its model raised on its
+        first batch (shown at once; the first capture starts the diagnostics proper, with them)."""
+        if self.run is None or not self.run.model_warnings:
+            return None
+        return Diagnostics((), model_warnings=self.run.model_warnings)
+
     def _restart_history(self) -> None:
         self._run_id += 1
         with self._history_lock:
             self.history = None
-        self._diagnostics = None
+        self._diagnostics = self._diagnostics_before_training()
         self._last_capture = None
         self._last_phase = None
         self._pending = []
@@ -418,7 +425,8 @@ class Worker:
             history = History(history_columns(frame.layer_names))
             with self._history_lock:
                 self.history = history
-            self._diagnostics = Diagnostics(self.run.trainer.probe.layers) if self.run else None
+            self._diagnostics = Diagnostics(self.run.trainer.probe.layers,
+                                            model_warnings=self.run.model_warnings) if self.run else None
         errors_before = self._error_findings()
         if self._diagnostics is not None:
             try:

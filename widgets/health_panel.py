@@ -65,8 +65,9 @@ class HealthPanel(View):
             evidence = ", ".join(f"{html.escape(k)} = {v:.3g}" for k, v in list(item.evidence.items())[:6])
             if evidence:  # (its numbers are those of when it was found, not of the step on screen)
                 evidence = f"when found: {evidence}"
-            span = f"from step {item.step}" + (f", last seen at step {item.last_step}"
-                                               if item.last_step > item.step else "")
+            span = "before training" if item.step == 0 else (
+                f"from step {item.step}" + (f", last seen at step {item.last_step}"
+                                            if item.last_step > item.step else ""))
             fixes = "".join(f"<li>{html.escape(fix)}</li>" for fix in item.fixes)
             parts.append(
                 f"<p><b style='color:{colour}'>{item.severity.upper()}</b> "

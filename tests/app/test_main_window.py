@@ -392,3 +392,21 @@ def test_reinitialize_refits_the_gradient_flow_to_the_new_run(qtbot, window: Mai
     qtbot.waitUntil(lambda: flow.heatmap_layers != (), timeout=5000)
     low, high = flow.heat_plot.getViewBox().viewRange()[0]
     assert low < 1 < high < 5
+
+
+def test_a_warning_from_your_model_is_in_health_before_training(qtbot, window: MainWindow, tmp_path) -> None:
+    broadcast = tmp_path / "broadcast.py"  # (N, 1) outputs against (N,) targets: MSELoss broadcasts
+    broadcast.write_text("import torch\nfrom torch import nn\n\ndef build():\n    x = torch.randn(64, 3)\n"
+                         "    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)), "
+                         "(x, x[:, 0]), nn.MSELoss()\n")
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.open_model(f"{broadcast}:build")
+    qtbot.waitUntil(lambda: window._current["kind"] == "user" and window.bridge.latest.run_id > 1, timeout=20000)
+    health = window.views["health"]
+    qtbot.waitUntil(lambda: any(d.code == "model_warning" for d in window.bridge.latest.diagnoses), timeout=5000)
+    assert window.bridge.latest.step == 0 and not window.errors
+    health.render(window.bridge.view_data())  # (drawn now, whether its tab is in front or not)
+    text = health.browser.toPlainText()
+    assert "WARNING model warning · before training" in text
+    assert "that is different to the input size" in text and "reshape the target" in text

@@ -168,7 +168,7 @@ def test_backward_origin_is_named() -> None:
 
 def test_findings_carry_documented_fields() -> None:
     assert set(CODES) == {"vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
-                          "diverging_loss", "learning_rate", "symmetry"}
+                          "diverging_loss", "learning_rate", "symmetry", "model_warning"}
     assert Thresholds().vanishing_ratio == 1e-4 and Thresholds().dead_fraction == 0.9
 
 

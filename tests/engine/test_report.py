@@ -359,8 +359,8 @@ def test_the_table_says_when_the_loss_and_gradients_stopped_being_finite() -> No
     assert "loss: first 0.75, last nan/inf over 4 steps on cpu (not finite from step 3)" in text
 
 
-def test_each_warning_is_one_line_once_naming_where_it_first_came(tmp_path: Path, capsys) -> None:
-    # MSELoss warns of a broadcast target at every step, from the check before training on; the
+def test_warnings_are_diagnoses_before_training_and_one_line_once_after(tmp_path: Path, capsys) -> None:
+    # MSELoss warns of a broadcast target at every step, from the check of the first batch on; the
     # model's own warning starts at its third training step (counted in training mode).
     path = write(tmp_path, '''
 import warnings
@@ -380,12 +380,18 @@ class Net(nn.Module):
 def build():
     return Net(), (torch.randn(16, 3), torch.zeros(16)), nn.MSELoss()
 ''')
-    assert main(["--model", f"{path}:build", "--steps", "5"]) == 0
+    out = tmp_path / "report.json"
+    assert main(["--model", f"{path}:build", "--steps", "5", "--json", str(out)]) == 0
     with pytest.warns(UserWarning) as torch_warning:  # what torch says of this broadcast, word for word
         nn_loss = torch.nn.MSELoss()
         nn_loss(torch.zeros(16, 1), torch.zeros(16))
     broadcast = " ".join(str(torch_warning[0].message).split())
-    assert capsys.readouterr().err.splitlines() == [
-        f"glassbox report: warning (before training): {broadcast}",
-        "glassbox report: warning (at step 3): the model warns over two lines",
-    ]
+    printed = capsys.readouterr()
+    # The broadcast, raised on the first batch, is a diagnosis (with its fix), not printed again
+    # as torch repeats it; the model's own warning comes later, in training, and is printed once.
+    assert printed.err.splitlines() == ["glassbox report: warning (at step 3): the model warns over two lines"]
+    assert f"[warning] model_warning before training: PyTorch warned while running your model on its first " \
+           f"batch: {broadcast}" in [line.strip() for line in printed.out.splitlines()]
+    (found,) = json.loads(out.read_text())["diagnoses"]
+    assert (found["code"], found["severity"], found["step"], found["layers"]) == ("model_warning", "warning", 0, [])
+    assert "(N, 1) output against (N,) targets is broadcast to (N, N)" in found["fixes"][1]
