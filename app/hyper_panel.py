@@ -77,7 +77,11 @@ class HyperPanel(QtWidgets.QWidget):
         self.decay.setKeyboardTracking(False)
         self.clip_on = QtWidgets.QCheckBox("clip at")
         self.clip = QtWidgets.QDoubleSpinBox()
+        # As many decimals as the smallest value has (a spin box rounds to its decimals, and 0.00
+        # is no norm); steps a tenth of the value's decade, so ↓ from 0.05 gives 0.049, not 0.
+        self.clip.setDecimals(3)
         self.clip.setRange(1e-3, 1e4)
+        self.clip.setStepType(QtWidgets.QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
         self.clip.setValue(1.0)
         self.clip.setKeyboardTracking(False)
         clip_row = QtWidgets.QHBoxLayout()
@@ -124,8 +128,9 @@ class HyperPanel(QtWidgets.QWidget):
         self.pause_error = QtWidgets.QCheckBox("a diagnosis is an error")
         self.pause_norm_on = QtWidgets.QCheckBox("a gradient norm >")
         self.pause_norm = QtWidgets.QDoubleSpinBox()
-        self.pause_norm.setRange(1e-6, 1e9)
         self.pause_norm.setDecimals(3)
+        self.pause_norm.setRange(1e-3, 1e9)  # (its smallest value shown as it is, not as 0.000)
+        self.pause_norm.setStepType(QtWidgets.QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
         self.pause_norm.setValue(100.0)
         norm_row = QtWidgets.QHBoxLayout()
         norm_row.addWidget(self.pause_norm_on)

@@ -424,7 +424,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.bridge is None:
             return
         self._start_saved_run()
-        self.bridge.scrub_to(None)
+        self.timeline.go_live()  # (and so the views: the timeline asks the bridge)
         self.banner.dismiss()
         self._send_all(Play())
         self._set_running(True)
@@ -462,7 +462,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self._start_saved_run()
-            self.bridge.scrub_to(None)  # the step taken is what the views show next
+            self.timeline.go_live()  # the step taken is what the views (and the timeline) show next
             self._set_running(False)
             self._send_all(Step())
 
@@ -471,7 +471,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
         if self.bridge is not None:
             self._start_saved_run()
-            self.bridge.scrub_to(None)
+            self.timeline.go_live()
             self._set_running(False)
             if self.partner is not None:
                 self.partner.send(Pause())

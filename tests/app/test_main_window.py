@@ -410,3 +410,17 @@ def test_a_warning_from_your_model_is_in_health_before_training(qtbot, window: M
     text = health.browser.toPlainText()
     assert "WARNING model warning · before training" in text
     assert "that is different to the input size" in text and "reshape the target" in text
+
+
+@pytest.mark.parametrize("resume", ["play", "step_once", "step_phase"])
+def test_play_or_a_step_after_scrubbing_brings_the_timeline_live(qtbot, window: MainWindow, resume: str) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=True)
+    wait_step(qtbot, window, 40)
+    window.pause()
+    qtbot.waitUntil(lambda: window.bridge.latest.state == "paused", timeout=10000)
+    qtbot.waitUntil(lambda: window.timeline.last_step() is not None and window.timeline.last_step() >= 40, timeout=5000)
+    window.timeline.choose_step(10)
+    assert not window.timeline.is_live()
+    getattr(window, resume)()
+    assert window.timeline.is_live()
+    window.pause()
