@@ -47,7 +47,7 @@ class Timeline(QtWidgets.QWidget):
         self.live_button.setObjectName("liveButton")
         self.live_button.setCheckable(True)
         self.live_button.setChecked(True)
-        self.live_button.setToolTip("Follow training again (show the newest step)")
+        self.live_button.setToolTip("Follow training again (show the newest step) · End")
 
         layout = QtWidgets.QHBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
@@ -56,8 +56,18 @@ class Timeline(QtWidgets.QWidget):
         layout.addWidget(self.live_button)
 
         self.slider.valueChanged.connect(self._on_slider_value)
+        self.slider.installEventFilter(self)  # End on the focused slider goes live (see eventFilter)
         self.live_button.clicked.connect(lambda _checked=False: self.go_live())
         self._refresh_label()
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt name
+        # End means "back to live" everywhere in the window; on the slider, it would only move the
+        # handle to the newest *recorded* step and leave the views there while training goes on.
+        if watched is self.slider and event.type() == QtCore.QEvent.Type.KeyPress \
+                and event.key() == QtCore.Qt.Key.Key_End:
+            self.go_live()
+            return True
+        return super().eventFilter(watched, event)
 
     # --- fed by the app ----------------------------------------------------------------
     def set_range(self, first_step: int, last_step: int) -> None:

@@ -102,3 +102,18 @@ def test_grab_is_not_flat(qtbot):
     image = timeline.grab().toImage().convertToFormat(QtGui.QImage.Format.Format_RGB32)
     pixels = np.frombuffer(image.constBits(), np.uint32, image.width() * image.height())
     assert np.unique(pixels).size > 4
+
+
+def test_end_on_the_focused_slider_goes_live(qtbot):
+    # After a click the slider has the focus; End must mean "live" there too, not "the newest
+    # recorded step" (which left the views on it while training went on).
+    timeline = make(qtbot)
+    timeline.set_range(1, 300)
+    timeline.slider.setValue(99)
+    assert not timeline.is_live()
+    with qtbot.waitSignal(timeline.live_requested):
+        qtbot.keyClick(timeline.slider, QtCore.Qt.Key.Key_End)
+    assert timeline.is_live() and timeline.live_button.isChecked()
+    assert timeline.label.text() == "step 300 of 300 (live)"
+    qtbot.keyClick(timeline.slider, QtCore.Qt.Key.Key_Home)  # the other keys still move the handle
+    assert not timeline.is_live() and timeline.current_step() == 1
