@@ -72,7 +72,10 @@ class ComparisonView(View):
         self.train_curves = []
         self.val_curves = []
         self.grad_curves = []
+        self.zero_marks = []  # per side: layers whose gradient is exactly 0 (no point on a log axis)
         for colour in SIDE_COLOURS:
+            self.zero_marks.append(self.grad_plot.plot(pen=None, symbol="x", symbolSize=11,
+                                                       symbolPen=pg.mkPen(*colour, width=2)))
             self.train_curves.append(self.loss_plot.plot(pen=pg.mkPen(*colour, width=1.5)))
             self.val_curves.append(self.loss_plot.plot(
                 pen=pg.mkPen(*colour, width=1.5, style=QtCore.Qt.PenStyle.DashLine)))
@@ -91,7 +94,7 @@ class ComparisonView(View):
 
     def clear(self) -> None:
         self.sides = [None, None]
-        for curve in (*self.train_curves, *self.val_curves, *self.grad_curves):
+        for curve in (*self.train_curves, *self.val_curves, *self.grad_curves, *self.zero_marks):
             curve.setData([], [])
         for label in self.summaries:
             label.setText(" ")
@@ -128,9 +131,16 @@ class ComparisonView(View):
         stats = snapshot.stats
         if stats is not None:
             grad = stats.values[:, STAT_INDEX["grad_norm"]]
-            rows = [i for i, layer in enumerate(snapshot.layers)
-                    if layer.params > 0 and i < len(grad) and np.isfinite(grad[i]) and grad[i] > 0]
-            self.grad_curves[index].setData(np.arange(len(rows), dtype=float), grad[rows])
+            # Every layer with parameters keeps its place (the two runs' layers line up); a zero
+            # gradient, a dead layer, has no point on the log axis: an x on the plot's floor.
+            rows = [i for i, layer in enumerate(snapshot.layers) if layer.params > 0 and i < len(grad)]
+            norms = grad[rows].astype(float)
+            where = np.arange(len(rows), dtype=float)
+            positive = np.isfinite(norms) & (norms > 0)
+            self.grad_curves[index].setData(where, np.where(positive, norms, np.nan), connect="finite")
+            zero = norms == 0
+            floor = 10.0 ** (np.floor(np.log10(norms[positive].min())) - 1) if positive.any() else 1e-8
+            self.zero_marks[index].setData(where[zero], np.full(int(zero.sum()), floor))
         self.summaries[index].setText(self._summary(index, data))
         self._choose_loss_scale()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engine.diagnostics import Diagnosis
 from engine.snapshot import (
@@ -62,3 +63,17 @@ def test_both_sides_draw_their_own_curves_and_gradients(qtbot) -> None:
     assert view.loss_log_y
     view.clear()
     assert "Run side by side" in view.hint and view.gradient_norms(0).size == 0
+
+
+def test_a_dead_layer_keeps_its_place_and_is_marked_zero(qtbot) -> None:
+    # Side 0's first layer has a gradient of exactly 0: its head must stay at the head's place,
+    # not slide to the input's, and the zero shows as a mark on the floor.
+    view = ComparisonView()
+    qtbot.addWidget(view)
+    view.set_side(0, side(50, (0.0, 0.76), np.full(50, 0.69)))
+    view.set_side(1, side(50, (3e-2, 1e-2), np.full(50, 0.5)))
+    np.testing.assert_array_equal(view.grad_curves[0].xData, [0.0, 1.0])
+    np.testing.assert_allclose(view.gradient_norms(0), [np.nan, 0.76])
+    np.testing.assert_array_equal(view.zero_marks[0].xData, [0.0])
+    assert view.zero_marks[0].yData[0] == pytest.approx(0.01)  # a decade under the smallest norm
+    assert view.zero_marks[1].xData is None or len(view.zero_marks[1].xData) == 0
