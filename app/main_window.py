@@ -735,9 +735,12 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _first_frame_of_run(self, snapshot: Snapshot) -> None:
         self._seen_findings = set()
-        requested, self._requested = self._requested, None
+        # A request is this run's when the names agree; otherwise it is for a run still to come
+        # (asked for before an earlier run's first frame arrived) and waits for it.
+        requested = self._requested
         if requested is not None and requested["name"] == snapshot.scenario:
             self._current.update(requested)
+            self._requested = None
         self._show_current_run()
         self.hyper_panel.show_run(*self._run_description(snapshot.scenario, self._current.get("model")),
                                   snapshot.hyper)

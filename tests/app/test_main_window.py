@@ -424,3 +424,17 @@ def test_play_or_a_step_after_scrubbing_brings_the_timeline_live(qtbot, window: 
     getattr(window, resume)()
     assert window.timeline.is_live()
     window.pause()
+
+
+def test_a_run_asked_for_before_the_first_runs_first_frame_is_still_the_current_one(qtbot, window: MainWindow) -> None:
+    # A lesson's run button pressed right after launch: the launch run's first frame arrives
+    # after the request, and must not swallow it (the scenario box went blank, Rebuild failed).
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None and window._current["name"] == "xor-mlp", timeout=20000)
+    late = window.bridge.latest  # the launch run's first frame, as if it came after the click
+    window.run_scenario("circles-mlp")
+    window._first_frame_of_run(late)
+    qtbot.waitUntil(lambda: window.bridge.latest.scenario == "circles-mlp", timeout=20000)
+    qtbot.waitUntil(lambda: window._current["name"] == "circles-mlp", timeout=5000)
+    assert window.scenario.currentData() == "circles-mlp"
+    assert window._requested is None and not window.errors
