@@ -42,8 +42,22 @@ def run_app(options: argparse.Namespace) -> int:
 
         return run_smoke_test(window, options.smoke_test)
     code = app.exec()
-    window.shutdown()
+    leave_now_if(not window.shutdown(), code)
     return code
+
+
+def leave_now_if(thread_left_running: bool, code: int) -> None:
+    """End the process at once when a training thread is still inside a step at exit.
+
+    Python would otherwise finalise with that thread in the middle of a torch operation, and the
+    C++ runtime aborts ("terminate called without an active exception", exit status 134).
+    Nothing is lost: settings are saved when the window closes, and the worker writes no files.
+    """
+    if not thread_left_running:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _apply_style(app) -> None:

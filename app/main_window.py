@@ -916,12 +916,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.shutdown()
         super().closeEvent(event)
 
-    def shutdown(self) -> None:
-        """Stop the worker cleanly; no thread is left behind."""
+    def shutdown(self) -> bool:
+        """Stop the worker cleanly; True when no training thread is left running (one inside a
+        long step, of a huge model, may outlast the wait)."""
         self.stop_compare()
-        if self.bridge is not None:
-            if not self.bridge.stop(timeout=3.0):
-                log.warning("the training thread did not stop within 3 s")
+        if self.bridge is not None and not self.bridge.stop(timeout=3.0):
+            log.warning("the training thread did not stop within 3 s")
+            return False
+        return True
 
     def _about(self) -> None:
         QtWidgets.QMessageBox.about(
