@@ -64,7 +64,7 @@ class HyperPanel(QtWidgets.QWidget):
         self.description = QtWidgets.QLabel(self)
         self.description.setWordWrap(True)
         self.description.setObjectName("description")
-        self.lr = LogSlider(1e-5, 3.0)
+        self.lr = LogSlider(1e-5, 100.0, steps=140)  # 20 notches a decade; the lessons use up to 10
         self.optimizer = QtWidgets.QComboBox()
         self.optimizer.addItems(OPTIMIZERS)
         self.batch = QtWidgets.QSpinBox()

@@ -115,10 +115,11 @@ class LessonPanel(QtWidgets.QWidget):
             f"<h3>{html.escape(lesson.title)}</h3>{paragraphs}"
             f"<p><b>What to expect.</b> {html.escape(lesson.outcome)}</p>"
             f"<p style='color:#9aa0aa'><b>Watch:</b> {html.escape(watch)} · about {lesson.steps:,} steps</p>")
-        for role, name in zip(("Problem", *["Cure"] * (len(lesson.runs) - 1)), lesson.runs):
+        # (No "problem"/"cure" labels: in many lessons the runs are alternatives side by side.)
+        for name in lesson.runs:
             title = self._titles.get(name, name)
             button = QtWidgets.QPushButton(f"▶ {title}", self.run_box)
-            button.setToolTip(f"{role}: train “{title}” in the main views")
+            button.setToolTip(f"Train “{title}” in the main views")
             button.setStyleSheet("QPushButton { text-align: left; padding: 3px 6px; }")
             button.clicked.connect(lambda _=False, n=name: self.run_requested.emit(n))
             self.run_layout.addWidget(button)

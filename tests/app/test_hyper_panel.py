@@ -25,3 +25,11 @@ def test_a_small_norm_is_kept_and_a_step_down_stays_positive(panel: HyperPanel, 
     spin.setValue(0.0)  # below the range: its least value, shown as it is
     assert spin.value() == pytest.approx(spin.minimum()) and spin.minimum() > 0
     assert float(spin.text().replace(",", ".")) > 0
+
+
+@pytest.mark.parametrize("lr", [1e-5, 1e-3, 0.1, 10.0, 100.0])
+def test_the_learning_rate_slider_holds_every_lessons_rate(panel: HyperPanel, lr: float) -> None:
+    # (the "learning rate too large" lesson trains with SGD at 10: the slider topped out at 3)
+    panel.lr.set_value(lr)
+    assert panel.lr.value() == pytest.approx(lr)
+    assert panel.lr.label.text() == f"{lr:.3g}"
