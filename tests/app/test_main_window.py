@@ -192,6 +192,9 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert window.export_csv(str(tmp_path / "series.csv")) == str(tmp_path / "series.csv")
     lines = (tmp_path / "series.csv").read_text().splitlines()
     assert lines[0].startswith("step,loss") and len(lines) > 10
+    # (The paused step's capture can reach the window a moment after the paused snapshot.)
+    qtbot.waitUntil(lambda: window.bridge.latest.stats is not None
+                    and window.bridge.latest.stats.step == window.bridge.latest.step, timeout=5000)
     saved = window.bridge.latest
     saved_step, saved_frames = saved.step, [f for f in window.bridge.frames if f.step <= saved.step]
     run_path = window.save_run(str(tmp_path / "run.glassbox"))
