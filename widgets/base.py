@@ -6,9 +6,12 @@ from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import ViewData
 
-__all__ = ["View", "StepMarker"]
+__all__ = ["View", "StepMarker", "PLOT_BACKGROUND"]
 
-pg.setConfigOptions(antialias=False, imageAxisOrder="row-major", background="#15171c", foreground="#d6d9e0")
+#: Every plot's background (RGB); views that draw gaps or pre-blend colours over it take it from here.
+PLOT_BACKGROUND = (21, 23, 28)
+
+pg.setConfigOptions(antialias=False, imageAxisOrder="row-major", background=PLOT_BACKGROUND, foreground="#d6d9e0")
 
 
 class View(QtWidgets.QWidget):

@@ -7,7 +7,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import BoundaryView, ViewData
 from widgets import colormaps
-from widgets.base import View
+from widgets.base import PLOT_BACKGROUND, View
 from widgets.tiling import Tiling, gutter_lines, tile_maps
 
 __all__ = ["DecisionBoundary", "CLASS_COLOURS"]
@@ -25,14 +25,13 @@ CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (160, 165, 175),  # grey
     (200, 220, 90),  # lime
 )
-_BACKGROUND = (21, 23, 28)  # the plots' background (widgets.base)
 _REGION_STRENGTH = 0.55  # how much of a class colour its region shows, over the background
 _SELECTED = QtGui.QColor(255, 213, 79)
 _OUTLINE = pg.mkPen(12, 13, 16, width=1.2)
 
 
 def _blend(colour: tuple[int, int, int], strength: float) -> tuple[int, int, int]:
-    r, g, b = (round(c * strength + bg * (1.0 - strength)) for c, bg in zip(colour, _BACKGROUND))
+    r, g, b = (round(c * strength + bg * (1.0 - strength)) for c, bg in zip(colour, PLOT_BACKGROUND))
     return (r, g, b)
 
 
@@ -40,7 +39,7 @@ def _binary_lut() -> np.ndarray:
     """The diverging map, muted toward the background so saturated points stand out on it."""
     lut = colormaps.DIVERGING_LUT[:, :3].astype(np.float64)
     strength = 0.75
-    muted = lut * strength + np.asarray(_BACKGROUND, np.float64) * (1.0 - strength)
+    muted = lut * strength + np.asarray(PLOT_BACKGROUND, np.float64) * (1.0 - strength)
     return np.round(muted).astype(np.uint8)
 
 
@@ -115,7 +114,7 @@ class DecisionBoundary(View):
         self.mini_plot.addItem(self.miniatures)
         # The gaps between miniatures, drawn alike at any size: the image alone, drawn smaller than
         # its pixels, keeps some of its 1-px gutters and drops others (tiles merged at random).
-        self.mini_gutters = pg.PlotCurveItem(pen=pg.mkPen(*_BACKGROUND, width=2), connect="pairs")
+        self.mini_gutters = pg.PlotCurveItem(pen=pg.mkPen(*PLOT_BACKGROUND, width=2), connect="pairs")
         self.mini_plot.addItem(self.mini_gutters)
         self.mini_ring = pg.PlotCurveItem(pen=pg.mkPen(_SELECTED, width=2))
         self.mini_plot.addItem(self.mini_ring)

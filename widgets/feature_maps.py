@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from engine.snapshot import ViewData
-from widgets.base import View
+from widgets.base import PLOT_BACKGROUND, View
 from widgets.colormaps import DIVERGING_LUT, SEQUENTIAL_LUT, finite_levels, symmetric_levels
 from widgets.label_fit import FittedTitle
 from widgets.tiling import Tiling, gutter_lines, normalise_each, tile_maps
@@ -30,9 +30,6 @@ def _as_stack(a: np.ndarray | None) -> np.ndarray | None:
     if stack.ndim != 3 or stack.size == 0:
         return None
     return stack
-
-
-_BACKGROUND = "#15171c"  # the plots' background (widgets.base)
 
 
 def _image_plot(graphics: pg.GraphicsLayoutWidget, row: int, lut: np.ndarray) -> tuple[pg.PlotItem, pg.ImageItem]:
@@ -83,10 +80,11 @@ class FeatureMaps(View):
                         id(self.kernel_plot): FittedTitle(self.kernel_plot)}
         # The gaps between tiles, drawn alike at any size: the image alone, drawn smaller than its
         # pixels, keeps some of its 1-px gutters and drops others (widgets.tiling).
-        self._gutters = {}
+        gutter_pen = pg.mkPen(*PLOT_BACKGROUND, width=2)
+        self._gutters = {id(plot): pg.PlotCurveItem(pen=gutter_pen, connect="pairs")
+                         for plot in (self.maps_plot, self.kernel_plot)}
         for plot in (self.maps_plot, self.kernel_plot):
-            gutters = self._gutters[id(plot)] = pg.PlotCurveItem(pen=pg.mkPen(_BACKGROUND, width=2), connect="pairs")
-            plot.addItem(gutters)
+            plot.addItem(self._gutters[id(plot)])
         self.canvas.ci.layout.setRowStretchFactor(0, 3)
         self.canvas.ci.layout.setRowStretchFactor(1, 2)
 

@@ -10,7 +10,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from engine.snapshot import NetworkView, ViewData
 from widgets import colormaps
-from widgets.base import View
+from widgets.base import PLOT_BACKGROUND, View
 from widgets.findings import SEVERITY_RGB, flagged_layers
 from widgets.label_fit import elide, unique_suffixes
 
@@ -30,7 +30,6 @@ _BLOCK_WIDTH = 0.3  # in column spacings
 _UNIT_HIT_X = 0.15  # how far from a column's centre a click still counts, in column spacings
 
 
-_BACKGROUND = (21, 23, 28)  # the plots' background (widgets.base), for pre-blending edges
 _THICK_EDGES_UP_TO = 2000  # more edges than this are all drawn 1 px wide (see _edge_pen)
 # At most this many edges are drawn: beyond it, each pair of columns shows its strongest weights
 # only (a deep stack of wide layers would otherwise paint 200k lines on every refresh).
@@ -47,7 +46,7 @@ def _edge_pen(sign: int, level: int, thick: bool) -> QtGui.QPen:
     strength = (level + 1) / EDGE_LEVELS
     colour = colormaps.lut_colour(colormaps.DIVERGING_LUT, 0.5 + sign * 0.5 * (0.35 + 0.65 * strength))
     alpha = 0.25 + 0.75 * strength ** 1.5
-    r, g, b = (round(c * alpha + bg * (1.0 - alpha)) for c, bg in zip(colour, _BACKGROUND))
+    r, g, b = (round(c * alpha + bg * (1.0 - alpha)) for c, bg in zip(colour, PLOT_BACKGROUND))
     width = 1.0 + 2.5 * strength ** 2 if thick else (2.0 if level == EDGE_LEVELS - 1 else 1.0)
     return pg.mkPen(r, g, b, width=width)
 
