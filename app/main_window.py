@@ -194,6 +194,7 @@ class MainWindow(QtWidgets.QMainWindow):
         area = QtCore.Qt.DockWidgetArea
         d = self.docks
         for dock in d.values():
+            dock.setFloating(False)  # (a floated dock would stay a window of its own)
             self.removeDockWidget(dock)
         self.addDockWidget(area.LeftDockWidgetArea, d["controls"])
         self.tabifyDockWidget(d["controls"], d["lessons"])
