@@ -39,6 +39,32 @@ def _as_matrix(a: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def _full_shape(layers, name: str, shown: tuple[int, ...]) -> tuple[int, int]:
+    """The layer's weight as the 2-D matrix it is before any shrinking (rows: output units)."""
+    for layer in layers:
+        if layer.name == name and layer.weight_shape:
+            full = layer.weight_shape
+            size = int(np.prod(full))
+            rows = full[0] if len(full) > 1 else 1
+            wide = (rows, size // rows)
+            # Shrinking caps both sides at one length; a shape it can't have made is another
+            # tensor's: trust the array then.
+            side = max(shown)
+            shrunk = all(s == f or (s == side and f > side) for s, f in zip(shown, wide))
+            return wide if shrunk else tuple(shown)
+    return tuple(shown)
+
+
+def _block(index: int, shown: int, full: int) -> str:
+    """Which of ``full`` indices the ``index``-th of ``shown`` averaged cells covers (as adaptive
+    average pooling splits them): "7", or "12–13"."""
+    if shown == full:
+        return str(index)
+    start = (index * full) // shown
+    end = -((-(index + 1) * full) // shown)  # (ceiling)
+    return str(start) if end - start == 1 else f"{start}–{end - 1}"
+
+
 class WeightHeatmap(View):
     """Heatmap of ``tensors.weight`` / ``weight_grad`` / ``weight_update``, rows = output units.
 
@@ -56,6 +82,7 @@ class WeightHeatmap(View):
         self._shown: tuple[np.ndarray, str, str] | None = None
         self._matrix: np.ndarray | None = None
         self._matrix_layer = ""
+        self._full_shape: tuple[int, int] = (0, 0)  # the weight's 2-D shape before any shrinking
         self._levels = (-1.0, 1.0)
         self._data_selection_seen: str | None = None
 
@@ -159,7 +186,10 @@ class WeightHeatmap(View):
         self._matrix = matrix
         self._matrix_layer = tensors.layer
         self._shown = (array, self._mode, tensors.layer)
-        shape = f"{matrix.shape[0]}×{matrix.shape[1]}"
+        self._full_shape = _full_shape(data.snapshot.layers, tensors.layer, matrix.shape)
+        shape = f"{self._full_shape[0]}×{self._full_shape[1]}"
+        if self._full_shape != matrix.shape:  # (shrunk on the device: each pixel averages a block)
+            shape += f", averaged to {matrix.shape[0]}×{matrix.shape[1]}"
         self.plot_title.set(f"{tensors.layer}  {self._mode}  {shape}", f"{tensors.layer}  {shape}", shape)
         self.range_label.setText(f"±{levels[1]:.3g}")
         self._show_content()
@@ -172,7 +202,12 @@ class WeightHeatmap(View):
         if row >= matrix.shape[0] or column >= matrix.shape[1]:
             return ""
         symbol = MODES[self._mode][1]
-        return f"{self._matrix_layer}  {symbol}[out={row}, in={column}] = {matrix[row, column]:.4g}"
+        rows, columns = (_block(row, matrix.shape[0], self._full_shape[0]),
+                         _block(column, matrix.shape[1], self._full_shape[1]))
+        where = f"out={rows}, in={columns}"
+        if self._full_shape != matrix.shape:
+            return f"{self._matrix_layer}  mean of {symbol}[{where}] = {matrix[row, column]:.4g}"
+        return f"{self._matrix_layer}  {symbol}[{where}] = {matrix[row, column]:.4g}"
 
     # --- internals -------------------------------------------------------------------------
     def _sync_layers(self, data: ViewData) -> None:

@@ -197,3 +197,27 @@ def test_narrow_dock_keeps_the_layer_name_readable(shown, qtbot):
     assert combo.width() >= text_width + 16
     minimum = view.canvas.ci.effectiveSizeHint(QtCore.Qt.SizeHint.MinimumSize).width()
     assert minimum <= view.canvas.width()
+
+
+def test_a_shrunk_matrix_is_titled_with_its_full_shape_and_read_as_block_means(view):
+    """A 784-column weight leaves the device averaged to 512 columns: the title says both shapes,
+    and a pixel reads as the mean over the block of weights it covers."""
+    import torch
+
+    from engine.reduce import shrink_2d
+
+    full = np.random.default_rng(3).normal(0, 0.1, (64, 784)).astype(np.float32)
+    shown = shrink_2d(torch.from_numpy(full)).numpy()
+    assert shown.shape == (64, 512)
+    layers = (LayerInfo(0, "fc1", "Linear", "param", 64 * 784 + 64, (64, 784)),)
+    view.render(make_data(TensorViews(10, "fc1", 0, weight=shown), layers=layers))
+    assert "64×784, averaged to 64×512" in view.plot_title.text
+    for column in (0, 1, 300, 511):
+        text = view.hover_at(column + 0.5, 2.5)
+        start, end = (column * 784) // 512, -((-(column + 1) * 784) // 512)
+        span = f"{start}" if end - start == 1 else f"{start}–{end - 1}"
+        assert text == f"fc1  mean of w[out=2, in={span}] = {shown[2, column]:.4g}"
+        np.testing.assert_allclose(full[2, start:end].mean(), shown[2, column], rtol=1e-5)
+    # Not shrunk: the plain shape and single indices, as before.
+    view.render(make_data(make_tensors(np.random.default_rng(4))))
+    assert view.plot_title.text.endswith("16×8") and "averaged" not in view.plot_title.text
