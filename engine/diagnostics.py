@@ -146,6 +146,15 @@ class Thresholds:
     symmetry_frames: int = 5
 
 
+#: The fix that clipping is; a run that already clips is told so instead (``Diagnostics.clip_norm``).
+_CLIP = "Clip the gradient norm (e.g. clip_norm 1.0)."
+
+
+def _clipping_on(clip_norm: float) -> str:
+    return (f"Clipping is already on (clip_norm {clip_norm:g}): it caps each update's size, not the cause; "
+            "a smaller clip_norm caps it further.")
+
+
 _FIXES = {
     "vanishing_gradients": (
         "Initialise weights to match the activation: He for ReLU-like units, Xavier/Glorot for tanh.",
@@ -157,7 +166,7 @@ _FIXES = {
     "exploding_gradients": (
         "Scale the initial weights down: He init at scale 1 for ReLU, Xavier for tanh.",
         "Add normalisation (BatchNorm or LayerNorm) to keep activations at unit scale.",
-        "Clip the gradient norm (e.g. clip_norm 1.0).",
+        _CLIP,
         "Lower the learning rate.",
         "Add residual connections with normalisation, or make the network shallower.",
     ),
@@ -174,20 +183,21 @@ _FIXES = {
         "Lower the learning rate if the pre-activations grew during training.",
     ),
     "nan_inf": (
-        "Lower the learning rate and clip the gradient norm.",
+        "Lower the learning rate.",
+        _CLIP,
         "Look for log(0), division by zero or sqrt of a negative number in the model or the loss; "
         "use numerically stable forms (e.g. cross-entropy on logits).",
         "Normalise the inputs and check the data for NaN or infinite values.",
     ),
     "diverging_loss": (
         "Lower the learning rate, by 10x at a time.",
-        "Clip the gradient norm.",
+        _CLIP,
         "Use an adaptive optimizer such as Adam, or add a learning-rate warm-up.",
     ),
     "learning_rate_high": (
         "Lower the learning rate until weights change by about 1e-3 of their size per step.",
         "Use learning-rate warm-up or a decaying schedule.",
-        "Clip the gradient norm.",
+        _CLIP,
     ),
     "learning_rate_low": (
         "Raise the learning rate until weights change by about 1e-3 of their size per step.",
@@ -244,12 +254,16 @@ class Diagnostics:
         layers: the probe's layers (``trainer.probe.layers``), for their roles and activations.
         thresholds: when each check fires.
         model_warnings: what a user's model warned of on its first batch, found from the start.
+
+    ``clip_norm`` is the run's gradient clipping as it is now (None: off); set it as it changes, so a
+    run that already clips is not told to clip.
     """
 
     def __init__(self, layers: Iterable[LayerInfo], thresholds: Thresholds = Thresholds(),
                  model_warnings: Iterable[str] = ()) -> None:
         self.layers = tuple(layers)
         self.thresholds = thresholds
+        self.clip_norm: float | None = None
         self._info = {layer.name: layer for layer in self.layers}
         self._found: dict[str, Diagnosis] = {}
         for number, text in enumerate(model_warnings):
@@ -270,8 +284,12 @@ class Diagnostics:
     @property
     def findings(self) -> tuple[Diagnosis, ...]:
         """Everything found so far, errors first, then by the step it began."""
-        return tuple(sorted(self._found.values(),
-                            key=lambda d: (_SEVERITY_ORDER.get(d.severity, 3), d.step, d.code)))
+        found = sorted(self._found.values(), key=lambda d: (_SEVERITY_ORDER.get(d.severity, 3), d.step, d.code))
+        if self.clip_norm is not None:
+            instead = _clipping_on(self.clip_norm)
+            found = [replace(d, fixes=tuple(instead if fix == _CLIP else fix for fix in d.fixes))
+                     if _CLIP in d.fixes else d for d in found]
+        return tuple(found)
 
     def update(self, frame: StatsFrame) -> list[Diagnosis]:
         """Take one captured frame (in step order) and return the findings so far."""

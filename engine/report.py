@@ -93,6 +93,7 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
         if diagnostics is None:
             from engine.diagnostics import Diagnostics
             diagnostics = Diagnostics(layers, model_warnings=run.model_warnings)
+            diagnostics.clip_norm = trainer.hyper.clip_norm
         diagnostics.update(frame)
     assert layers is not None
     layers = trainer.probe.layers  # as they are now: a layer first called late counts as called

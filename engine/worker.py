@@ -550,6 +550,8 @@ class Worker:
                           val_loss=val[0] if val else None, val_acc=val[1] if val else None,
                           val_step=val[2] if val else None)
         state = "running" if self._running else ("stepping" if trainer.in_phased_step else "paused")
+        if self._diagnostics is not None:  # (its fixes don't tell a run that clips to clip)
+            self._diagnostics.clip_norm = trainer.hyper.clip_norm
         snapshot = Snapshot(
             run_id=self._run_id, step=trainer.step_count, state=state, scenario=run.name,
             device=str(trainer.device), layers=trainer.probe.layers, metrics=metrics, hyper=trainer.hyper,

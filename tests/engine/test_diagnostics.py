@@ -262,3 +262,21 @@ def test_a_loss_that_makes_the_nan_is_named_not_the_backward() -> None:
                          "computed from it are not finite either.")
     assert d.evidence["loss_fn"] == 1.0 and d.evidence["backward"] == 0.0 and d.evidence["forward"] == 0.0
     assert d.evidence["nan_grads"] > 0
+
+
+def test_a_run_that_already_clips_is_not_told_to_clip(huge_lr: tuple[Diagnosis, ...]) -> None:
+    from engine.diagnostics import _CLIP
+
+    diagnostics = Diagnostics(())
+    for d in huge_lr:  # (the findings of a run without clipping, fed back as found)
+        diagnostics._found[d.code] = d
+    told = [d for d in diagnostics.findings if _CLIP in d.fixes]
+    assert {"diverging_loss", "nan_inf"} <= {d.code for d in told}
+    diagnostics.clip_norm = 0.05
+    for d in diagnostics.findings:
+        assert _CLIP not in d.fixes
+        if d.code in {t.code for t in told}:
+            assert any(fix.startswith("Clipping is already on (clip_norm 0.05)") for fix in d.fixes)
+            assert len(d.fixes) == len(next(t for t in told if t.code == d.code).fixes)
+    diagnostics.clip_norm = None  # turned off again: the advice comes back
+    assert {d.code for d in diagnostics.findings if _CLIP in d.fixes} == {t.code for t in told}

@@ -235,3 +235,31 @@ def test_a_layer_focused_during_a_phase_by_phase_step_is_shown_when_it_ends() ->
         assert done.tensors.weight.shape == (2, 8)
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_the_findings_published_know_whether_the_run_clips() -> None:
+    """A run that diverges while clipping is on is not told to clip; turned off, it is."""
+    from engine.diagnostics import _CLIP
+
+    def diverging() -> Run:
+        run = small_run()
+        run.trainer.set_hyper(optimizer="sgd", lr=1e3, clip_norm=0.5)
+        return run
+
+    out = Collector()
+    worker = Worker(out)
+    worker.start(diverging)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot))
+        for _ in range(12):
+            worker.send(Step())
+        clipped = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 12)
+        advised = [d for d in clipped.diagnoses if any("clip" in fix.lower() for fix in d.fixes)]
+        assert advised, [d.code for d in clipped.diagnoses]
+        for d in advised:
+            assert _CLIP not in d.fixes and any("clip_norm 0.5)" in fix for fix in d.fixes)
+        worker.send(SetHyper({"clip_norm": None}))
+        unclipped = out.wait_for(lambda s: isinstance(s, Snapshot) and s.hyper.clip_norm is None and s.step == 12)
+        assert any(_CLIP in d.fixes for d in unclipped.diagnoses)
+    finally:
+        assert worker.stop(timeout=1.0)
