@@ -65,18 +65,41 @@ COMPARE_INTERVAL_S = 0.2
 
 
 class _InputKeysFirst(QtCore.QObject):
-    """Arrow, Home/End and Page keys go to a focused slider or spin box (the timeline, the
-    learning rate) rather than to the window's shortcuts (→ steps, End goes live)."""
+    """Keys that a focused control needs go to it rather than to the window's shortcuts.
+
+    - Arrow, Home/End and Page keys go to a focused slider or spin box (the timeline, the learning
+      rate), not to → (step) or End (go live). The filter is installed on those widgets.
+    - Space goes to a button, checkbox, list or combo box that was given focus from the keyboard
+      (Tab), so it can be pressed without a mouse. One focused by a click leaves Space to
+      play/pause. The filter is installed on the window and its docks, which a shortcut's
+      override event reaches from any focused child.
+    """
 
     KEYS = {QtCore.Qt.Key.Key_Left, QtCore.Qt.Key.Key_Right, QtCore.Qt.Key.Key_Up, QtCore.Qt.Key.Key_Down,
             QtCore.Qt.Key.Key_Home, QtCore.Qt.Key.Key_End, QtCore.Qt.Key.Key_PageUp, QtCore.Qt.Key.Key_PageDown}
+    TAKES_SPACE = (QtWidgets.QAbstractButton, QtWidgets.QComboBox, QtWidgets.QAbstractItemView)
+
+    def __init__(self, parent: QtCore.QObject) -> None:
+        super().__init__(parent)
+        self._keyboard_focus: QtWidgets.QWidget | None = None
+        QtWidgets.QApplication.instance().focusChanged.connect(self._focus_changed)
+
+    def _focus_changed(self, _old: QtWidgets.QWidget | None, new: QtWidgets.QWidget | None) -> None:
+        # (A click gives focus while its button is down; Tab, a shortcut or the code with none down.)
+        by_keyboard = QtGui.QGuiApplication.mouseButtons() == QtCore.Qt.MouseButton.NoButton
+        self._keyboard_focus = new if by_keyboard and isinstance(new, self.TAKES_SPACE) else None
 
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
-        if event.type() == QtCore.QEvent.Type.ShortcutOverride \
-                and isinstance(watched, (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox)) \
-                and QtCore.Qt.Key(event.key()) in self.KEYS \
-                and not event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier:
+        if event.type() != QtCore.QEvent.Type.ShortcutOverride \
+                or event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier:
+            return False
+        key = QtCore.Qt.Key(event.key())
+        if isinstance(watched, (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox)) and key in self.KEYS:
             event.accept()  # the widget gets the key press; no shortcut fires
+            return True
+        if key == QtCore.Qt.Key.Key_Space and self._keyboard_focus is not None \
+                and QtWidgets.QApplication.focusWidget() is self._keyboard_focus:
+            event.accept()
             return True
         return False
 
@@ -158,6 +181,8 @@ class MainWindow(QtWidgets.QMainWindow):
         for kind in (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox):
             for widget in self.findChildren(kind):
                 widget.installEventFilter(self._input_keys)
+        for widget in (self, *self.docks.values()):  # (a floated dock is a window of its own)
+            widget.installEventFilter(self._input_keys)
         if remember_layout:
             self._restore_layout()
 

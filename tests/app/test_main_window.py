@@ -182,6 +182,23 @@ def test_arrow_keys_move_a_focused_slider_instead_of_stepping(qtbot, window: Mai
     wait_step(qtbot, window, 1, timeout=20000)
 
 
+def test_space_presses_a_checkbox_reached_by_tab_and_plays_after_a_click(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.activateWindow()
+    box = window.hyper_panel.pause_error
+    before = box.isChecked()
+    box.setFocus(QtCore.Qt.FocusReason.TabFocusReason)  # reached from the keyboard
+    qtbot.keyClick(box, QtCore.Qt.Key.Key_Space)
+    assert box.isChecked() != before and not window._running  # pressed it; training did not start
+    window.hyper_panel.rebuild.setFocus()
+    qtbot.mouseClick(box, QtCore.Qt.MouseButton.LeftButton)  # clicked: focused by the mouse
+    assert box.isChecked() == before and box.hasFocus()
+    qtbot.keyClick(box, QtCore.Qt.Key.Key_Space)
+    assert box.isChecked() == before and window._running  # Space played
+    window.pause()
+
+
 def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) -> None:
     window.start_engine(scenario="xor-mlp", device="cpu", play=True)
     wait_step(qtbot, window, 20)
