@@ -145,10 +145,15 @@ _LIST = (
         "map per filter: bright where the filter's pattern appears.\n\n"
         "Small random filters already respond to edges and strokes, so the first layer's feature "
         "maps outline the shape from the first step; training mostly tunes them and the layers "
-        "after them. Compare how quickly the CNN learns with an MLP that must learn each "
-        "position on its own.",
-        "The CNN reaches 90 % on the shapes within 500 steps; its feature maps light up along "
-        "the edges of the drawn shape.",
+        "after them.\n\n"
+        "An MLP treats each pixel as a separate input and must learn a shape anew at every "
+        "position. On the 2,000 training drawings it does about as well as the CNN: with enough "
+        "weights it can memorise them. The difference shows on drawings neither has seen, the "
+        "validation curves in the Loss view.",
+        "Both training losses fall to near zero. On the held-out drawings the CNN is ahead from "
+        "the first hundred steps and stays above 90 % accuracy, while the MLP levels off around "
+        "85 % and its validation loss creeps back up. The CNN's feature maps light up along the "
+        "edges of the drawn shape.",
         ("features", "loss"), 500),
     Lesson(
         "attention", "Attention: learning where to look", ("reverse-transformer", "copy-transformer"),
