@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -12,16 +12,23 @@ from torch import nn
 
 from engine.probe import first_tensor
 
-__all__ = ["NeuronTrace", "GradientCheck", "trace_unit", "check_gradient"]
+__all__ = ["NeuronTrace", "PendingTrace", "GradientCheck", "trace_unit", "check_gradient"]
 
 
 @dataclass(frozen=True, slots=True)
 class NeuronTrace:
     """Unit ``unit`` of Linear layer ``layer`` for one example: z = w·a + b, out = g(z).
 
+    ``delta`` is ∂L/∂z of the whole batch's loss L at this example, so ``weight_grads`` = δ·a is the
+    example's share of the batch gradient: the shares of all examples add up to
+    ``batch_weight_grads``, the unit's row of ∂L/∂W that the update uses (and the gradient check
+    measures). With a mean loss a share is the example's own gradient divided by the batch size.
+
     For a Linear applied to every position of a sequence, one position's computation (the first:
     ``position`` 0); its ∂L/∂wᵢ is that position's share of the gradient.
     """
+
+    pending: ClassVar[bool] = False  # (a PendingTrace is a unit still to be written out)
 
     layer: str
     unit: int
@@ -32,9 +39,14 @@ class NeuronTrace:
     activation: str | None  # name of g, or None when no activation module follows
     output: float  # g(z)
     delta: float  # dL/dz
-    weight_grads: np.ndarray  # dL/dw_i = delta * a_i
+    weight_grads: np.ndarray  # dL/dw_i = delta * a_i, this example's share
     bias_grad: float
     position: int | None = None  # the position shown, for a Linear applied along a sequence
+    example: int = 0  # which example of the batch is written out
+    batch_size: int = 1
+    batch_weight_grads: np.ndarray | None = None  # dL/dw_i of the whole batch (autograd), None if w is frozen
+    batch_bias_grad: float | None = None
+    reduction: str | None = None  # "mean" or "sum": how the loss combines the examples, as measured; None: unknown
 
     def forward_text(self, terms: int = 4) -> str:
         shown = " + ".join(f"{w:.3g}·{a:.3g}" for w, a in zip(self.weights[:terms], self.inputs[:terms]))
@@ -46,7 +58,39 @@ class NeuronTrace:
     def backward_text(self, terms: int = 4) -> str:
         shown = ", ".join(f"{self.delta:.3g}·{a:.3g} = {g:.3g}"
                           for a, g in zip(self.inputs[:terms], self.weight_grads[:terms]))
-        return f"δ = ∂L/∂z = {self.delta:.4g};  ∂L/∂wᵢ = δ·aᵢ: {shown}{' …' if len(self.inputs) > terms else ''}"
+        where = "" if self.position is None else f", position {self.position}"
+        return (f"For example {self.example} of the batch{where}: δ = ∂L/∂z = {self.delta:.4g};  "
+                f"its share of ∂L/∂wᵢ is δ·aᵢ: {shown}{' …' if len(self.inputs) > terms else ''}")
+
+    def batch_description(self) -> str:
+        """'mean over 32 examples' (or 'sum over', or just '32 examples' when the loss's way of
+        combining them is not known)."""
+        examples = f"{self.batch_size} example{'s' if self.batch_size != 1 else ''}"
+        return f"{self.reduction} over {examples}" if self.reduction in ("mean", "sum") else examples
+
+    def batch_text(self, terms: int = 4) -> str:
+        """The whole batch's ∂L/∂wᵢ, and how the examples' shares make it up ('' when not known)."""
+        if self.batch_weight_grads is None:
+            return ""
+        shown = ", ".join(f"{g:.3g}" for g in self.batch_weight_grads[:terms])
+        more = " …" if len(self.batch_weight_grads) > terms else ""
+        every = " and positions" if self.position is not None else ""
+        text = (f"Whole batch ({self.batch_description()}): ∂L/∂wᵢ = {shown}{more} — the shares of all the "
+                f"batch's examples{every} added up")
+        if self.reduction == "mean" and self.batch_size > 1:
+            text += f" (each share is that example's own gradient ÷ {self.batch_size}, as the loss is a mean)"
+        return text + ". The update and the check below use this one."
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTrace:
+    """A unit asked for during a phase-by-phase step: it is written out once the step ends (the
+    model is then in a settled state: the step's update applied, no step half-shown)."""
+
+    pending: ClassVar[bool] = True
+
+    layer: str
+    unit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +138,10 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     if is_activation:
         handles.append(following.register_forward_hook(keep("act")))
     try:
-        loss = loss_fn(twin(x), y)
+        out = twin(x)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.retain_grad()
+        loss = loss_fn(out, y)
         loss.backward()
     finally:
         for handle in handles:
@@ -114,9 +161,38 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     b = float(linear.bias.detach()[unit]) if linear.bias is not None else 0.0
     z = pick(z_tensor.detach())
     output = pick(seen["act_out"].detach()) if is_activation else z
+    weight_grad = linear.weight.grad
+    bias_grad = linear.bias.grad if linear.bias is not None else None
     return NeuronTrace(layer=layer, unit=unit, inputs=a, weights=w, bias=b, z=z,
                        activation=type(following).__name__ if is_activation else None, output=output,
-                       delta=delta, weight_grads=delta * a, bias_grad=delta, position=position)
+                       delta=delta, weight_grads=delta * a, bias_grad=delta, position=position, example=example,
+                       batch_size=int(x.shape[0]),
+                       batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
+                       batch_bias_grad=None if bias_grad is None else float(bias_grad[unit]),
+                       reduction=_reduction(loss_fn, out, y, example))
+
+
+def _reduction(loss_fn: Callable, out: object, y: torch.Tensor, example: int) -> str | None:
+    """How the loss combines the batch's examples, measured rather than assumed: the gradient of
+    the batch loss at one example's outputs against that of the loss of the example alone is 1/B
+    for a mean and 1 for a sum. None when it is neither (a weighted loss) or can't be told."""
+    if not isinstance(out, torch.Tensor) or out.grad is None or out.dim() == 0:
+        return None
+    batch = len(out)
+    try:
+        alone = out.detach()[example:example + 1].clone().requires_grad_()
+        with torch.enable_grad():
+            torch.autograd.backward(loss_fn(alone, y[example:example + 1]))
+    except Exception:  # a loss that can't take a single example: say nothing about it
+        return None
+    own = alone.grad[0].double() if alone.grad is not None else None
+    if own is None or not float(own.abs().max()) > 0:
+        return None
+    shared = out.grad[example].double()
+    for name, factor in (("mean", 1.0 / batch), ("sum", 1.0)):
+        if torch.allclose(shared, factor * own, rtol=1e-3, atol=1e-6 * factor * float(own.abs().max())):
+            return name
+    return None
 
 
 def check_gradient(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, parameter: str,

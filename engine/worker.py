@@ -306,6 +306,8 @@ class Worker:
             self._last_phase = phase
             if phase.kind == "update":
                 self._collect(self._take_finished_capture())
+                if self._unit is not None:  # the step has ended: the inspected (or waiting) unit, written out
+                    self._neuron = self._trace()
             if phase.kind == "update" and self._focus_is_stale():  # (focus changed during the step)
                 self._refresh_focus()
             else:
@@ -399,6 +401,8 @@ class Worker:
         if result.capture is not None:
             self._pending.append(result.capture)
         self._drain(block=force_publish or trainer.device.type == "cpu")
+        if getattr(self._neuron, "pending", False):  # (a unit asked for during a phase-by-phase step this ended)
+            self._neuron = self._trace()
         if force_publish or want_tensors:
             self._publish_snapshot(force=force_publish)
 
@@ -462,11 +466,17 @@ class Worker:
             self._check_pause_conditions(frame, errors_before)
 
     def _trace(self):
-        """The inspected unit written out on the last batch (None when it can't be)."""
-        from engine.neuron import trace_unit
+        """The inspected unit written out on the last batch (None when it can't be). During a
+        phase-by-phase step, a PendingTrace: it is written out when the step ends, leaving the step
+        under way (its gradients, the probe's recording, the random stream) untouched."""
+        from engine.neuron import PendingTrace, trace_unit
 
         trainer = self.run.trainer if self.run else None
-        if self._unit is None or trainer is None or trainer.last_batch is None or trainer.in_phased_step:
+        if self._unit is None or trainer is None:
+            return None
+        if trainer.in_phased_step:
+            return PendingTrace(self._unit.layer, self._unit.unit)
+        if trainer.last_batch is None:
             return None
         x, y = trainer.last_batch
         try:

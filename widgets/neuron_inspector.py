@@ -1,4 +1,8 @@
-"""One unit written out: z = Σ wᵢaᵢ + b, a = g(z), δ and ∂L/∂w — and a gradient check."""
+"""One unit written out: z = Σ wᵢaᵢ + b, a = g(z), δ and ∂L/∂w — and a gradient check.
+
+The δ·a written out is one example's share of the gradient; the batch's gradient (what the update
+uses, and what the check measures) is all the shares added up. The labels say which is which.
+"""
 from __future__ import annotations
 
 from PySide6 import QtCore, QtWidgets
@@ -25,12 +29,15 @@ class NeuronInspector(View):
         self.heading = QtWidgets.QLabel(content)
         self.forward = QtWidgets.QLabel(content)
         self.backward = QtWidgets.QLabel(content)
-        for label in (self.forward, self.backward):
+        self.batch = QtWidgets.QLabel(content)  # the whole batch's gradient, which the check compares
+        for label in (self.forward, self.backward, self.batch):
             label.setWordWrap(True)
             label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         row = QtWidgets.QHBoxLayout()
         self.input_index = QtWidgets.QSpinBox(content)
-        self.check_button = QtWidgets.QPushButton("Check gradient of wᵢ", content)
+        self.check_button = QtWidgets.QPushButton("Check the batch's ∂L/∂wᵢ", content)
+        self.check_button.setToolTip("Compare autograd's gradient of the whole batch's loss with a central "
+                                     "finite difference, for input i of this unit")
         self.check_button.clicked.connect(self._ask_check)
         row.addWidget(QtWidgets.QLabel("i =", content))
         row.addWidget(self.input_index)
@@ -40,12 +47,22 @@ class NeuronInspector(View):
         form.addWidget(self.heading)
         form.addWidget(QtWidgets.QLabel("<b>Forward</b>", content))
         form.addWidget(self.forward)
-        form.addWidget(QtWidgets.QLabel("<b>Backward</b>", content))
+        backward_title = QtWidgets.QLabel("<b>Backward</b> (L is the loss of the whole batch)", content)
+        backward_title.setWordWrap(True)  # (one long line would set the dock's least width)
+        self.heading.setWordWrap(True)
+        form.addWidget(backward_title)
         form.addWidget(self.backward)
+        form.addWidget(self.batch)
         form.addLayout(row)
         form.addWidget(self.check_result)
         form.addStretch(1)
-        self.add_content(content)
+        # Scrolled: in a short dock the wrapped lines would otherwise be squeezed over each other.
+        scroller = QtWidgets.QScrollArea(self)
+        scroller.setWidget(content)
+        scroller.setWidgetResizable(True)
+        scroller.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroller.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.add_content(scroller)
         self.finish_layout()
         self._trace = None
         self._show_hint(_HINT)
@@ -57,20 +74,28 @@ class NeuronInspector(View):
             self._trace = None
             self._show_hint(_HINT)
             return
+        if getattr(trace, "pending", False):  # clicked during a phase-by-phase step
+            self._trace = None
+            when = "when this phase-by-phase step ends" if data.snapshot.state == "stepping" \
+                else "when the next step ends"
+            self._show_hint(f"{trace.layer}, unit {trace.unit}: its computation is written out {when}.")
+            return
         self._show_content()
         if trace is not self._trace:
             self._trace = trace
             where = "" if trace.position is None else f", position {trace.position} of the sequence"
             self.heading.setText(f"<b>{trace.layer}</b>, unit {trace.unit} (step {data.snapshot.step}, "
-                                 f"example {data.snapshot.tensors.example if data.snapshot.tensors else 0}"
-                                 f"{where})")
+                                 f"example {trace.example} of a batch of {trace.batch_size}{where})")
             self.forward.setText(trace.forward_text())
             self.backward.setText(trace.backward_text())
+            self.batch.setText(trace.batch_text())
+            self.batch.setVisible(bool(self.batch.text()))
             self.input_index.setRange(0, max(0, len(trace.inputs) - 1))
         if check is not None:
             self.check_result.setText(
-                f"∂L/∂{check.parameter}{list(check.index)}: autograd {check.autograd:.8g}, "
-                f"central difference {check.numeric:.8g} (relative difference {check.relative_error:.1e})")
+                f"Whole batch ({trace.batch_description()}), ∂L/∂{check.parameter}{list(check.index)}: "
+                f"autograd {check.autograd:.8g}, central difference {check.numeric:.8g} "
+                f"(relative difference {check.relative_error:.1e})")
         else:
             self.check_result.setText("")
 

@@ -76,3 +76,62 @@ def test_a_linear_along_a_sequence_is_written_out_at_its_first_position() -> Non
     np.testing.assert_allclose(trace.output, max(unit, 0.0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(trace.delta, float(z.grad[1, 0, 4]), rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(trace.weight_grads, (z.grad[1, 0, 4] * x[1, 0]).double().numpy(), rtol=1e-5, atol=1e-9)
+    # the batch's gradient gathers every example's and every position's share
+    np.testing.assert_allclose(trace.batch_weight_grads, model[0].weight.grad[4].double().numpy(), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(trace.batch_weight_grads, torch.einsum("bp,bpi->i", z.grad[..., 4], x).double().numpy(),
+                               rtol=1e-5, atol=1e-9)
+    assert trace.reduction == "mean" and "examples and positions added up" in trace.batch_text()
+
+
+def test_the_examples_shares_add_up_to_the_batch_gradient_that_autograd_gives() -> None:
+    """δ·a written out is one example's share; the batch's ∂L/∂w (what the check measures) is the
+    shares of all examples added up, and with a mean loss a share is the example's own gradient ÷ B."""
+    model = mlp()
+    x, y = data(8)
+    for p in model.parameters():  # stale gradients of an earlier step must not leak into the batch's
+        p.grad = torch.full_like(p, 5.0)
+    loss_fn = torch.nn.functional.cross_entropy
+    traces = [trace_unit(model, loss_fn, x, y, "layers.1.linear", unit=2, example=k) for k in range(8)]
+    assert all(torch.equal(p.grad, torch.full_like(p, 5.0)) for p in model.parameters())
+    reference = mlp()
+    loss_fn(reference(x), y).backward()
+    batch = reference.layers[1].linear.weight.grad[2].double().numpy()
+    np.testing.assert_allclose(sum(t.weight_grads for t in traces), batch, rtol=1e-4, atol=1e-8)
+    for k, trace in enumerate(traces):
+        assert trace.example == k and trace.batch_size == 8 and trace.reduction == "mean"
+        np.testing.assert_allclose(trace.batch_weight_grads, batch, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(trace.batch_bias_grad, float(reference.layers[1].linear.bias.grad[2]),
+                                   rtol=1e-5, atol=1e-8)
+        alone = mlp()
+        loss_fn(alone(x[k:k + 1]), y[k:k + 1]).backward()  # the example's own gradient
+        np.testing.assert_allclose(trace.weight_grads * 8, alone.layers[1].linear.weight.grad[2].double().numpy(),
+                                   rtol=1e-4, atol=1e-7)
+    check = check_gradient(model, loss_fn, x, y, "layers.1.linear.weight", (2, 3))
+    np.testing.assert_allclose(traces[0].batch_weight_grads[3], check.autograd, rtol=1e-4)
+    assert traces[3].backward_text().startswith("For example 3 of the batch: δ = ∂L/∂z")
+    text = traces[3].batch_text()
+    assert text.startswith(f"Whole batch (mean over 8 examples): ∂L/∂wᵢ = {batch[0]:.3g}, {batch[1]:.3g}")
+    assert "÷ 8" in text
+
+
+@pytest.mark.parametrize("reduction,expected", [("sum", "sum"), ("weighted", None)])
+def test_a_loss_that_is_not_a_mean_is_named_as_measured(reduction: str, expected: str | None) -> None:
+    model = mlp()
+    x, y = data(6)
+
+    def loss_fn(out, target):
+        if reduction == "sum":
+            return torch.nn.functional.cross_entropy(out, target, reduction="sum")
+        return torch.nn.functional.cross_entropy(out, target, weight=torch.tensor([1.0, 3.0]))
+
+    trace = trace_unit(model, loss_fn, x, y, "layers.0.linear", unit=1, example=2)
+    assert trace.reduction == expected
+    reference = mlp()
+    loss_fn(reference(x), y).backward()
+    np.testing.assert_allclose(trace.batch_weight_grads, reference.layers[0].linear.weight.grad[1].double().numpy(),
+                               rtol=1e-5, atol=1e-8)
+    shares = sum(trace_unit(model, loss_fn, x, y, "layers.0.linear", 1, example=k).weight_grads for k in range(6))
+    np.testing.assert_allclose(shares, trace.batch_weight_grads, rtol=1e-4, atol=1e-8)
+    named = "sum over 6 examples" if expected else "6 examples"
+    assert trace.batch_text().startswith(f"Whole batch ({named})")
+    assert "÷" not in trace.batch_text()

@@ -263,3 +263,83 @@ def test_the_findings_published_know_whether_the_run_clips() -> None:
         assert any(_CLIP in d.fixes for d in unclipped.diagnoses)
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_a_unit_clicked_during_a_phase_by_phase_step_is_written_out_when_the_step_ends() -> None:
+    """Mid-step the click is remembered (the step under way is left alone); the update phase that ends
+    the step writes the unit out, with the numbers autograd gives on the step's batch."""
+    import copy
+
+    import numpy as np
+
+    from engine.neuron import NeuronTrace, PendingTrace
+    from engine.worker import TraceUnit
+
+    def phase_step_through(worker: Worker, out: Collector, click: TraceUnit | None) -> Snapshot:
+        worker.send(Step())
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 1)
+        worker.send(PhaseStep())
+        worker.send(PhaseStep())
+        first = out.wait_for(lambda s: isinstance(s, Snapshot) and s.phase is not None and s.phase.index == 1)
+        if click is not None:
+            worker.send(click)
+            waiting = out.wait_for(lambda s: isinstance(s, Snapshot) and isinstance(s.neuron, PendingTrace))
+            assert waiting.state == "stepping" and (waiting.neuron.layer, waiting.neuron.unit) == ("2", 1)
+        for _ in range(first.phase.total - 2):
+            worker.send(PhaseStep())
+        return out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 2 and s.phase is not None
+                            and s.phase.kind == "update")
+
+    finished, models, batches = [], [], []
+    for click in (TraceUnit("2", 1), None):  # the same run, with and without the click mid-step
+        out = Collector()
+        worker = Worker(out)
+        worker.start(small_run)
+        try:
+            out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+            finished.append(phase_step_through(worker, out, click))
+        finally:
+            assert worker.stop(timeout=1.0)  # (its thread has ended: its model can be read here)
+        models.append(worker.run.trainer.model)
+        batches.append(worker.run.trainer.last_batch)
+    done, model = finished[0], copy.deepcopy(models[0])
+    assert isinstance(done.neuron, NeuronTrace) and (done.neuron.layer, done.neuron.unit) == ("2", 1)
+    assert finished[1].neuron is None
+    for a, b in zip(models[0].parameters(), models[1].parameters()):  # the step itself was not disturbed
+        assert torch.equal(a, b)
+    x, y = batches[0]
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    hidden = model[1](model[0](x))
+    logits = model[2](hidden)
+    logits.retain_grad()
+    nn.functional.cross_entropy(logits, y).backward()
+    trace = done.neuron
+    np.testing.assert_allclose(trace.inputs, hidden[0].detach().double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(trace.z, float(logits.detach()[0, 1]), rtol=1e-5)
+    np.testing.assert_allclose(trace.weight_grads, (logits.grad[0, 1] * hidden[0]).detach().double().numpy(),
+                               rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(trace.batch_weight_grads, model[2].weight.grad[1].double().numpy(), rtol=1e-5,
+                               atol=1e-9)
+
+
+def test_a_unit_waiting_for_a_phase_by_phase_step_is_written_out_when_play_ends_it() -> None:
+    from engine.neuron import NeuronTrace, PendingTrace
+    from engine.worker import TraceUnit
+
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        worker.send(PhaseStep())
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "stepping")
+        worker.send(TraceUnit("2", 1))
+        out.wait_for(lambda s: isinstance(s, Snapshot) and isinstance(s.neuron, PendingTrace))
+        worker.send(Play())
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step >= 2)
+        worker.send(Pause())
+        done = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step >= 2)
+        assert isinstance(done.neuron, NeuronTrace) and (done.neuron.layer, done.neuron.unit) == ("2", 1)
+    finally:
+        assert worker.stop(timeout=1.0)

@@ -1,9 +1,11 @@
 """The neuron inspector writes out the unit it is given and asks for gradient checks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from engine.neuron import GradientCheck, NeuronTrace
+from engine.neuron import GradientCheck, NeuronTrace, PendingTrace
 from engine.snapshot import Hyper, Metrics, Snapshot, ViewData
 from widgets.neuron_inspector import NeuronInspector
 
@@ -12,8 +14,8 @@ TRACE = NeuronTrace(layer="layers.0.linear", unit=1, inputs=np.array([1.0, 2.0])
                     weight_grads=np.array([-0.5, -1.0]), bias_grad=-0.5)
 
 
-def data(trace=None, check=None) -> ViewData:
-    return ViewData(snapshot=Snapshot(run_id=1, step=3, state="paused", scenario="s", device="cpu", layers=(),
+def data(trace=None, check=None, state: str = "paused") -> ViewData:
+    return ViewData(snapshot=Snapshot(run_id=1, step=3, state=state, scenario="s", device="cpu", layers=(),
                                       metrics=Metrics(train_loss=1.0), hyper=Hyper(), neuron=trace,
                                       gradient_check=check))
 
@@ -38,3 +40,31 @@ def test_writes_out_the_worked_example_and_asks_for_a_check(qtbot) -> None:
     assert blocker.args == ["layers.0.linear", 1, 1]
     view.render(data(TRACE, GradientCheck("layers.0.linear.weight", (1, 1), -1.0, -1.0000001)))
     assert "relative difference 1.0e-07" in view.check_result.text()
+
+
+def test_says_which_gradient_is_one_examples_share_and_which_is_the_whole_batchs(qtbot) -> None:
+    # example 1 of a batch of 4 whose loss is a mean; the batch's row of dL/dW is the 4 shares added up
+    trace = replace(TRACE, example=1, batch_size=4, batch_weight_grads=np.array([-2.0, 0.25]), batch_bias_grad=-1.5,
+                    reduction="mean")
+    view = NeuronInspector()
+    qtbot.addWidget(view)
+    view.render(data(trace, GradientCheck("layers.0.linear.weight", (1, 0), -2.0, -2.0000001)))
+    assert "example 1 of a batch of 4" in view.heading.text()
+    assert view.backward.text().startswith("For example 1 of the batch: δ = ∂L/∂z = -0.5;  its share of ∂L/∂wᵢ is δ·aᵢ")
+    assert view.batch.text().startswith("Whole batch (mean over 4 examples): ∂L/∂wᵢ = -2, 0.25 — the shares of all")
+    assert "÷ 4" in view.batch.text()
+    assert view.check_result.text().startswith("Whole batch (mean over 4 examples), ∂L/∂layers.0.linear.weight[1, 0]")
+
+
+def test_a_unit_clicked_during_a_phase_by_phase_step_is_promised_for_when_it_ends(qtbot) -> None:
+    view = NeuronInspector()
+    qtbot.addWidget(view)
+    view.render(data(TRACE))
+    view.render(data(PendingTrace("head", 1), state="stepping"))
+    assert view.hint == "head, unit 1: its computation is written out when this phase-by-phase step ends."
+    with qtbot.assertNotEmitted(view.check_requested):
+        view.check_button.click()  # (no check of the unit shown before)
+    view.render(data(PendingTrace("head", 1), state="paused"))  # the step was finished by Play, then paused
+    assert "written out when the next step ends" in view.hint
+    view.render(data(TRACE))
+    assert not view.hint and "0.1·1 + 0.3·2" in view.forward.text()
