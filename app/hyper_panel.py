@@ -129,7 +129,7 @@ class HyperPanel(QtWidgets.QWidget):
         self.pause_norm_on = QtWidgets.QCheckBox("a gradient norm >")
         self.pause_norm = QtWidgets.QDoubleSpinBox()
         self.pause_norm.setDecimals(3)
-        self.pause_norm.setRange(1e-3, 1e9)  # (its smallest value shown as it is, not as 0.000)
+        self.pause_norm.setRange(1e-3, 1e6)  # (its smallest value shown as it is, not as 0.000)
         self.pause_norm.setStepType(QtWidgets.QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
         self.pause_norm.setValue(100.0)
         norm_row = QtWidgets.QHBoxLayout()

@@ -268,6 +268,13 @@ class StepInspector(View):
         module_font.setPointSizeF(module_font.pointSizeF() * 1.2)
         module_font.setBold(True)
         self.module_label.setFont(module_font)
+        # Cut from the left to the room it has (``elide_head``), the full name in its tooltip: a
+        # long name would otherwise set the whole dock's least width.
+        self.module_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                        QtWidgets.QSizePolicy.Policy.Preferred)
+        self.module_label.setMinimumWidth(40)
+        self.module_label.installEventFilter(self)
+        self._module_text = ""
         self.counter_label = QtWidgets.QLabel(" ", content)
         self.counter_label.setObjectName("phaseCounter")
         header.addWidget(self.direction_label)
@@ -302,6 +309,7 @@ class StepInspector(View):
         self.more_label = QtWidgets.QLabel("", tensors)
         self.no_tensors = QtWidgets.QLabel("no tensors captured in this phase", tensors)
         self.no_tensors.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.no_tensors.setWordWrap(True)  # (its one line set the whole dock's least width)
         self._panel_columns = 0
         self._arrange_panels(2)
         tensors.installEventFilter(self)
@@ -337,7 +345,13 @@ class StepInspector(View):
             self._fit_panels()
         elif watched is self.phase_list.viewport() and event.type() == QtCore.QEvent.Type.Resize:
             self._fit_rows()
+        elif watched is self.module_label and event.type() == QtCore.QEvent.Type.Resize:
+            self._fit_module()
         return super().eventFilter(watched, event)
+
+    def _fit_module(self) -> None:
+        label = self.module_label
+        label.setText(elide_head(self._module_text, label.contentsRect().width(), label.fontMetrics()))
 
     def _fit_panels(self) -> None:
         """Two columns of panels, or one when the area is narrow and holds at most two (more
@@ -378,7 +392,9 @@ class StepInspector(View):
         self.direction_label.setText(DIRECTION_TEXT.get(phase.kind, str(phase.kind).upper()))
         self.direction_label.setStyleSheet(
             f"QLabel {{ background: {colour}; color: #101215; border-radius: 4px; padding: 4px 10px; }}")
-        self.module_label.setText(phase.module or "\u2014")
+        self._module_text = phase.module or "\u2014"
+        self.module_label.setToolTip(self._module_text)
+        self._fit_module()
         total = max(int(phase.total), len(phase.names))
         self.counter_label.setText(f"phase {int(phase.index) + 1} of {total}")
         self._update_list(phase, colour)

@@ -166,6 +166,14 @@ class WeightHeatmap(View):
             self._shown = None
             self._show_hint(_MISSING_HINTS[self._mode])
             return
+        wanted = self.layer_combo.currentText()
+        if snapshot.state == "stepping" and wanted and wanted != tensors.layer:
+            # (selected mid-step: its tensors are captured when the step ends; the matrix on hand is
+            # another layer's, which the combo would mislabel)
+            self._matrix = None
+            self._shown = None
+            self._show_hint(f"{wanted}: shown when this phase-by-phase step ends")
+            return
         shown = self._shown
         if shown is not None and shown[0] is array and shown[1:] == (self._mode, tensors.layer):
             return  # same array as the last frame: nothing to redo at 30 Hz

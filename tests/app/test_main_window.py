@@ -75,7 +75,7 @@ def test_phase_stepping_shows_modules_in_the_inspector(qtbot, window: MainWindow
     phase = window.bridge.latest.phase
     assert phase.kind == "forward" and phase.module == "flatten"
     assert "forward layers.0.linear" in phase.names and "backward layers.0.linear" in phase.names
-    assert inspector.module_label.text() == "flatten"
+    assert inspector.module_label.toolTip() == "flatten"  # (its text is cut to the room it has)
     for _ in range(phase.total - 1):
         window.step_phase()
     qtbot.waitUntil(lambda: window.bridge.latest.phase.kind == "update", timeout=10000)
@@ -473,3 +473,21 @@ def test_reset_layout_docks_floated_views_again(qtbot, window: MainWindow) -> No
     assert not dock.isFloating() and window.dockWidgetArea(dock) == area
     assert not window.docks["health"].isHidden()  # (a hidden view comes back too)
     assert not any(d.isFloating() for d in window.docks.values())
+
+
+def test_at_1024_by_700_the_views_of_a_row_share_its_width(qtbot) -> None:
+    """No view's least width (a long unwrapped line in a tab behind it) squeezes its row's others:
+    the gradient flow was left ~100 pixels beside the activations' tab stack."""
+    win = MainWindow(remember_layout=False)
+    qtbot.addWidget(win)
+    win.resize(1024, 700)
+    win.show()
+    qtbot.waitExposed(win)
+    win.reset_layout()
+    try:
+        for row in win._rows:
+            qtbot.waitUntil(lambda row=row: min(win.docks[k].width() for k in row) > 150, timeout=3000)
+            widths = [win.docks[k].width() for k in row]
+            assert min(widths) >= 0.8 * max(widths), dict(zip(row, widths))
+    finally:
+        win.shutdown()

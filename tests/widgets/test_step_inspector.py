@@ -202,3 +202,21 @@ def test_elide_head_cuts_whole_parts_from_the_left():
     assert elide_head("layers.1.linear", metrics.horizontalAdvance("\u20261.linear") + 2, metrics,
                       keep="1.linear") == "\u20261.linear"
     assert elide_head("blocks.1.ff.0", metrics.horizontalAdvance("\u2026ff.0"), metrics) == "\u2026ff.0"
+
+
+def test_a_long_module_name_is_cut_from_the_left_and_does_not_widen_the_dock(shown, qtbot):
+    widget = shown(StepInspector(), 900, 400)
+    widget.render(view_data(phase(index=6, module="layers.6.linear")))
+    least = widget.minimumSizeHint().width()
+    long_name = "encoder.stages.3.blocks.11.attention.output_projection"
+    widget.render(view_data(phase(index=7, module=long_name)))
+    assert widget.minimumSizeHint().width() <= least  # (it grew with the name's length before)
+    assert widget.module_label.text() == long_name and widget.module_label.toolTip() == long_name
+    widget.resize(520, 400)
+    qtbot.waitUntil(lambda: widget.module_label.text() != long_name)
+    shown_text = widget.module_label.text()
+    assert shown_text.startswith("\u2026") and long_name.endswith(shown_text[1:])
+    metrics = widget.module_label.fontMetrics()
+    assert metrics.horizontalAdvance(shown_text) <= widget.module_label.contentsRect().width()
+    widget.resize(900, 400)
+    qtbot.waitUntil(lambda: widget.module_label.text() == long_name)

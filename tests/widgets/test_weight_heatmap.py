@@ -221,3 +221,18 @@ def test_a_shrunk_matrix_is_titled_with_its_full_shape_and_read_as_block_means(v
     # Not shrunk: the plain shape and single indices, as before.
     view.render(make_data(make_tensors(np.random.default_rng(4))))
     assert view.plot_title.text.endswith("16×8") and "averaged" not in view.plot_title.text
+
+
+def test_a_layer_chosen_during_a_phase_by_phase_step_is_not_drawn_with_another_layers_matrix(view):
+    rng = np.random.default_rng(5)
+    fc1 = make_tensors(rng)
+    stepping = Snapshot(1, 10, "stepping", "test", "cpu", LAYERS, Metrics(1.0), Hyper(), tensors=fc1)
+    view.render(ViewData(stepping, selected_layer="fc1"))
+    assert view.hint == "" and view.layer_combo.currentText() == "fc1"
+    view.render(ViewData(stepping, selected_layer="head"))  # fc1's tensors are all there is mid-step
+    assert view.layer_combo.currentText() == "head"
+    assert view.hint == "head: shown when this phase-by-phase step ends"
+    head = make_tensors(rng, layer="head", shape=(3, 16))
+    view.render(make_data(head, selected="head"))  # the step ended: head's weights arrive
+    assert view.hint == ""
+    np.testing.assert_array_equal(view.image.image, head.weight)
