@@ -300,9 +300,17 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
         batches = LoaderBatches(user.loader)
     else:
         batches = TensorBatches(user.x, user.y, seed=seed)
+    # Reinitialize gives back the weights your function built, as it built them: its own init, a
+    # layer it loaded or froze, parameters no reset_parameters() knows (MultiheadAttention's
+    # in_proj_weight, a bare nn.Parameter). Kept on the host; the model moves to its device later.
+    initial = {name: value.detach().to("cpu", copy=True) for name, value in user.model.state_dict().items()}
+
+    def reinit(module: torch.nn.Module) -> None:
+        module.load_state_dict(initial)
+
     trainer = Trainer(user.model, user.loss_fn, batches, hyper=hp,
                       config=TrainerConfig(seed=seed, device=resolve_device(device),
-                                           capture_every=capture_every, val_every=0))
+                                           capture_every=capture_every, val_every=0), reinit=reinit)
     boundary = None
     if user.x is not None and user.x.dim() == 2 and user.x.shape[1] == 2 and not user.y.is_floating_point():
         take = min(len(user.x), 600)

@@ -505,3 +505,59 @@ def test_loader_problems(tmp_path):
     assert validate_error(f"{path}:lists") == (
         f"{path}: the batch's x and the batch's y must be torch tensors; got list and list"
     )
+
+
+REINIT_MODEL = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pretrained = nn.Linear(4, 8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.gain = nn.Parameter(torch.ones(8))
+        self.out = nn.Linear(8, 3)
+        nn.init.zeros_(self.out.weight)  # the file's own init
+        with torch.no_grad():
+            self.pretrained.weight.fill_(0.25)  # as if loaded from a checkpoint...
+        self.pretrained.requires_grad_(False)  # ...and frozen
+
+    def forward(self, x):
+        h = torch.relu(self.pretrained(x))[:, None, :]
+        h, _ = self.attention(h, h, h)
+        return self.out(h[:, 0] * self.gain)
+
+
+def build():
+    x = torch.randn(64, 4)
+    return Net(), (x, (x[:, 0] > 0).long()), nn.functional.cross_entropy
+"""
+
+
+def test_reinitialize_gives_back_the_weights_the_file_built(tmp_path):
+    """Not reset_parameters() everywhere: that re-randomised the file's zero init and the frozen
+    'pretrained' layer, and left MultiheadAttention's in_proj_weight and a bare parameter trained."""
+    from engine.scenarios import build_user_run
+
+    ref = f"{write(tmp_path, REINIT_MODEL)}:build"
+    trainer = build_user_run(ref, device="cpu").trainer
+    built = load_user_model(ref, seed=0).model.state_dict()  # (an independent build of the same file)
+    try:
+        for _ in range(5):
+            trainer.step()
+        trained = trainer.model.state_dict()
+        for name in ("attention.in_proj_weight", "gain", "out.weight"):
+            assert not torch.equal(trained[name], built[name]), name  # training moved them
+        trainer.reinitialize()
+        after = trainer.model.state_dict()
+        assert after.keys() == built.keys()
+        for name, value in built.items():
+            assert torch.equal(after[name], value), name
+        assert not trainer.model.pretrained.weight.requires_grad  # still frozen
+        assert trainer.step_count == 0
+        trainer.step()  # and it trains again from there
+        assert not torch.equal(trainer.model.state_dict()["out.weight"], built["out.weight"])
+    finally:
+        trainer.close()
