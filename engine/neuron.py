@@ -2,9 +2,10 @@
 check of one of its weights against a central finite difference."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -51,9 +52,9 @@ class NeuronTrace:
     def forward_text(self, terms: int = 4) -> str:
         shown = " + ".join(f"{w:.3g}·{a:.3g}" for w, a in zip(self.weights[:terms], self.inputs[:terms]))
         more = " + …" if len(self.weights) > terms else ""
-        g = self.activation or "identity"
-        return (f"z = Σ wᵢaᵢ + b = {shown}{more} + {self.bias:.3g} = {self.z:.4g};  "
-                f"a = {g}(z) = {self.output:.4g}")
+        then = f"a = {self.activation}(z) = {self.output:.4g}" if self.activation else \
+            "no activation module takes z (a function in forward may apply one)"
+        return f"z = Σ wᵢaᵢ + b = {shown}{more} + {self.bias:.3g} = {self.z:.4g};  {then}"
 
     def backward_text(self, terms: int = 4) -> str:
         shown = ", ".join(f"{self.delta:.3g}·{a:.3g} = {g:.3g}"
@@ -106,46 +107,71 @@ class GradientCheck:
         return abs(self.autograd - self.numeric) / scale
 
 
+#: Modules that pass z on without being its activation.
+_NOT_ACTIVATIONS = ("Dropout", "Flatten", "Identity", "Unflatten")
+
+
+@contextlib.contextmanager
+def _same_draw(x: torch.Tensor) -> Iterator[None]:
+    """The random stream forked and seeded alike, so every forward of a twin draws the same dropout
+    masks (the trace, and each side of the finite difference, see one function of the weights)."""
+    devices = list(range(torch.cuda.device_count())) if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        yield
+
+
+def _twin(model: nn.Module) -> nn.Module:
+    """A copy to recompute on, in the mode the model trains in (batch norm on the batch's own
+    statistics, as in the step; its running statistics move in the copy alone)."""
+    twin = copy.deepcopy(model)
+    twin.train(model.training)
+    return twin
+
+
 def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, layer: str,
                unit: int, example: int = 0) -> NeuronTrace:
     """Recompute the batch on a copy of the model and write out one Linear unit of one example.
 
-    The copy keeps the training model, its gradients and its random stream untouched.
+    The copy keeps the training model, its gradients and its random stream untouched. The
+    activation shown is the module that takes this Linear's output in the forward pass as it runs
+    (not the one defined next); none is claimed when a function in ``forward`` applies it.
     """
-    twin = copy.deepcopy(model)
-    twin.eval()
+    twin = _twin(model)
     modules = dict(twin.named_modules())
     linear = modules.get(layer)
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"{layer!r} is not a Linear layer")
-    names = [name for name, _ in twin.named_modules()]
-    after = names[names.index(layer) + 1:]
-    following = next((modules[n] for n in after if not list(modules[n].children())), None)
     seen: dict[str, torch.Tensor] = {}
+    consumers: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output) for modules fed z itself
 
-    def keep(key: str):
-        def hook(_module, args, output):
-            seen[f"{key}_in"] = first_tensor(args)
-            out = first_tensor(output)
-            if out.requires_grad:
-                out.retain_grad()
-            seen[f"{key}_out"] = out
-        return hook
-
-    handles = [linear.register_forward_hook(keep("linear"))]
-    is_activation = following is not None and not list(following.parameters()) and \
-        type(following).__name__ not in ("Dropout", "Flatten", "Identity")
-    if is_activation:
-        handles.append(following.register_forward_hook(keep("act")))
-    try:
-        out = twin(x)
-        if isinstance(out, torch.Tensor) and out.requires_grad:
+    def keep_linear(_module, args, output):
+        seen["linear_in"] = first_tensor(args)
+        out = first_tensor(output)
+        if out.requires_grad:
             out.retain_grad()
-        loss = loss_fn(out, y)
-        loss.backward()
+        seen["linear_out"] = out
+
+    def watch(module, args, output):
+        z = seen.get("linear_out")
+        if z is not None and module is not linear and args and first_tensor(args) is z:
+            consumers.append((module, first_tensor(output)))
+
+    handles = [linear.register_forward_hook(keep_linear)]
+    handles += [m.register_forward_hook(watch) for m in twin.modules() if not list(m.children())]
+    try:
+        with _same_draw(x):
+            out = twin(x)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                out.retain_grad()
+            loss = loss_fn(out, y)
+            loss.backward()
     finally:
         for handle in handles:
             handle.remove()
+    following = consumers[0] if consumers else None
+    is_activation = following is not None and not list(following[0].parameters()) \
+        and type(following[0]).__name__ not in _NOT_ACTIVATIONS
     inputs = seen["linear_in"][example].detach()
     position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
 
@@ -160,11 +186,11 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     w = linear.weight.detach()[unit].double().numpy()
     b = float(linear.bias.detach()[unit]) if linear.bias is not None else 0.0
     z = pick(z_tensor.detach())
-    output = pick(seen["act_out"].detach()) if is_activation else z
+    output = pick(following[1].detach()) if is_activation else z
     weight_grad = linear.weight.grad
     bias_grad = linear.bias.grad if linear.bias is not None else None
     return NeuronTrace(layer=layer, unit=unit, inputs=a, weights=w, bias=b, z=z,
-                       activation=type(following).__name__ if is_activation else None, output=output,
+                       activation=type(following[0]).__name__ if is_activation else None, output=output,
                        delta=delta, weight_grads=delta * a, bias_grad=delta, position=position, example=example,
                        batch_size=int(x.shape[0]),
                        batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
@@ -197,20 +223,24 @@ def _reduction(loss_fn: Callable, out: object, y: torch.Tensor, example: int) ->
 
 def check_gradient(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, parameter: str,
                    index: tuple[int, ...], eps: float = 1e-6) -> GradientCheck:
-    """Autograd's ∂L/∂θ for one weight θ against (L(θ+ε) − L(θ−ε)) / 2ε, in float64, in eval mode."""
-    twin = copy.deepcopy(model).double().eval()
+    """Autograd's ∂L/∂θ for one weight θ against (L(θ+ε) − L(θ−ε)) / 2ε, in float64, in the mode the
+    model trains in, every forward with the same dropout draw (so it is one function of θ)."""
+    twin = _twin(model).double()
     x = x.double() if x.is_floating_point() else x
     y = y.double() if y.is_floating_point() else y
     param = dict(twin.named_parameters())[parameter]
     twin.zero_grad()
-    loss_fn(twin(x), y).backward()
+    with _same_draw(x):
+        loss_fn(twin(x), y).backward()
     analytic = float(param.grad[index])
     with torch.no_grad():
         original = float(param[index])
         param[index] = original + eps
-        plus = float(loss_fn(twin(x), y))
+        with _same_draw(x):
+            plus = float(loss_fn(twin(x), y))
         param[index] = original - eps
-        minus = float(loss_fn(twin(x), y))
+        with _same_draw(x):
+            minus = float(loss_fn(twin(x), y))
         param[index] = original
     return GradientCheck(parameter=parameter, index=tuple(index), autograd=analytic,
                          numeric=(plus - minus) / (2 * eps))

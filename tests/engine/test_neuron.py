@@ -1,6 +1,8 @@
 """The neuron inspector's numbers against autograd and numpy."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,69 @@ def test_a_loss_that_is_not_a_mean_is_named_as_measured(reduction: str, expected
     named = "sum over 6 examples" if expected else "6 examples"
     assert trace.batch_text().startswith(f"Whole batch ({named})")
     assert "÷" not in trace.batch_text()
+
+
+class _DefinedOutOfOrder(torch.nn.Module):
+    """fc2 is defined before the ReLU but applied after it; fc2's output has no activation module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(3, 6)
+        self.fc2 = torch.nn.Linear(6, 2)
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+class _FunctionalActivation(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(3, 6)
+        self.tanh = torch.nn.Tanh()  # defined next, never applied to fc1's output
+        self.fc2 = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_the_activation_is_the_module_that_takes_z_as_the_forward_runs() -> None:
+    torch.manual_seed(0)
+    x, y = data(8)
+    model = _DefinedOutOfOrder()
+    first = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "fc1", unit=1)
+    z = model.fc1(x).detach()[0, 1]
+    assert first.activation == "ReLU"
+    np.testing.assert_allclose(first.z, float(z), rtol=1e-5)
+    np.testing.assert_allclose(first.output, max(float(z), 0.0), rtol=1e-5, atol=1e-7)
+    last = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "fc2", unit=1)
+    assert last.activation is None and last.output == last.z  # (it showed fc1's ReLU output as fc2's)
+    np.testing.assert_allclose(last.z, float(model(x).detach()[0, 1]), rtol=1e-5)
+    assert "no activation module takes z" in last.forward_text()
+    functional = trace_unit(_FunctionalActivation(), torch.nn.functional.cross_entropy, x, y, "fc1", unit=0)
+    assert functional.activation is None  # not the Tanh defined next to it
+
+
+def test_a_batch_norm_model_is_recomputed_as_it_trains_and_dropout_draws_alike() -> None:
+    """Batch norm on the batch's statistics (the step's), not its running ones; with dropout, the
+    trace and both sides of the finite difference see the same masks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 2))
+    with torch.no_grad():  # running statistics far from the batch's, as early in training
+        model[1].running_mean.fill_(3.0)
+        model[1].running_var.fill_(9.0)
+    x, y = data(16)
+    trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "3", unit=1)
+    reference = copy.deepcopy(model).train()
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    np.testing.assert_allclose(trace.batch_weight_grads, reference[3].weight.grad[1].double().numpy(), rtol=1e-5,
+                               atol=1e-8)
+    assert model[1].running_mean.eq(3.0).all()  # the model itself untouched
+    check = check_gradient(model, torch.nn.functional.cross_entropy, x, y, "3.weight", (1, 2))
+    np.testing.assert_allclose(check.autograd, float(reference[3].weight.grad[1, 2]), rtol=1e-5)
+    dropped = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).train()
+    check = check_gradient(dropped, torch.nn.functional.cross_entropy, x, y, "0.weight", (3, 1))
+    assert abs(check.autograd) > 1e-6 and check.relative_error < 1e-4  # (one function: the same masks)
+    traced = trace_unit(dropped, torch.nn.functional.cross_entropy, x, y, "0", unit=3)
+    np.testing.assert_allclose(traced.batch_weight_grads[1], check.autograd, rtol=1e-4)
