@@ -81,7 +81,9 @@ def boundary_view(run: Run, step: int) -> BoundaryView | None:
     xs = torch.linspace(float(x0), float(x1), GRID)
     ys = torch.linspace(float(y0), float(y1), GRID)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1).to(trainer.device)
+    # (in the model's own floating type: a float64 model takes no float32 grid)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1).to(trainer.device, dtype)
     hidden_layer = next((info for info in trainer.probe.layers if info.role == "activation" and info.called), None)
     captured: dict[str, torch.Tensor] = {}
     handle = None

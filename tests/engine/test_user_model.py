@@ -561,3 +561,38 @@ def test_reinitialize_gives_back_the_weights_the_file_built(tmp_path):
         assert not torch.equal(trainer.model.state_dict()["out.weight"], built["out.weight"])
     finally:
         trainer.close()
+
+
+F64_MODEL = """
+import torch
+from torch import nn
+
+
+def build():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    return model, (x, (x[:, 0] * x[:, 1] > 0).long()), nn.functional.cross_entropy
+"""
+
+
+def test_a_float64_model_on_2d_data_gets_its_decision_boundary(tmp_path):
+    """The grid is made in the model's own dtype (a float32 grid failed in a float64 model, and the
+    view said the model had no 2-D input)."""
+    from engine.scenarios import build_user_run
+    from engine.views import GRID, boundary_view
+
+    run = build_user_run(f"{write(tmp_path, F64_MODEL)}:build", device="cpu")
+    try:
+        run.trainer.step()
+        view = boundary_view(run, 1)
+        assert view is not None and view.prediction.shape == (GRID, GRID) and view.hidden is not None
+        x0, x1, y0, y1 = view.extent
+        for row, col in ((0, 0), (GRID // 2, GRID - 1), (GRID - 1, 3)):
+            point = torch.tensor([[x0 + (x1 - x0) * col / (GRID - 1), y0 + (y1 - y0) * row / (GRID - 1)]],
+                                 dtype=torch.float64)
+            with torch.no_grad():
+                expected = torch.softmax(run.trainer.model(point), dim=1)[0, 1]
+            np.testing.assert_allclose(view.prediction[row, col], float(expected), rtol=1e-5)
+    finally:
+        run.trainer.close()
