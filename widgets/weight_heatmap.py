@@ -55,6 +55,23 @@ def _full_shape(layers, name: str, shown: tuple[int, ...]) -> tuple[int, int]:
     return tuple(shown)
 
 
+#: What a weight matrix's rows and columns are, by layer type (the default: a Linear's).
+_AXES = {
+    "Embedding": ("token", "embedding dimension"),
+    "EmbeddingBag": ("token", "embedding dimension"),
+    "Conv1d": ("output channel", "input channel × kernel position"),
+    "Conv2d": ("output channel", "input channel × kernel position"),
+    "Conv3d": ("output channel", "input channel × kernel position"),
+}
+_LINEAR_AXES = ("output unit", "input unit")
+
+
+def _axes(layers, name: str) -> tuple[str, str]:
+    """(rows, columns) of the named layer's weight, in words."""
+    kind = next((layer.type_name for layer in layers if layer.name == name), "")
+    return _AXES.get(kind, _LINEAR_AXES)
+
+
 def _block(index: int, shown: int, full: int) -> str:
     """Which of ``full`` indices the ``index``-th of ``shown`` averaged cells covers (as adaptive
     average pooling splits them): "7", or "12–13"."""
@@ -195,6 +212,11 @@ class WeightHeatmap(View):
         self._matrix_layer = tensors.layer
         self._shown = (array, self._mode, tensors.layer)
         self._full_shape = _full_shape(data.snapshot.layers, tensors.layer, matrix.shape)
+        rows, columns = _axes(data.snapshot.layers, tensors.layer)
+        if self.plot.getAxis("left").labelText != rows:
+            self.plot.setLabel("left", rows)
+        if self.plot.getAxis("bottom").labelText != columns:
+            self.plot.setLabel("bottom", columns)
         shape = f"{self._full_shape[0]}×{self._full_shape[1]}"
         if self._full_shape != matrix.shape:  # (shrunk on the device: each pixel averages a block)
             shape += f", averaged to {matrix.shape[0]}×{matrix.shape[1]}"

@@ -236,3 +236,14 @@ def test_a_layer_chosen_during_a_phase_by_phase_step_is_not_drawn_with_another_l
     view.render(make_data(head, selected="head"))  # the step ended: head's weights arrive
     assert view.hint == ""
     np.testing.assert_array_equal(view.image.image, head.weight)
+
+
+def test_axes_name_what_an_embeddings_rows_and_columns_are(view):
+    layers = (LayerInfo(0, "embed", "Embedding", "param", 10 * 4, (10, 4)), *LAYERS)
+    rng = np.random.default_rng(6)
+    view.render(make_data(make_tensors(rng, layer="embed", shape=(10, 4)), layers=layers))
+    assert view.plot.getAxis("left").labelText == "token"
+    assert view.plot.getAxis("bottom").labelText == "embedding dimension"
+    view.render(make_data(make_tensors(rng), layers=layers))  # a Linear again
+    assert view.plot.getAxis("left").labelText == "output unit"
+    assert view.plot.getAxis("bottom").labelText == "input unit"
