@@ -180,6 +180,9 @@ class FeatureMaps(View):
         return tiles
 
     def _not_conv_text(self, data: ViewData) -> str:
+        layers = data.snapshot.layers
+        if layers and not any(layer.type_name.startswith("Conv") for layer in layers):
+            return "This model has no convolutional layer: feature maps are what a convolution's filters make"
         tensors = data.snapshot.tensors
         name = tensors.layer if tensors is not None else data.selected_layer or self.selected_layer
         for layer in data.snapshot.layers:

@@ -215,3 +215,12 @@ def test_every_gap_between_maps_is_drawn_alike(shown, qtbot, size):
     across, down = _gaps(pixels[y, left:right + 1]), _gaps(pixels[top:bottom + 1, x])
     for gaps in (across, down):  # three gaps each way, none lost, within a pixel of each other
         assert len(gaps) == 3 and min(gaps) >= 2 and max(gaps) - min(gaps) <= 1, gaps
+
+
+def test_a_model_without_any_conv_layer_is_told_so_not_asked_to_select_one(view):
+    layers = (LayerInfo(0, "fc", "Linear", "param", 50, (5, 10)), LayerInfo(1, "act", "ReLU", "activation", 0))
+    snapshot = Snapshot(1, 10, "running", "test", "cpu", layers, Metrics(1.0), Hyper(),
+                        tensors=TensorViews(10, "fc", 0, weight=np.ones((5, 10), np.float32)))
+    view.render(ViewData(snapshot))
+    assert view.hint.startswith("This model has no convolutional layer")
+    assert "Select" not in view.hint
