@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.diagnostics import Diagnostics
 from engine.history import History
+from engine.neuron import PendingTrace
 from engine.probe import Capture, PendingCapture
 from engine.run import Run
 from engine.snapshot import STAT_NAMES, ErrorEvent, Metrics, PhaseInfo, Snapshot, StatsFrame
@@ -401,7 +402,7 @@ class Worker:
         if result.capture is not None:
             self._pending.append(result.capture)
         self._drain(block=force_publish or trainer.device.type == "cpu")
-        if getattr(self._neuron, "pending", False):  # (a unit asked for during a phase-by-phase step this ended)
+        if isinstance(self._neuron, PendingTrace):  # (a unit asked for during a phase-by-phase step this ended)
             self._neuron = self._trace()
         if force_publish or want_tensors:
             self._publish_snapshot(force=force_publish)
@@ -469,7 +470,7 @@ class Worker:
         """The inspected unit written out on the last batch (None when it can't be). During a
         phase-by-phase step, a PendingTrace: it is written out when the step ends, leaving the step
         under way (its gradients, the probe's recording, the random stream) untouched."""
-        from engine.neuron import PendingTrace, trace_unit
+        from engine.neuron import trace_unit
 
         trainer = self.run.trainer if self.run else None
         if self._unit is None or trainer is None:
