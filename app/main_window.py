@@ -56,6 +56,10 @@ VIEW_CLASSES: dict[str, type[View]] = {
 }
 SPEEDS = (("Full speed", None), ("100 steps/s", 100.0), ("30 steps/s", 30.0), ("10 steps/s", 10.0),
           ("3 steps/s", 3.0), ("1 step/s", 1.0))
+#: How often the probe measures a step (Run ▸ Measure): "auto" is each run's own default (every
+#: step for small models, adaptive for large ones); None is adaptive (about 5 % average cost).
+MEASURING = (("Auto (each model's default)", "auto"), ("Every step", 1), ("Every 4 steps", 4),
+             ("Every 16 steps", 16), ("Every 64 steps", 64), ("Adaptive (about 5 % slower)", None))
 OPEN_MODEL = "Open model file…"
 #: Views refreshed per display frame while training runs (in turn; all of them when paused).
 VIEWS_PER_FRAME = 1
@@ -337,6 +341,18 @@ class MainWindow(QtWidgets.QMainWindow):
         run_menu = menu.addMenu("&Run")
         for action in (self.act_play, self.act_step, self.act_phase, self.act_reinit, self.act_live):
             run_menu.addAction(action)
+        run_menu.addSeparator()
+        measure_menu = run_menu.addMenu("Measure")
+        measure_menu.setToolTipsVisible(True)
+        self.measuring = QtGui.QActionGroup(self)
+        for index, (label, _) in enumerate(MEASURING):
+            action = measure_menu.addAction(label)
+            action.setCheckable(True)
+            action.setData(index)
+            action.setToolTip("Measuring less often trains faster; the views then show every measured step")
+            self.measuring.addAction(action)
+        self.measuring.actions()[0].setChecked(True)
+        self.measuring.triggered.connect(lambda _action: self._measuring_changed())
         view_menu = menu.addMenu("&View")
         for dock in self.docks.values():
             view_menu.addAction(dock.toggleViewAction())
@@ -353,7 +369,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_rate = QtWidgets.QLabel("")
         self.status_device = QtWidgets.QLabel("")
         self.status_overhead = QtWidgets.QLabel("")
-        self.status_overhead.setToolTip("Extra time a measured step costs compared with a bare one")
+        self.status_overhead.setToolTip("How often the probe measures a step, and how much slower it makes training "
+                                        "on average (Run ▸ Measure changes how often)")
         status.addWidget(self.status_state, 1)
         for label in (self.status_step, self.status_rate, self.status_device, self.status_overhead):
             label.setMinimumWidth(110)
@@ -407,6 +424,7 @@ class MainWindow(QtWidgets.QMainWindow):
             factory = self._scenario_factory(name)
         self.bridge.start(factory)
         self._speed_changed(self.speed.currentIndex())
+        self._measuring_changed()
         self._pause_when_changed(self.hyper_panel.pause_conditions())
         self.hyper_panel.setEnabled(True)
         self.status_state.setText("Ready")
@@ -518,6 +536,21 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.bridge is not None:
             self._send_all(SetSpeed(SPEEDS[index][1]))
 
+    def measuring_every(self) -> int | None | str:
+        """The chosen capture interval: an int, None (adaptive) or "auto" (each run's default)."""
+        return MEASURING[self.measuring.checkedAction().data()][1]
+
+    def set_measuring(self, every: int | None | str) -> None:
+        index = next(i for i, (_, value) in enumerate(MEASURING) if value == every)
+        self.measuring.actions()[index].setChecked(True)
+        self._measuring_changed()
+
+    def _measuring_changed(self) -> None:
+        from engine.worker import SetMeasuring
+
+        if self.bridge is not None:
+            self._send_all(SetMeasuring(self.measuring_every()))
+
     def _hyper_changed(self, changes: dict) -> None:
         from engine.worker import SetHyper
 
@@ -560,7 +593,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def compare(self, first: str, second: str) -> None:
         """Train two scenarios at once: ``first`` in every view, both in the Compare view."""
         from app.bridge import Bridge
-        from engine.worker import PauseWhen, Play, SetPauseWhen, SetSpeed
+        from engine.worker import PauseWhen, Play, SetMeasuring, SetPauseWhen, SetSpeed
 
         if self.bridge is None or first not in self._scenarios or second not in self._scenarios:
             return
@@ -571,6 +604,7 @@ class MainWindow(QtWidgets.QMainWindow):
         partner.error.connect(self._on_partner_error)
         partner.start(functools.partial(self._scenario_module.build_run, second, device=self._current["device"]))
         partner.send(SetSpeed(SPEEDS[self.speed.currentIndex()][1]))
+        partner.send(SetMeasuring(self.measuring_every()))
         partner.send(SetPauseWhen(PauseWhen(**self.hyper_panel.pause_conditions())))
         self.partner = partner
         self.comparison.clear()
@@ -797,7 +831,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_rate.setText(f"{snapshot.steps_per_s:,.0f} steps/s" if running else "")
         self.status_device.setText(snapshot.device.upper())
         # (A saved run's file doesn't hold what its probe cost.)
-        self.status_overhead.setText(f"probe +{100 * snapshot.probe_overhead:.0f} %" if snapshot.run_id >= 0 else "")
+        self.status_overhead.setText(measuring_text(snapshot) if snapshot.run_id >= 0 else "")
 
     def _on_error(self, event: ErrorEvent) -> None:
         self.errors.append(event)
@@ -926,6 +960,11 @@ class MainWindow(QtWidgets.QMainWindow):
         except (TypeError, ValueError):  # a settings file edited by hand
             speed = 0
         self.speed.setCurrentIndex(speed if 0 <= speed < self.speed.count() else 0)
+        try:
+            measuring = int(settings.value("measuring", 0))
+        except (TypeError, ValueError):
+            measuring = 0
+        self.measuring.actions()[measuring if 0 <= measuring < len(MEASURING) else 0].setChecked(True)
 
     def reset_layout(self) -> None:
         self._arrange_default()
@@ -938,6 +977,7 @@ class MainWindow(QtWidgets.QMainWindow):
             settings.setValue("window_state", self.saveState(LAYOUT_VERSION))
             settings.setValue("layout_version", LAYOUT_VERSION)
             settings.setValue("speed", self.speed.currentIndex())
+            settings.setValue("measuring", self.measuring.checkedAction().data())
             settings.sync()
         self.shutdown()
         super().closeEvent(event)
@@ -956,6 +996,16 @@ class MainWindow(QtWidgets.QMainWindow):
             self, "About Glassbox",
             "<b>Glassbox</b><br>See inside a neural network while it trains.<br><br>"
             "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize")
+
+
+def measuring_text(snapshot: Snapshot) -> str:
+    """The status bar's word on the probe: how often it measures, and what that costs on average
+    (a measured step's extra time, spread over the steps of one interval)."""
+    every = snapshot.capture_every
+    how = "measuring every step" if every <= 1 else f"measuring every {every} steps"
+    if snapshot.capture_adaptive:
+        how += " (adaptive)"
+    return f"{how} · probe +{100 * snapshot.probe_overhead / max(1, every):.0f} %"
 
 
 def _where(event: ErrorEvent) -> str:

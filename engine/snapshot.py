@@ -190,6 +190,8 @@ class Snapshot:
     phase: PhaseInfo | None = None
     steps_per_s: float = 0.0
     probe_overhead: float = 0.0  # fractional extra time of captured steps, e.g. 0.12
+    capture_every: int = 1  # the probe measures one step in this many
+    capture_adaptive: bool = False  # the interval follows the measured overhead
     diagnoses: tuple = ()  # engine.diagnostics.Diagnosis findings so far, errors first
     neuron: object | None = None  # engine.neuron.NeuronTrace of the inspected unit
     gradient_check: object | None = None  # engine.neuron.GradientCheck, the latest one asked for

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 #: When every step is captured, one step in this many runs bare to keep the overhead measured.
 BARE_SAMPLE_EVERY = 32
+#: An adaptive capture interval keeps the probe's average cost near this fraction of a bare step,
+#: measuring at least every ``ADAPTIVE_MAX_EVERY`` steps.
+ADAPTIVE_COST = 0.05
+ADAPTIVE_MAX_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,7 @@ class Trainer:
         self._phased: _PhasedStep | None = None
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.capture_every = self.config.capture_every or 1
+        self.adaptive = self.config.capture_every is None  # capture_every follows the measured overhead
         self._time_bare: float | None = None
         self._time_captured: float | None = None
         self.last_val: tuple[float, float | None, int] | None = None  # (loss, acc, step)
@@ -351,9 +356,23 @@ class Trainer:
         attr = "_time_captured" if captured else "_time_bare"
         old = getattr(self, attr)
         setattr(self, attr, seconds if old is None else 0.9 * old + 0.1 * seconds)
-        if self.config.capture_every is None and self.overhead is not None:
-            # Capture often enough to see, rarely enough that the probe costs ~5 % on average.
-            self.capture_every = int(min(64, max(1, math.ceil(self.overhead / 0.05))))
+        if self.adaptive:
+            self._adapt_interval()
+
+    def _adapt_interval(self) -> None:
+        # Capture often enough to see, rarely enough that the probe costs ~5 % on average.
+        if self.overhead is not None:
+            self.capture_every = int(min(ADAPTIVE_MAX_EVERY, max(1, math.ceil(self.overhead / ADAPTIVE_COST))))
+
+    def set_capture_every(self, every: int | None) -> None:
+        """Measure every ``every`` steps from the next step on; None: adaptively, keeping the
+        probe's average cost near ``ADAPTIVE_COST`` (every step until the cost is measured)."""
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise ValueError(f"the capture interval must be a whole number of steps >= 1, not {every!r}")
+        self.adaptive = every is None
+        self.capture_every = every or 1
+        if self.adaptive:
+            self._adapt_interval()
 
     @property
     def overhead(self) -> float | None:

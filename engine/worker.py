@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from engine.trainer import StepError
 from engine.views import boundary_view, network_view
 
 __all__ = [
-    "Worker", "Play", "Pause", "Step", "PhaseStep", "SetHyper", "SetSpeed", "Reinitialize",
+    "Worker", "Play", "Pause", "Step", "PhaseStep", "SetHyper", "SetSpeed", "SetMeasuring", "Reinitialize",
     "Reseed", "Focus", "Replace", "Stop", "PauseWhen", "SetPauseWhen", "TraceUnit", "CheckGradient",
     "history_columns",
 ]
@@ -62,6 +62,13 @@ class SetHyper:
 @dataclass(frozen=True, slots=True)
 class SetSpeed:
     steps_per_s: float | None  # None: full speed
+
+
+@dataclass(frozen=True, slots=True)
+class SetMeasuring:
+    """How often the probe measures a step, for this run and the ones that replace it."""
+
+    every: int | None | Literal["auto"] = "auto"  # None: adaptive; "auto": each run's own default
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +130,8 @@ class SetPauseWhen:
     conditions: PauseWhen
 
 
-Command = (Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | Reinitialize | Reseed | Focus | Replace | Stop
-           | SetPauseWhen | TraceUnit | CheckGradient)
+Command = (Play | Pause | Step | PhaseStep | SetHyper | SetSpeed | SetMeasuring | Reinitialize | Reseed | Focus
+           | Replace | Stop | SetPauseWhen | TraceUnit | CheckGradient)
 
 
 def history_columns(layer_names: tuple[str, ...]) -> list[str]:
@@ -155,6 +162,7 @@ class Worker:
         self._history_lock = threading.Lock()
         self._running = False
         self._speed: float | None = None
+        self._measuring: int | None | Literal["auto"] = "auto"
         self._run_id = 0
         self._pending: list[PendingCapture] = []
         self._last_capture: Capture | None = None
@@ -267,6 +275,7 @@ class Worker:
             self._close_run()
             self._run_id += 1
             self.run = run
+            self._apply_measuring()
             with self._history_lock:
                 self.history = None
             self._diagnostics = self._diagnostics_before_training()
@@ -279,6 +288,12 @@ class Worker:
             return
         if isinstance(command, SetPauseWhen):
             self.pause_when = command.conditions
+            return
+        if isinstance(command, SetMeasuring):  # (kept for the runs to come, even with none yet)
+            self._measuring = command.every
+            if self.run is not None:
+                self._apply_measuring()
+                self._publish_snapshot(force=True)
             return
         if self.run is None:
             return
@@ -339,6 +354,10 @@ class Worker:
             probe.focus_example = max(0, command.example)
             if not self._running and (changed or self._focus_is_stale()):
                 self._refresh_focus()  # (a unit click sends its layer twice: one re-inspection)
+
+    def _apply_measuring(self) -> None:
+        trainer = self.run.trainer
+        trainer.set_capture_every(trainer.config.capture_every if self._measuring == "auto" else self._measuring)
 
     def _diagnostics_before_training(self) -> Diagnostics | None:
         """What is known of a run before its first capture: the warnings its model raised on its
@@ -570,6 +589,7 @@ class Worker:
             network=network_view(run, capture) if capture else None, boundary=self._boundary,
             phase=self._last_phase, steps_per_s=self._rate.per_second(),
             probe_overhead=trainer.overhead or 0.0,
+            capture_every=trainer.capture_every, capture_adaptive=trainer.adaptive,
             diagnoses=tuple(self._diagnostics.findings) if self._diagnostics is not None else (),
             neuron=self._neuron, gradient_check=self._gradient_check,
         )

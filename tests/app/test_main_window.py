@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PySide6 import QtCore, QtGui
 
-from app.main_window import MainWindow
+from app.main_window import MainWindow, measuring_text
 from engine.scenarios import SCENARIOS
+from engine.snapshot import Hyper, Metrics, Snapshot
 
 
 def grab_not_blank(widget) -> bool:
@@ -261,6 +262,31 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
     assert "bad.glassbox" in window.banner.message.text()
 
 
+def test_the_measure_menu_sets_how_often_the_probe_measures(qtbot, window: MainWindow) -> None:
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    assert window.status_overhead.text().startswith("measuring every step ·")
+    labels = [action.text() for action in window.measuring.actions()]
+    window.measuring.actions()[labels.index("Every 16 steps")].trigger()
+    qtbot.waitUntil(lambda: window.bridge.latest.capture_every == 16, timeout=10000)
+    assert window.status_overhead.text().startswith("measuring every 16 steps ·")
+    window.run_scenario("moons-mlp")  # the choice holds for the next run
+    qtbot.waitUntil(lambda: window.bridge.latest.scenario == "moons-mlp" and window.bridge.latest.step > 0,
+                    timeout=20000)
+    assert window.bridge.latest.capture_every == 16
+    window.measuring.actions()[labels.index("Adaptive (about 5 % slower)")].trigger()
+    qtbot.waitUntil(lambda: window.bridge.latest.capture_adaptive, timeout=10000)
+    assert "(adaptive)" in window.status_overhead.text()
+
+
+def test_the_status_bar_spreads_the_probe_cost_over_the_interval() -> None:
+    base = dict(run_id=1, step=5, state="running", scenario="s", device="cpu", layers=(),
+                metrics=Metrics(train_loss=0.1), hyper=Hyper())
+    assert measuring_text(Snapshot(**base, probe_overhead=0.6)) == "measuring every step · probe +60 %"
+    assert measuring_text(Snapshot(**base, probe_overhead=0.6, capture_every=12, capture_adaptive=True)) \
+        == "measuring every 12 steps (adaptive) · probe +5 %"
+
+
 def test_layout_and_scenario_remembered(qtbot, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("GLASSBOX_SETTINGS_DIR", str(tmp_path))
     first = MainWindow(remember_layout=True)
@@ -270,12 +296,14 @@ def test_layout_and_scenario_remembered(qtbot, tmp_path, monkeypatch) -> None:
     qtbot.waitUntil(lambda: first.bridge.latest is not None, timeout=20000)
     qtbot.waitUntil(lambda: first.windowTitle().endswith("moons-mlp"), timeout=5000)
     first.docks["attention"].hide()
+    first.set_measuring(64)
     first.close()
     second = MainWindow(remember_layout=True)
     qtbot.addWidget(second)
     second.show()
     try:
         assert not second.docks["attention"].isVisible()
+        assert second.measuring_every() == 64
         second.start_engine(device="cpu", play=False)
         qtbot.waitUntil(lambda: second.bridge.latest is not None, timeout=20000)
         assert second.bridge.latest.scenario == "moons-mlp"

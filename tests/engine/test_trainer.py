@@ -1,6 +1,7 @@
 """The training loop: phase stepping, live hyperparameters, determinism, located errors."""
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -216,12 +217,46 @@ def test_loader_batches() -> None:
     assert trainer.step_count == 5 and len(trainer.last_batch[0]) in (8, 16)
 
 
+def adaptive_interval(overhead: float) -> int:
+    """The interval that keeps the average cost near 5 %: overhead / interval <= 0.05, at most 64."""
+    return min(64, max(1, math.ceil(overhead / 0.05)))
+
+
 def test_adaptive_capture_interval_and_overhead_published() -> None:
     trainer = make_trainer(capture_every=None)
     for i in range(40):
         trainer.step(capture=(i % 2 == 0))
     assert trainer.overhead is not None and trainer.overhead >= 0
-    assert 1 <= trainer.capture_every <= 64
+    assert trainer.adaptive and trainer.capture_every == adaptive_interval(trainer.overhead)
+
+
+def captured_steps(trainer: Trainer, steps: int) -> list[int]:
+    """The steps the trainer chooses to measure among the next ``steps`` (as the worker asks it)."""
+    chosen = []
+    for _ in range(steps):
+        capture = trainer.should_capture()
+        trainer.step(capture=capture)
+        if capture:
+            chosen.append(trainer.step_count)
+    return chosen
+
+
+def test_the_capture_interval_can_be_set_while_training() -> None:
+    trainer = make_trainer()  # every step (one in 32 bare, to keep the overhead measured)
+    assert captured_steps(trainer, 40) == [s for s in range(1, 41) if s != 32]
+    trainer.set_capture_every(16)
+    assert not trainer.adaptive
+    assert captured_steps(trainer, 40) == [48, 64, 80]
+    trainer.set_capture_every(None)  # adaptive: at once from the overhead measured so far
+    assert trainer.adaptive and trainer.capture_every == adaptive_interval(trainer.overhead)
+    trainer.reinitialize()
+    assert trainer.adaptive, "a fresh start keeps the chosen interval"
+    trainer.set_capture_every(1)
+    assert not trainer.adaptive and trainer.capture_every == 1
+    for bad in (0, -3, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="capture interval"):
+            trainer.set_capture_every(bad)
+    assert trainer.capture_every == 1 and not trainer.adaptive
 
 
 def test_worked_example_gradients_through_trainer_step() -> None:

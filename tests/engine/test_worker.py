@@ -4,13 +4,14 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from engine.batches import TensorBatches
 from engine.run import Run
-from engine.snapshot import ErrorEvent, Hyper, Snapshot
+from engine.snapshot import STAT_NAMES, ErrorEvent, Hyper, Snapshot
 from engine.trainer import Trainer, TrainerConfig
 from engine.worker import Focus, Pause, PhaseStep, Play, Replace, SetHyper, Step, Worker
 
@@ -341,5 +342,42 @@ def test_a_unit_waiting_for_a_phase_by_phase_step_is_written_out_when_play_ends_
         worker.send(Pause())
         done = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step >= 2)
         assert isinstance(done.neuron, NeuronTrace) and (done.neuron.layer, done.neuron.unit) == ("2", 1)
+    finally:
+        assert worker.stop(timeout=1.0)
+
+
+def measured_steps(worker: Worker) -> np.ndarray:
+    """The steps of the history that hold per-layer statistics (the measured ones)."""
+    arrays = worker.current_history().to_arrays()
+    first_stat = list(arrays["columns"]).index(f"{STAT_NAMES[0]}/{worker.run.trainer.probe.layer_names[0]}")
+    steps, values = arrays["raw_steps"], arrays["raw_values"]
+    return steps[np.isfinite(values[:, first_stat])]
+
+
+def test_the_measuring_interval_applies_to_this_run_and_the_next() -> None:
+    from engine.worker import SetMeasuring
+
+    out = Collector()
+    worker = Worker(out, publish_hz=0.01)  # (a display refresh also measures: none during this test)
+    worker.start(small_run)
+    try:
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        worker.send(SetMeasuring(8))
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.capture_every == 8 and not s.capture_adaptive)
+        worker.send(Play())
+        time.sleep(1.0)  # (nothing is published while it runs)
+        worker.send(Pause())
+        paused = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "paused" and s.step >= 80)
+        measured = measured_steps(worker)
+        assert len(measured) >= 10 and set(measured % 8) == {0}, measured
+        assert measured[-1] > paused.step - 8
+        worker.send(Replace(small_run))  # a new run keeps the chosen interval
+        replaced = out.wait_for(lambda s: isinstance(s, Snapshot) and s.run_id == paused.run_id + 1)
+        assert replaced.capture_every == 8
+        worker.send(SetMeasuring(None))
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.capture_adaptive)
+        worker.send(SetMeasuring("auto"))  # back to the run's own setting: every step
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.capture_every == 1 and not s.capture_adaptive)
+        assert worker.run.trainer.config.capture_every == 1
     finally:
         assert worker.stop(timeout=1.0)
