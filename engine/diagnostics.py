@@ -14,13 +14,15 @@ circles-mlp and moons-mlp (ReLU, He, 400 steps), spirals-mlp (tanh, Xavier, 400)
 blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-transformer
 (pre-norm; 150 each), long-range-rnn and -lstm (100).
 
-- ``vanishing_gradients`` (warning): among layers owning parameters, in forward order, the first
-  layer's gradient norm is below ``vanishing_ratio`` = 1e-4 of the last layer's, for ``confirm``
-  = 3 frames in a row. Healthy runs: log10(first/last) never below -1.7 (the transformer's
-  embedding; MLPs >= -1.0). A 10-layer sigmoid MLP: -7 to -9.6 (default init), -10 to -18
-  (``init='normal'``), from step 1. Alternatively the first layer's update ratio stays below
-  ``vanishing_update`` = 1e-7 for ``window`` frames while some layer still moves by >= 1e-4
-  (healthy minimum 5.9e-6, again the embedding).
+- ``vanishing_gradients`` (warning): among trainable layers owning parameters (a frozen one, all
+  its parameters' ``requires_grad`` False, is left out of this and of the gradient and learning-rate
+  checks below: it gets no gradient by choice), in forward order, the first layer's gradient norm
+  is below ``vanishing_ratio`` = 1e-4 of the last layer's, for ``confirm`` = 3 frames in a row.
+  Healthy runs: log10(first/last) never below -1.7 (the transformer's embedding; MLPs >= -1.0).
+  A 10-layer sigmoid MLP: -7 to -9.6 (default init), -10 to -18 (``init='normal'``), from step 1.
+  Alternatively the first layer's update ratio stays below ``vanishing_update`` = 1e-7 for
+  ``window`` frames while some layer still moves by >= 1e-4 (healthy minimum 5.9e-6, again the
+  embedding).
 - ``exploding_gradients`` (error), any of, for ``confirm`` frames in a row:
   activations' std growing by ``activation_growth`` = 1e3 from the first layer to a deeper one
   (healthy max x25, shapes-cnn; a 50-layer ReLU stack with He init x2: x1e11 at step 1);
@@ -336,11 +338,16 @@ class Diagnostics:
                                      fixes=fixes, last_step=now)
 
     def _param_rows(self, frame: StatsFrame) -> list[int]:
-        """Rows of layers owning parameters that took part in the step, in forward order."""
+        """Rows of layers owning parameters that took part in the step, in forward order.
+
+        A frozen layer (``trainable`` False) is left out: it gets no gradient and no update by the
+        user's choice, which is no finding, and its zero update would otherwise be named among
+        stalled layers, or stand first in the order and hide the trainable layers' own stall.
+        """
         rows = []
         for i, name in enumerate(frame.layer_names):
             info = self._info.get(name)
-            if info is not None and (info.params <= 0 or not info.called):
+            if info is not None and (info.params <= 0 or not info.called or not info.trainable):
                 continue
             if np.isfinite(frame.values[i, STAT_INDEX["weight_norm"]]):
                 rows.append(i)

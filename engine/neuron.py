@@ -27,6 +27,11 @@ class NeuronTrace:
 
     For a Linear applied to every position of a sequence, one position's computation (the first:
     ``position`` 0); its ∂L/∂wᵢ is that position's share of the gradient.
+
+    ``dropout``: a dropout module with 0 < p < 1 in training mode ran in the recomputation. Its
+    masks are a seeded draw of the trace's own, not the ones the training step drew, so every
+    figure (and the batch gradient) is that of one other draw: it equals the step's only in
+    expectation. (Dropout called as a function in ``forward`` is not seen.)
     """
 
     pending: ClassVar[bool] = False  # (a PendingTrace is a unit still to be written out)
@@ -48,6 +53,7 @@ class NeuronTrace:
     batch_weight_grads: np.ndarray | None = None  # dL/dw_i of the whole batch (autograd), None if w is frozen
     batch_bias_grad: float | None = None
     reduction: str | None = None  # "mean" or "sum": how the loss combines the examples, as measured; None: unknown
+    dropout: bool = False  # active dropout drew masks of its own in the recomputation (see above)
 
     def forward_text(self, terms: int = 4) -> str:
         shown = " + ".join(f"{w:.3g}·{a:.3g}" for w, a in zip(self.weights[:terms], self.inputs[:terms]))
@@ -80,7 +86,16 @@ class NeuronTrace:
                 f"batch's examples{every} added up")
         if self.reduction == "mean" and self.batch_size > 1:
             text += f" (each share is that example's own gradient ÷ {self.batch_size}, as the loss is a mean)"
+        if self.dropout:  # the update used the step's own masks: see dropout_text
+            return text + ". The check below uses this one."
         return text + ". The update and the check below use this one."
+
+    def dropout_text(self) -> str:
+        """One line when active dropout makes these figures another draw than the step's ('' else)."""
+        if not self.dropout:
+            return ""
+        return ("Dropout is active: these numbers come from one dropout draw of their own, while the training "
+                "step drew different masks, so they match the step's figures only in expectation, not exactly.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,14 @@ class GradientCheck:
 
 #: Modules that pass z on without being its activation.
 _NOT_ACTIVATIONS = ("Dropout", "Flatten", "Identity", "Unflatten")
+#: Every kind of dropout module (all of torch's nn.Dropout* family).
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _draws_masks(module: nn.Module) -> bool:
+    """A dropout module that zeroes units at random as it is now (p = 0 keeps all, p = 1 drops all:
+    neither is random; in eval mode it does nothing)."""
+    return isinstance(module, _DROPOUTS) and module.training and 0.0 < float(module.p) < 1.0
 
 
 @contextlib.contextmanager
@@ -122,11 +145,10 @@ def _same_draw(x: torch.Tensor) -> Iterator[None]:
 
 
 def _twin(model: nn.Module) -> nn.Module:
-    """A copy to recompute on, in the mode the model trains in (batch norm on the batch's own
-    statistics, as in the step; its running statistics move in the copy alone)."""
-    twin = copy.deepcopy(model)
-    twin.train(model.training)
-    return twin
+    """A copy to recompute on, each module in the mode it trains in, as the trainer leaves it
+    between steps (batch norm on the batch's own statistics, as in the step, unless the user keeps
+    it in eval mode; its running statistics move in the copy alone)."""
+    return copy.deepcopy(model)
 
 
 def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, layer: str,
@@ -144,6 +166,7 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         raise ValueError(f"{layer!r} is not a Linear layer")
     seen: dict[str, torch.Tensor] = {}
     consumers: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output) for modules fed z itself
+    dropped: list[nn.Module] = []  # dropout modules that drew masks in this forward
 
     def keep_linear(_module, args, output):
         seen["linear_in"] = first_tensor(args)
@@ -153,6 +176,8 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         seen["linear_out"] = out
 
     def watch(module, args, output):
+        if _draws_masks(module):
+            dropped.append(module)
         z = seen.get("linear_out")
         if z is not None and module is not linear and args and first_tensor(args) is z:
             consumers.append((module, first_tensor(output)))
@@ -171,7 +196,7 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
             handle.remove()
     following = consumers[0] if consumers else None
     is_activation = following is not None and not list(following[0].parameters()) \
-        and type(following[0]).__name__ not in _NOT_ACTIVATIONS
+        and type(following[0]).__name__ not in _NOT_ACTIVATIONS and not isinstance(following[0], _DROPOUTS)
     inputs = seen["linear_in"][example].detach()
     position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
 
@@ -195,7 +220,7 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
                        batch_size=int(x.shape[0]),
                        batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
                        batch_bias_grad=None if bias_grad is None else float(bias_grad[unit]),
-                       reduction=_reduction(loss_fn, out, y, example))
+                       reduction=_reduction(loss_fn, out, y, example), dropout=bool(dropped))
 
 
 def _reduction(loss_fn: Callable, out: object, y: torch.Tensor, example: int) -> str | None:

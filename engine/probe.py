@@ -171,6 +171,11 @@ class _Layer:
             index=self.index, name=self.name or "<model>", type_name=type(self.module).__name__,
             role=self.role, params=sum(p.numel() for p in self.params if not is_lazy(p)), weight_shape=shape,
             activation=self.activation, called=self.called,
+            # Read from the parameters each time the layers are listed, so a snapshot published
+            # after the user (un)freezes a layer mid-run says so. The layer list itself is fixed at
+            # discovery, and a Diagnostics keeps the infos it was built with: nothing more follows a
+            # change of requires_grad during a run.
+            trainable=not self.params or any(p.requires_grad for p in self.params),
         )
 
 

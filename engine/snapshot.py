@@ -68,6 +68,9 @@ class LayerInfo:
     weight_shape: tuple[int, ...] | None = None
     activation: str | None = None  # 'relu', 'sigmoid', ... for activation modules
     called: bool = True  # False for modules that own parameters but are never called
+    # False when every parameter it owns directly has requires_grad=False (a frozen layer): it gets
+    # no gradient and no update. True for a layer owning none (there is nothing to freeze).
+    trainable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,10 @@
 Four plots in one canvas: layers × bins histograms of the current frame (main plot), dead and
 saturated fractions per layer beside it, the focused layer's histogram over the recent frames,
 and its mean ± std over the whole run.
+
+A layer never called as a module (MultiheadAttention's ``out_proj``, whose weights the attention
+reads inside its own forward) has no outputs to measure: selected, its plots say so and name the
+layer whose output shows its work.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from engine.snapshot import SeriesData, StatsFrame, ViewData
+from engine.snapshot import LayerInfo, SeriesData, StatsFrame, ViewData
 from widgets.base import StepMarker, View
 from widgets.colormaps import SEQUENTIAL_LUT
 from widgets.label_fit import CategoryAxis, FittedAxis, FittedTitle, short_names
@@ -84,6 +88,33 @@ def resample_rows(image: np.ndarray, edges: np.ndarray, max_columns: int = 512) 
     return out, low, high
 
 
+def unobserved_layers(layers: tuple[LayerInfo, ...]) -> dict[str, str | None]:
+    """Layers whose outputs the probe never sees (``called`` False), each with the nearest
+    enclosing layer that is called (its forward applies them: ``attn`` for ``attn.out_proj``), or
+    None when no measured layer encloses it."""
+    called = {info.name for info in layers if info.called}
+    found: dict[str, str | None] = {}
+    for info in layers:
+        if info.called:
+            continue
+        parts = info.name.split(".")
+        found[info.name] = next((".".join(parts[:end]) for end in range(len(parts) - 1, 0, -1)
+                                 if ".".join(parts[:end]) in called), None)
+    return found
+
+
+def unobserved_note(layer: str, parent: str | None, short: bool = False) -> str:
+    """What an unobserved layer's plots say instead of drawing it (``short``: for the readout)."""
+    if parent is None:
+        if short:
+            return f"{layer}: outputs not observed (never called as a module)"
+        return f"{layer} is never called as a module in forward, so its outputs are not observed."
+    if short:
+        return f"{layer}: outputs not observed (it runs inside {parent}'s forward); see {parent}"
+    return (f"{layer} runs inside {parent}'s forward, not as a module of its own, so its outputs are not "
+            f"observed: look at {parent}'s output instead.")
+
+
 def _series(data: ViewData, key: str) -> SeriesData | None:
     series = data.series.get(key)
     if series is None or len(series.steps) == 0:
@@ -113,6 +144,7 @@ class ActivationView(View):
         self._band_series: tuple[SeriesData | None, SeriesData | None] = (None, None)
         self._band_layer: str | None = None
         self._data_selection_seen: str | None = None
+        self._unobserved: dict[str, str | None] = {}  # uncalled layer -> the layer that applies it
 
         self.canvas = pg.GraphicsLayoutWidget()
         layout = self.canvas.ci
@@ -162,6 +194,12 @@ class ActivationView(View):
         self.time_image = pg.ImageItem(axisOrder="row-major")
         self.time_image.setLookupTable(SEQUENTIAL_LUT)
         self.time_plot.addItem(self.time_image)
+        # Said in the plot's body, where its history would be, for a layer whose outputs are not
+        # observed (hidden otherwise); wrapped to the plot's width.
+        self.time_note = pg.TextItem("", color="#d6d9e0", anchor=(0.5, 0.5))
+        self.time_note.setVisible(False)
+        self.time_plot.addItem(self.time_note, ignoreBounds=True)
+        self.time_plot.getViewBox().sigResized.connect(self._fit_time_note)
 
         self.band_plot = layout.addPlot(row=2, col=0, colspan=2, axisItems={
             "left": FittedAxis("left"), "bottom": FittedAxis("bottom")})
@@ -203,6 +241,13 @@ class ActivationView(View):
         """The layer whose history is drawn: the selection if present, else the last layer."""
         return self._focus
 
+    @property
+    def focus_note(self) -> str:
+        """The line that replaces the focused layer's plots when its outputs are not observed, else ""."""
+        if self._focus not in self._unobserved:
+            return ""
+        return unobserved_note(self._focus, self._unobserved[self._focus])
+
     def layer_at_row(self, row: int) -> str | None:
         """Name of histogram row ``row`` (0 = top), or None."""
         return self._names[row] if 0 <= row < len(self._names) else None
@@ -233,6 +278,7 @@ class ActivationView(View):
             if data.selected_layer is not None:
                 self.selected_layer = data.selected_layer
         self.viewed.show(data.viewed_step)
+        self._unobserved = unobserved_layers(data.snapshot.layers)
         if frame is not self._frame:
             self._draw_frame(frame)
         focus = self.selected_layer if self.selected_layer in self._names else self._names[-1]
@@ -288,6 +334,14 @@ class ActivationView(View):
         if self._time_key is not None and key[0] is self._time_key[0] and key[1:] == self._time_key[1:]:
             return
         self._time_key = key
+        if layer in self._unobserved:  # its row is empty: say why instead of drawing it
+            self.time_title.set(f"{layer}: outputs not observed", layer)
+            self._time_counts = None
+            self._time_steps = np.zeros(0)
+            self.time_image.clear()
+            self._show_time_note(unobserved_note(layer, self._unobserved[layer]))
+            return
+        self._show_time_note("")
         bins = 0 if self._frame is None else self._frame.histograms.shape[1]
         columns: list[np.ndarray] = []
         steps: list[int] = []
@@ -324,7 +378,37 @@ class ActivationView(View):
         self._time_edges = edges
         self._time_steps = step_array
 
+    def _show_time_note(self, text: str) -> None:
+        """The note in the history plot's body, its axes hidden (an empty axis reads as no data);
+        "" puts the axes back."""
+        if text == self.time_note.toPlainText() and self.time_note.isVisible() == bool(text):
+            return
+        self.time_note.setText(text)
+        self.time_note.setVisible(bool(text))
+        for side in ("left", "bottom"):
+            if text:
+                self.time_plot.hideAxis(side)
+            else:
+                self.time_plot.showAxis(side)
+        if text:
+            self.time_plot.setRange(xRange=(0.0, 1.0), yRange=(0.0, 1.0), padding=0.0)
+            self.time_note.setPos(0.5, 0.5)
+            self._fit_time_note()
+
+    def _fit_time_note(self) -> None:
+        if self.time_note.isVisible():
+            self.time_note.setTextWidth(max(120.0, 0.9 * self.time_plot.getViewBox().width()))
+
     def _draw_band(self, data: ViewData, layer: str) -> None:
+        if layer in self._unobserved:
+            if layer != self._band_layer or any(series is not None for series in self._band_series):
+                self._band_layer = layer
+                self._band_series = (None, None)
+                self.mean_curve.setData([], [])
+                self.band.setData([], [])
+                self.band_title.set(f"{layer}: no mean ± std, its outputs are not observed",
+                                    f"{layer}: not observed", layer)
+            return
         mean = _series(data, f"act_mean/{layer}")
         std = _series(data, f"act_std/{layer}")
         # Identity, not equality: SeriesData holds arrays, and an unchanged object needs no redraw.
@@ -368,6 +452,8 @@ class ActivationView(View):
         row = int(math.floor(y))
         if not 0 <= row < len(self._names):
             return ""
+        if self._names[row] in self._unobserved:
+            return unobserved_note(self._names[row], self._unobserved[self._names[row]], short=True)
         edges = self._edges[row]
         column = int(np.searchsorted(edges, x, side="right")) - 1
         if not 0 <= column < len(edges) - 1:

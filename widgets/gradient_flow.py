@@ -3,6 +3,7 @@
 Top left, the current frame's gradient norm per layer on a log scale (vanishing or exploding
 gradients show as a slope across layers); top right, each layer's weight norm and update ratio;
 below, log10 of every layer's gradient norm over the whole run as a layers × steps heatmap.
+A frozen layer (``LayerInfo.trainable`` False) has the word "frozen" in its slot instead of a bar.
 """
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ _BAR_BRUSH = pg.mkBrush(110, 190, 255, 210)
 _ZERO_RGB = (150, 150, 150)
 _ZERO_BRUSH = pg.mkBrush(*_ZERO_RGB)
 _ZERO_MARK_PX = 28  # the glyph is half of it tall
+#: A frozen layer (requires_grad False on all it owns) has no gradient by the user's choice: no bar,
+#: and the word "frozen" on the floor of its slot, so the gap reads neither as unmeasured nor as 0.
+_FROZEN_TEXT = "frozen"
+_FROZEN_MARK_PX = 46  # the word's width
+_FROZEN_RGB = (160, 200, 235)
+_FROZEN_BRUSH = pg.mkBrush(*_FROZEN_RGB)
 _SELECTED_BRUSH = pg.mkBrush(255, 210, 90, 240)
 _SELECTION_PEN = pg.mkPen(255, 255, 255, width=1.5)
 #: Outlines of bars whose layer a diagnosis names, by severity (a "0" mark takes the colour itself).
@@ -72,16 +79,17 @@ def fill_missing_columns(image: np.ndarray) -> np.ndarray:
     return image[:, source]
 
 
-def _zero_symbol() -> QtGui.QPainterPath:
-    """A "0" as a scatter symbol, standing on the point (on the bars' floor).
+def _floor_text_symbol(text: str) -> QtGui.QPainterPath:
+    """A short ``text`` ("0", "frozen") as a scatter symbol, standing on the point (on the bars'
+    floor).
 
     pyqtgraph draws a symbol within the unit square centred on its point, so the glyph takes the
-    square's upper half; the item's size is twice the glyph's height.
+    square's upper half; the item's size is twice the glyph's height (or the width of a word).
     """
     font = QtGui.QFont()
     font.setBold(True)
     path = QtGui.QPainterPath()
-    path.addText(0.0, 0.0, font, "0")
+    path.addText(0.0, 0.0, font, text)
     box = path.boundingRect()
     scale = 0.95 * min(1.0 / box.width(), 0.5 / box.height())
     transform = QtGui.QTransform()
@@ -140,6 +148,8 @@ class GradientFlow(View):
         self._grad_norms = np.zeros(0)
         self._bars: list[str] = []  # the layer of each bar drawn, in order
         self._zero_layers: list[str] = []  # the layer of each "0" mark drawn (gradient exactly 0)
+        self._frozen: frozenset[str] = frozenset()  # layers whose parameters all have requires_grad False
+        self._frozen_layers: list[str] = []  # the layer of each "frozen" mark drawn
         self._run_id: int | None = None
         self._heat_layers: tuple[str, ...] = ()
         self._heat_steps = np.zeros(0)
@@ -160,8 +170,12 @@ class GradientFlow(View):
         self.bar_plot.setMenuEnabled(False)
         self.bars = pg.BarGraphItem(x=[], height=[], width=0.7, y0=0, brush=_BAR_BRUSH, pen=None)
         self.bar_plot.addItem(self.bars)
-        self.zero_marks = pg.ScatterPlotItem(size=_ZERO_MARK_PX, symbol=_zero_symbol(), pen=None, brush=_ZERO_BRUSH)
+        self.zero_marks = pg.ScatterPlotItem(size=_ZERO_MARK_PX, symbol=_floor_text_symbol("0"), pen=None,
+                                             brush=_ZERO_BRUSH)
         self.bar_plot.addItem(self.zero_marks)
+        self.frozen_marks = pg.ScatterPlotItem(size=_FROZEN_MARK_PX, symbol=_floor_text_symbol(_FROZEN_TEXT),
+                                               pen=None, brush=_FROZEN_BRUSH)
+        self.bar_plot.addItem(self.frozen_marks)
 
         self.ratio_plot = layout.addPlot(row=0, col=1, axisItems={
             "left": FittedAxis("left"), "bottom": CategoryAxis("bottom")})
@@ -217,6 +231,11 @@ class GradientFlow(View):
     def layers(self) -> tuple[str, ...]:
         """Layers with parameters, in the order of the bars (x = index)."""
         return self._layers
+
+    @property
+    def frozen_layers(self) -> tuple[str, ...]:
+        """Layers marked "frozen" in place of a bar (all their parameters have requires_grad False)."""
+        return tuple(self._frozen_layers)
 
     @property
     def heatmap_layers(self) -> tuple[str, ...]:
@@ -282,6 +301,7 @@ class GradientFlow(View):
         layers = tuple(
             layer.name for layer in data.snapshot.layers if layer.role != "activation" and layer.params > 0
         )
+        frozen = frozenset(layer.name for layer in data.snapshot.layers if not layer.trainable)
         frame = data.frames[-1] if data.frames else data.snapshot.stats
         if data.selected_layer != self._data_selection_seen:
             self._data_selection_seen = data.selected_layer
@@ -298,7 +318,9 @@ class GradientFlow(View):
         if layers_changed:
             self._layers = layers
             self._set_layer_ticks(layers)
-        if layers_changed or frame is not self._frame:
+        frozen_changed = frozen != self._frozen
+        self._frozen = frozen
+        if layers_changed or frozen_changed or frame is not self._frame:
             self._draw_frame(frame)
         self._draw_heatmap(data)
         if self._frame is None and self._heat_values is None:
@@ -336,24 +358,31 @@ class GradientFlow(View):
             self._grad_norms = np.full(len(self._layers), np.nan)
             self._bars = []
             self._zero_layers = []
+            self._frozen_layers = []
             self.bars.setOpts(x=[], height=[], y0=0, brushes=[])
             self.zero_marks.setData(x=[], y=[])
+            self.frozen_marks.setData(x=[], y=[])
             self.weight_norm_log = self.update_ratio_log = np.full(len(self._layers), np.nan)
             self.ratio_points.setData(x=[], y=[])
             return
         self._grad_norms = self._stat_per_layer(frame, "grad_norm")
         logs = _log10(self._grad_norms)
-        positive = np.isfinite(logs)
+        # A frozen layer draws no bar and no "0" whatever its row holds (a frame from before it was
+        # frozen, say): the word "frozen" stands in its slot.
+        frozen = np.array([name in self._frozen for name in self._layers], dtype=bool)
+        positive = np.isfinite(logs) & ~frozen
         # Bars grow up from one decade below the smallest norm so the shortest is still visible.
         # A gradient of exactly zero (a dead layer) gets no bar, however short: it would read as
         # small. A "0" stands on the floor in its place (not a gap, which reads as "not measured").
         floor = math.floor(float(np.min(logs[positive]))) - 1 if positive.any() else -8
-        zero = self._grad_norms == 0
+        zero = (self._grad_norms == 0) & ~frozen
         self._bars = [name for name, drawn in zip(self._layers, positive) if drawn]
         self._zero_layers = [name for name, z in zip(self._layers, zero) if z]
+        self._frozen_layers = [name for name, f in zip(self._layers, frozen) if f]
         self.bars.setOpts(x=index[positive], height=(logs - floor)[positive], y0=floor,
                           brushes=[_BAR_BRUSH] * len(self._bars))
         self.zero_marks.setData(x=index[zero], y=np.full(len(self._zero_layers), float(floor)))
+        self.frozen_marks.setData(x=index[frozen], y=np.full(len(self._frozen_layers), float(floor)))
         self.weight_norm_log = _log10(self._stat_per_layer(frame, "weight_norm"))
         self.update_ratio_log = _log10(self._stat_per_layer(frame, "update_ratio"))
         xs, ys, symbols, brushes = [], [], [], []
@@ -454,6 +483,9 @@ class GradientFlow(View):
                     _SELECTED_BRUSH if name == selection
                     else _FLAG_BRUSHES[self.flagged[name][0]] if name in self.flagged else _ZERO_BRUSH
                     for name in self._zero_layers])
+            if self._frozen_layers:
+                self.frozen_marks.setBrush([_SELECTED_BRUSH if name == selection else _FROZEN_BRUSH
+                                            for name in self._frozen_layers])
         if selection in self._heat_layers and len(self._heat_steps):
             row = self._heat_layers.index(selection)
             x0, x1 = self._heat_extent
@@ -486,6 +518,9 @@ class GradientFlow(View):
         if name in self.flagged:
             flag = "  ⚠ " + ", ".join(code.replace("_", " ") for code in self.flagged[name][1])
         norm = self._grad_norms[index]
+        if name in self._frozen:
+            return (f"{name}  step {self._frame.step}: frozen (requires_grad is off for all its parameters), "
+                    f"so no gradient and no update  |w| = {weight:.3g}{flag}")
         return (
             f"{name}  step {self._frame.step}: |g| = {'0' if norm == 0 else f'{norm:.1e}'}"
             f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}{flag}"

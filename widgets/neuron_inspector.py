@@ -2,6 +2,8 @@
 
 The δ·a written out is one example's share of the gradient; the batch's gradient (what the update
 uses, and what the check measures) is all the shares added up. The labels say which is which.
+With active dropout the figures are of the recomputation's own dropout draw, not the step's; a line
+says so (the engine's ``NeuronTrace.dropout``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ class NeuronInspector(View):
         self.forward = QtWidgets.QLabel(content)
         self.backward = QtWidgets.QLabel(content)
         self.batch = QtWidgets.QLabel(content)  # the whole batch's gradient, which the check compares
-        for label in (self.forward, self.backward, self.batch):
+        self.dropout_note = QtWidgets.QLabel(content)  # shown only while the model's dropout is active
+        for label in (self.forward, self.backward, self.batch, self.dropout_note):
             label.setWordWrap(True)
             label.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         row = QtWidgets.QHBoxLayout()
@@ -53,6 +56,7 @@ class NeuronInspector(View):
         form.addWidget(backward_title)
         form.addWidget(self.backward)
         form.addWidget(self.batch)
+        form.addWidget(self.dropout_note)
         form.addLayout(row)
         form.addWidget(self.check_result)
         form.addStretch(1)
@@ -90,6 +94,8 @@ class NeuronInspector(View):
             self.backward.setText(trace.backward_text())
             self.batch.setText(trace.batch_text())
             self.batch.setVisible(bool(self.batch.text()))
+            self.dropout_note.setText(trace.dropout_text())
+            self.dropout_note.setVisible(bool(self.dropout_note.text()))
             self.input_index.setRange(0, max(0, len(trace.inputs) - 1))
         if check is not None:
             self.check_result.setText(

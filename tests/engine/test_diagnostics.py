@@ -2,6 +2,7 @@
 layers, and healthy networks raise nothing over a whole run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -280,3 +281,47 @@ def test_a_run_that_already_clips_is_not_told_to_clip(huge_lr: tuple[Diagnosis, 
             assert len(d.fixes) == len(next(t for t in told if t.code == d.code).fixes)
     diagnostics.clip_norm = None  # turned off again: the advice comes back
     assert {d.code for d in diagnostics.findings if _CLIP in d.fixes} == {t.code for t in told}
+
+
+@pytest.mark.parametrize("frozen", ["0", "2"])
+def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: str) -> None:
+    """A layer the user froze (requires_grad False on all it owns) gets no gradient and no update by
+    choice. Health names it in no finding, and its zero update neither joins nor masks the stall
+    of a trainable layer."""
+    import numpy as np
+
+    from engine.snapshot import STAT_INDEX
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model.get_submodule(frozen).requires_grad_(False)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    frames = []
+    try:
+        for _ in range(30):
+            frames.append(trainer.step(capture=True).capture.get().frame)
+    finally:
+        trainer.close()
+    layers = trainer.probe.layers  # (as the worker hands them over: after the first step)
+    modules = dict(model.named_modules())
+    assert {info.name: info.trainable for info in layers if info.params > 0} == {
+        name: any(p.requires_grad for p in modules[name].parameters(recurse=False)) for name in ("0", "2", "4")}
+    row = frames[-1].layer_names.index(frozen)
+    assert np.isnan(frames[-1].values[row, STAT_INDEX["grad_norm"]])  # what the probe measures of it
+    assert frames[-1].values[row, STAT_INDEX["update_ratio"]] == 0.0
+    diagnostics = Diagnostics(layers)
+    for frame in frames:  # the real run: healthy, nothing names the frozen layer
+        diagnostics.update(frame)
+    assert not [d for d in diagnostics.findings if frozen in d.layers]
+    # The first trainable layer now stalls (its updates ~1e-9 of its size) while the head moves.
+    stalled = next(name for name in ("0", "2") if name != frozen)
+    diagnostics = Diagnostics(layers)
+    for step, real in enumerate(frames, start=1):
+        values = real.values.copy()
+        values[real.layer_names.index(stalled), STAT_INDEX["update_ratio"]] = 1e-9
+        values[real.layer_names.index("4"), STAT_INDEX["update_ratio"]] = 1e-3
+        diagnostics.update(dataclasses.replace(real, step=step, values=values))
+    d = only(diagnostics.findings, "vanishing_gradients")
+    assert d.layers == (stalled,)

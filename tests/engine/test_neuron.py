@@ -203,3 +203,52 @@ def test_a_batch_norm_model_is_recomputed_as_it_trains_and_dropout_draws_alike()
     assert abs(check.autograd) > 1e-6 and check.relative_error < 1e-4  # (one function: the same masks)
     traced = trace_unit(dropped, torch.nn.functional.cross_entropy, x, y, "0", unit=3)
     np.testing.assert_allclose(traced.batch_weight_grads[1], check.autograd, rtol=1e-4)
+
+
+def test_a_batch_norm_the_user_keeps_in_eval_mode_is_recomputed_on_its_running_statistics() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        model[1].running_mean.fill_(3.0)
+        model[1].running_var.fill_(9.0)
+    model[1].eval()  # (the rest trains)
+    x, y = data(16)
+    trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "3", unit=1)
+    reference = copy.deepcopy(model)
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    np.testing.assert_allclose(trace.batch_weight_grads, reference[3].weight.grad[1].double().numpy(), rtol=1e-5,
+                               atol=1e-8)
+    check = check_gradient(model, torch.nn.functional.cross_entropy, x, y, "0.weight", (1, 2))
+    np.testing.assert_allclose(check.autograd, float(reference[0].weight.grad[1, 2]), rtol=1e-5)
+    assert check.relative_error < 1e-4
+
+
+@pytest.mark.parametrize("dropout, active", [
+    (torch.nn.Dropout(0.5), True), (torch.nn.AlphaDropout(0.5), True), (torch.nn.Dropout(0.0), False),
+    (torch.nn.Identity(), False),
+])
+def test_the_trace_says_when_its_dropout_draw_is_not_the_steps(dropout: torch.nn.Module, active: bool) -> None:
+    """With active dropout the trace recomputes on a seeded draw of its own: its batch gradient is
+    not the one the training step's own masks gave, and the trace says so; without, it is exact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), dropout, torch.nn.ReLU(), torch.nn.Linear(8, 2)).train()
+    x, y = data(16)
+    trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "3", unit=1)
+    step = copy.deepcopy(model)  # a training step's forward and backward, with its own draw
+    torch.manual_seed(1234)
+    torch.nn.functional.cross_entropy(step(x), y).backward()
+    exact = np.allclose(trace.batch_weight_grads, step[3].weight.grad[1].double().numpy(), rtol=1e-5, atol=1e-8)
+    modules_draw = any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and 0 < m.p < 1
+                       for m in model.modules())
+    assert trace.dropout == active == modules_draw == (not exact)
+    assert bool(trace.dropout_text()) == active
+    if active:
+        assert "dropout draw" in trace.dropout_text() and "expectation" in trace.dropout_text()
+        assert "The update" not in trace.batch_text()  # (the update used the step's own masks)
+        first = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "0", unit=1)
+        assert first.activation is None  # a dropout module takes z: it is not z's activation
+    else:
+        assert trace.batch_text().endswith("The update and the check below use this one.")
+    model.eval()  # evaluation mode: no dropout, nothing to say
+    assert not trace_unit(model, torch.nn.functional.cross_entropy, x, y, "3", unit=1).dropout

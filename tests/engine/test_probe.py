@@ -790,3 +790,27 @@ def test_a_phase_step_shows_the_gradients_of_a_module_never_called_as_one() -> N
     np.testing.assert_allclose(attention.tensors["grad:out_proj.weight"],
                                model.attn.out_proj.weight.grad.numpy(), rtol=1e-6)  # the step's own
     assert not any(p.module == "attn.out_proj" for p in phases)
+
+
+def test_a_layer_is_trainable_unless_every_parameter_it_owns_is_frozen() -> None:
+    """``LayerInfo.trainable`` is False exactly when all the layer's own parameters have
+    requires_grad False; it follows a freeze made between steps."""
+    torch.manual_seed(0)
+    model = TinyTransformer()
+    model.embed.requires_grad_(False)  # a "pretrained" embedding the user froze
+    model.attn.in_proj_weight.requires_grad_(False)  # its own: in_proj_weight and in_proj_bias
+    model.attn.in_proj_bias.requires_grad_(False)  # (its out_proj, a Linear of its own, still trains)
+    model.ff[0].weight.requires_grad_(False)  # partly frozen: its bias still trains
+    probe, _ = one_captured_step(model, torch.randint(0, 7, (5, 6)), ProbeConfig())
+    modules = dict(model.named_modules())
+
+    def expected(name: str) -> bool:
+        owned = list(modules[name].parameters(recurse=False))
+        return not owned or not all(not p.requires_grad for p in owned)
+
+    layers = {info.name: info.trainable for info in probe.layers}
+    assert layers == {name: expected(name) for name in layers}
+    assert [name for name, trainable in layers.items() if not trainable] == ["embed", "attn"]
+    assert layers["attn.out_proj"] and layers["ff.0"] and layers["ff.1"]  # (ff.1: GELU, owns nothing)
+    model.head.requires_grad_(False)  # frozen between steps: the next listing says so
+    assert not {info.name: info for info in probe.layers}["head"].trainable

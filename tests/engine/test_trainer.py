@@ -475,3 +475,44 @@ def test_a_focus_changed_between_phases_applies_from_the_next_step() -> None:
     assert views.layer == "0" and views.weight is not None and views.weight.shape == (8, 3)
     views = trainer.step(capture=True, tensors=True).capture.get().tensors
     assert views.layer == "4" and views.weight.shape == (8, 8)
+
+
+def test_a_part_the_user_keeps_in_eval_mode_stays_so_while_training() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():  # running statistics far from any batch's: using them changes every output
+        model[1].running_mean.fill_(3.0)
+        model[1].running_var.fill_(0.25)
+    model[1].eval()  # fine-tuning habit: this batch norm keeps its running statistics
+    x = torch.randn(64, 3)
+    y = (x[:, 0] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y),
+                      hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=64),
+                      config=TrainerConfig(val_every=2), val_data=(x, y))
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.step()
+    # The step's gradient is that of the model with the batch norm on its running statistics.
+    reference = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for p, q in zip(reference.parameters(), before):
+            p.copy_(q)
+        reference[1].running_mean.fill_(3.0)
+        reference[1].running_var.fill_(0.25)
+    reference[1].eval()
+    xb, yb = trainer._last_batch
+    nn.functional.cross_entropy(reference(xb), yb).backward()
+    for p, q, r in zip(model.parameters(), before, reference.parameters()):
+        torch.testing.assert_close(p.detach(), q - 0.1 * r.grad, rtol=1e-5, atol=1e-6)
+    for _ in range(3):  # validation (every 2 steps) switches to eval mode and back
+        trainer.step()
+    assert model.training and model[0].training and not model[1].training
+    assert torch.all(model[1].running_mean == 3.0), "its running statistics never moved"
+
+
+def test_a_model_handed_over_in_eval_mode_trains_in_training_mode() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2)).eval()
+    x = torch.randn(32, 3)
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, (x[:, 0] > 0).long()))
+    trainer.step()
+    assert all(module.training for module in model.modules())

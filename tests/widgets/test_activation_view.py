@@ -252,3 +252,55 @@ def test_a_very_narrow_dock_still_gives_the_histograms_room(shown, qtbot):
     qtbot.wait(30)
     assert view.hist_plot.getViewBox().width() >= 30
     assert len(view.hist_title.text) <= len("histograms")  # a title that fits, not the longest
+
+
+def test_selecting_attentions_out_proj_says_its_outputs_are_not_observed(view) -> None:
+    """MultiheadAttention applies out_proj inside its own forward: the probe never sees its outputs,
+    so its plots say that and send the user to the attention layer's output, not stay empty."""
+    import torch
+    from torch import nn
+
+    from engine.batches import TensorBatches
+    from engine.trainer import Trainer
+
+    class Attention(nn.Module):  # an embedding, one self-attention and a head
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(7, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 7)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            x = self.embed(tokens)
+            return self.head(x + self.attn(x, x, x, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    model = Attention()
+    tokens = torch.randint(0, 7, (6, 5))
+    trainer = Trainer(model, lambda out, y: torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()),
+                      TensorBatches(tokens, tokens))
+    try:
+        frames = tuple(trainer.step(capture=True).capture.get().frame for _ in range(3))
+        layers = trainer.probe.layers
+    finally:
+        trainer.close()
+    uncalled = [info.name for info in layers if not info.called]
+    assert uncalled == ["attn.out_proj"] and isinstance(model.attn.out_proj, torch.nn.Linear)
+    snapshot = Snapshot(1, 3, "running", "test", "cpu", layers, Metrics(1.0), Hyper(), stats=frames[-1])
+    view.render(ViewData(snapshot, frames, {}, selected_layer="attn.out_proj"))
+    assert view.focus_layer == "attn.out_proj"
+    note = view.focus_note
+    assert note.startswith("attn.out_proj runs inside attn's forward") and "not observed" in note
+    assert note.endswith("look at attn's output instead.")
+    # Said where its history would be drawn (not an empty plot), and in the titles.
+    assert view.time_note.isVisible() and view.time_note.toPlainText() == note
+    assert view.time_image.image is None and not view.time_plot.getAxis("left").isVisible()
+    assert "not observed" in view.time_title.full_text and "not observed" in view.band_title.full_text
+    row = frames[-1].layer_names.index("attn.out_proj")
+    assert view.hover_at(0.0, row + 0.5) == \
+        "attn.out_proj: outputs not observed (it runs inside attn's forward); see attn"
+    # The attention layer itself is observed: its plots draw, with no note.
+    view.render(ViewData(snapshot, frames, {}, selected_layer="attn"))
+    assert view.focus_note == "" and view.time_image.image is not None
+    assert not view.time_note.isVisible() and view.time_plot.getAxis("left").isVisible()
+    assert "not observed" not in view.time_title.full_text

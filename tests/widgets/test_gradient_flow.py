@@ -367,3 +367,63 @@ def test_a_reinitialized_run_fits_its_own_values_not_the_old_runs(view) -> None:
     tops = np.asarray(view.bars.opts["height"]) + view.bars.opts["y0"]
     low, high = view.bar_plot.getViewBox().viewRange()[1]
     assert low <= view.bars.opts["y0"] and high >= tops.max()
+
+
+def probed_snapshot(model, step: int) -> Snapshot:
+    """One captured SGD step of ``model`` through the real probe, as the worker would publish it."""
+    import torch
+
+    from engine.probe import Probe
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    probe = Probe(model)
+    x = torch.randn(16, 4)
+    with probe:
+        probe.begin_step(True)
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        probe.after_backward()
+        probe.before_update()
+        optimizer.step()
+        probe.after_update()
+        frame = probe.finish(step, torch.zeros(1, 2)).get().frame
+    return Snapshot(1, step, "running", "test", "cpu", probe.layers, Metrics(float(loss.detach())), Hyper(),
+                    stats=frame)
+
+
+def test_a_frozen_layer_is_marked_frozen_in_its_slot_not_left_empty(view) -> None:
+    """A pretrained layer the user froze (requires_grad False on all it owns) has no gradient: its
+    slot says "frozen", with no bar and no "0", and its readout says why; unfrozen, its bar returns."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[2].requires_grad_(False)
+    snapshot = probed_snapshot(model, 1)
+    modules = dict(model.named_modules())
+    frozen = [info.name for info in snapshot.layers
+              if info.params > 0 and all(not p.requires_grad for p in modules[info.name].parameters(recurse=False))]
+    assert frozen == ["2"]
+    view.render(ViewData(snapshot, (snapshot.stats,), {}))
+    assert view.layers == ("0", "2", "4")
+    assert view.frozen_layers == ("2",)
+    x, y = view.frozen_marks.getData()
+    np.testing.assert_array_equal(x, [1.0])
+    assert y[0] == view.bars.opts["y0"]  # on the bars' floor, where its bar would start
+    np.testing.assert_array_equal(view.bars.opts["x"], [0.0, 2.0])  # no bar for it
+    assert len(view.zero_marks.getData()[0]) == 0  # and not a "0": it isn't a dead layer
+    assert "frozen" in view.describe_layer(1) and "|g|" not in view.describe_layer(1)
+    assert "frozen" not in view.describe_layer(0)
+    # Selected, its mark is highlighted like a bar.
+    view.selected_layer = "2"
+    view.render(ViewData(snapshot, (snapshot.stats,), {}))
+    assert view.frozen_marks.data["brush"][0].color().getRgb()[:3] == (255, 210, 90)
+    # Unfrozen mid-run: the next published snapshot draws its gradient as a bar again.
+    model[2].requires_grad_(True)
+    snapshot = probed_snapshot(model, 2)
+    view.render(ViewData(snapshot, (snapshot.stats,), {}))
+    assert view.frozen_layers == ()
+    assert len(view.frozen_marks.getData()[0]) == 0
+    np.testing.assert_array_equal(view.bars.opts["x"], [0.0, 1.0, 2.0])

@@ -68,3 +68,29 @@ def test_a_unit_clicked_during_a_phase_by_phase_step_is_promised_for_when_it_end
     assert "written out when the next step ends" in view.hint
     view.render(data(TRACE))
     assert not view.hint and "0.1·1 + 0.3·2" in view.forward.text()
+
+
+def test_a_model_with_active_dropout_gets_one_line_saying_the_draw_differs(qtbot) -> None:
+    """The trace of a model training with Dropout(0.5) is one dropout draw, not the step's: a line
+    says so. Without dropout (or with p = 0) there is no such line."""
+    import torch
+
+    from engine.neuron import trace_unit
+
+    view = NeuronInspector()
+    qtbot.addWidget(view)
+    view.show()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    for p, active in ((0.5, True), (0.0, False), (None, False)):
+        torch.manual_seed(0)
+        middle = torch.nn.Identity() if p is None else torch.nn.Dropout(p)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 6), middle, torch.nn.ReLU(), torch.nn.Linear(6, 2)).train()
+        trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "3", unit=0)
+        view.render(data(trace))
+        assert view.dropout_note.isVisible() == active
+        if active:
+            assert view.dropout_note.text() == trace.dropout_text()
+            assert "one dropout draw" in view.dropout_note.text() and "expectation" in view.dropout_note.text()
+            assert "The update" not in view.batch.text()
+        else:
+            assert "The update and the check below use this one." in view.batch.text()
