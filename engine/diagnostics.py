@@ -615,8 +615,8 @@ class Diagnostics:
         for i, name in enumerate(names):
             info = self._info.get(name)
             if info is None or info.weight_shape is None or len(info.weight_shape) < 2 \
-                    or info.weight_shape[0] < 2 or not info.called:
-                continue
+                    or info.weight_shape[0] < 2 or not info.called or not info.trainable:
+                continue  # (a frozen layer's equal weights are the user's choice: no update moves them)
             uniform = np.isfinite(std[i]) and std[i] <= t.symmetry_rel_std * abs(mean[i]) + 1e-12
             streak = self._streak(f"symmetry:{name}")
             if streak.see(bool(uniform), frame.step) < t.symmetry_frames or frame.step < 2:

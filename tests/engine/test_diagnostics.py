@@ -325,3 +325,29 @@ def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: s
         diagnostics.update(dataclasses.replace(real, step=step, values=values))
     d = only(diagnostics.findings, "vanishing_gradients")
     assert d.layers == (stalled,)
+
+
+def test_a_frozen_layer_of_equal_weights_is_no_symmetry_finding_but_a_trainable_one_is() -> None:
+    """Equal weights that training can't tell apart are an error; ones the user froze (an averaging
+    layer, say) are a choice."""
+    findings = {}
+    for frozen in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))
+        for layer in (model[2], model[4]):  # (zero weights on both sides: equal, zero gradients)
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        model[2].requires_grad_(not frozen)
+        x = torch.randn(64, 2)
+        trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, (x[:, 0] > 0).long()),
+                          config=TrainerConfig(val_every=0))
+        try:
+            frames = [trainer.step(capture=True).capture.get().frame for _ in range(8)]
+        finally:
+            trainer.close()
+        diagnostics = Diagnostics(trainer.probe.layers)
+        for frame in frames:
+            diagnostics.update(frame)
+        findings[frozen] = [d for d in diagnostics.findings if d.code == "symmetry" and "2" in d.layers]
+    assert findings[True] == []
+    assert len(findings[False]) == 1
