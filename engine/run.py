@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.trainer import Trainer
+
+if TYPE_CHECKING:
+    from engine.views import DataFlow
 
 __all__ = ["Run"]
 
@@ -29,3 +32,5 @@ class Run:
     token_names: tuple[str, ...] | None = None
     # What a user's model and loss warned of on their first batch (``validate_user_model``)
     model_warnings: tuple[str, ...] = ()
+    # Which layer feeds which, traced once by the network view (``engine.views``) on first use
+    data_flow: DataFlow | None = field(default=None, repr=False)

@@ -288,7 +288,7 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     Defaults: Adam, lr 1e-3, batch size 64 (the whole set when smaller), per-epoch shuffling.
     Raises :class:`engine.user_model.UserModelError` with a one-line message on bad input.
     """
-    from engine.user_model import load_user_model, validate_user_model
+    from engine.user_model import load_user_model, loader_boundary_sample, validate_user_model
 
     user = load_user_model(ref, seed=seed)
     warned = validate_user_model(user)
@@ -315,6 +315,8 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     if user.x is not None and user.x.dim() == 2 and user.x.shape[1] == 2 and not user.y.is_floating_point():
         take = min(len(user.x), 600)
         boundary = (user.x[:take].detach().float().cpu().numpy(), user.y[:take].detach().cpu().numpy())
+    elif user.loader is not None:  # (a sample of its first batches, if they are 2-D points and classes)
+        boundary = loader_boundary_sample(user.loader)
     config = {"kind": "user", "model_ref": user.ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
     return Run(name=ref, trainer=trainer, description=f"Your model from {ref}", config=config,
                boundary_data=boundary, model_warnings=warned)

@@ -124,6 +124,11 @@ class NetworkView:
     activations: tuple[np.ndarray | None, ...]  # per column, per unit (None when collapsed)
     gradients: tuple[np.ndarray | None, ...]  # dL/d(unit) per column (None when unknown)
     weights: tuple[np.ndarray | None, ...]  # between column i and i+1: (out, in) or None
+    # Per pair of neighbouring columns (i, i+1): whether column i feeds column i+1 in the forward
+    # pass as traced, so the pair may be joined (by edges or a band); False draws no link at all.
+    # Empty when nobody traced it (every pair is joined).
+    connected: tuple[bool, ...] = ()
+    note: str = ""  # one line naming the links the columns can't show (a second head's, a skip's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ The function takes no arguments and returns ``(model, (X, y), loss_fn)`` or
 """
 from __future__ import annotations
 
+import collections.abc
 import importlib.machinery
 import importlib.util
 import inspect
@@ -24,10 +25,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["UserModel", "UserModelError", "load_user_model", "validate_user_model"]
+__all__ = ["UserModel", "UserModelError", "load_user_model", "validate_user_model", "loader_boundary_sample",
+           "BOUNDARY_SAMPLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ _LIBRARY_DIRS = tuple(
         *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
     }
 )
+#: Most examples of a data loader taken for the decision boundary (``loader_boundary_sample``).
+BOUNDARY_SAMPLE = 2000
 _module_numbers = itertools.count()
 _MODULE_PREFIX = "_glassbox_user_"  # model files are imported as _glassbox_user_<n>_<stem>
 
@@ -426,3 +431,61 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
     return said
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+def loader_boundary_sample(loader: Any, limit: int = BOUNDARY_SAMPLE) -> tuple[np.ndarray, np.ndarray] | None:
+    """Points and labels of a loader of 2-D classification data, for the decision boundary.
+
+    The rule: the loader's first batches, in its own order, up to ``limit`` examples (and so at
+    most ``limit`` batches, should a loader yield empty ones), when every one of them is an
+    ``(x, y)`` pair of tensors with ``x`` of shape (B, 2) and floating point and ``y`` B integer
+    class labels (shape (B,) or (B, 1); a floating ``y`` is regression: no boundary). Anything
+    else (a dict, a batch of other shapes or types, an exception in the loader) gives None: the
+    boundary is a display extra, and training reports a bad loader itself. A one-shot iterator (a
+    generator) is never read here, since every batch it gave would be lost to training, and only
+    ``limit`` examples are read from an endless one. Torch's random stream and the generators the
+    loader and its sampler own come back as they were, so training sees the batch order it would
+    have seen without the sample.
+
+    Returns:
+        ``(points (N, 2) float32, labels (N,))`` as numpy arrays, or None.
+    """
+    if isinstance(loader, collections.abc.Iterator) or not isinstance(loader, collections.abc.Iterable):
+        return None
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    owners = (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None))
+    generators = {id(g): g for g in (getattr(owner, "generator", None) for owner in owners)
+                  if isinstance(g, torch.Generator)}
+    states = {key: g.get_state() for key, g in generators.items()}
+    points, labels, count = [], [], 0
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for batch in itertools.islice(iter(loader), limit):
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    return None
+                x, y = batch
+                if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+                    return None
+                if x.dim() != 2 or x.shape[1] != 2 or not x.is_floating_point():
+                    return None
+                if y.is_floating_point() or y.is_complex() or y.dim() not in (1, 2) or y.numel() != len(x) \
+                        or len(y) != len(x):
+                    return None
+                take = min(len(x), limit - count)
+                points.append(x[:take].detach().float().cpu())
+                labels.append(y.reshape(-1)[:take].detach().cpu())
+                count += take
+                if count >= limit:
+                    break
+    except Exception:  # (user code may raise anything: the view then just has no boundary)
+        logger.debug("no decision-boundary sample from the data loader", exc_info=True)
+        return None
+    finally:
+        for key, g in generators.items():
+            g.set_state(states[key])
+    if count == 0:
+        return None
+    return torch.cat(points).numpy(), torch.cat(labels).numpy()

@@ -164,6 +164,9 @@ class NetworkGraph(View):
     of that matrix (layers differ in scale; per-matrix scaling keeps each one readable); a weight
     of exactly zero draws no edge. Larger
     columns become a block showing its values as a strip, joined to its neighbours by a band.
+    Two neighbouring columns are joined only when the left one feeds the right one
+    (``NetworkView.connected``); the links the columns can't show (a second head fed by the trunk,
+    a skip connection) are named by a one-line note above the graph (``NetworkView.note``).
 
     Units are coloured by activation or by gradient (``set_mode``), on a diverging scale
     symmetric about zero per column. Clicking a unit emits ``layer_selected(name)`` then
@@ -185,6 +188,15 @@ class NetworkGraph(View):
         controls.addWidget(self.mode_combo)
         controls.addStretch(1)
         self._layout.addLayout(controls)
+        # One line naming the links the columns don't draw (a second head's, a skip's); clipped at
+        # the right rather than widening the dock, whole in its tooltip.
+        self.note = QtWidgets.QLabel("", self)
+        self.note.setObjectName("note")
+        self.note.setStyleSheet("QLabel#note { color: #e0c068; }")
+        self.note.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Fixed)
+        self.note.setMinimumWidth(0)
+        self.note.setVisible(False)
+        self._layout.addWidget(self.note)
 
         self._stack = QtWidgets.QStackedWidget(self)
         self.plot_widget = pg.PlotWidget(self)
@@ -393,6 +405,7 @@ class NetworkGraph(View):
             return  # redrawn at display rate with nothing new
         self._network = network
         self._stack.setCurrentWidget(self.plot_widget)
+        self._set_note(network.note)
         names = tuple(str(n) for n in network.column_names)
         sizes = tuple(int(s) for s in network.column_sizes)
         if self._geometry is None or self._geometry.names != names or self._geometry.sizes != sizes:
@@ -404,7 +417,15 @@ class NetworkGraph(View):
         self._draw_selection()
         self._drawn_key = key
 
+    def _set_note(self, text: str) -> None:
+        text = " ".join(str(text or "").split())
+        if text != self.note.text():
+            self.note.setText(text)
+            self.note.setToolTip(text)
+        self.note.setVisible(bool(text))
+
     def _show_hint(self, text: str) -> None:
+        self._set_note("")
         self._hint.setText(text)
         self._stack.setCurrentWidget(self._hint)
         self._network = None
@@ -632,8 +653,12 @@ class NetworkGraph(View):
         geometry = self._geometry
         codes = []
         band_pairs = []
-        total = sum(geometry.sizes[p] * geometry.sizes[p + 1] for p in self._edge_pairs)
+        total = sum(geometry.sizes[p] * geometry.sizes[p + 1] for p in self._edge_pairs if _linked(network, p))
         for pair in range(len(geometry.sizes) - 1):
+            if not _linked(network, pair):  # column pair doesn't feed pair + 1: no edges, no band
+                if pair in self._edge_pairs:
+                    codes.append(np.full(geometry.sizes[pair] * geometry.sizes[pair + 1], -1))
+                continue
             weights = self._column_weights(network, pair) if pair in self._edge_pairs else None
             if pair not in self._edge_pairs or weights is None:
                 band_pairs.append(pair)
@@ -770,6 +795,12 @@ class NetworkGraph(View):
             return
         point = self.view_box.mapSceneToView(event.scenePos())
         self.click_at(point.x(), point.y())
+
+
+def _linked(network: NetworkView, pair: int) -> bool:
+    """Whether column ``pair`` feeds column ``pair + 1`` (so they are joined); untraced pairs are."""
+    connected = network.connected
+    return bool(connected[pair]) if pair < len(connected) else True
 
 
 def _column_for(layer: str, columns: tuple[str, ...]) -> str | None:

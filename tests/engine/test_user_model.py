@@ -596,3 +596,150 @@ def test_a_float64_model_on_2d_data_gets_its_decision_boundary(tmp_path):
             np.testing.assert_allclose(view.prediction[row, col], float(expected), rtol=1e-5)
     finally:
         run.trainer.close()
+
+
+LOADER_2D = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+
+def points():
+    x = torch.arange(600, dtype=torch.float32).reshape(300, 2) / 100
+    return x, (x[:, 0] > 1.5).long()
+
+
+def shuffled():
+    x, y = points()
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    return model, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True), nn.CrossEntropyLoss()
+
+
+class Endless(IterableDataset):
+    def __iter__(self):
+        n = 0
+        while True:
+            x = torch.tensor([n % 97, n % 89], dtype=torch.float32)
+            yield x, n % 3
+            n += 1
+
+
+def endless():
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+    return model, DataLoader(Endless(), batch_size=50), nn.CrossEntropyLoss()
+
+
+def regression():
+    x, y = points()
+    model = nn.Linear(2, 1)
+    return model, DataLoader(TensorDataset(x, y.float()[:, None]), batch_size=32), nn.MSELoss()
+
+
+def generator():
+    x, y = points()
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    return model, (batch for batch in zip(x.split(30), y.split(30))), nn.CrossEntropyLoss()
+"""
+
+
+def test_a_2d_classification_loader_gets_its_decision_boundary(tmp_path):
+    """The loader form samples its examples for the boundary as the tensor form gives them."""
+    from engine.scenarios import build_user_run
+    from engine.views import GRID, boundary_view
+
+    run = build_user_run(f"{write(tmp_path, LOADER_2D)}:shuffled", device="cpu")
+    try:
+        assert run.boundary_data is not None
+        points, labels = run.boundary_data
+        # Every one of the 300 examples, in the loader's shuffled order: sorted, they are the data.
+        expected = np.arange(600, dtype=np.float32).reshape(300, 2) / 100
+        order = np.argsort(points[:, 0])
+        assert points.dtype == np.float32 and points.shape == (300, 2)
+        np.testing.assert_array_equal(points[order], expected)
+        np.testing.assert_array_equal(labels[order], (expected[:, 0] > 1.5).astype(np.int64))
+        assert not np.array_equal(points, expected)  # (the loader's own order, not a copy of the data)
+        run.trainer.step()
+        view = boundary_view(run, 1)
+        assert view is not None and view.prediction.shape == (GRID, GRID)
+        np.testing.assert_array_equal(view.points, points)
+    finally:
+        run.trainer.close()
+
+
+def test_an_endless_loader_gives_a_bounded_sample_and_still_trains(tmp_path):
+    from engine.scenarios import build_user_run
+    from engine.user_model import BOUNDARY_SAMPLE
+
+    run = build_user_run(f"{write(tmp_path, LOADER_2D)}:endless", device="cpu")
+    try:
+        points, labels = run.boundary_data
+        n = np.arange(BOUNDARY_SAMPLE)
+        np.testing.assert_array_equal(points, np.stack([n % 97, n % 89], axis=1).astype(np.float32))
+        np.testing.assert_array_equal(labels, n % 3)
+        run.trainer.step()
+        assert run.trainer.step_count == 1
+    finally:
+        run.trainer.close()
+
+
+def test_loaders_that_are_not_2d_classes_get_no_boundary_and_lose_no_batch(tmp_path):
+    from engine.scenarios import build_user_run
+
+    path = write(tmp_path, LOADER_2D)
+    for function in ("regression", "generator"):
+        run = build_user_run(f"{path}:{function}", device="cpu")
+        try:
+            assert run.boundary_data is None, function
+        finally:
+            run.trainer.close()
+    # A generator can be read once: the sample takes none of its batches (validation took the first).
+    um = load_user_model(f"{path}:generator")
+    from engine.user_model import loader_boundary_sample
+
+    assert loader_boundary_sample(um.loader) is None
+    x, _ = next(um.loader)
+    np.testing.assert_array_equal(x.numpy(), np.arange(60, dtype=np.float32).reshape(30, 2) / 100)
+
+
+def test_odd_loaders_are_skipped_without_an_error():
+    from engine.user_model import loader_boundary_sample
+
+    x = torch.randn(8, 2)
+    y = torch.arange(8) % 2
+
+    class Raising:
+        def __iter__(self):
+            yield x, y
+            raise OSError("disk gone")
+
+    for loader in ([{"x": x, "y": y}], [(x.numpy(), y.numpy())], [(x, y, y)], [(x[:, :1], y)],
+                   [(torch.randn(8, 2, 2), y)], [(x.long(), y)], [(x, y[:4])], Raising(), 42, []):
+        assert loader_boundary_sample(loader) is None
+    points, labels = loader_boundary_sample([(x, y[:, None]), (x, y)], limit=12)
+    np.testing.assert_array_equal(points, torch.cat([x, x[:4]]).numpy())
+    np.testing.assert_array_equal(labels, torch.cat([y, y[:4]]).numpy())
+
+
+def test_sampling_a_loader_leaves_its_batch_order(tmp_path):
+    """The sample forks torch's random stream and puts the loader's own generator back, so the
+    first batch training takes is the one it would have taken without it."""
+    from engine.user_model import loader_boundary_sample
+
+    source = LOADER_2D + """
+
+def seeded():
+    x, y = points()
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(5))
+    return model, loader, nn.CrossEntropyLoss()
+"""
+    path = write(tmp_path, source)
+    for function in ("shuffled", "seeded"):
+        firsts = []
+        for sample in (False, True):
+            um = load_user_model(f"{path}:{function}")
+            torch.manual_seed(3)
+            if sample:
+                assert loader_boundary_sample(um.loader) is not None
+            firsts.append(next(iter(um.loader))[0])
+        assert torch.equal(firsts[0], firsts[1]), function

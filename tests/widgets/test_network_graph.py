@@ -350,3 +350,56 @@ def test_a_zero_weight_draws_no_edge_not_a_faint_positive_one(graph):
     some[1][:, :8] = 0.0  # half of the middle matrix is zero
     graph.render(view_data(network(weights=tuple(some), seed=1)))
     assert edge_count(graph) == 2 * 16 + 16 * 8 + 16 * 2
+
+
+def drawn_segments(graph: NetworkGraph) -> dict[tuple[float, float], list[tuple[float, float, int]]]:
+    """(x of the left column, x of the right one) -> (y0, y1, bucket) of every edge drawn."""
+    found: dict[tuple[float, float], list[tuple[float, float, int]]] = {}
+    for bucket, item in enumerate(graph.edge_items):
+        x, y = item.getData()
+        if x is None:
+            continue
+        for x0, y0, x1, y1 in zip(x[0::2], y[0::2], x[1::2], y[1::2]):
+            found.setdefault((float(x0), float(x1)), []).append((float(y0), float(y1), bucket))
+    return found
+
+
+def test_columns_that_do_not_feed_each_other_are_not_joined(graph):
+    """A second head fed by the trunk (not by the first head) is drawn beside it, unjoined: no edge,
+    no band, and the note says which link is not drawn."""
+    sizes = (2, 16, 16, 1)
+    names = ("input", "trunk", "head_a", "head_b")
+    rng = np.random.default_rng(4)
+    # head_b's own weights are (1, 16): they would fit a link from head_a, which does not exist.
+    weights = (rng.normal(size=(16, 2)), rng.normal(size=(16, 16)), rng.normal(size=(1, 16)))
+    note = "head_b is fed by trunk, not head_a: trunk → head_b is not drawn"
+    net = network(sizes, names, weights=weights, connected=(True, True, False), note=note)
+    graph.render(view_data(net))
+    segments = drawn_segments(graph)
+    assert set(segments) == {(0.0, 1.0), (1.0, 2.0)}  # nothing between head_a and head_b
+    assert edge_count(graph) == 16 * 2 + 16 * 16
+    assert graph.bands.path().isEmpty()
+    # The edges drawn are the joined pairs' own weights: each unit-to-unit edge once, its sign right.
+    for pair in (0, 1):
+        drawn = sorted((round(y0, 9), round(y1, 9), bucket >= EDGE_LEVELS)
+                       for y0, y1, bucket in segments[(float(pair), pair + 1.0)])
+        expected = sorted((round(graph.unit_position(names[pair], i)[1], 9),
+                           round(graph.unit_position(names[pair + 1], j)[1], 9), bool(weights[pair][j, i] > 0))
+                          for j in range(sizes[pair + 1]) for i in range(sizes[pair]))
+        assert drawn == expected
+    assert graph.note.isVisible() and graph.note.text() == note and graph.note.toolTip() == note
+    # A run whose columns all feed the next one shows no note.
+    graph.render(view_data(network(connected=(True, True, True))))
+    assert not graph.note.isVisible() and edge_count(graph) == 2 * 16 + 16 * 16 + 16 * 2
+
+
+def test_an_unjoined_wide_column_gets_no_band(graph):
+    sizes = (2, 100, 3)
+    names = ("input", "trunk", "head")
+    net = network(sizes, names, weights=(None, None), connected=(True, False), note="head is fed by input")
+    graph.render(view_data(net))
+    box = graph.bands.path().boundingRect()
+    assert not box.isEmpty() and box.left() >= 0.0 and box.right() <= 1.0  # input → trunk only
+    assert edge_count(graph) == 0
+    graph.render(view_data(None))
+    assert not graph.note.isVisible()  # the hint shows no note of an earlier network
