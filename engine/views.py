@@ -230,7 +230,9 @@ def network_view(run: Run, capture: Capture) -> NetworkView:
         acts.append(None)
         grads.append(None)
     for position, layer in columns:
-        size = layer.weight_shape[0] // _UNIT_DIVISOR.get(layer.type_name, 1)
+        # (An Embedding's units are its embedding dimensions; its weight's rows are tokens.)
+        size = layer.weight_shape[1] if layer.type_name == "Embedding" \
+            else layer.weight_shape[0] // _UNIT_DIVISOR.get(layer.type_name, 1)
         shown = layer.name
         following = layers[position + 1] if position + 1 < len(layers) else None
         if following is not None and following.role == "activation":

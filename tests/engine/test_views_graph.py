@@ -263,3 +263,32 @@ def test_the_decision_boundary_gives_each_module_its_own_mode_back():
         assert [m.training for m in model.modules()] == flags
     finally:
         run.trainer.close()
+
+
+def test_an_embedding_column_has_a_unit_per_embedding_dimension():
+    """Its weight is tokens × dimensions: the column's units are the dimensions, which the next
+    layer reads (so the head's weights join it)."""
+    torch.manual_seed(0)
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, tokens):
+            return self.head(self.embed(tokens).mean(dim=1))
+
+    model = Tokens()
+    tokens = torch.randint(0, 10, (32, 5))
+    trainer = Trainer(model, F.cross_entropy, TensorBatches(tokens, torch.randint(0, 3, (32,))),
+                      hyper=Hyper(optimizer="sgd", lr=0.1, batch_size=16), config=TrainerConfig(val_every=0))
+    head = model.head.weight.detach().numpy().copy()  # (the view shows the weights the step used)
+    try:
+        view = network_view(Run(name="t", trainer=trainer), trainer.step(capture=True, tensors=True).capture.get())
+        assert view.column_names == ("input", "embed", "head")
+        assert view.column_sizes == (5, 4, 3)
+        assert view.connected == (True, True)
+        np.testing.assert_array_equal(view.weights[1], head)
+    finally:
+        trainer.close()
