@@ -13,7 +13,8 @@ Piece kinds:
   its histogram sampled, or None for all, and whether its NaN and Inf were counted: if not,
   their places hold anything and the counts are what its min and max tell, ``nonfinite_bounds``).
 - ``gout``: the squared norm of the gradient w.r.t. one call's output (``owner`` a layer), or of
-  several (``owner`` a list of layers, one per call).
+  several (``owner`` a list of layers, one per call); a call returning several tensors has one per
+  tensor a gradient reached. The figure is the square root of a layer's sum over them all.
 - ``pstats``: (layers, 5) of norm, mean, variance, NaN and Inf counts of their weights
   (``key`` 'weight') or gradients ('grad'); ``owner`` is the list of layers.
 - ``prows``: the same figures of a group of layers' weights or gradients as

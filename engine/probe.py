@@ -32,6 +32,15 @@ Definitions (documented once, here):
 - *std* is the population standard deviation (numpy's default). An output bigger than
   ``engine.host_stats.BATCHED_MAX`` on the CPU takes its variance as E[x^2] - mean^2 when that
   cannot lose more than ~1e-5 of it (the mean doesn't dwarf the spread), else in two passes.
+- *gradient w.r.t. the output* (``grad_output_norm``): the L2 norm of the loss's gradient w.r.t.
+  the layer's output over the batch (over all its calls for a layer called more than once). Of a
+  layer returning several tensors (LSTM's (output, (h, c)), a user's tuple or dict) it is the norm
+  of all their gradients taken together, sqrt of the sum of their squared norms, where an output
+  no gradient reaches adds 0: an LSTM read through ``h[-1]`` gets its whole gradient at h (see
+  ``grad_outputs`` for which tensors count). Its backward phase comes when the last of them has
+  its gradient. A layer none of whose outputs gets a gradient has none (NaN). Where a module
+  returns a tensor and another computed from it, (z, f(z)), z's gradient already holds what came
+  back through f(z), which is then counted in both.
 """
 from __future__ import annotations
 
@@ -41,11 +50,12 @@ import inspect
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.graph import register_multi_grad_hook
 from torch.nn.parameter import is_lazy
 
 from engine.capture_parse import ACT_FIELDS, PARAM_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
@@ -80,7 +90,7 @@ from engine.stats import (
 )
 from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
-__all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor"]
+__all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +148,40 @@ def first_tensor(value: Any) -> torch.Tensor | None:
             stack.extend(reversed(list(item.values())))
         elif isinstance(item, (tuple, list)):
             stack.extend(reversed(item))
+    return found
+
+
+def grad_outputs(value: Any, inputs: Any = ()) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a module's output that a gradient can flow back into, with their places in
+    it: every floating-point one that autograd made (it has a ``grad_fn``), each once, in
+    ``first_tensor``'s order. LSTM's (output, (h, c)) gives [("[0]", output), ("[1][0]", h),
+    ("[1][1]", c)]. Left out: a leaf (a parameter handed out: its gradient is its own) and a
+    tensor of ``inputs`` handed back unchanged (its gradient is its producer's)."""
+    found = [(path, tensor) for path, tensor in _tensors(value)
+             if tensor.grad_fn is not None and tensor.is_floating_point()]
+    if not found:
+        return []
+    passed = {id(tensor) for _, tensor in _tensors(inputs)}
+    watched: list[tuple[str, torch.Tensor]] = []
+    for path, tensor in found:
+        if id(tensor) not in passed:
+            passed.add(id(tensor))  # (a tensor returned twice is watched once)
+            watched.append(("".join(f"[{step!r}]" for step in path), tensor))
+    return watched
+
+
+def _tensors(value: Any) -> list[tuple[tuple, torch.Tensor]]:
+    """Every tensor in a nested value (tuples, lists, dicts), depth first, with its path."""
+    found: list[tuple[tuple, torch.Tensor]] = []
+    stack: list[tuple[tuple, Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            found.append((path, item))
+        elif isinstance(item, dict):
+            stack.extend(reversed([((*path, key), entry) for key, entry in item.items()]))
+        elif isinstance(item, (tuple, list)):
+            stack.extend(reversed([((*path, index), entry) for index, entry in enumerate(item)]))
     return found
 
 
@@ -482,10 +526,49 @@ class Probe:
             if out is None or not out.is_floating_point():
                 return
             self._phase_events.append(("forward", name, self._display(_io(args, out))))
-            if out.requires_grad:
+            if output is not out:  # (several tensors: LSTM's (output, (h, c)))
+                self._watch_outputs(name, args, output, out)
+            elif out.requires_grad:
                 out.register_hook(lambda grad: self._phase_events.append(
-                    ("backward", name, self._display({"grad_output": grad}))) if self._recording else None)
+                    ("backward", name, self._display({"grad_output": grad})))
+                    if self._recording and grad is not None else None)
         return hook
+
+    def _watch_outputs(self, name: str, args: tuple, output: Any, out: torch.Tensor,
+                       layer: _Layer | None = None, call: int = 0) -> None:
+        """Hook every tensor of a module's output of several that a gradient can reach
+        (``grad_outputs``). Once the last of their gradients has come, a measured ``layer``'s are
+        measured, a ``gout`` piece each, which the host sums per layer as it sums a layer's calls
+        (*gradient w.r.t. the output* in the module's docstring); its views show the first tensor's
+        (``out``), as they show its activation. Then too the backward phase ``name`` is recorded,
+        with every gradient that came: "grad_output" the first tensor's, the others' by place
+        ("grad_output[1][0]" for LSTM's h)."""
+        watched = grad_outputs(output, args)
+        if not watched:
+            return
+        if layer is not None and len(watched) == 1 and watched[0][1] is out:
+            out.register_hook(self._grad_hook(layer, call))  # (MultiheadAttention's (output, None))
+            return
+        measures = [] if layer is None else [self._output_grad_hook(layer, call, tensor is out)
+                                             for _, tensor in watched]
+        keys = ["grad_output" if tensor is out else f"grad_output{place}" for place, tensor in watched]
+
+        def on_grads(grads: Sequence[torch.Tensor | None]) -> None:
+            # (None: an output no gradient reached, though the node making it ran, as cuDNN's LSTM
+            # node runs for h when its output is unused.)
+            if not self._capturing:
+                return
+            for measure, grad in zip(measures, grads):
+                if grad is not None:
+                    measure(grad)
+            if self._recording:
+                shown = {key: grad for key, grad in zip(keys, grads) if grad is not None}
+                if shown:
+                    self._phase_events.append(("backward", name, self._display(shown)))
+
+        # (Called once per backward, after the last of the tensors' gradients that backward
+        # computes has come: when the module's backward phase is over.)
+        register_multi_grad_hook([tensor for _, tensor in watched], on_grads)
 
     def _make_attention_hook(self, layer: _Layer) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -724,7 +807,9 @@ class Probe:
             counted = not layer.outputs_finite
             stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device), count=counted)
             self._push("act", layer, "stats", stats, (measured.shape, sampled, counted))
-        if out.requires_grad:
+        if output is not out:  # (several tensors: LSTM's (output, (h, c)))
+            self._watch_outputs(self._call_name(layer, call), args, output, out, layer, call)
+        elif out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
         if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
             graphed = out.numel() <= MAX_GRAPH_UNITS * out.shape[0]  # one example's units are drawn
@@ -764,9 +849,20 @@ class Probe:
             hook = self._grad_hooks[(id(layer), call)] = self._make_grad_hook(layer, call)
         return hook
 
-    def _make_grad_hook(self, layer: _Layer, call: int) -> Callable:
-        def on_grad(grad: torch.Tensor) -> None:
-            if not self._capturing:
+    def _output_grad_hook(self, layer: _Layer, call: int, shown: bool) -> Callable:
+        """The hook measuring the gradient of one tensor of a call's output of several; whether the
+        views show it (``shown``); its backward phase is ``_watch_outputs``'s to record."""
+        key = (id(layer), call, shown)
+        hook = self._grad_hooks.get(key)
+        if hook is None:
+            hook = self._grad_hooks[key] = self._make_grad_hook(layer, call, shown, recorded=False)
+        return hook
+
+    def _make_grad_hook(self, layer: _Layer, call: int, shown: bool = True, recorded: bool = True) -> Callable:
+        views = shown and call == 0
+
+        def on_grad(grad: torch.Tensor | None) -> None:
+            if grad is None or not self._capturing:  # (None: see _watch_outputs)
                 return
             held = False  # (held to the step's end: a view of it may be computed there too)
             if self._host and grad.is_cpu:
@@ -780,7 +876,7 @@ class Probe:
                 held = True
             else:  # squared and shipped together in ``finish``
                 self._grad_norms.append((layer, _norm(grad)))
-            if self._want_tensors and call == 0 and grad.dim() >= 1 and grad.shape[0] > 0:
+            if self._want_tensors and views and grad.dim() >= 1 and grad.shape[0] > 0:
                 graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
                 focused = self._is_focus(layer)
                 example = self._example_of()
@@ -788,7 +884,7 @@ class Probe:
                     self._push_view(layer, "unit_grad", [grad], lambda g: example(g).reshape(-1), held=held)
                 if focused:
                     self._push_view(layer, "output_grad", [grad], lambda g: shrink_2d(as_matrix(example(g))), held=held)
-            if self._recording:
+            if recorded and self._recording:
                 self._phase_events.append(
                     ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
         return on_grad
