@@ -1,6 +1,6 @@
 """Render the main window for each scenario to PNG (offscreen), for looking at and for the README.
 
-Usage: python scripts/screenshots.py [OUT_DIR] [--steps N] [--scenario NAME ...]
+Usage: python scripts/screenshots.py [OUT_DIR] [--steps N] [--scenario NAME ...] [--model FILE.py:FUNC ...]
                                     [--compare FIRST SECOND] [--lesson NAME] [--raise DOCK ...]
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ def main() -> int:
     parser.add_argument("out", nargs="?", default="screenshots")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--scenario", nargs="*")
+    parser.add_argument("--model", nargs="*", default=[], help="your model files (FILE.py:FUNC), instead of scenarios")
     parser.add_argument("--size", default="1600x1000")
     parser.add_argument("--compare", nargs=2, metavar=("FIRST", "SECOND"),
                         help="train two scenarios side by side (one picture)")
@@ -35,12 +36,19 @@ def main() -> int:
     _apply_style(app)
     os.makedirs(args.out, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
-    names = [args.compare[0]] if args.compare else args.scenario or list(SCENARIOS)
+    if args.model:
+        names = args.model
+    else:
+        names = [args.compare[0]] if args.compare else args.scenario or list(SCENARIOS)
     for name in names:
         window = MainWindow(remember_layout=False)
         window.resize(width, height)
         window.show()
-        window.start_engine(scenario=name, device="cpu", play=True)
+        if args.model:
+            window.start_engine(model=name, device="cpu", play=True)
+            name = name.rpartition(":")[2] or os.path.basename(name)
+        else:
+            window.start_engine(scenario=name, device="cpu", play=True)
         if args.lesson:
             window.show_lesson(args.lesson)
         if args.compare:
@@ -52,7 +60,7 @@ def main() -> int:
         while time.monotonic() < deadline:
             app.processEvents()
             latest = window.bridge.latest
-            if latest is not None and latest.step >= args.steps:
+            if latest is not None and latest.step >= args.steps or window.errors:
                 break
             time.sleep(0.005)
         window.pause()
