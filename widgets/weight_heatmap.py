@@ -62,6 +62,12 @@ _AXES = {
     "Conv1d": ("output channel", "input channel × kernel position"),
     "Conv2d": ("output channel", "input channel × kernel position"),
     "Conv3d": ("output channel", "input channel × kernel position"),
+    # (A recurrent layer's first input weight, weight_ih_l0, stacks its gates' rows; attention's
+    # in_proj_weight stacks the query, key and value projections.)
+    "RNN": ("hidden unit", "input feature"),
+    "LSTM": ("gate unit: input, forget, cell, output", "input feature"),
+    "GRU": ("gate unit: reset, update, new", "input feature"),
+    "MultiheadAttention": ("query, key, value unit", "input dimension"),
 }
 _LINEAR_AXES = ("output unit", "input unit")
 

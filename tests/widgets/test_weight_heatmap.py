@@ -247,3 +247,17 @@ def test_axes_name_what_an_embeddings_rows_and_columns_are(view):
     view.render(make_data(make_tensors(rng), layers=layers))  # a Linear again
     assert view.plot.getAxis("left").labelText == "output unit"
     assert view.plot.getAxis("bottom").labelText == "input unit"
+
+
+@pytest.mark.parametrize("kind, gates, rows", [("LSTM", 4, "gate unit: input, forget, cell, output"),
+                                               ("GRU", 3, "gate unit: reset, update, new")])
+def test_axes_name_a_recurrent_layers_stacked_gates(view, kind, gates, rows):
+    import torch
+
+    module = getattr(torch.nn, kind)(3, 5)
+    assert module.weight_ih_l0.shape == (gates * 5, 3)  # (its rows stack the gates, in the label's order)
+    layers = (LayerInfo(0, "rnn", kind, "param", 0, tuple(module.weight_ih_l0.shape)), *LAYERS)
+    rng = np.random.default_rng(7)
+    view.render(make_data(make_tensors(rng, layer="rnn", shape=(gates * 5, 3)), layers=layers))
+    assert view.plot.getAxis("left").labelText == rows
+    assert view.plot.getAxis("bottom").labelText == "input feature"
