@@ -99,7 +99,8 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
     layers = trainer.probe.layers  # as they are now: a layer first called late counts as called
     out_layers = []
     for i, layer in enumerate(layers):
-        entry: dict[str, Any] = {"name": layer.name, "type": layer.type_name, "params": layer.params}
+        entry: dict[str, Any] = {"name": layer.name, "type": layer.type_name, "params": layer.params,
+                                 "trainable": layer.trainable}  # (False: requires_grad off for all it owns)
         for name in names:
             values = series[name][i]
             applies = {
@@ -156,9 +157,12 @@ def format_table(report: dict[str, Any]) -> str:
     for layer in report["layers"]:
         dead = last(layer["dead_fraction"])
         sat = last(layer["saturated_fraction"])
+        if layer.get("trainable", True):
+            grads = f"{_fmt(first(layer['grad_norm'])):>10} {_fmt(last(layer['grad_norm'])):>10}"
+        else:  # (no gradient by the user's choice, not for want of one)
+            grads = f"{'frozen':>10} {'frozen':>10}"
         lines.append(
-            f"{layer['name'][:28]:<28} {layer['type'][:20]:<20} {layer['params']:>8} "
-            f"{_fmt(first(layer['grad_norm'])):>10} {_fmt(last(layer['grad_norm'])):>10} "
+            f"{layer['name'][:28]:<28} {layer['type'][:20]:<20} {layer['params']:>8} {grads} "
             f"{_fmt(last(layer['act_std'])):>9} {_fmt(None if dead is None else 100 * dead, '{:.1f}'):>7} "
             f"{_fmt(None if sat is None else 100 * sat, '{:.1f}'):>7}")
     losses = report["loss"]  # (null where a step's loss wasn't finite)

@@ -395,3 +395,15 @@ def build():
     (found,) = json.loads(out.read_text())["diagnoses"]
     assert (found["code"], found["severity"], found["step"], found["layers"]) == ("model_warning", "warning", 0, [])
     assert "(N, 1) output against (N,) targets is broadcast to (N, N)" in found["fixes"][1]
+
+
+def test_a_frozen_layer_is_said_frozen_in_the_table_and_the_json(tmp_path: Path, capsys) -> None:
+    model_file = write(tmp_path, GOOD.replace("    return model,", "    model[2].requires_grad_(False)\n    return model,"))
+    out = tmp_path / "report.json"
+    assert main(["--model", f"{model_file}:build", "--steps", "3", "--device", "cpu", "--json", str(out)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
+    assert rows["2"][3:5] == ["frozen", "frozen"] and rows["0"][3] != "frozen"
+    layers = {layer["name"]: layer for layer in json.loads(out.read_text())["layers"]}
+    assert {name: layer["trainable"] for name, layer in layers.items()} == {
+        "0": True, "1": True, "2": False, "3": True, "4": True}
+    assert all(v is None for v in layers["2"]["grad_norm"])  # (the probe measures none)
