@@ -22,8 +22,8 @@ echo "== report --scenario xor-mlp --steps 20"
 tail -n 5 "$CONFIG/report.txt"
 [ -s "$CONFIG/report.json" ] || { echo "bundle_test: report wrote no JSON" >&2; exit 1; }
 
-echo "== --smoke-test 100"
-"$EXE" --smoke-test 100 | tail -n 1
+echo "== --smoke-test 600 (long enough past its 1 s warm-up to time the GUI)"
+"$EXE" --smoke-test 600 | tail -n 1
 
 echo "== excluded from the bundle"
 for unwanted in torch/include torch/test torch/bin/protoc PySide6/Qt/translations PySide6/Qt/qml _pytest pytest jinja2 PyQt5 PyQt6 PySide2; do
