@@ -349,7 +349,7 @@ class MainWindow(QtWidgets.QMainWindow):
             action = measure_menu.addAction(label)
             action.setCheckable(True)
             action.setData(index)
-            action.setToolTip("Measuring less often trains faster; the plots over the run then hold only the measured steps")
+            action.setToolTip("Measuring less often trains faster; plots over the run then hold only measured steps")
             self.measuring.addAction(action)
         self.measuring.actions()[0].setChecked(True)
         self.measuring.triggered.connect(lambda _action: self._measuring_changed())
