@@ -274,6 +274,10 @@ def _nice_at_least(value: float) -> float:
     return 10.0 ** (exponent + 1)
 
 
+#: An axis title cut to fewer characters than this is shown whole instead.
+_LABEL_MIN_CHARS = 4
+
+
 class FittedAxis(pg.AxisItem):
     """A numeric axis whose labels never overlap, however small the plot.
 
@@ -289,6 +293,49 @@ class FittedAxis(pg.AxisItem):
         self.cells = cells
         super().__init__(orientation, **kwargs)
         self.setStyle(maxTextLevel=0)
+
+    # --- the axis title: cut to the axis's length ----------------------------------------------
+    def _updateLabel(self) -> None:  # noqa: N802 - pyqtgraph name
+        super()._updateLabel()
+        self._fit_label()
+
+    def resizeEvent(self, ev=None) -> None:  # noqa: N802 - pyqtgraph name
+        self._fit_label()
+        super().resizeEvent(ev)  # (which centres the label as it now is)
+
+    def label_room(self) -> float:
+        """Pixels the axis title may take: the axis's length, less a margin."""
+        length = self.size().width() if self.orientation in ("top", "bottom") else self.size().height()
+        return length - 8.0
+
+    def _fit_label(self) -> None:
+        """An axis title longer than its axis ("input channel × kernel position" under a narrow
+        heatmap) ends in "…" where it would run past the axis into its neighbour; its tooltip
+        holds the whole of it. One that would keep fewer than ``_LABEL_MIN_CHARS`` characters is
+        left whole."""
+        label = getattr(self, "label", None)
+        if label is None or not self.labelText:
+            return
+        full = self.labelString()
+        label.setHtml(full)
+        room = self.label_room()
+        if room <= 0 or label.boundingRect().width() <= room:
+            label.setToolTip("")
+            return
+        text, low, high = self.labelText, 0, len(self.labelText)  # the longest cut that fits
+        while low < high:
+            middle = (low + high + 1) // 2
+            label.setHtml(full.replace(text, text[:middle].rstrip() + "…", 1))
+            if label.boundingRect().width() <= room:
+                low = middle
+            else:
+                high = middle - 1
+        if len(text[:low].rstrip()) < _LABEL_MIN_CHARS:  # ("…" alone says nothing: whole, as it was)
+            label.setHtml(full)
+            label.setToolTip("")
+            return
+        label.setHtml(full.replace(text, text[:low].rstrip() + "…", 1))
+        label.setToolTip(text)
 
     def _extent(self, strings: Sequence[str]) -> float:
         metrics = QtGui.QFontMetrics(tick_font(self))

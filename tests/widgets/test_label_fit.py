@@ -193,3 +193,38 @@ def test_every_view_keeps_its_dock_title(qtbot):
         view = cls()
         qtbot.addWidget(view)
         assert isinstance(view.title, str) and view.title == cls.title
+
+
+def test_an_axis_title_longer_than_its_axis_is_cut_to_fit(qtbot):
+    widget = pg.PlotWidget(axisItems={"bottom": FittedAxis("bottom"), "left": FittedAxis("left")})
+    qtbot.addWidget(widget)
+    title = "input channel × kernel position"
+    widget.getPlotItem().setLabel("bottom", title)
+    widget.getPlotItem().setLabel("left", title)
+    for width, height in ((160, 120), (900, 600)):
+        widget.resize(width, height)
+        widget.show()
+        qtbot.waitExposed(widget)
+        qtbot.wait(20)
+        for axis in (widget.getPlotItem().getAxis("bottom"), widget.getPlotItem().getAxis("left")):
+            shown = axis.label.toPlainText().strip()
+            assert axis.label.boundingRect().width() <= axis.label_room()
+            if shown != title:  # cut: a start of the title, marked, and whole in the tooltip
+                assert shown.endswith("…") and title.startswith(shown[:-1]) and len(shown) > 3
+                assert axis.label.toolTip() == title
+        cut = {side: widget.getPlotItem().getAxis(side).label.toPlainText().strip() != title
+               for side in ("bottom", "left")}
+        assert cut == ({"bottom": True, "left": True} if width == 160 else {"bottom": False, "left": False})
+
+
+def test_an_axis_title_with_no_room_for_a_few_letters_stays_whole(qtbot):
+    widget = pg.PlotWidget(axisItems={"left": FittedAxis("left")})
+    qtbot.addWidget(widget)
+    widget.getPlotItem().setLabel("left", "accuracy")
+    widget.resize(300, 40)
+    widget.show()
+    qtbot.waitExposed(widget)
+    qtbot.wait(20)
+    axis = widget.getPlotItem().getAxis("left")
+    assert axis.label_room() < 30  # (room for "a…" at most)
+    assert axis.label.toPlainText().strip() == "accuracy"
