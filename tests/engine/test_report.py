@@ -398,7 +398,8 @@ def build():
 
 
 def test_a_frozen_layer_is_said_frozen_in_the_table_and_the_json(tmp_path: Path, capsys) -> None:
-    model_file = write(tmp_path, GOOD.replace("    return model,", "    model[2].requires_grad_(False)\n    return model,"))
+    frozen = GOOD.replace("    return model,", "    model[2].requires_grad_(False)\n    return model,")
+    model_file = write(tmp_path, frozen)
     out = tmp_path / "report.json"
     assert main(["--model", f"{model_file}:build", "--steps", "3", "--device", "cpu", "--json", str(out)]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:] if line.strip()}
