@@ -822,6 +822,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _show_status(self, snapshot: Snapshot) -> None:
         live = self.bridge.live
         state = {"running": "Training", "paused": "Paused", "stepping": "Stepping through phases"}[snapshot.state]
+        if snapshot.phase is not None and snapshot.state != "running":
+            state = phase_status_text(snapshot)
         if not live:
             state = "Viewing a recorded step (End: back to live)"
         self.status_state.setText(state)
@@ -998,6 +1000,18 @@ class MainWindow(QtWidgets.QMainWindow):
             "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize")
 
 
+def phase_status_text(snapshot: Snapshot) -> str:
+    """The status bar's words for a phase-by-phase step: which step, which phase of how many, and
+    where (``Step 4, phase 6 of 9: ← backward through head``); after its update, that it is done."""
+    phase = snapshot.phase
+    total = max(int(phase.total), len(phase.names))
+    if phase.kind == "update" and snapshot.state != "stepping":
+        return f"Paused · step {snapshot.step:,} done: its update changed the weights"
+    where = {"forward": f"\u2192 forward through {phase.module}", "backward": f"\u2190 backward through {phase.module}",
+             "loss": "the loss", "update": "the update"}.get(phase.kind, phase.kind)
+    return f"Step {snapshot.step + 1:,}, phase {int(phase.index) + 1} of {total}: {where}"
+
+
 def measuring_text(snapshot: Snapshot) -> str:
     """The status bar's word on the probe: how often it measures, and what that costs on average
     (a measured step's extra time, spread over the steps of one interval)."""
@@ -1005,6 +1019,8 @@ def measuring_text(snapshot: Snapshot) -> str:
     how = "measuring every step" if every <= 1 else f"measuring every {every} steps"
     if snapshot.capture_adaptive:
         how += " (adaptive)"
+    if snapshot.probe_overhead is None:  # (until both a measured and a bare step have been timed)
+        return how
     return f"{how} · probe +{100 * snapshot.probe_overhead / max(1, every):.0f} %"
 
 

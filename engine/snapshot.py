@@ -156,6 +156,26 @@ class PhaseInfo:
     module: str | None
     tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
     names: tuple[str, ...] = ()  # the labels of every phase of this step, for a timeline
+    # What a reader needs to make sense of the tensors: input/output/grad_output* are one example's
+    # slice (``example`` of a batch of ``batch_size``); parameters and their gradients are the
+    # whole batch's. None where unknown.
+    example: int | None = None
+    batch_size: int | None = None
+    module_type: str | None = None  # "Linear", "LSTM", ... of ``module``
+    # Per tensor, what the rows and the columns of the drawn matrix are ("tokens", "features");
+    # a row name of "" for a single row. Only where it is known.
+    axes: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # Per parameter tensor, its real shape where the drawn matrix is a reshaping of it (a conv
+    # kernel (8, 1, 3, 3) drawn as 8 x 9).
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # The update phase's: the optimizer and its learning rate, the clipping norm, the gradients'
+    # total L2 norm before clipping, and per module owning parameters (module, ||Δw||, ||w before||),
+    # all its parameters together. ``module`` is then the layer whose change ``tensors`` shows.
+    optimizer: str | None = None
+    lr: float | None = None
+    clip_norm: float | None = None
+    grad_norm: float | None = None
+    changes: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +217,7 @@ class Snapshot:
     boundary: BoundaryView | None = None
     phase: PhaseInfo | None = None
     steps_per_s: float = 0.0
-    probe_overhead: float = 0.0  # fractional extra time of captured steps, e.g. 0.12
+    probe_overhead: float | None = None  # fractional extra time of captured steps, e.g. 0.12; None until measured
     capture_every: int = 1  # the probe measures one step in this many
     capture_adaptive: bool = False  # the interval follows the measured overhead
     diagnoses: tuple = ()  # engine.diagnostics.Diagnosis findings so far, errors first

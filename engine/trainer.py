@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.batches import BatchSource
+from engine.phase_details import AxisReader, parameter_owners, update_fields
 from engine.probe import PendingCapture, Probe, ProbeConfig
 from engine.snapshot import Hyper, PhaseInfo
 
@@ -130,6 +131,7 @@ class _PhasedStep:
     cursor: int = 0
     started: float = 0.0
     scalars_before: int = 0  # losses queued before this step (a failed update drops its own)
+    focus_layer: str | None = None  # the focused layer as the step began: the update shows its change
 
 
 class Trainer:
@@ -240,8 +242,25 @@ class Trainer:
         phase = phased.phases[phased.cursor]
         phased.cursor += 1
         if phase.kind == "update":
+            shown = self._update_shown(phased)
+            owners = parameter_owners(self.model)
+            before = [[p.detach().clone() for p in params] for _, params in owners]
+            grads = [p.grad for _, params in owners for p in params if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float())
+                                                                    for g in grads]))) if grads else None
+            hyper = self.hyper  # (the update uses the hyperparameters of this moment)
             self._finish_phased()
+            phase = replace(phase, **update_fields(self.model, owners, before, shown),
+                            optimizer=hyper.optimizer, lr=hyper.lr, clip_norm=hyper.clip_norm, grad_norm=grad_norm)
         return phase
+
+    def _update_shown(self, phased: _PhasedStep) -> str | None:
+        """The layer whose change the update phase shows: the focused one if it owns parameters,
+        else the first one that does in the forward pass."""
+        owning = {name for name, _ in parameter_owners(self.model)}
+        forward = [p.module for p in phased.phases if p.kind == "forward"]
+        candidates = [phased.focus_layer] + forward + sorted(owning)
+        return next((name for name in candidates if name in owning), None)
 
     @property
     def in_phased_step(self) -> bool:
@@ -253,6 +272,7 @@ class Trainer:
         with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
             self.probe.begin_step(True, tensors=True, record=True)
+            focus_layer, focus_example = self.probe.focus_layer, self.probe.focus_example  # (as the step began)
             loss = self._forward_backward(x, y)
         records = self.probe.phase_events()
         forward = [r for r in records if r.kind == "forward"]
@@ -263,9 +283,14 @@ class Trainer:
         items += [("backward", r.module, r.tensors) for r in backward]
         items.append(("update", None, {}))
         names = tuple(f"{kind} {module}" if module else kind for kind, module, _ in items)
-        phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names)
+        batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
+        example = min(focus_example, batch - 1) if batch else None
+        reader = AxisReader(self.model, x, forward)
+        phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names,
+                            example=example, batch_size=batch, module_type=reader.type_of(module),
+                            axes=reader.axes(kind, module, tensors), shapes=reader.shapes(module, tensors))
                   for i, (kind, module, tensors) in enumerate(items)]
-        return _PhasedStep(phases=phases, started=started, scalars_before=queued)
+        return _PhasedStep(phases=phases, started=started, scalars_before=queued, focus_layer=focus_layer)
 
     def _finish_phased(self) -> StepResult:
         phased, self._phased = self._phased, None
@@ -517,3 +542,4 @@ def _innermost_module(tb: Any, model: nn.Module) -> str | None:
             found = names[id(owner)] or type(owner).__name__
         tb = tb.tb_next
     return found
+

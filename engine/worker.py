@@ -588,7 +588,7 @@ class Worker:
             stats=capture.frame if capture else None, tensors=capture.tensors if capture else None,
             network=network_view(run, capture) if capture else None, boundary=self._boundary,
             phase=self._last_phase, steps_per_s=self._rate.per_second(),
-            probe_overhead=trainer.overhead or 0.0,
+            probe_overhead=trainer.overhead,
             capture_every=trainer.capture_every, capture_adaptive=trainer.adaptive,
             diagnoses=tuple(self._diagnostics.findings) if self._diagnostics is not None else (),
             neuron=self._neuron, gradient_check=self._gradient_check,

@@ -8,13 +8,14 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from engine.snapshot import NetworkView, ViewData
+from engine.snapshot import NetworkView, PhaseInfo, ViewData
 from widgets import colormaps
 from widgets.base import PLOT_BACKGROUND, View
 from widgets.findings import SEVERITY_RGB, flagged_layers
 from widgets.label_fit import elide, unique_suffixes
+from widgets.step_inspector import DIRECTION_COLOURS
 
-__all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS", "column_label_layout"]
+__all__ = ["NetworkGraph", "COLLAPSE_ABOVE", "EDGE_LEVELS", "column_label_layout", "phase_columns"]
 
 #: A column with more units than this is drawn as one labelled block, its edges as one band.
 COLLAPSE_ABOVE = 64
@@ -277,6 +278,13 @@ class NetworkGraph(View):
             self.flag_bands[severity] = band
         self.flagged_columns: dict[str, tuple[str, tuple[str, ...]]] = {}  # column -> (severity, codes)
         self._flags_drawn: tuple | None = None
+        # Where a phase-by-phase step is: a band round the column(s) of its module, in the colour of
+        # its direction (the step inspector's).
+        self.phase_band = QtWidgets.QGraphicsPathItem()
+        self.phase_band.setZValue(-24)
+        self.plot.addItem(self.phase_band)
+        self.phase_columns: tuple[str, ...] = ()
+        self._phase_drawn: tuple | None = None
 
         self._geometry: _Layout | None = None
         self._edge_pairs: set[int] = set()  # column pairs whose edges are drawn one by one
@@ -400,7 +408,8 @@ class NetworkGraph(View):
             self._show_hint("Network description is inconsistent")
             return
         flagged = flagged_layers(data.snapshot.diagnoses)
-        key = (id(network), self._mode, self.selected_layer, self.selected_unit, tuple(flagged.items()))
+        phase = data.snapshot.phase if data.snapshot.state != "running" else None
+        key = (id(network), self._mode, self.selected_layer, self.selected_unit, tuple(flagged.items()), id(phase))
         if network is self._network and key == self._drawn_key:
             return  # redrawn at display rate with nothing new
         self._network = network
@@ -414,6 +423,7 @@ class NetworkGraph(View):
         self._draw_edges(network)
         self._draw_blocks(network)
         self._draw_flags(flagged)
+        self._draw_phase(phase)
         self._draw_selection()
         self._drawn_key = key
 
@@ -764,6 +774,26 @@ class NetworkGraph(View):
             band.setPath(paths[severity])
         self._selection_drawn = None  # label colours follow the flags
 
+    def _draw_phase(self, phase: PhaseInfo | None) -> None:
+        """Band the column(s) the phase-by-phase step is at (none when not stepping)."""
+        geometry = self._geometry
+        columns = phase_columns(phase, geometry.names) if phase is not None else ()
+        kind = phase.kind if phase is not None else None
+        state = (geometry, columns, kind)
+        if state == self._phase_drawn:
+            return
+        self._phase_drawn = state
+        self.phase_columns = columns
+        path = QtGui.QPainterPath()
+        for column in columns:
+            col = geometry.names.index(column)
+            half = self._column_extent(col) + geometry.spacing * 0.8
+            path.addRoundedRect(QtCore.QRectF(col - 0.36, -half, 0.72, 2 * half), 0.08, 0.08)
+        colour = QtGui.QColor(DIRECTION_COLOURS.get(kind or "", "#5b8fd9"))
+        self.phase_band.setPen(pg.mkPen(colour, width=2.5, cosmetic=True))
+        self.phase_band.setBrush(pg.mkBrush(colour.red(), colour.green(), colour.blue(), 50))
+        self.phase_band.setPath(path)
+
     def _draw_selection(self) -> None:
         geometry = self._geometry
         state = (geometry, self.selected_layer, self.selected_unit, self._unit_size, self._flags_drawn)
@@ -795,6 +825,32 @@ class NetworkGraph(View):
             return
         point = self.view_box.mapSceneToView(event.scenePos())
         self.click_at(point.x(), point.y())
+
+
+def phase_columns(phase: PhaseInfo, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns a phase of a phase-by-phase step is at.
+
+    A forward or backward phase: its module's column, or, for a module without one (an
+    activation, a norm, a pooling, a flatten), the column of the nearest module before it in the
+    forward pass (whose units it works on; the input for the modules before the first column).
+    The loss: the last column, the output it judges. The update: every column of weights.
+    """
+    if phase.kind == "loss":
+        return columns[-1:]
+    if phase.kind == "update":
+        return tuple(name for name in columns if name != "input")
+    module = (phase.module or "").split(" (call ")[0]
+    if not module:
+        return ()
+    if module in columns:
+        return (module,)
+    forward = [name.partition(" ")[2].split(" (call ")[0] for name in phase.names if name.startswith("forward ")]
+    if module not in forward:
+        return ()
+    for earlier in reversed(forward[:forward.index(module)]):
+        if earlier in columns:
+            return (earlier,)
+    return ("input",) if "input" in columns else ()
 
 
 def _linked(network: NetworkView, pair: int) -> bool:

@@ -1,6 +1,7 @@
 """Where a phase-by-phase training step stands, and the tensors of that very moment."""
 from __future__ import annotations
 
+import html
 from typing import Mapping
 
 import numpy as np
@@ -13,7 +14,8 @@ from widgets.base import View
 from widgets.label_fit import FittedAxis, unique_suffixes
 
 __all__ = ["StepInspector", "DIRECTION_TEXT", "DIRECTION_COLOURS", "DIRECTION_ARROWS", "elide_head",
-           "phase_row_text"]
+           "phase_row_text", "phase_explanation", "tensor_title", "tensor_shape_text", "next_phase_text",
+           "OPTIMIZER_NAMES", "OPTIMIZER_RULES"]
 
 #: What the big badge says for each kind of phase; arrows show which way data flows.
 DIRECTION_TEXT: dict[str, str] = {
@@ -32,15 +34,183 @@ DIRECTION_COLOURS: dict[str, str] = {
 #: How the phase list marks a phase's direction (its words are in the badge and the tooltip).
 DIRECTION_ARROWS: dict[str, str] = {"forward": "\u2192", "backward": "\u2190"}
 _HINT = "Press Shift+\u2192 to step through one training step phase by phase"
+#: What an empty tensor area says, by the phase's kind.
+_NO_TENSORS = {
+    "": "no tensors captured in this phase",
+    "update": "no layer's change to show: the model has no trainable parameter",
+}
 #: Room (px) a list row's text leaves for the item's margins.
 _ROW_MARGIN = 12
 _MAX_PANELS = 4
-#: Narrower than this (px), the tensor panels stack in one column instead of two.
-TWO_COLUMNS_WIDTH = 360
+#: The most of the width the phase list takes from the tensors (a narrow dock gave it over half).
+LIST_SHARE = 0.4
+#: The least room (px) a tensor panel gets: its caption's lines and a plot you can read.
+MIN_PANEL = (100, 100)
 
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
+
+
+#: Each optimizer's name as a reader knows it.
+OPTIMIZER_NAMES: dict[str, str] = {"sgd": "SGD", "momentum": "SGD with momentum", "adam": "Adam", "adamw": "AdamW",
+                                   "rmsprop": "RMSprop"}
+#: How each optimizer turns a gradient g into a change, in a line a student can check against Δw.
+OPTIMIZER_RULES: dict[str, str] = {
+    "sgd": "w \u2190 w \u2212 lr\u00b7g",
+    "momentum": "w \u2190 w \u2212 lr\u00b7v, v a running sum of the gradients",
+    "adam": "each weight steps about lr against its gradient g, scaled by running averages of g and g\u00b2",
+    "adamw": "Adam's step, with weight decay taken from w directly",
+    "rmsprop": "w \u2190 w \u2212 lr\u00b7g / \u221a(running mean of g\u00b2)",
+}
+
+
+def _is_example_key(key: str) -> bool:
+    """Whether a phase tensor is one example's slice (the rest are the whole batch's)."""
+    return key in ("input", "output") or key.startswith("grad_output")
+
+
+def _tensor_label(key: str) -> str:
+    """What a phase tensor is: ``dL/d(output)`` for ``grad_output``, ``dL/d(weight)`` for ``grad:weight``."""
+    if key.startswith("grad_output"):
+        return f"dL/d(output{key[len('grad_output'):]})"
+    if key.startswith("grad:"):
+        return f"dL/d({key[5:]})"
+    return key
+
+
+def _tensor_scope(key: str, phase: PhaseInfo) -> str:
+    """Whose a phase tensor is: one example's, the whole batch's, before or after the update."""
+    if _is_example_key(key):
+        return f"example {phase.example}" if phase.example is not None else "one example"
+    if key.startswith("grad:") or key == "loss":
+        return "whole batch"
+    if key.startswith("\u0394"):
+        return "this update"
+    if phase.kind == "backward":
+        return "before the update"
+    if phase.kind == "update":
+        return "after the update"
+    return ""
+
+
+def tensor_title(key: str, phase: PhaseInfo) -> str:
+    """A tensor's caption title: what it is (``dL/d(output)``, ``\u0394weight``) and whose it is
+    (one example's, the whole batch's, before or after the update)."""
+    scope = _tensor_scope(key, phase)
+    return f"{_tensor_label(key)} \u00b7 {scope}" if scope else _tensor_label(key)
+
+
+def tensor_shape_text(key: str, drawn: tuple[int, ...], phase: PhaseInfo) -> str:
+    """What the drawn matrix's rows and columns are: ``8 features``, ``8 \u00d7 64 (tokens \u00d7
+    features)``, ``(8, 1, 3, 3) as 8 \u00d7 9 (filters \u00d7 input channels\u00b7kernel pixels)``; the
+    numbers first, so that a narrow caption cut at its end keeps them."""
+    if len(drawn) > 2:
+        return str(tuple(drawn))
+    rows, columns = (1, drawn[0]) if len(drawn) == 1 else (drawn[0], drawn[1]) if len(drawn) == 2 else (0, 0)
+    real = phase.shapes.get(key)
+    prefix = f"{tuple(real)} as " if real else ""
+    names = phase.axes.get(key)
+    if names is None:
+        return prefix + (f"{columns} values" if rows == 1 else f"{rows} \u00d7 {columns}")
+    row_name, column_name = names
+    if rows == 1 and not row_name:
+        return prefix + f"{columns} {column_name}"
+    return prefix + f"{rows} \u00d7 {columns} ({row_name or 'rows'} \u00d7 {column_name})"
+
+
+def _phase_label(name: str) -> str:
+    kind, _, module = name.partition(" ")
+    if kind == "loss":
+        return "the loss"
+    if kind == "update":
+        return "the update"
+    arrow = DIRECTION_ARROWS.get(kind, "")
+    return f"{arrow} {module}".strip()
+
+
+def next_phase_text(phase: PhaseInfo) -> str:
+    """What the next phase is (``"Next: \u2190 head"``), or what follows the last one."""
+    following = int(phase.index) + 1
+    if following < len(phase.names):
+        return f"Next: {_phase_label(phase.names[following])}."
+    return "Step done; Shift+\u2192 starts the next."
+
+
+def _module_words(phase: PhaseInfo) -> str:
+    module = phase.module or "this module"
+    return f"{module} ({phase.module_type})" if phase.module_type else module
+
+
+def _previous_backward(phase: PhaseInfo) -> str:
+    """Where a backward phase's gradient comes from: the phase before it (the loss, or the module
+    autograd reached just before)."""
+    index = int(phase.index) - 1
+    if 0 <= index < len(phase.names):
+        kind, _, module = phase.names[index].partition(" ")
+        if kind == "backward" and module:
+            return module
+    return "the loss"
+
+
+def phase_explanation(phase: PhaseInfo) -> str:
+    """A few short sentences on the phase for a student: which way data flows, through what, for
+    which example, whose the panels are, and what comes next."""
+    batch = f"{phase.batch_size} examples" if phase.batch_size else "the batch"
+    example = f"example {phase.example}" if phase.example is not None else "one example"
+    owns = any(key.startswith("grad:") for key in phase.tensors)
+    if phase.kind == "forward":
+        text = f"All {batch} go through {_module_words(phase)} at once; shown: {example}."
+    elif phase.kind == "loss":
+        loss = phase.tensors.get("loss")
+        value = f" ({_fmt(float(np.asarray(loss).reshape(-1)[0]))})" if loss is not None and np.size(loss) else ""
+        text = (f"One number{value} for the whole batch of {batch}: how far the outputs are from the "
+                f"targets, usually averaged over the examples. Backward starts here.")
+    elif phase.kind == "backward":
+        text = (f"dL/d(output) of {example} comes back from {_previous_backward(phase)}. "
+                f"{_module_words(phase)} passes dL/d(input) on")
+        text += f" and gets dL/dw for its parameters from all {batch}." if owns else \
+            "; it has no parameters, nothing to learn."
+    elif phase.kind == "update":
+        text = _update_explanation(phase)
+    else:
+        text = ""
+    return f"{text} {next_phase_text(phase)}".strip()
+
+
+def _update_explanation(phase: PhaseInfo) -> str:
+    rate = f" (lr {phase.lr:g})" if phase.lr is not None else ""
+    optimizer = phase.optimizer or "the optimizer"
+    rule = OPTIMIZER_RULES.get(optimizer, "")
+    parts = [f"{OPTIMIZER_NAMES.get(optimizer, optimizer)}{rate}: " + (f"{rule}." if rule else
+                                                                       "every weight moves against its gradient.")]
+    if phase.clip_norm is not None and phase.grad_norm is not None:
+        clipped = phase.grad_norm > phase.clip_norm
+        parts.append(f"Gradient norm {_fmt(phase.grad_norm)} "
+                     + (f"> {phase.clip_norm:g}: clipped to {phase.clip_norm:g} first."
+                        if clipped else f"\u2264 clip {phase.clip_norm:g}: not clipped."))
+    change = next((c for c in phase.changes if c[0] == phase.module), None)
+    if change is not None:
+        name, moved, size = change
+        relative = f", {_fmt(100.0 * moved / size)} % of \u2016w\u2016" if size > 0 else ""
+        parts.append(f"{name} moved \u2016\u0394w\u2016 = {_fmt(moved)}{relative}.")
+    return " ".join(parts)
+
+
+#: Order of a phase's panels: one example's tensors (input before output), then the changes and the
+#: gradients of parameters, then the parameters' values (also in the Weights view).
+def _panel_rank(key: str) -> int:
+    if key == "input":
+        return 0
+    if key == "output" or key == "loss":
+        return 1
+    if key.startswith("grad_output"):
+        return 2
+    if key.startswith("\u0394"):
+        return 3
+    if key.startswith("grad:"):
+        return 4
+    return 5
 
 
 def elide_head(text: str, width: float, metrics: QtGui.QFontMetrics, keep: str | None = None) -> str:
@@ -111,7 +281,8 @@ class _TensorPanel(QtWidgets.QWidget):
         layout.setSpacing(1)
         self.caption = QtWidgets.QLabel(" ", self)
         self.caption.setObjectName("tensorCaption")
-        self.caption.setWordWrap(True)
+        # Its lines are cut to the panel's width (``_fit_caption``): they never widen it or wrap.
+        self.caption.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.value_label = QtWidgets.QLabel(" ", self)
         self.value_label.setObjectName("tensorValue")
         self.value_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
@@ -141,27 +312,36 @@ class _TensorPanel(QtWidgets.QWidget):
         layout.addWidget(self.plot, 1)
         self.name: str | None = None
         self.array: np.ndarray | None = None  # what is drawn, at most 2-D
-        self._caption_parts = (" ", "", "")
+        self._caption_parts = (" ", "", "", "", "")
         self._mode: str = ""
 
-    def show_tensor(self, name: str, tensor: np.ndarray) -> None:
+    def show_tensor(self, name: str, tensor: np.ndarray, phase: PhaseInfo | None = None) -> None:
+        """Draw ``tensor``; with its ``phase``, the caption says what it is, whose, and what its rows
+        and columns are (else its name and shape)."""
         raw = np.asarray(tensor)
         array, note = _display_array(raw)
         array = array.astype(np.float32, copy=False)
         finite = array[np.isfinite(array)]
         shape = tuple(int(n) for n in raw.shape)
+        if phase is not None:
+            # One example's vector is drawn as one row: its shape is the row's, not (1, n).
+            drawn = tuple(int(n) for n in array.shape) if not note else shape
+            label, scope, shape_text = _tensor_label(name), _tensor_scope(name, phase), \
+                tensor_shape_text(name, drawn, phase)
+        else:
+            label, scope, shape_text = name, "", str(shape)
         if finite.size:
             low, mean, high = _fmt(finite.min()), _fmt(finite.mean()), _fmt(finite.max())
             stats = f"min {low}  mean {mean}  max {high}"
             short = f"{low} … {high}"
         else:
             stats = short = "no finite values"
-        self._set_caption(f"<b>{name}</b>  {shape}{note}", stats, short)
+        self._set_caption(label, scope, shape_text + note, stats, short)
         self.name = name
         self.array = array
         view_box = self.plot.getPlotItem().getViewBox()
         if array.size == 0:
-            self._set_caption(f"<b>{name}</b>  {shape}", "empty", "empty")
+            self._set_caption(label, scope, str(shape), "empty", "empty")
             self.image.setVisible(False)
             self.bars.setVisible(False)
             self.array = None
@@ -172,7 +352,7 @@ class _TensorPanel(QtWidgets.QWidget):
         self.plot.setVisible(not scalar)
         if scalar:
             self.value_label.setText(_fmt(float(array.reshape(-1)[0])))
-            self._set_caption(f"<b>{name}</b>  {shape}", "", "")
+            self._set_caption(label, scope, "one number" if phase is not None else str(shape), "", "")
         if array.ndim == 2:
             low, high = colormaps.symmetric_levels(array)
             self.image.setImage(array, levels=(low, high), autoLevels=False)
@@ -198,17 +378,43 @@ class _TensorPanel(QtWidgets.QWidget):
                 high = low + 1.0
             view_box.setRange(xRange=(0, values.size), yRange=(low, high), padding=0.05)
 
-    def _set_caption(self, head: str, stats: str, short: str) -> None:
-        """Caption: name and shape, then the statistics (just the range when the panel is narrow;
-        the full line is in the tooltip)."""
-        self._caption_parts = (head, stats, short)
-        self.caption.setToolTip(stats)
+    def _set_caption(self, label: str, scope: str, shape: str, stats: str, short: str) -> None:
+        """Caption: what the tensor is and whose, what its rows and columns are, then its statistics
+        (just the range when the panel is narrow); each line cut to the panel's width, the whole
+        caption in the tooltip."""
+        self._caption_parts = (label, scope, shape, stats, short)
+        self.caption.setToolTip("\n".join(part for part in (f"{label} \u00b7 {scope}" if scope else label,
+                                                            shape, stats) if part))
         self._fit_caption()
 
     def _fit_caption(self) -> None:
-        head, stats, short = self._caption_parts
-        fits = self.caption.fontMetrics().horizontalAdvance(stats) <= max(self.width(), 1) or self.width() <= 1
-        text = head + (f"<br>{stats if fits else short}" if stats else "")
+        label, scope, shape, stats, short = self._caption_parts
+        width = self.width() if self.width() > 1 else 100_000
+        metrics = self.caption.fontMetrics()
+        bold_font = QtGui.QFont(self.caption.font())
+        bold_font.setBold(True)
+        bold = QtGui.QFontMetrics(bold_font)
+
+        def cut(text: str, room: float, fm: QtGui.QFontMetrics = metrics) -> str:
+            return fm.elidedText(text, QtCore.Qt.TextElideMode.ElideRight, max(int(room), 0))
+
+        label_text = cut(label, width, bold)
+        first = f"<b>{html.escape(label_text)}</b>"
+        room = width - bold.horizontalAdvance(label_text) - metrics.horizontalAdvance(" \u00b7 ")
+        if scope and label_text == label and metrics.horizontalAdvance(scope) <= room:
+            first += f" \u00b7 {html.escape(scope)}"
+        elif scope:  # whose it is matters more than its shape: it leads the next line
+            shape = f"{scope} \u00b7 {shape}"
+        lines = [first]
+        fitted = next((f"{shape} \u00b7 {figures}" for figures in (stats, short) if figures
+                       and metrics.horizontalAdvance(f"{shape} \u00b7 {figures}") <= width), None)
+        if fitted is not None:
+            lines.append(html.escape(fitted))
+        else:
+            lines.append(html.escape(cut(shape, width)))
+            if short:
+                lines.append(html.escape(cut(short, width)))
+        text = "<br>".join(lines)
         if self.caption.text() != text:
             self.caption.setText(text)
 
@@ -277,12 +483,28 @@ class StepInspector(View):
         self._module_text = ""
         self.counter_label = QtWidgets.QLabel(" ", content)
         self.counter_label.setObjectName("phaseCounter")
+        self.counter_label.setAlignment(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+        # The badge and the counter share the first row, the module has the whole second one: beside
+        # them in a narrow dock it was cut to "li\u2026ar".
         header.addWidget(self.direction_label)
-        header.addWidget(self.module_label, 1)
+        header.addStretch(1)
         header.addWidget(self.counter_label)
         content_layout.addLayout(header)
+        content_layout.addWidget(self.module_label)
+        # What the phase does, for whom, and what comes next, in words (the full text in its tooltip).
+        self.explanation = QtWidgets.QLabel(" ", content)
+        self.explanation.setObjectName("phaseExplanation")
+        self.explanation.setWordWrap(True)
+        self.explanation.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                       QtWidgets.QSizePolicy.Policy.Preferred)
+        self.explanation.setMinimumWidth(40)
+        content_layout.addWidget(self.explanation)
 
         splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal, content)
+        self._splitter = splitter
+        self._split_fitted = False  # the user dragged the handle: the list keeps its width
+        self._split_width = -1
+        splitter.splitterMoved.connect(lambda *_: setattr(self, "_split_fitted", True))
         self.phase_list = QtWidgets.QListWidget(splitter)
         self.phase_list.setObjectName("phaseList")
         # The list follows the engine; clicking must not suggest the user can jump phases.
@@ -307,12 +529,15 @@ class StepInspector(View):
             self._connect_panel_hover(panel)
             self.panels.append(panel)
         self.more_label = QtWidgets.QLabel("", tensors)
-        self.no_tensors = QtWidgets.QLabel("no tensors captured in this phase", tensors)
+        # (Cut at the right rather than widen the dock; every name is in its tooltip.)
+        self.more_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        self.no_tensors = QtWidgets.QLabel(_NO_TENSORS[""], tensors)
         self.no_tensors.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.no_tensors.setWordWrap(True)  # (its one line set the whole dock's least width)
         self._panel_columns = 0
         self._arrange_panels(2)
         tensors.installEventFilter(self)
+        splitter.installEventFilter(self)
         splitter.addWidget(self.phase_list)
         splitter.addWidget(tensors)
         splitter.setStretchFactor(0, 0)
@@ -329,6 +554,9 @@ class StepInspector(View):
         self._drawn: PhaseInfo | None = None
         self._drawn_tensors: Mapping[str, np.ndarray] | None = None
         self._drawn_names: tuple[str, ...] | None = None
+        # The phase's tensors in the order they are drawn, and how many panels they were placed in.
+        self._present: tuple[list[tuple[str, np.ndarray]], PhaseInfo | None] | None = None
+        self._placed = 0
         self._rows_fitted: tuple[tuple[str, ...], int] | None = None  # (names, list width) of the row texts
         self._highlighted = -1
         self._kind: str | None = None
@@ -347,18 +575,50 @@ class StepInspector(View):
             self._fit_rows()
         elif watched is self.module_label and event.type() == QtCore.QEvent.Type.Resize:
             self._fit_module()
+        elif watched is self._splitter and event.type() == QtCore.QEvent.Type.Resize:
+            QtCore.QTimer.singleShot(0, self._fit_split)  # (once the splitter has sized its children)
         return super().eventFilter(watched, event)
+
+    def _fit_split(self) -> None:
+        """In a narrow dock the phase list gives the tensors room: at most ``LIST_SHARE`` of the
+        width (but ``phase_list``'s least), until the user drags the handle."""
+        splitter = self._splitter
+        total = splitter.width() - splitter.handleWidth()
+        if total <= 0 or self._split_fitted or splitter.width() == self._split_width:
+            return
+        self._split_width = splitter.width()
+        sizes = splitter.sizes()
+        most = max(int(total * LIST_SHARE), self.phase_list.minimumWidth())
+        if sizes and sizes[0] > most:
+            splitter.setSizes([most, total - most])
 
     def _fit_module(self) -> None:
         label = self.module_label
         label.setText(elide_head(self._module_text, label.contentsRect().width(), label.fontMetrics()))
 
+    def _room(self) -> tuple[int, int]:
+        """(columns, rows) of panels of at least ``MIN_PANEL`` px the tensor area has room for, 1 or 2 each."""
+        area = self._tensor_area
+        columns = max(1, min(2, area.width() // MIN_PANEL[0]))
+        rows = max(1, min(2, (area.height() - self.more_label.sizeHint().height()) // MIN_PANEL[1]))
+        return columns, rows
+
+    def panel_capacity(self) -> int:
+        """How many tensor panels the tensor area has room for, one to ``_MAX_PANELS``: in a small
+        dock four panels were slivers with their captions cut."""
+        columns, rows = self._room()
+        return min(_MAX_PANELS, columns * rows)
+
     def _fit_panels(self) -> None:
-        """Two columns of panels, or one when the area is narrow and holds at most two (more
-        than two in one column of a low dock would leave each a sliver)."""
+        """As many panels as there is room for, in two columns; two or fewer side by side, or one
+        above the other where the area is taller than wide (or too narrow for two)."""
+        if self._present is not None and self.panel_capacity() != self._placed:
+            self._place_panels()
         shown = sum(not panel.isHidden() for panel in self.panels)
-        narrow = self._tensor_area.width() < TWO_COLUMNS_WIDTH
-        self._arrange_panels(1 if narrow and shown <= 2 else 2)
+        columns, rows = self._room()
+        area = self._tensor_area
+        stacked = shown <= 2 and rows >= 2 and (columns < 2 or area.height() > area.width())
+        self._arrange_panels(1 if stacked or columns < 2 or shown <= 1 else 2)  # (one alone takes the width)
 
     def _arrange_panels(self, columns: int) -> None:
         """Lay the (existing) tensor panels out in ``columns`` columns."""
@@ -397,10 +657,14 @@ class StepInspector(View):
         self._fit_module()
         total = max(int(phase.total), len(phase.names))
         self.counter_label.setText(f"phase {int(phase.index) + 1} of {total}")
+        explanation = phase_explanation(phase)
+        # (A word joiner after each "/" keeps "dL/d(input)" whole where the line breaks.)
+        self.explanation.setText(explanation.replace("/", "/\u2060"))
+        self.explanation.setToolTip(explanation)
         self._update_list(phase, colour)
         if phase.tensors is not self._drawn_tensors:
             self._drawn_tensors = phase.tensors
-            self._update_tensors(phase.tensors)
+            self._update_tensors(phase.tensors, phase)
 
     def _show_hint(self) -> None:
         self._drawn = None
@@ -466,22 +730,33 @@ class StepInspector(View):
         font.setBold(False)
         item.setFont(font)
 
-    def _update_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
-        shown = [(name, array) for name, array in tensors.items() if array is not None][:_MAX_PANELS]
+    def _update_tensors(self, tensors: Mapping[str, np.ndarray], phase: PhaseInfo | None = None) -> None:
+        present = [(name, array) for name, array in tensors.items() if array is not None]
+        present.sort(key=lambda item: _panel_rank(item[0]))  # (stable: the engine's order within a rank)
+        self._present = (present, phase)
+        self._place_panels()
+        self._fit_panels()
+
+    def _place_panels(self) -> None:
+        """Draw the first tensors of the phase in the panels there is room for; name the rest."""
+        present, phase = self._present
+        self._placed = self.panel_capacity()
+        shown, hidden = present[:self._placed], present[self._placed:]
         for panel, (name, array) in zip(self.panels, shown):
             try:
-                panel.show_tensor(name, array)
+                panel.show_tensor(name, array, phase)
                 panel.setVisible(True)
             except (TypeError, ValueError):
                 # A tensor that is not numeric (or is empty) must not take the view down.
                 panel.setVisible(False)
         for panel in self.panels[len(shown):]:
             panel.setVisible(False)
-        extra = len([a for a in tensors.values() if a is not None]) - len(shown)
-        self.more_label.setText(f"+{extra} more tensor(s) not shown" if extra > 0 else "")
-        self.more_label.setVisible(extra > 0)
+        names = ", ".join(_tensor_label(name) for name, _ in hidden)
+        self.more_label.setText(f"+{len(hidden)} more not shown: {names}" if hidden else "")
+        self.more_label.setToolTip(f"Not shown for want of room: {names}" if hidden else "")
+        self.more_label.setVisible(bool(hidden))
+        self.no_tensors.setText(_NO_TENSORS.get(phase.kind if phase is not None else "", _NO_TENSORS[""]))
         self.no_tensors.setVisible(not shown)
-        self._fit_panels()
 
     @property
     def hint(self) -> str:

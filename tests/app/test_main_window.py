@@ -265,11 +265,11 @@ def test_exports_and_run_file_round_trip(qtbot, window: MainWindow, tmp_path) ->
 def test_the_measure_menu_sets_how_often_the_probe_measures(qtbot, window: MainWindow) -> None:
     window.start_engine(scenario="xor-mlp", device="cpu", play=False)
     qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
-    assert window.status_overhead.text().startswith("measuring every step ·")
+    assert window.status_overhead.text() == "measuring every step"  # (nothing timed yet: no figure)
     labels = [action.text() for action in window.measuring.actions()]
     window.measuring.actions()[labels.index("Every 16 steps")].trigger()
     qtbot.waitUntil(lambda: window.bridge.latest.capture_every == 16, timeout=10000)
-    assert window.status_overhead.text().startswith("measuring every 16 steps ·")
+    assert window.status_overhead.text().startswith("measuring every 16 steps")
     window.run_scenario("moons-mlp")  # the choice holds for the next run
     qtbot.waitUntil(lambda: window.bridge.latest.scenario == "moons-mlp" and window.bridge.latest.step > 0,
                     timeout=20000)
@@ -283,6 +283,7 @@ def test_the_status_bar_spreads_the_probe_cost_over_the_interval() -> None:
     base = dict(run_id=1, step=5, state="running", scenario="s", device="cpu", layers=(),
                 metrics=Metrics(train_loss=0.1), hyper=Hyper())
     assert measuring_text(Snapshot(**base, probe_overhead=0.6)) == "measuring every step · probe +60 %"
+    assert measuring_text(Snapshot(**base)) == "measuring every step"  # (not yet timed: no figure, not "+0 %")
     assert measuring_text(Snapshot(**base, probe_overhead=0.6, capture_every=12, capture_adaptive=True)) \
         == "measuring every 12 steps (adaptive) · probe +5 %"
 
@@ -517,5 +518,97 @@ def test_at_1024_by_700_the_views_of_a_row_share_its_width(qtbot) -> None:
             qtbot.waitUntil(lambda row=row: min(win.docks[k].width() for k in row) > 150, timeout=3000)
             widths = [win.docks[k].width() for k in row]
             assert min(widths) >= 0.8 * max(widths), dict(zip(row, widths))
+    finally:
+        win.shutdown()
+
+
+def test_a_phase_by_phase_walk_shows_the_true_tensors_and_follows_the_layer(qtbot) -> None:
+    """At 1366 x 768, in the default layout: step once, then walk a step phase by phase. Every
+    tensor drawn is what plain autograd gives on a copy of the model for the same batch (the focus
+    example's slice, or the batch's parameter gradients), the update shows the real Δw of Adam's
+    step, the status bar says where the step is, and the Network view bands the layer at work."""
+    import copy
+
+    from app.main_window import phase_status_text
+    from engine.trainer import make_optimizer
+
+    win = MainWindow(remember_layout=False)
+    qtbot.addWidget(win)
+    win.resize(1366, 768)
+    win.show()
+    qtbot.waitExposed(win)
+    try:
+        win.start_engine(scenario="xor-mlp", device="cpu", play=False)
+        qtbot.waitUntil(lambda: win.bridge.latest is not None, timeout=20000)
+        win.step_once()
+        wait_step(qtbot, win, 1)
+        trainer = win.bridge.worker.run.trainer
+        model = copy.deepcopy(trainer.model)
+        optimizer = make_optimizer(list(model.parameters()), trainer.hyper)
+        optimizer.load_state_dict(copy.deepcopy(trainer.optimizer.state_dict()))
+        inspector, network = win.views["inspector"], win.views["network"]
+        seen: dict[tuple[str, str | None], dict] = {}
+        index = -1
+        while True:
+            win.step_phase()
+            qtbot.waitUntil(lambda: win.bridge.latest.phase is not None and win.bridge.latest.phase.index > index,
+                            timeout=10000)
+            qtbot.waitUntil(lambda: inspector._drawn is win.bridge.latest.phase, timeout=5000)
+            phase = win.bridge.latest.phase
+            index = phase.index
+            seen[phase.kind, phase.module] = {panel.name: panel.array.copy() for panel in inspector.visible_panels()
+                                              if panel.array is not None}
+            seen[phase.kind, phase.module]["_band"] = network.phase_columns
+            seen[phase.kind, phase.module]["_status"] = win.status_state.text()
+            assert win.status_state.text() == phase_status_text(win.bridge.latest)
+            if phase.kind == "update":
+                break
+        x, y = trainer.last_batch
+        example = phase.example
+        outputs, grads = {}, {}
+
+        def keep(name):
+            def hook(module, args, out):
+                outputs[name] = (args[0].detach(), out.detach())
+                out.register_hook(lambda g: grads.__setitem__(name, g.detach()))
+            return hook
+
+        for name in ("layers.0.linear", "layers.0.act", "head"):
+            model.get_submodule(name).register_forward_hook(keep(name))
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        loss = trainer.loss_fn(model(x), y)
+        loss.backward()
+        weight_grad = model.get_submodule("layers.0.linear").weight.grad.clone()
+        optimizer.step()
+        for name in ("layers.0.linear", "layers.0.act", "head"):
+            shown = seen["forward", name]
+            np.testing.assert_allclose(shown["input"], outputs[name][0][example].numpy(), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(shown["output"], outputs[name][1][example].numpy(), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(seen["backward", name]["grad_output"], grads[name][example].numpy(),
+                                       rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(seen["backward", "layers.0.linear"]["grad:weight"], weight_grad.numpy(),
+                                   rtol=1e-5, atol=1e-9)
+        assert seen["loss", None]["loss"].item() == pytest.approx(float(loss.detach()), rel=1e-6)
+        update = seen["update", phase.module]
+        assert phase.module == "layers.0.linear"  # the layer selected in the Network view
+        true_delta = model.get_submodule("layers.0.linear").weight.detach() - before["layers.0.linear.weight"]
+        np.testing.assert_allclose(update["\u0394weight"], true_delta.numpy(), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(update["\u0394weight"], (trainer.model.get_submodule("layers.0.linear").weight
+                                                           .detach() - before["layers.0.linear.weight"]).numpy(),
+                                   rtol=1e-6, atol=1e-9)
+        assert "lr 0.03" in inspector.explanation.toolTip()
+        # The Network view's band follows the phase: a module's own column, or the column before it.
+        bands = {key: value["_band"] for key, value in seen.items()}
+        assert bands["forward", "flatten"] == ("input",)
+        assert bands["forward", "layers.0.linear"] == bands["forward", "layers.0.act"] == ("layers.0.linear",)
+        assert bands["forward", "head"] == bands["loss", None] == bands["backward", "head"] == ("head",)
+        assert bands["backward", "layers.0.act"] == ("layers.0.linear",)
+        assert bands["update", "layers.0.linear"] == ("layers.0.linear", "head")
+        assert seen["backward", "head"]["_status"] == "Step 2, phase 6 of 9: \u2190 backward through head"
+        assert not network.phase_band.path().isEmpty()
+        win.step_once()
+        wait_step(qtbot, win, 3)
+        qtbot.waitUntil(lambda: network.phase_columns == (), timeout=5000)  # no band once it trains on
+        assert network.phase_band.path().isEmpty()
     finally:
         win.shutdown()

@@ -516,3 +516,79 @@ def test_a_model_handed_over_in_eval_mode_trains_in_training_mode() -> None:
     trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, (x[:, 0] > 0).long()))
     trainer.step()
     assert all(module.training for module in model.modules())
+
+
+def test_a_phased_step_says_whose_tensors_it_shows_and_what_the_update_changed() -> None:
+    """Each phase names the example it shows of how big a batch; the update phase shows the focused
+    layer's Δw (SGD: exactly -lr·dL/dw of an independent autograd pass), its values after, and
+    ||Δw|| of every layer, with the optimizer, rate, clip and gradient norm it used."""
+    import copy
+
+    hyper = Hyper(optimizer="sgd", lr=0.1, batch_size=16, clip_norm=100.0)
+    plain, trainer = make_trainer(hyper=hyper, dropout=0.0), make_trainer(hyper=hyper, dropout=0.0)
+    plain.step()
+    trainer.step()
+    trainer.probe.focus_layer, trainer.probe.focus_example = "4", 3
+    reference = copy.deepcopy(trainer.model)
+    before = {name: p.detach().clone() for name, p in reference.named_parameters()}
+    phases = phases_of_a_step(trainer)
+    plain.step()
+    for a, b in zip(params(plain), params(trainer)):  # (still bit-identical to a plain step)
+        assert torch.equal(a, b)
+    x, y = trainer.last_batch
+    assert all(p.example == 3 and p.batch_size == 16 for p in phases)
+    first = phases[0]
+    assert first.module_type == "Linear"
+    np.testing.assert_array_equal(first.tensors["input"][0], x[3].numpy())
+    nn.functional.cross_entropy(reference(x), y).backward()
+    grads = {name: p.grad for name, p in reference.named_parameters()}
+    update = phases[-1]
+    assert (update.kind, update.module, update.module_type) == ("update", "4", "Linear")
+    assert (update.optimizer, update.lr, update.clip_norm) == ("sgd", 0.1, 100.0)
+    total = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+    assert update.grad_norm == pytest.approx(float(total), rel=1e-5)
+    np.testing.assert_allclose(update.tensors["\u0394weight"], (-0.1 * grads["4.weight"]).numpy(), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(update.tensors["\u0394bias"][0], (-0.1 * grads["4.bias"]).numpy(), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_array_equal(update.tensors["weight"], trainer.model[4].weight.detach().numpy())
+    assert update.axes["\u0394weight"] == ("output units", "input units")
+    changes = {name: (moved, size) for name, moved, size in update.changes}
+    assert set(changes) == {"0", "1", "4", "6"}  # every module owning parameters
+    for name, (moved, size) in changes.items():
+        module = trainer.model.get_submodule(name)
+        true_moved = math.sqrt(sum(float(((p.detach() - before[f"{name}.{pname}"]) ** 2).sum())
+                                   for pname, p in module.named_parameters()))
+        true_size = math.sqrt(sum(float((before[f"{name}.{pname}"] ** 2).sum()) for pname, _ in
+                                  module.named_parameters()))
+        assert moved == pytest.approx(true_moved, rel=1e-5) and size == pytest.approx(true_size, rel=1e-6)
+
+
+def test_phase_axes_name_what_rows_and_columns_are() -> None:
+    """Tokens x features for a sequence, channels x pixels for an image until it is flattened,
+    output x input units for a weight, and a conv kernel's real shape."""
+    torch.manual_seed(0)
+    tokens = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 4))
+    x = torch.randint(0, 10, (8, 5))
+    trainer = Trainer(tokens, lambda out, y: nn.functional.cross_entropy(out.reshape(-1, 4), y.reshape(-1)),
+                      TensorBatches(x, torch.randint(0, 4, (8, 5))), hyper=Hyper(batch_size=8))
+    phases = phases_of_a_step(trainer)
+    linear = next(p for p in phases if p.kind == "forward" and p.module == "1")
+    assert linear.tensors["output"].shape == (5, 4)  # (what the axes below name)
+    assert linear.axes["output"] == ("tokens", "features") and linear.axes["input"] == ("tokens", "features")
+    embed = next(p for p in phases if p.kind == "backward" and p.module == "0")
+    assert embed.axes["grad:weight"] == ("tokens of the vocabulary", "features")
+
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    images = torch.randn(8, 1, 6, 6)
+    trainer = Trainer(conv, nn.functional.cross_entropy, TensorBatches(images, torch.randint(0, 3, (8,))),
+                      hyper=Hyper(batch_size=8))
+    phases = phases_of_a_step(trainer)
+    by = {(p.kind, p.module): p for p in phases}
+    assert by["forward", "0"].axes["output"] == ("channels", "pixels, row after row")
+    assert by["forward", "0"].tensors["output"].shape == (4, 16)
+    assert by["forward", "1"].axes["output"] == ("channels", "pixels, row after row")
+    assert by["forward", "2"].axes["output"] == ("", "features")  # flattened
+    assert by["backward", "0"].shapes["grad:weight"] == tuple(conv[0].weight.shape) == (4, 1, 3, 3)
+    assert by["backward", "0"].axes["grad:weight"] == ("filters", "input channels\u00b7kernel pixels")
+    assert by["backward", "3"].axes["grad:weight"] == ("output units", "input units")
