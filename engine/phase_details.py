@@ -65,7 +65,7 @@ def update_fields(model: nn.Module, owners: list[tuple[str, list[torch.nn.Parame
 class AxisReader:
     """Names what the rows and columns of a phase's drawn matrices are, from the module types and
     the batch's layout: an example of a token or feature sequence is (positions × features), of an
-    image (channels × pixels) until a module flattens it, otherwise a row of features; a weight
+    image (each channel's map, stacked) until a module flattens it, otherwise a row of features; a weight
     is (output units × input units), a conv kernel (filters × input channels·kernel pixels)."""
 
     def __init__(self, model: nn.Module, x: Any, forward: list[Any]) -> None:
@@ -117,8 +117,8 @@ class AxisReader:
             return None
         rows = shape[0]
         spatial = self.spatial.get(module or "", (False, False))[0 if side == "input" else 1]
-        if spatial:
-            return ("channels" if rows > 1 else "", "pixels, row after row")
+        if spatial:  # (each channel's map, stacked one under another: see Probe._display)
+            return ("rows of each channel's map, stacked", "pixel columns")
         if rows == 1:
             return ("", "features")
         if self.length is not None and rows == self.length:

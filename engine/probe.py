@@ -834,12 +834,17 @@ class Probe:
         return name if call == 0 else f"{name} (call {call + 1})"
 
     def _display(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The focus example's slice of each tensor, shrunk, still on the device."""
+        """The focus example's slice of each tensor, shrunk, still on the device. An example of
+        three or more axes (an image's channels × rows × columns, attention's heads × T × T) is
+        drawn as its last two axes' maps stacked one under another, so each map stays a picture
+        (flattened to one row per channel, shrinking averaged pixels of different rows)."""
         shown, example = {}, self._example_of()
         for key, value in tensors.items():
             if value.dim() >= 1 and value.shape[0] > 0:
                 value = example(value)
-            shown[key] = shrink_2d(as_matrix(value.detach())).clone()
+            value = value.detach()
+            matrix = value.reshape(-1, value.shape[-1]) if value.dim() >= 3 else as_matrix(value)
+            shown[key] = shrink_2d(matrix).clone()
         return shown
 
     def _grad_hook(self, layer: _Layer, call: int) -> Callable:

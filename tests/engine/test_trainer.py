@@ -585,9 +585,12 @@ def test_phase_axes_name_what_rows_and_columns_are() -> None:
                       hyper=Hyper(batch_size=8))
     phases = phases_of_a_step(trainer)
     by = {(p.kind, p.module): p for p in phases}
-    assert by["forward", "0"].axes["output"] == ("channels", "pixels, row after row")
-    assert by["forward", "0"].tensors["output"].shape == (4, 16)
-    assert by["forward", "1"].axes["output"] == ("channels", "pixels, row after row")
+    stacked = ("rows of each channel's map, stacked", "pixel columns")
+    assert by["forward", "0"].axes["output"] == stacked and by["forward", "0"].axes["input"] == stacked
+    assert by["forward", "0"].tensors["output"].shape == (4 * 4, 4)  # (4 channels of 4 × 4 maps)
+    batch = trainer._last_batch[0]  # each channel's map is drawn as a picture: its rows stay rows
+    np.testing.assert_array_equal(by["forward", "0"].tensors["input"], batch[phases[0].example, 0].numpy())
+    assert by["forward", "1"].axes["output"] == stacked
     assert by["forward", "2"].axes["output"] == ("", "features")  # flattened
     assert by["backward", "0"].shapes["grad:weight"] == tuple(conv[0].weight.shape) == (4, 1, 3, 3)
     assert by["backward", "0"].axes["grad:weight"] == ("filters", "input channels\u00b7kernel pixels")
