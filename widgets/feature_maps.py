@@ -186,6 +186,8 @@ class FeatureMaps(View):
         tensors = data.snapshot.tensors
         name = tensors.layer if tensors is not None else data.selected_layer or self.selected_layer
         for layer in data.snapshot.layers:
+            if layer.name == name and layer.type_name.startswith("Conv"):  # (its maps just aren't here yet)
+                return f"{name}'s feature maps appear once a step has been measured"
             if layer.name == name:
                 article = "an" if layer.type_name[:1].lower() in "aeiou" else "a"
                 return f"{name} is {article} {layer.type_name}. " + _NOT_CONV

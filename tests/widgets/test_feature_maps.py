@@ -224,3 +224,9 @@ def test_a_model_without_any_conv_layer_is_told_so_not_asked_to_select_one(view)
     view.render(ViewData(snapshot))
     assert view.hint.startswith("This model has no convolutional layer")
     assert "Select" not in view.hint
+
+
+def test_a_conv_layer_not_measured_yet_is_not_told_to_select_a_conv_layer(view):
+    view.selected_layer = "conv1"
+    view.render(make_data(None))  # (before the first measured step)
+    assert view.hint == "conv1's feature maps appear once a step has been measured"
