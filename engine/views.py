@@ -198,7 +198,7 @@ def _note(links: Sequence[tuple[str, str, frozenset[str] | None, bool]], order: 
     return "; ".join(parts)
 
 
-def network_view(run: Run, capture: Capture) -> NetworkView:
+def network_view(run: Run, capture: Capture | None) -> NetworkView:
     """Columns of units: the input, then every weight layer in the order they ran, valued by the
     focus example.
 
@@ -210,6 +210,11 @@ def network_view(run: Run, capture: Capture) -> NetworkView:
     the model does not have.
     """
     trainer = run.trainer
+    # (No capture yet, as through a run's first phase-by-phase step: the columns alone, unvalued
+    # and joined by bands, so the phase the step is at can still be shown.)
+    unit_values = capture.unit_values if capture is not None else {}
+    unit_grads = capture.unit_grads if capture is not None else {}
+    graph_weights = capture.graph_weights if capture is not None else {}
     layers = [layer for layer in trainer.probe.layers if layer.called]
     columns = [(position, layer) for position, layer in enumerate(layers) if _is_column(layer)]
     flow = _data_flow(run, [layer.name for _, layer in columns])
@@ -237,12 +242,12 @@ def network_view(run: Run, capture: Capture) -> NetworkView:
         following = layers[position + 1] if position + 1 < len(layers) else None
         if following is not None and following.role == "activation":
             shown = following.name
-        value = capture.unit_values.get(shown, capture.unit_values.get(layer.name))
-        grad = capture.unit_grads.get(shown, capture.unit_grads.get(layer.name))
+        value = unit_values.get(shown, unit_values.get(layer.name))
+        grad = unit_grads.get(shown, unit_grads.get(layer.name))
         if keys:  # the link from the column before it
             feeders = None if flow is None or flow.error else flow.feeders.get(layer.name)
             fed = feeders is not None and keys[-1] in feeders
-            weight = capture.graph_weights.get(layer.name) if fed else None
+            weight = graph_weights.get(layer.name) if fed else None
             if weight is not None and weight.shape[1] != sizes[-1]:
                 weight = None  # not a dense map from the previous column's units (e.g. after a cat)
             weights.append(weight)
@@ -258,7 +263,8 @@ def network_view(run: Run, capture: Capture) -> NetworkView:
         note = f"The data flow could not be traced{why}: no links are drawn" if connected else ""
     else:
         note = _note(links, keys)
-    return NetworkView(step=capture.frame.step, column_names=tuple(names), column_sizes=tuple(sizes),
+    step = capture.frame.step if capture is not None else trainer.step_count
+    return NetworkView(step=step, column_names=tuple(names), column_sizes=tuple(sizes),
                        activations=tuple(acts), gradients=tuple(grads), weights=tuple(weights),
                        connected=tuple(connected), note=note)
 

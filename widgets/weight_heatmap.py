@@ -187,7 +187,11 @@ class WeightHeatmap(View):
         if array is None or np.size(array) == 0:
             self._matrix = None
             self._shown = None
-            self._show_hint(_MISSING_HINTS[self._mode])
+            wanted = self.layer_combo.currentText()
+            if tensors is None and self._mode == "weight" and wanted:  # (a layer is chosen: nothing measured yet)
+                self._show_hint(f"{wanted}: its weights appear once a step has been measured")
+            else:
+                self._show_hint(_MISSING_HINTS[self._mode])
             return
         wanted = self.layer_combo.currentText()
         if snapshot.state == "stepping" and wanted and wanted != tensors.layer:

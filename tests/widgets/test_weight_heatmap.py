@@ -261,3 +261,9 @@ def test_axes_name_a_recurrent_layers_stacked_gates(view, kind, gates, rows):
     view.render(make_data(make_tensors(rng, layer="rnn", shape=(gates * 5, 3)), layers=layers))
     assert view.plot.getAxis("left").labelText == rows
     assert view.plot.getAxis("bottom").labelText == "input feature"
+
+
+def test_a_chosen_layer_not_measured_yet_is_not_told_to_pick_a_layer_with_weights(view):
+    view.render(make_data(None, selected="head"))  # (before the first measured step)
+    assert view.layer_combo.currentText() == "head"
+    assert view.hint == "head: its weights appear once a step has been measured"
