@@ -121,7 +121,9 @@ _LIST = (
         "all. The training loss keeps falling, but from some step on the validation loss, measured "
         "on examples the network never trains on, turns around and rises: the model is learning "
         "the noise. The dashed line in the loss view marks the step where validation loss was "
-        "lowest, the point early stopping would keep.\n\n"
+        "lowest, the point early stopping would keep. The Health panel says so too, with an "
+        "overfitting warning, once the validation loss has stayed above 1.5 times its lowest for "
+        "five passes in a row while the training loss fell below half of what it was then.\n\n"
         "Weight decay adds a penalty on the size of the weights, favouring smooth functions. "
         "Dropout switches off a random half of the units at every step, so no unit can depend on "
         "a particular partner. Both trade a little training accuracy for better generalization.",

@@ -69,6 +69,7 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
     series: dict[str, np.ndarray] = {}
     names = ("grad_norm", "weight_norm", "act_mean", "act_std", "dead_fraction", "saturated_fraction")
     diagnostics = None
+    fed = 0  # validation passes given to the diagnostics
     for k in range(steps):
         capture = (k + 1) % every == 0 or k == steps - 1
         result = trainer.step(capture=capture)
@@ -92,9 +93,17 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
             series[name][:, k] = frame.stat(name)
         if diagnostics is None:
             from engine.diagnostics import Diagnostics
-            diagnostics = Diagnostics(layers, model_warnings=run.model_warnings)
+            diagnostics = Diagnostics(layers, model_warnings=run.model_warnings, model_findings=run.model_findings)
             diagnostics.clip_norm = trainer.hyper.clip_norm
         diagnostics.update(frame)
+        # Validation passes up to here, each against the mean training loss since the one before
+        # (known now: a capture brings the losses of the steps since the last one).
+        for index in range(fed, len(validation["step"])):
+            val_step, val_loss = validation["step"][index], validation["loss"][index]
+            since = losses[validation["step"][index - 1] if index else 0:val_step]
+            diagnostics.update_validation(val_step, math.nan if val_loss is None else val_loss,
+                                          float(np.nanmean(since)) if np.isfinite(since).any() else None)
+        fed = len(validation["step"])
     assert layers is not None
     layers = trainer.probe.layers  # as they are now: a layer first called late counts as called
     out_layers = []

@@ -9,6 +9,7 @@ import numpy as np
 from engine.trainer import Trainer
 
 if TYPE_CHECKING:
+    from engine.diagnostics import Diagnosis
     from engine.views import DataFlow
 
 __all__ = ["Run"]
@@ -32,5 +33,8 @@ class Run:
     token_names: tuple[str, ...] | None = None
     # What a user's model and loss warned of on their first batch (``validate_user_model``)
     model_warnings: tuple[str, ...] = ()
+    # What checking a user's model on its first batch found (``check_user_model``): findings from
+    # before training, such as ``input_scale``
+    model_findings: tuple[Diagnosis, ...] = ()
     # Which layer feeds which, traced once by the network view (``engine.views``) on first use
     data_flow: DataFlow | None = field(default=None, repr=False)

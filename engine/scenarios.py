@@ -288,10 +288,10 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     Defaults: Adam, lr 1e-3, batch size 64 (the whole set when smaller), per-epoch shuffling.
     Raises :class:`engine.user_model.UserModelError` with a one-line message on bad input.
     """
-    from engine.user_model import load_user_model, loader_boundary_sample, validate_user_model
+    from engine.user_model import check_user_model, load_user_model, loader_boundary_sample
 
     user = load_user_model(ref, seed=seed)
-    warned = validate_user_model(user)
+    checked = check_user_model(user)
     hp = replace(Hyper(optimizer="adam", lr=1e-3, batch_size=64), **(hyper or {}))
     if capture_every == "auto":
         size = sum(p.numel() for p in user.model.parameters())
@@ -319,7 +319,7 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
         boundary = loader_boundary_sample(user.loader)
     config = {"kind": "user", "model_ref": user.ref, "seed": seed, "hyper": dataclasses.asdict(hp)}
     return Run(name=ref, trainer=trainer, description=f"Your model from {ref}", config=config,
-               boundary_data=boundary, model_warnings=warned)
+               boundary_data=boundary, model_warnings=checked.warnings, model_findings=checked.findings)
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,7 @@ The function takes no arguments and returns ``(model, (X, y), loss_fn)`` or
 from __future__ import annotations
 
 import collections.abc
+import functools
 import importlib.machinery
 import importlib.util
 import inspect
@@ -27,10 +28,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UserModel", "UserModelError", "load_user_model", "validate_user_model", "loader_boundary_sample",
-           "BOUNDARY_SAMPLE"]
+from engine.diagnostics import Diagnosis, Thresholds, before_training
+
+__all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
+           "check_user_model", "input_scale_finding", "loader_boundary_sample", "BOUNDARY_SAMPLE",
+           "INPUT_SCALE_EXAMPLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ _LIBRARY_DIRS = tuple(
 )
 #: Most examples of a data loader taken for the decision boundary (``loader_boundary_sample``).
 BOUNDARY_SAMPLE = 2000
+#: Most examples of the tensor form's X whose features the input-scale check measures.
+INPUT_SCALE_EXAMPLES = 100_000
 _module_numbers = itertools.count()
 _MODULE_PREFIX = "_glassbox_user_"  # model files are imported as _glassbox_user_<n>_<stem>
 
@@ -72,6 +79,14 @@ class UserModel:
     x: torch.Tensor | None = None  # tensor form
     y: torch.Tensor | None = None
     loader: Iterable | None = None  # loader form: yields (x, y) batches
+
+
+@dataclass(frozen=True, slots=True)
+class FirstBatchCheck:
+    """What running a user's model on its first batch found, short of an error."""
+
+    warnings: tuple[str, ...]  # what PyTorch warned of, one line each
+    findings: tuple[Diagnosis, ...]  # engine.diagnostics findings before training (input_scale...)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -352,6 +367,11 @@ def _model_device(model: nn.Module) -> torch.device | None:
 
 
 def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
+    """The warnings of :func:`check_user_model` (which see), raising as it does."""
+    return check_user_model(um, batch_size).warnings
+
+
+def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds = Thresholds()) -> FirstBatchCheck:
     """Run one batch forward and through the loss under ``torch.no_grad()``, and check the loss.
 
     The model runs in eval mode (so batch-norm statistics are left alone) and gets its
@@ -360,7 +380,9 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
     Returns:
         the distinct warnings (``UserWarning`` and ``RuntimeWarning``, one line each) that the
         forward and the loss raised: torch's "target size ... different to the input size" here
-        means a loss broadcasting its target, a mistake that trains without an error.
+        means a loss broadcasting its target, a mistake that trains without an error; and the
+        findings of the checks that run before training (see ``engine.diagnostics``):
+        ``probabilities_to_logit_loss`` and ``input_scale``.
 
     Raises:
         UserModelError: a shape mismatch, an exception in the forward or loss, a loss that is not
@@ -409,6 +431,8 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
                 at = _user_location(exc.__traceback__, path) or where
                 shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
                 raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc
+            # (still in eval mode: the check may run the model again)
+            probabilities = _probabilities_finding(um.model, um.loss_fn, x, y, output, loss, thresholds)
     finally:
         for module, training in modes:
             module.training = training
@@ -430,7 +454,189 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
             if bad:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
-    return said
+    scale = input_scale_finding(um.x if um.x is not None else x, thresholds)
+    return FirstBatchCheck(warnings=said, findings=tuple(d for d in (probabilities, scale) if d is not None))
+
+
+# ----------------------------------------------------------------------------------------- first-batch findings
+
+
+def input_scale_finding(x: Any, thresholds: Thresholds = Thresholds()) -> Diagnosis | None:
+    """An ``input_scale`` finding when the features of ``x`` are far from unit scale, else None.
+
+    A feature is a column of 2-D inputs, the last axis of 3-D (sequence) inputs and the channel
+    (axis 1) of images; its spread is the standard deviation over everything else, measured on
+    the first ``INPUT_SCALE_EXAMPLES`` examples. Integer inputs (token ids) are no features.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[0] == 0:
+        return None
+    x = x.detach()[:INPUT_SCALE_EXAMPLES]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # (a squared spread of 1e4 overflows half precision)
+    axis = 1 if x.dim() >= 4 else x.dim() - 1
+    dims = tuple(d for d in range(x.dim()) if d != axis) if x.dim() > 1 else (0,)
+    std, mean = torch.std_mean(x, dim=dims, correction=0)
+    std = std.double().cpu().numpy().reshape(-1)  # (one copy to the host)
+    mean = mean.double().cpu().numpy().reshape(-1)
+    # Constant features (std 0, or float32 rounding of a constant) have no scale to compare.
+    varied = np.flatnonzero(np.isfinite(std) & (std > 1e-6 * np.abs(mean)) & (std > 0))
+    if not len(varied):
+        return None
+    widest = int(varied[np.argmax(std[varied])])
+    narrowest = int(varied[np.argmin(std[varied])])
+    ratio = float(std[widest] / std[narrowest])
+    big = std[widest] > thresholds.input_std_high
+    apart = ratio > thresholds.input_std_ratio
+    if not (big or apart):
+        return None
+    word = "channel" if x.dim() >= 4 else "feature"
+    wide = f"input {word} {widest} has a standard deviation of {std[widest]:.3g} (mean {mean[widest]:.3g})"
+    narrow = f"{word} {narrowest} one of {std[narrowest]:.3g}, {ratio:.3g} times smaller"
+    if big and apart:
+        message = (f"The inputs are far from unit scale: {wide} and {narrow}; weights sized for inputs "
+                   "of about 1 get outsized gradients on the wide one and crawl on the narrow one.")
+    elif big:
+        message = (f"The inputs are far from unit scale: {wide}, where initialisation and learning rates "
+                   "assume about 1, so its weights get outsized gradients and the first layer's outputs "
+                   "blow up or saturate.")
+    else:
+        message = (f"The inputs are on very different scales: {wide} and {narrow}, so no one learning rate "
+                   "suits the weights of both.")
+    return before_training("input_scale", message, {
+        word: widest, "std": float(std[widest]), "mean": float(mean[widest]), f"narrowest_{word}": narrowest,
+        "narrowest_std": float(std[narrowest]), "ratio": ratio, "examples": float(len(x))})
+
+
+#: Operations that only move an output's numbers around: looked through to the one that made them.
+_RESHAPES = {"View", "UnsafeView", "Reshape", "ReshapeAlias", "Squeeze", "Unsqueeze", "Permute", "Transpose",
+             "T", "Clone", "Expand", "ToCopy", "Alias", "Select", "Slice", "Flatten", "Contiguous"}
+
+
+def _last_operation(output: torch.Tensor) -> str:
+    """The autograd name of the operation that made ``output``, past reshapes ('Sigmoid', ...)."""
+    fn = output.grad_fn
+    name = ""
+    for _ in range(64):
+        if fn is None:
+            return ""
+        name = re.sub(r"Backward\d*$", "", type(fn).__name__)
+        if name not in _RESHAPES or not fn.next_functions:
+            return name
+        fn = fn.next_functions[0][0]
+    return name
+
+
+def _logit_loss(loss_fn: Callable, output: torch.Tensor, y: torch.Tensor, value: float) -> tuple[str, str] | None:
+    """(kind, name) when ``loss_fn`` applies its own softmax ('softmax') or sigmoid ('sigmoid').
+
+    Its type tells for torch's losses and functionals, whatever their options (class weights or
+    label smoothing change the value); any other callable, a lambda or a function wrapping one,
+    says nothing by its type, so its value on the batch is compared with theirs.
+    """
+    target = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    if isinstance(target, nn.CrossEntropyLoss) or target is F.cross_entropy:
+        return "softmax", "nn.CrossEntropyLoss" if isinstance(target, nn.Module) else "F.cross_entropy"
+    if isinstance(target, nn.BCEWithLogitsLoss) or target is F.binary_cross_entropy_with_logits:
+        return "sigmoid", ("nn.BCEWithLogitsLoss" if isinstance(target, nn.Module)
+                           else "F.binary_cross_entropy_with_logits")
+    if isinstance(target, nn.Module) and type(target).__module__.startswith("torch."):
+        return None  # another of torch's losses (NLLLoss, BCELoss, MSELoss...)
+    for kind, name, references in (("softmax", "F.cross_entropy", _cross_entropy_values(output, y)),
+                                   ("sigmoid", "F.binary_cross_entropy_with_logits", _bce_values(output, y))):
+        if any(math.isclose(value, ref, rel_tol=1e-5, abs_tol=1e-6) for ref in references):
+            return kind, f"loss_fn (its value is {name}'s)"
+    return None
+
+
+def _cross_entropy_values(output: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """F.cross_entropy of the batch, as mean and sum, for the layouts a wrapper may pass it."""
+    pairs = [(output, y)]
+    if output.dim() > 2 and y.numel() * output.shape[-1] == output.numel():  # (N, T, C) read as (N*T, C)
+        pairs.append((output.reshape(-1, output.shape[-1]), y.reshape(-1)))
+    values = []
+    for out, target in pairs:
+        if out.dim() < 2:
+            continue
+        if not target.is_floating_point():
+            # (a class index out of range is a device-side assert on CUDA: never hand it over)
+            classes = out.shape[1]
+            if target.numel() == 0 or not bool(((target >= 0) & (target < classes) | (target == -100)).all()):
+                continue
+        elif target.shape != out.shape:
+            continue
+        try:
+            for reduction in ("mean", "sum"):
+                values.append(float(F.cross_entropy(out, target, reduction=reduction)))
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            continue
+    return values
+
+
+def _bce_values(output: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """F.binary_cross_entropy_with_logits of the batch, as mean and sum."""
+    if y.numel() != output.numel() or y.numel() == 0:
+        return []
+    target = y.reshape(output.shape).to(output.dtype)
+    return [float(F.binary_cross_entropy_with_logits(output, target, reduction=reduction))
+            for reduction in ("mean", "sum")]
+
+
+def _softmax_rows(output: torch.Tensor, tolerance: float) -> tuple[int, float] | None:
+    """(classes, largest |sum - 1|) when every row of ``output`` is a probability distribution,
+    along the last dimension or dimension 1."""
+    if output.dim() < 2 or float(output.min()) < 0:
+        return None
+    for dim in dict.fromkeys((output.dim() - 1, 1)):
+        if output.shape[dim] < 2:
+            continue
+        error = float((output.double().sum(dim) - 1).abs().max())
+        if error <= tolerance:
+            return output.shape[dim], error
+    return None
+
+
+def _probabilities_finding(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: Any, output: Any, loss: Any,
+                           thresholds: Thresholds) -> Diagnosis | None:
+    """A ``probabilities_to_logit_loss`` finding when the model's outputs on the first batch are
+    already probabilities (a softmax's rows, or a sigmoid's) and the loss makes its own."""
+    if not (isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel()
+            and isinstance(y, torch.Tensor) and isinstance(loss, torch.Tensor) and loss.numel() == 1):
+        return None
+    low, high = float(output.min()), float(output.max())
+    if not (0.0 <= low and high <= 1.0):
+        return None  # (a probability is in [0, 1]; NaN fails here too)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the comparisons' own warnings are not the user's)
+            value = float(loss.detach())
+            loss_kind = _logit_loss(loss_fn, output, y, value)
+            if loss_kind is None:
+                return None
+            kind, loss_name = loss_kind
+            rows = _softmax_rows(output, thresholds.probability_sum_tolerance)
+            if rows is None:
+                with torch.enable_grad():  # the graph names the operation that made the output
+                    again = model(x)
+                if not isinstance(again, torch.Tensor) or _last_operation(again) != "Sigmoid":
+                    return None
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # (a check of the user's code: it raises nothing of its own)
+        logger.debug("no probabilities check of the model's output", exc_info=True)
+        return None
+    twice = f"{loss_name} applies a {kind} of its own"
+    if rows is not None:
+        classes, error = rows
+        message = (f"The model's outputs are already probabilities (each row of {classes} is non-negative and "
+                   f"sums to 1 within {error:.1g}: a softmax), and {twice}: squashed twice, the outputs can "
+                   "barely move the loss, so the gradients are small and training crawls.")
+        evidence = {"min_output": low, "max_output": high, "row_sum_error": error, "classes": classes}
+    else:
+        message = (f"The model's outputs come out of a sigmoid (all between {low:.3g} and {high:.3g}), and "
+                   f"{twice}: squashed twice, the outputs can barely move the loss, so the gradients are "
+                   "small and training crawls.")
+        evidence = {"min_output": low, "max_output": high}
+    return before_training("probabilities_to_logit_loss", message, evidence)
 
 
 # ----------------------------------------------------------------------------------------- sampling

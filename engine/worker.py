@@ -362,9 +362,9 @@ class Worker:
     def _diagnostics_before_training(self) -> Diagnostics | None:
         """What is known of a run before its first capture: the warnings its model raised on its
         first batch (shown at once; the first capture starts the diagnostics proper, with them)."""
-        if self.run is None or not self.run.model_warnings:
+        if self.run is None or not (self.run.model_warnings or self.run.model_findings):
             return None
-        return Diagnostics((), model_warnings=self.run.model_warnings)
+        return Diagnostics((), model_warnings=self.run.model_warnings, model_findings=self.run.model_findings)
 
     def _restart_history(self) -> None:
         self._run_id += 1
@@ -449,12 +449,15 @@ class Worker:
             history = History(history_columns(frame.layer_names))
             with self._history_lock:
                 self.history = history
-            self._diagnostics = Diagnostics(self.run.trainer.probe.layers,
-                                            model_warnings=self.run.model_warnings) if self.run else None
+            self._diagnostics = Diagnostics(self.run.trainer.probe.layers, model_warnings=self.run.model_warnings,
+                                            model_findings=self.run.model_findings) if self.run else None
         errors_before = self._error_findings()
         if self._diagnostics is not None:
             try:
                 self._diagnostics.update(frame)
+                passed = self.run.trainer.last_val if self.run else None
+                if passed is not None:  # (a pass on an unmeasured step is taken at the next frame; repeats are ignored)
+                    self._diagnostics.update_validation(passed[2], passed[0])
             except Exception:  # a diagnostics bug must never stop training
                 log.exception("diagnostics failed; turning them off for this run")
                 self._diagnostics = None
@@ -586,7 +589,8 @@ class Worker:
             run_id=self._run_id, step=trainer.step_count, state=state, scenario=run.name,
             device=str(trainer.device), layers=trainer.probe.layers, metrics=metrics, hyper=trainer.hyper,
             stats=capture.frame if capture else None, tensors=capture.tensors if capture else None,
-            network=network_view(run, capture) if capture else None, boundary=self._boundary,
+            network=network_view(run, capture) if capture or trainer.in_phased_step else None,
+            boundary=self._boundary,
             phase=self._last_phase, steps_per_s=self._rate.per_second(),
             probe_overhead=trainer.overhead,
             capture_every=trainer.capture_every, capture_adaptive=trainer.adaptive,

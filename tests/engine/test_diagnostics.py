@@ -169,7 +169,8 @@ def test_backward_origin_is_named() -> None:
 
 def test_findings_carry_documented_fields() -> None:
     assert set(CODES) == {"vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
-                          "diverging_loss", "learning_rate", "symmetry", "model_warning"}
+                          "diverging_loss", "learning_rate", "symmetry", "model_warning",
+                          "probabilities_to_logit_loss", "input_scale", "overfitting"}
     assert Thresholds().vanishing_ratio == 1e-4 and Thresholds().dead_fraction == 0.9
 
 
@@ -351,3 +352,65 @@ def test_a_frozen_layer_of_equal_weights_is_no_symmetry_finding_but_a_trainable_
         findings[frozen] = [d for d in diagnostics.findings if d.code == "symmetry" and "2" in d.layers]
     assert findings[True] == []
     assert len(findings[False]) == 1
+
+
+# --- overfitting: validation passes ------------------------------------------------------------
+
+def validated(scenario: str, steps: int, every: int = 10) -> dict:
+    """A built-in scenario's report (its validation passes fed to the diagnostics, as
+    ``glassbox report`` does), measuring every ``every`` steps."""
+    from engine.report import collect_report
+
+    built = build_run(scenario, device="cpu")
+    try:
+        return collect_report(built, steps, every)
+    finally:
+        built.trainer.close()
+
+
+def test_overfitting_is_found_once_the_validation_loss_climbs_while_the_training_loss_falls() -> None:
+    import numpy as np
+
+    report = validated("overfit-mlp", 140)
+    lowest = report["validation"]["step"][int(np.argmin(report["validation"]["loss"]))]
+    (found,) = [d for d in report["diagnoses"] if d["code"] == "overfitting"]
+    assert found["severity"] == "warning" and found["layers"] == []
+    assert lowest < found["step"] < found["last_step"] <= 140  # after the lowest point, confirmed since
+    evidence = found["evidence"]
+    assert evidence["best_step"] == lowest and evidence["best_val_loss"] == min(report["validation"]["loss"])
+    assert evidence["val_loss"] > 1.5 * evidence["best_val_loss"]
+    assert evidence["train_loss"] < 0.5 * evidence["train_loss_at_best"]
+    assert f"lowest ({evidence['best_val_loss']:.3g} at step {lowest})" in found["message"]
+    assert any("weight decay" in fix for fix in found["fixes"])
+    healthy = validated("spirals-mlp", 500)
+    assert [d["code"] for d in healthy["diagnoses"]] == [] and len(healthy["validation"]["step"]) == 10
+
+
+def test_validation_needs_several_passes_and_takes_each_once_and_saved_runs_see_it_too() -> None:
+    import numpy as np
+
+    from engine.diagnostics import diagnose_frames
+    from engine.snapshot import STAT_NAMES, StatsFrame
+
+    def frame(step: int, loss: float) -> StatsFrame:
+        return StatsFrame(step=step, loss=loss, layer_names=("fc",), values=np.full((1, len(STAT_NAMES)), np.nan),
+                          histograms=np.zeros((1, 4), np.float32), hist_edges=np.linspace(-1, 1, 5, dtype=np.float32))
+
+    # The validation loss is lowest at step 20, then climbs; the training loss falls all along.
+    passes = list(zip(range(10, 101, 10), (0.8, 0.5, 0.55, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)))
+    frames = [frame(step, 1.0 / step) for step in range(1, 101)]
+    found = diagnose_frames((), frames, validation=passes)
+    (d,) = [d for d in found if d.code == "overfitting"]
+    # (steps 30 and 40 read less than 1.5 times the lowest; from 50 on, 5 passes in a row confirm it at 90)
+    assert (d.step, d.last_step, d.evidence["best_step"]) == (50, 100, 20)
+    assert d.evidence["train_loss"] == pytest.approx(np.mean([1.0 / s for s in range(81, 91)]))
+    assert diagnose_frames((), frames, validation=passes[:8]) == ()  # (four passes only)
+    assert diagnose_frames((), frames) == ()  # no validation, no finding
+    diagnostics = Diagnostics(())
+    for step, loss in passes[:7]:
+        diagnostics.update_validation(step, loss, train_loss=1.0 / step)
+        diagnostics.update_validation(step, loss, train_loss=1.0 / step)  # (the same pass again: ignored)
+    assert diagnostics.findings == ()
+    diagnostics.update_validation(80, 2.2, train_loss=1.0)  # the training loss stopped falling: no streak
+    diagnostics.update_validation(90, 2.4, train_loss=0.01)
+    assert diagnostics.findings == ()

@@ -408,3 +408,28 @@ def test_a_frozen_layer_is_said_frozen_in_the_table_and_the_json(tmp_path: Path,
     assert {name: layer["trainable"] for name, layer in layers.items()} == {
         "0": True, "1": True, "2": False, "3": True, "4": True}
     assert all(v is None for v in layers["2"]["grad_norm"])  # (the probe measures none)
+
+
+def test_findings_before_training_are_printed_and_in_the_json(tmp_path: Path, capsys) -> None:
+    """A softmax fed to cross-entropy, on 0-255 pixel values: both named before training."""
+    path = write(tmp_path, '''
+import torch
+from torch import nn
+
+def build():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 6, generator=g) * 255
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(dim=1))
+    return model, (x, torch.randint(0, 3, (64,), generator=g)), nn.CrossEntropyLoss()
+''')
+    out = tmp_path / "report.json"
+    assert main(["--model", f"{path}:build", "--steps", "3", "--device", "cpu", "--json", str(out)]) == 0
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    for code, words in (("probabilities_to_logit_loss", "nn.CrossEntropyLoss applies a softmax of its own"),
+                        ("input_scale", "has a standard deviation of")):
+        line = next(line for line in printed if line.startswith(f"[warning] {code} before training: "))
+        assert words in line
+    found = {d["code"]: d for d in json.loads(out.read_text())["diagnoses"]}
+    assert set(found) == {"probabilities_to_logit_loss", "input_scale"}
+    assert all(d["step"] == 0 and d["severity"] == "warning" and d["fixes"] for d in found.values())
+    assert found["input_scale"]["evidence"]["std"] > 50

@@ -743,3 +743,174 @@ def seeded():
                 assert loader_boundary_sample(um.loader) is not None
             firsts.append(next(iter(um.loader))[0])
         assert torch.equal(firsts[0], firsts[1]), function
+
+
+# ----------------------------------------------------------------------------------------- first-batch findings
+
+FIRST_BATCH = """
+import torch.nn.functional as F
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(200, 4, generator=g)
+CLASSES = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()  # three classes
+BINARY = (X[:, 0] > 0).float()
+
+
+class Sigmoid1(nn.Module):
+    '''One output through torch.sigmoid in forward: no module says so.'''
+    def __init__(self, squeeze=True, offset=None):
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.squeeze = squeeze
+        self.offset = offset
+
+    def forward(self, x):
+        z = self.fc(x)
+        out = torch.sigmoid(z) if self.offset is None else 0.01 * z + self.offset
+        return out.squeeze(1) if self.squeeze else out
+
+
+def mlp(*tail):
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), *tail)
+
+
+def softmax_cross_entropy():
+    return mlp(nn.Softmax(dim=1)), (X, CLASSES), nn.CrossEntropyLoss()
+
+def softmax_into_a_lambda():
+    return mlp(nn.Softmax(dim=-1)), (X, CLASSES), lambda out, y: F.cross_entropy(out, y)
+
+def softmax_functional_with_options():
+    return mlp(nn.Softmax(dim=1)), (X, CLASSES), nn.CrossEntropyLoss(label_smoothing=0.1)
+
+def sigmoid_bce_with_logits():
+    return Sigmoid1(), (X, BINARY), nn.BCEWithLogitsLoss()
+
+def sigmoid_module_bce_functional():
+    return nn.Sequential(nn.Linear(4, 1), nn.Sigmoid()), (X, BINARY[:, None]), F.binary_cross_entropy_with_logits
+
+def log_softmax_nll():
+    return mlp(nn.LogSoftmax(dim=1)), (X, CLASSES), nn.NLLLoss()
+
+def logits_cross_entropy():
+    return mlp(), (X, CLASSES), nn.CrossEntropyLoss()
+
+def positive_logits_cross_entropy():
+    return mlp(nn.ReLU()), (X, CLASSES), nn.CrossEntropyLoss()
+
+def positive_logits_bce_with_logits():  # all in (0.4, 0.6), but no sigmoid made them
+    return Sigmoid1(offset=0.5), (X, BINARY), nn.BCEWithLogitsLoss()
+
+def regression_mse():  # a sigmoid output in [0, 1], fitted with MSE
+    return Sigmoid1(squeeze=False), (X, X[:, :1].sigmoid()), nn.MSELoss()
+
+def probabilities_nll_of_log():
+    return mlp(nn.Softmax(dim=1)), (X, CLASSES), lambda out, y: F.nll_loss(torch.log(out), y)
+"""
+
+
+def first_batch_findings(path: Path, function: str) -> dict:
+    from engine.user_model import check_user_model
+
+    return {d.code: d for d in check_user_model(load_user_model(f"{path}:{function}")).findings}
+
+
+@pytest.mark.parametrize("function, loss, applied", [
+    ("softmax_cross_entropy", "nn.CrossEntropyLoss", "softmax"),
+    ("softmax_into_a_lambda", "loss_fn (its value is F.cross_entropy's)", "softmax"),
+    ("softmax_functional_with_options", "nn.CrossEntropyLoss", "softmax"),
+    ("sigmoid_bce_with_logits", "nn.BCEWithLogitsLoss", "sigmoid"),
+    ("sigmoid_module_bce_functional", "F.binary_cross_entropy_with_logits", "sigmoid"),
+])
+def test_probabilities_fed_to_a_loss_that_makes_its_own_are_found(tmp_path, function, loss, applied):
+    found = first_batch_findings(write(tmp_path, FIRST_BATCH), function)
+    d = found["probabilities_to_logit_loss"]
+    assert (d.severity, d.step, d.layers) == ("warning", 0, ())
+    assert f"{loss} applies a {applied} of its own" in d.message and "\n" not in d.message
+    if function.startswith("softmax"):
+        assert "each row of 3 is non-negative and sums to 1" in d.message and d.evidence["row_sum_error"] < 1e-6
+    else:
+        assert "come out of a sigmoid" in d.message and 0 < d.evidence["min_output"] < d.evidence["max_output"] < 1
+    assert any("logits" in fix for fix in d.fixes)
+
+
+@pytest.mark.parametrize("function", [
+    "log_softmax_nll", "logits_cross_entropy", "positive_logits_cross_entropy", "positive_logits_bce_with_logits",
+    "regression_mse", "probabilities_nll_of_log",
+])
+def test_log_probabilities_logits_and_regression_are_no_probabilities_finding(tmp_path, function):
+    assert "probabilities_to_logit_loss" not in first_batch_findings(write(tmp_path, FIRST_BATCH), function)
+
+
+SCALES = """
+g = torch.Generator().manual_seed(1)
+X = torch.randn(300, 5, generator=g)
+Y = (X[:, 0] > 0).long()
+
+
+def model():
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+
+def pixels():
+    return model(), (torch.rand(300, 5, generator=g) * 255, Y), nn.CrossEntropyLoss()
+
+def one_feature_in_the_tens_of_thousands():
+    x = X.clone()
+    x[:, 3] *= 1e4
+    return model(), (x, Y), nn.CrossEntropyLoss()
+
+def a_narrow_feature_in_a_loader():  # no std above 50, but 1e-4 next to 1: the ratio
+    from torch.utils.data import DataLoader, TensorDataset
+    x = X.clone()
+    x[:, 1] *= 1e-4
+    return model(), DataLoader(TensorDataset(x, Y), batch_size=50), nn.CrossEntropyLoss()
+
+def standardised_with_a_constant_feature():
+    x = X.clone()
+    x[:, 2] = 7.0
+    return model(), (x, Y), nn.CrossEntropyLoss()
+
+def raw_pixel_images():
+    return (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)),
+            (torch.rand(40, 3, 8, 8, generator=g) * 255, Y[:40]), nn.CrossEntropyLoss())
+
+def token_ids():
+    return (nn.Sequential(nn.Embedding(5000, 4), nn.Flatten(), nn.Linear(20, 2)),
+            (torch.randint(0, 5000, (300, 5), generator=g), Y), nn.CrossEntropyLoss())
+"""
+
+
+def test_inputs_far_from_unit_scale_are_found_naming_the_feature_and_its_std(tmp_path):
+    path = write(tmp_path, SCALES)
+    for function in ("pixels", "one_feature_in_the_tens_of_thousands", "a_narrow_feature_in_a_loader",
+                     "raw_pixel_images"):
+        um = load_user_model(f"{path}:{function}")
+        x = (um.x if um.x is not None else next(iter(um.loader))[0]).double().numpy()
+        axis = 1 if x.ndim == 4 else -1
+        std = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).std(axis=1)  # (numpy: population std)
+        widest, narrowest = int(np.argmax(std)), int(np.argmin(std))
+        d = first_batch_findings(path, function)["input_scale"]
+        assert (d.severity, d.step) == ("warning", 0) and "\n" not in d.message
+        word = "channel" if x.ndim == 4 else "feature"
+        assert d.evidence[word] == widest and d.evidence["std"] == pytest.approx(std[widest], rel=1e-4)
+        assert f"input {word} {widest} has a standard deviation of {std[widest]:.3g}" in d.message, d.message
+        if function == "a_narrow_feature_in_a_loader":
+            assert widest != 1 and narrowest == 1 and d.evidence["examples"] == 50  # (the first batch)
+            assert d.evidence["narrowest_std"] == pytest.approx(std[1], rel=1e-4)
+            assert f"feature 1 one of {std[1]:.3g}" in d.message and d.evidence["ratio"] > 1e3
+        else:
+            assert d.evidence["std"] > 50
+    assert first_batch_findings(path, "one_feature_in_the_tens_of_thousands")["input_scale"].evidence["feature"] == 3
+    for function in ("standardised_with_a_constant_feature", "token_ids"):
+        assert first_batch_findings(path, function) == {}, function
+
+
+def test_no_built_in_data_set_is_called_badly_scaled():
+    from engine.data import DATASETS, DataSpec, make_dataset
+    from engine.scenarios import SCENARIOS
+    from engine.user_model import input_scale_finding
+
+    specs = {DataSpec(name) for name in DATASETS} | {scenario.data for scenario in SCENARIOS.values()}
+    for spec in specs:
+        x = make_dataset(spec).x_train
+        assert input_scale_finding(x) is None and input_scale_finding(x[:64]) is None, spec

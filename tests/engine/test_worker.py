@@ -381,3 +381,53 @@ def test_the_measuring_interval_applies_to_this_run_and_the_next() -> None:
         assert worker.run.trainer.config.capture_every == 1
     finally:
         assert worker.stop(timeout=1.0)
+
+
+def test_findings_before_training_are_published_at_once_and_overfitting_once_validation_climbs(tmp_path) -> None:
+    """What checking a user's model found is in the first snapshot; a built-in run's validation
+    passes reach the diagnostics as it trains."""
+    from engine.scenarios import build_run, build_user_run
+
+    model_file = tmp_path / "pixels.py"
+    model_file.write_text("import torch\nfrom torch import nn\n\ndef build():\n    x = torch.rand(64, 3) * 255\n"
+                          "    return nn.Linear(3, 2), (x, (x[:, 0] > 128).long()), nn.CrossEntropyLoss()\n")
+    out = Collector()
+    worker = Worker(out, publish_hz=2.0)  # (few snapshots while it runs, each a cost to the training thread)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (a small model on a busy 2-core machine: one thread is faster)
+    worker.start(lambda: build_user_run(f"{model_file}:build", device="cpu"))
+    try:
+        first = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        assert [(d.code, d.step) for d in first.diagnoses] == [("input_scale", 0)]
+        worker.send(Replace(lambda: build_run("overfit-mlp", device="cpu")))
+        out.wait_for(lambda s: isinstance(s, Snapshot) and s.run_id == first.run_id + 1)
+        worker.send(Play())
+        found = out.wait_for(lambda s: isinstance(s, Snapshot) and any(d.code == "overfitting" for d in s.diagnoses),
+                             timeout=60.0)
+        worker.send(Pause())
+        (d,) = [d for d in found.diagnoses if d.code == "overfitting"]
+        assert d.evidence["best_step"] < d.step <= found.step
+        assert all(d.code != "input_scale" for d in found.diagnoses)  # (that was the other run)
+    finally:
+        stopped = worker.stop(timeout=1.0)
+        torch.set_num_threads(threads)
+        assert stopped
+
+
+def test_the_network_is_drawn_through_a_runs_first_phase_by_phase_step() -> None:
+    """Before any step is measured there are no unit values, but the columns are there for the
+    phase to be shown on (it said 'no network to show yet' for the whole first step)."""
+    out = Collector()
+    worker = Worker(out)
+    worker.start(small_run)
+    try:
+        first = out.wait_for(lambda s: isinstance(s, Snapshot) and s.step == 0)
+        assert first.network is None  # (nothing has run yet)
+        worker.send(PhaseStep())
+        stepping = out.wait_for(lambda s: isinstance(s, Snapshot) and s.state == "stepping")
+        network = stepping.network
+        assert network is not None and network.column_names == ("input", "0", "2")
+        assert network.column_sizes == (2, 8, 2)  # (small_run's Linear(2, 8), Tanh, Linear(8, 2))
+        assert all(a is None for a in network.activations[1:]) and all(w is None for w in network.weights)
+    finally:
+        assert worker.stop(timeout=1.0)
