@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.batches import BatchSource
+from engine.modes import restore, training_modes
 from engine.phase_details import AxisReader, parameter_owners, update_fields
 from engine.probe import PendingCapture, Probe, ProbeConfig
 from engine.snapshot import Hyper, PhaseInfo
@@ -156,7 +157,7 @@ class Trainer:
         check_hyper(self.hyper)
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
-        self._modes = _training_modes(self.model)
+        self._modes = training_modes(self.model)
         self.loss_fn = loss_fn
         self.batches = batches
         self.batches.to(self.device)
@@ -191,10 +192,8 @@ class Trainer:
 
     def _train_mode(self) -> None:
         """Put every module back in its training mode (after validation, or anything else that
-        switched it); cheaper than ``model.train()``, which sets every module every step."""
-        for module, mode in self._modes:
-            if module.training is not mode:
-                module.training = mode
+        switched it)."""
+        restore(self._modes)
 
     # --- hyperparameters -----------------------------------------------------------------
     def set_hyper(self, **changes: Any) -> Hyper:
@@ -504,14 +503,6 @@ class Trainer:
     @property
     def last_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self._last_batch
-
-
-def _training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Each module's mode while the model trains: as the model came, when it came in training
-    mode, so that a part the user put in eval mode on purpose (a batch norm kept on its running
-    statistics while fine-tuning) stays so; every module in training mode otherwise (a model
-    handed over in eval mode, as after loading it, is trained in training mode)."""
-    return [(module, module.training if model.training else True) for module in model.modules()]
 
 
 def _seeded_state(seed: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.diagnostics import Diagnosis, Thresholds, before_training
+from engine.modes import eval_mode
 
 __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
            "check_user_model", "input_scale_finding", "loader_boundary_sample", "BOUNDARY_SAMPLE",
@@ -399,43 +400,37 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
     if forward_at and path and os.path.realpath(forward_at.rsplit(":", 1)[0]) != os.path.realpath(path):
         forward_at = None  # (a forward of torch's own, e.g. nn.Sequential's: its class name says enough)
     forward = f"{model_name}.forward" + (f" at {forward_at}" if forward_at else "")
-    modes = [(module, module.training) for module in um.model.modules()]
-    um.model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                output = um.model(x)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # (user code may raise any kind)
-                at = _user_location(exc.__traceback__, path) or where
-                first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
-                if isinstance(exc, (RuntimeError, ValueError, TypeError)) and _DTYPE_WORDS.search(first):
-                    raise UserModelError(
-                        f"{at}: model/data dtype mismatch: {first} "
-                        f"(in {forward}; input batch of dtype {str(x.dtype).removeprefix('torch.')})"
-                    ) from exc
-                if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
-                    raise UserModelError(
-                        f"{at}: model/data shape mismatch: {first} "
-                        f"(in {forward}; input batch of shape {tuple(x.shape)})"
-                    ) from exc
-                raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from exc
-            loss_at = _definition(um.loss_fn)
-            try:
-                loss = um.loss_fn(output, y)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # (user code may raise any kind)
-                at = _user_location(exc.__traceback__, path) or where
-                shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
-                raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc
-            # (still in eval mode: the check may run the model again)
-            probabilities = _probabilities_finding(um.model, um.loss_fn, x, y, output, loss, thresholds)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(um.model), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            output = um.model(x)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (user code may raise any kind)
+            at = _user_location(exc.__traceback__, path) or where
+            first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+            if isinstance(exc, (RuntimeError, ValueError, TypeError)) and _DTYPE_WORDS.search(first):
+                raise UserModelError(
+                    f"{at}: model/data dtype mismatch: {first} "
+                    f"(in {forward}; input batch of dtype {str(x.dtype).removeprefix('torch.')})"
+                ) from exc
+            if isinstance(exc, RuntimeError) and _SHAPE_WORDS.search(str(exc)):
+                raise UserModelError(
+                    f"{at}: model/data shape mismatch: {first} "
+                    f"(in {forward}; input batch of shape {tuple(x.shape)})"
+                ) from exc
+            raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from exc
+        loss_at = _definition(um.loss_fn)
+        try:
+            loss = um.loss_fn(output, y)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (user code may raise any kind)
+            at = _user_location(exc.__traceback__, path) or where
+            shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
+            raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc
+        # (still in eval mode: the check may run the model again)
+        probabilities = _probabilities_finding(um.model, um.loss_fn, x, y, output, loss, thresholds)
     said = tuple(dict.fromkeys(_one_line(w.message) for w in caught
                                if issubclass(w.category, (UserWarning, RuntimeWarning))))
     at = loss_at if loss_at and path and _same_file(loss_at.rsplit(":", 1)[0], path) else where

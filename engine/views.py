@@ -4,14 +4,14 @@ Both are computed on the training thread at display rate (not per step) from sma
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.modes import eval_mode
 from engine.probe import MAX_GRAPH_UNITS, Capture, first_tensor
 from engine.run import Run
 from engine.snapshot import BoundaryView, LayerInfo, NetworkView
@@ -39,19 +39,6 @@ class DataFlow:
 
     feeders: Mapping[str, frozenset[str]] = field(default_factory=dict)
     error: str | None = None  # why the flow is unknown (the traced forward raised)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode, each module's own mode given back after (``model.train(flag)``
-    would put a part the user keeps in eval mode in training mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -106,7 +93,7 @@ def trace_data_flow(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> 
         for name in dict.fromkeys(names):
             if name in modules:
                 handles.append(modules[name].register_forward_hook(record(name), with_kwargs=True))
-        with torch.enable_grad(), _eval_mode(model):
+        with torch.enable_grad(), eval_mode(model):
             result = model(given)
         feeders = {}
         for name, nodes in starts.items():
@@ -296,7 +283,7 @@ def boundary_view(run: Run, step: int) -> BoundaryView | None:
         handle = module.register_forward_hook(
             lambda _m, _a, out: captured.__setitem__("hidden", first_tensor(out)))
     try:
-        with trainer.probe.suspended(), _eval_mode(model):
+        with trainer.probe.suspended(), eval_mode(model):
             out = model(grid).float()
     finally:
         if handle is not None:
