@@ -74,6 +74,18 @@ class FunctionalMLP(nn.Module):
         return self.fc3(torch.sigmoid(self.fc2(F.relu(self.fc1(x)))))
 
 
+class Tokens(nn.Module):
+    """Token ids into an Embedding, a functional activation, then a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, tokens):
+        return self.head(F.gelu(self.embed(tokens)).mean(dim=1))
+
+
 class TrainsOnly(nn.Module):
     """A forward that can't run in eval mode: the flow can't be traced."""
 
@@ -230,17 +242,6 @@ def test_an_untraceable_flow_draws_no_links_and_says_why():
 
 
 def test_trace_data_flow_sees_through_functional_ops_and_finds_token_inputs():
-    embed = nn.Embedding(10, 4)
-    head = nn.Linear(4, 3)
-
-    class Tokens(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed, self.head = embed, head
-
-        def forward(self, tokens):
-            return self.head(F.gelu(self.embed(tokens)).mean(dim=1))
-
     flow = trace_data_flow(Tokens(), torch.randint(0, 10, (3, 5)), ["embed", "head"])
     assert flow.feeders == {"embed": frozenset({INPUT}), "head": frozenset({"embed"})}
     flow = trace_data_flow(Residual(), torch.randn(3, 2), ["fc1", "fc2", "fc3"])
@@ -269,16 +270,6 @@ def test_an_embedding_column_has_a_unit_per_embedding_dimension():
     """Its weight is tokens × dimensions: the column's units are the dimensions, which the next
     layer reads (so the head's weights join it)."""
     torch.manual_seed(0)
-
-    class Tokens(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(10, 4)
-            self.head = nn.Linear(4, 3)
-
-        def forward(self, tokens):
-            return self.head(self.embed(tokens).mean(dim=1))
-
     model = Tokens()
     tokens = torch.randint(0, 10, (32, 5))
     trainer = Trainer(model, F.cross_entropy, TensorBatches(tokens, torch.randint(0, 3, (32,))),
