@@ -7,9 +7,11 @@ end bit-identical to an uninterrupted step, and every tensor shown is that step'
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
@@ -39,6 +41,10 @@ BARE_SAMPLE_EVERY = 32
 #: measuring at least every ``ADAPTIVE_MAX_EVERY`` steps.
 ADAPTIVE_COST = 0.05
 ADAPTIVE_MAX_EVERY = 64
+#: The probe's overhead compares the medians of the last this many bare and captured step times:
+#: a step that waited on another thread (the GUI holding the interpreter, say) is an outlier a
+#: median ignores, where a mean of a few bare samples would take it for the bare step's cost.
+TIMING_WINDOW = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +180,8 @@ class Trainer:
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self.capture_every = self.config.capture_every or 1
         self.adaptive = self.config.capture_every is None  # capture_every follows the measured overhead
-        self._time_bare: float | None = None
-        self._time_captured: float | None = None
+        self._times_bare: collections.deque[float] = collections.deque(maxlen=TIMING_WINDOW)
+        self._times_captured: collections.deque[float] = collections.deque(maxlen=TIMING_WINDOW)
         self.last_val: tuple[float, float | None, int] | None = None  # (loss, acc, step)
         self.last_result: StepResult | None = None
 
@@ -385,9 +391,7 @@ class Trainer:
 
     # --- overhead ------------------------------------------------------------------------
     def _note_timing(self, seconds: float, captured: bool) -> None:
-        attr = "_time_captured" if captured else "_time_bare"
-        old = getattr(self, attr)
-        setattr(self, attr, seconds if old is None else 0.9 * old + 0.1 * seconds)
+        (self._times_captured if captured else self._times_bare).append(seconds)
         if self.adaptive:
             self._adapt_interval()
 
@@ -408,10 +412,14 @@ class Trainer:
 
     @property
     def overhead(self) -> float | None:
-        """Measured extra time of a captured step relative to a bare one (0.1 = 10 %)."""
-        if self._time_bare is None or self._time_captured is None or self._time_bare <= 0:
+        """Measured extra time of a captured step relative to a bare one (0.1 = 10 %): the ratio
+        of the medians of the last ``TIMING_WINDOW`` step times of each kind."""
+        if not self._times_bare or not self._times_captured:
             return None
-        return max(0.0, self._time_captured / self._time_bare - 1.0)
+        bare = statistics.median(self._times_bare)
+        if bare <= 0:
+            return None
+        return max(0.0, statistics.median(self._times_captured) / bare - 1.0)
 
     # --- validation ----------------------------------------------------------------------
     @torch.no_grad()

@@ -230,6 +230,20 @@ def test_adaptive_capture_interval_and_overhead_published() -> None:
     assert trainer.adaptive and trainer.capture_every == adaptive_interval(trainer.overhead)
 
 
+def test_the_overhead_is_a_ratio_of_medians_that_a_stalled_step_does_not_move(monkeypatch) -> None:
+    """Step times as a clock gives them: bare steps of 1 ms with one of 20 ms (the step waited on
+    another thread), captured steps of 3 ms with one of 40 ms. The overhead is 3/1 - 1 = 2."""
+    trainer = make_trainer()
+    durations = [(False, 0.001)] * 8 + [(False, 0.020)] + [(True, 0.003)] * 8 + [(True, 0.040)]
+    clock = iter(t for _, d in durations for t in (0.0, d))
+    monkeypatch.setattr("engine.trainer.time.perf_counter", lambda: next(clock))
+    for captured, _ in durations:
+        trainer.step(capture=captured)
+    assert trainer.overhead == pytest.approx(2.0)
+    trainer.set_capture_every(None)
+    assert trainer.capture_every == adaptive_interval(2.0) == 40
+
+
 def captured_steps(trainer: Trainer, steps: int) -> list[int]:
     """The steps the trainer chooses to measure among the next ``steps`` (as the worker asks it)."""
     chosen = []
