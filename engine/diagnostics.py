@@ -89,10 +89,13 @@ blobs-mlp, regression-mlp (200), shapes-mlp, shapes-cnn (BatchNorm), reverse-tra
   one is left out) is above ``input_std_ratio`` = 1e3. The built-in data sets read a largest std
   of 1.2 (blobs-mlp) and a ratio of 1.8 (moons; 2.0 in their first 64 examples); pixel values
   of 0-255 spread by 62 to 79 per channel (MNIST's and CIFAR-10's usual normalisation constants
-  times 255; uniform noise 74), so a limit of 100 would miss them all. Integer inputs (token ids
-  for an Embedding) are not features and are skipped. Limitation: 3-D inputs are taken as (N, T,
-  features); a Conv1d's (N, channels, length) is measured per position, so its scales compare
-  across positions, not channels.
+  times 255; uniform noise 74), so a limit of 100 would miss them all. A feature with a spread
+  whose mean is farther than ``input_mean_high`` = 50 from zero (a year, 2000 ± 10) is found too:
+  its weights act as large biases. Integer inputs (token ids for an Embedding) are not features
+  and are skipped. The feature axis is the channel axis (1) when a convolution or a BatchNorm
+  takes the input as it is, the last axis when a Linear, a recurrent layer, attention or a
+  LayerNorm does; when a function reshapes the input first, 3-D inputs are taken as (N, T,
+  features) and images' channels as axis 1.
 - ``overfitting`` (warning): with validation (``update_validation``), the validation loss above
   its lowest by ``overfit_rise`` = 50 % (and by at least ``overfit_floor`` = 5 % of the larger of
   the first pass's validation and training losses, so that a near-zero loss that creeps up is
@@ -195,6 +198,7 @@ class Thresholds:
     probability_sum_tolerance: float = 1e-4  # |row sum - 1| of softmax outputs
     input_std_high: float = 50.0
     input_std_ratio: float = 1e3
+    input_mean_high: float = 50.0  # |mean| of a feature with a spread
     # validation passes (``Diagnostics.update_validation``), counted in passes, not frames
     overfit_rise: float = 0.5  # validation loss above its lowest by this fraction of it
     overfit_floor: float = 0.05  # ... and by this fraction of the first pass's losses

@@ -400,10 +400,12 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
     if forward_at and path and os.path.realpath(forward_at.rsplit(":", 1)[0]) != os.path.realpath(path):
         forward_at = None  # (a forward of torch's own, e.g. nn.Sequential's: its class name says enough)
     forward = f"{model_name}.forward" + (f" at {forward_at}" if forward_at else "")
+    consumer = _InputConsumer(um.model, x)
     with eval_mode(um.model), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            output = um.model(x)
+            with consumer:
+                output = um.model(x)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # (user code may raise any kind)
@@ -449,26 +451,79 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
             if bad:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
-    scale = input_scale_finding(um.x if um.x is not None else x, thresholds)
+    scale = input_scale_finding(um.x if um.x is not None else x, thresholds, consumer.feature_axis())
     return FirstBatchCheck(warnings=said, findings=tuple(d for d in (probabilities, scale) if d is not None))
 
 
 # ----------------------------------------------------------------------------------------- first-batch findings
 
 
-def input_scale_finding(x: Any, thresholds: Thresholds = Thresholds()) -> Diagnosis | None:
+class _InputConsumer:
+    """While entered, notes the first layer of ``model`` whose kind says where its input's
+    features are (a convolution, a Linear, ...; containers are looked through) that takes ``x``
+    itself as its first argument (the same tensor, or a view of it with its shape). Its hooks are
+    removed on exit, whatever happened."""
+
+    CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                      nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+    FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.MultiheadAttention, nn.LayerNorm,
+                     nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder)
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model, self.x = model, x
+        self.module: nn.Module | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_InputConsumer":
+        for module in self.model.modules():
+            self._handles.append(module.register_forward_pre_hook(self._seen))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _seen(self, module: nn.Module, args: tuple) -> None:
+        if self.module is not None or not isinstance(module, self.CHANNELS_FIRST + self.FEATURES_LAST) \
+                or not args or not isinstance(args[0], torch.Tensor):
+            return
+        first, x = args[0], self.x
+        try:
+            same = first is x or (first.shape == x.shape and x.numel() > 0 and first.data_ptr() == x.data_ptr())
+        except RuntimeError:  # (a tensor without storage)
+            same = False
+        if same:
+            self.module = module
+
+    def feature_axis(self) -> int | None:
+        """1 when a convolution or a per-channel normalisation takes the input ((N, C, ...)
+        channels first); the last axis when a Linear, a recurrent layer, attention or a LayerNorm
+        does; None when no module takes the input as it is (a function reshapes it first)."""
+        if self.module is None:
+            return None
+        if isinstance(self.module, self.CHANNELS_FIRST):
+            return 1 if self.x.dim() >= 3 else self.x.dim() - 1  # (a BatchNorm1d of (N, C): columns)
+        return self.x.dim() - 1
+
+
+def input_scale_finding(x: Any, thresholds: Thresholds = Thresholds(),
+                        feature_axis: int | None = None) -> Diagnosis | None:
     """An ``input_scale`` finding when the features of ``x`` are far from unit scale, else None.
 
-    A feature is a column of 2-D inputs, the last axis of 3-D (sequence) inputs and the channel
-    (axis 1) of images; its spread is the standard deviation over everything else, measured on
-    the first ``INPUT_SCALE_EXAMPLES`` examples. Integer inputs (token ids) are no features.
+    A feature is the slice along ``feature_axis`` when it is known (the first layer's kind says
+    it: a Conv1d's channels are axis 1 of (N, C, L)); otherwise a column of 2-D inputs, the last
+    axis of 3-D (sequence) inputs and the channel (axis 1) of images. Its spread is the standard
+    deviation over everything else, measured on the first ``INPUT_SCALE_EXAMPLES`` examples, and
+    it is found far from unit scale when its spread is too wide, when features' spreads are too
+    far apart, or when it sits far from zero. Integer inputs (token ids) are no features.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[0] == 0:
         return None
     x = x.detach()[:INPUT_SCALE_EXAMPLES]
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # (a squared spread of 1e4 overflows half precision)
-    axis = 1 if x.dim() >= 4 else x.dim() - 1
+    axis = feature_axis if feature_axis is not None else 1 if x.dim() >= 4 else x.dim() - 1
     dims = tuple(d for d in range(x.dim()) if d != axis) if x.dim() > 1 else (0,)
     std, mean = torch.std_mean(x, dim=dims, correction=0)
     std = std.double().cpu().numpy().reshape(-1)  # (one copy to the host)
@@ -482,9 +537,17 @@ def input_scale_finding(x: Any, thresholds: Thresholds = Thresholds()) -> Diagno
     ratio = float(std[widest] / std[narrowest])
     big = std[widest] > thresholds.input_std_high
     apart = ratio > thresholds.input_std_ratio
+    word = "channel" if axis == 1 and x.dim() >= 3 else "feature"
     if not (big or apart):
-        return None
-    word = "channel" if x.dim() >= 4 else "feature"
+        farthest = int(varied[np.argmax(np.abs(mean[varied]))])
+        if abs(mean[farthest]) <= thresholds.input_mean_high:
+            return None
+        message = (f"The inputs are far from zero: input {word} {farthest} has a mean of {mean[farthest]:.4g} "
+                   f"and a standard deviation of {std[farthest]:.3g}, so a weight on it acts as a large bias: "
+                   "a small change of that weight moves the layer's output more than the inputs' variations "
+                   "do, and the useful signal is a small ripple on a large offset.")
+        return before_training("input_scale", message, {
+            word: farthest, "std": float(std[farthest]), "mean": float(mean[farthest]), "examples": float(len(x))})
     wide = f"input {word} {widest} has a standard deviation of {std[widest]:.3g} (mean {mean[widest]:.3g})"
     narrow = f"{word} {narrowest} one of {std[narrowest]:.3g}, {ratio:.3g} times smaller"
     if big and apart:

@@ -877,6 +877,28 @@ def raw_pixel_images():
 def token_ids():
     return (nn.Sequential(nn.Embedding(5000, 4), nn.Flatten(), nn.Linear(20, 2)),
             (torch.randint(0, 5000, (300, 5), generator=g), Y), nn.CrossEntropyLoss())
+
+
+class Signal(nn.Module):  # a Conv1d inside a container: (N, channels, length) inputs
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU())
+        self.head = nn.Linear(4 * 18, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+def conv1d_channel_in_the_thousands():
+    x = torch.randn(300, 3, 20, generator=g)
+    x[:, 2] *= 1e3
+    return Signal(), (x, Y), nn.CrossEntropyLoss()
+
+
+def a_year_column():  # little spread, far from zero
+    x = X.clone()
+    x[:, 4] = 2000 + 10 * x[:, 4]
+    return model(), (x, Y), nn.CrossEntropyLoss()
 """
 
 
@@ -903,6 +925,25 @@ def test_inputs_far_from_unit_scale_are_found_naming_the_feature_and_its_std(tmp
     assert first_batch_findings(path, "one_feature_in_the_tens_of_thousands")["input_scale"].evidence["feature"] == 3
     for function in ("standardised_with_a_constant_feature", "token_ids"):
         assert first_batch_findings(path, function) == {}, function
+
+
+def test_a_conv1d_inputs_scales_are_compared_across_its_channels_not_positions(tmp_path):
+    path = write(tmp_path, SCALES)
+    x = load_user_model(f"{path}:conv1d_channel_in_the_thousands").x.double().numpy()
+    std = x.transpose(1, 0, 2).reshape(3, -1).std(axis=1)  # per channel, over examples and positions
+    d = first_batch_findings(path, "conv1d_channel_in_the_thousands")["input_scale"]
+    assert d.evidence["channel"] == int(np.argmax(std)) == 2 and d.evidence["std"] == pytest.approx(std[2], rel=1e-4)
+    assert "input channel 2 has a standard deviation of" in d.message, d.message
+
+
+def test_a_feature_far_from_zero_with_little_spread_is_found(tmp_path):
+    path = write(tmp_path, SCALES)
+    x = load_user_model(f"{path}:a_year_column").x.double().numpy()
+    d = first_batch_findings(path, "a_year_column")["input_scale"]
+    assert x[:, 4].std() < 50 and d.severity == "warning" and "\n" not in d.message
+    assert d.evidence["feature"] == 4 and d.evidence["mean"] == pytest.approx(x[:, 4].mean(), rel=1e-6)
+    assert d.evidence["std"] == pytest.approx(x[:, 4].std(), rel=1e-4)
+    assert f"input feature 4 has a mean of {x[:, 4].mean():.4g}" in d.message, d.message
 
 
 def test_no_built_in_data_set_is_called_badly_scaled():
