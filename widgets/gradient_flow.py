@@ -156,6 +156,7 @@ class GradientFlow(View):
         self._heat_values: np.ndarray | None = None  # (rows, steps) raw gradient norms
         self._heat_extent = (0.0, 1.0)  # x range the heatmap covers, in steps
         self._heat_sources: tuple[object, ...] = ()
+        self._heat_frozen_text: list[pg.TextItem] = []  # one per frozen row shown, reused
         self._drawn_selection: tuple[str | None, tuple[str, ...], tuple[str, ...]] | None = None
         self._data_selection_seen: str | None = None
         self.flagged: dict[str, tuple[str, tuple[str, ...]]] = {}  # layer -> (severity, codes)
@@ -239,7 +240,8 @@ class GradientFlow(View):
 
     @property
     def heatmap_layers(self) -> tuple[str, ...]:
-        """Rows of the heatmap, top to bottom (layers whose series is all NaN are skipped)."""
+        """Rows of the heatmap, top to bottom (layers whose series is all NaN are skipped, except
+        frozen ones: their rows stay, marked "frozen")."""
         return self._heat_layers
 
     @property
@@ -320,6 +322,8 @@ class GradientFlow(View):
             self._set_layer_ticks(layers)
         frozen_changed = frozen != self._frozen
         self._frozen = frozen
+        if frozen_changed:
+            self._heat_sources = ()  # (its rows change with the same series)
         if layers_changed or frozen_changed or frame is not self._frame:
             self._draw_frame(frame)
         self._draw_heatmap(data)
@@ -422,7 +426,10 @@ class GradientFlow(View):
             colours = "grey: 0"
         levels = _heat_levels(logs)
         logs[zero] = levels[0] - (levels[1] - levels[0])
-        keep = np.isfinite(logs).any(axis=1)  # a row that is all NaN says nothing: skip it
+        # A row that is all NaN says nothing (a layer without parameters): skip it. A frozen
+        # layer's stays, empty but for the word "frozen", so the rows match the bars' slots.
+        frozen = np.array([name in self._frozen for name, _ in present], dtype=bool)
+        keep = np.isfinite(logs).any(axis=1) | frozen
         if not keep.any():
             self._clear_heatmap(data.snapshot.step)
             return
@@ -443,11 +450,29 @@ class GradientFlow(View):
         if names != self._heat_layers:
             self.heat_plot.getAxis("left").set_categories(
                 [i + 0.5 for i in range(len(names))], short_names(names), names)
+        self._mark_frozen_rows(names, extent)
         self._heat_layers = names
         self._heat_extent = extent
         self._heat_steps = steps
         self._heat_values = values
         self._drawn_selection = None
+
+    def _mark_frozen_rows(self, names: tuple[str, ...], extent: tuple[float, float]) -> None:
+        """The word "frozen" across each frozen layer's (empty) heatmap row, in the run's middle."""
+        rows = [row for row, name in enumerate(names) if name in self._frozen]
+        while len(self._heat_frozen_text) < len(rows):
+            text = pg.TextItem(_FROZEN_TEXT, color=_FROZEN_RGB, anchor=(0.5, 0.5))
+            self.heat_plot.addItem(text)
+            self._heat_frozen_text.append(text)
+        for i, text in enumerate(self._heat_frozen_text):
+            text.setVisible(i < len(rows))
+            if i < len(rows):
+                text.setPos((extent[0] + extent[1]) / 2, rows[i] + 0.5)
+
+    @property
+    def heatmap_frozen_rows(self) -> tuple[int, ...]:
+        """Rows of the heatmap marked "frozen" (their layers' parameters all have requires_grad off)."""
+        return tuple(int(round(text.pos().y() - 0.5)) for text in self._heat_frozen_text if text.isVisible())
 
     def _clear_heatmap(self, step: int = 0) -> None:
         """No series (yet): an empty heatmap at the run's current step, with nothing left of the
@@ -463,6 +488,7 @@ class GradientFlow(View):
         self._heat_steps = np.zeros(0)
         self._heat_values = None
         self._heat_box.setData([], [])
+        self._mark_frozen_rows((), (0.0, 1.0))
 
     def _draw_selection(self) -> None:
         selection = self.selected_layer
@@ -503,6 +529,8 @@ class GradientFlow(View):
         if not 0 <= row < len(self._heat_layers):
             return ""
         column = int(np.argmin(np.abs(steps - x)))
+        if self._heat_layers[row] in self._frozen:
+            return f"{self._heat_layers[row]}: frozen (requires_grad is off for all its parameters), no gradient"
         value = values[row, column]
         shown = f"{value:.2g}" if not math.isfinite(value) else "0" if value == 0 else f"{value:.1e}"
         return f"{self._heat_layers[row]}  step {int(round(steps[column]))}: |g| = {shown}"

@@ -149,6 +149,34 @@ def test_heatmap_is_log10_series_and_skips_nan_rows(view):
     assert rendered_rgb(view.heat_image, *high) == tuple(SEQUENTIAL_LUT[-1][:3])
 
 
+def test_a_frozen_layer_keeps_its_heatmap_row_marked_frozen(view):
+    """The heatmap's rows match the bars' slots: a frozen layer's row stays, marked "frozen", empty
+    (transparent) where it has no norms, and with the norms it had before it was frozen."""
+    import dataclasses
+
+    frozen_layers = tuple(dataclasses.replace(info, trainable=info.name != "encoder.fc2") for info in LAYERS)
+    series = make_series()
+    view.render(make_data(make_frame(), series, layers=frozen_layers))
+    assert view.heatmap_layers == ("encoder.fc1", "encoder.fc2", "head")  # "norm": no norms, not frozen
+    assert view.heatmap_frozen_rows == (1,)
+    frozen_layers = tuple(dataclasses.replace(info, trainable=info.name not in ("encoder.fc2", "norm"))
+                          for info in LAYERS)
+    view.render(make_data(make_frame(), series, layers=frozen_layers))
+    assert view.heatmap_layers == ("encoder.fc1", "encoder.fc2", "norm", "head")
+    assert view.heatmap_frozen_rows == (1, 2)
+    image = view.heat_image.image
+    assert np.isnan(image[2]).all()
+    np.testing.assert_allclose(image[[0, 1, 3]], np.log10(np.vstack(
+        [series[f"grad_norm/{name}"].values for name in ("encoder.fc1", "encoder.fc2", "head")])), rtol=1e-6)
+    view.heat_image.render()
+    assert QtGui.QColor.fromRgba(view.heat_image.qimage.pixel(5, 2)).alpha() == 0  # the background shows
+    assert "frozen" in view.describe_point(100.0, 2.5) and "|g|" not in view.describe_point(100.0, 2.5)
+    assert "|g| = 1.0e-01" in view.describe_point(100.0, 0.5)
+    # Unfrozen: "norm" (all NaN) goes.
+    view.render(make_data(make_frame(), series, layers=LAYERS))
+    assert view.heatmap_layers == ("encoder.fc1", "encoder.fc2", "head") and view.heatmap_frozen_rows == ()
+
+
 def test_heatmap_aligns_series_of_different_lengths(view):
     short = SeriesData(np.array([0.0, 1000.0, 2000.0]), np.array([1e-2, 1e-3, 1e-4]))
     long = SeriesData(np.linspace(0, 2000, 201), np.full(201, 1.0))
