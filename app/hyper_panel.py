@@ -25,7 +25,7 @@ class LogSlider(QtWidgets.QWidget):
         self.slider.setRange(0, steps)
         self.slider.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
         self.label = QtWidgets.QLabel(self)
-        self.label.setMinimumWidth(64)
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("0.0003") + 4)  # (the longest .3g)
         layout = QtWidgets.QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.slider, 1)
@@ -141,6 +141,11 @@ class HyperPanel(QtWidgets.QWidget):
         for widget in (self.pause_nonfinite, self.pause_error, self.pause_norm_on):
             widget.toggled.connect(self._pause_changed)
         self.pause_norm.valueChanged.connect(self._pause_changed)
+
+        # A number box need not be wide enough for its largest value to be narrow enough for a
+        # 1024-pixel screen: its size hint still asks for that room where there is some.
+        for box, room in ((self.decay, "0.00000"), (self.clip, "0.000"), (self.pause_norm, "0.000")):
+            box.setMinimumWidth(box.fontMetrics().horizontalAdvance(room) + 24)  # (+ its arrows)
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.description)
