@@ -281,6 +281,10 @@ def build_run(scenario: Scenario | str, *, device: str = "auto", seed: int = 0,
 SMALL_MODEL_PARAMS = 1_000_000
 
 
+#: Steps between validation passes of a user's model that came with validation data.
+USER_VAL_EVERY = 50
+
+
 def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict[str, Any] | None = None,
                    capture_every: int | None | str = "auto") -> Run:
     """A run of the user's ``file.py:function`` model.
@@ -308,9 +312,10 @@ def build_user_run(ref: str, *, device: str = "auto", seed: int = 0, hyper: dict
     def reinit(module: torch.nn.Module) -> None:
         module.load_state_dict(initial)
 
-    trainer = Trainer(user.model, user.loss_fn, batches, hyper=hp,
-                      config=TrainerConfig(seed=seed, device=resolve_device(device),
-                                           capture_every=capture_every, val_every=0), reinit=reinit)
+    # Validated every 50 steps when the function returned validation data (a fourth item).
+    trainer = Trainer(user.model, user.loss_fn, batches, hyper=hp, val_data=user.val,
+                      config=TrainerConfig(seed=seed, device=resolve_device(device), capture_every=capture_every,
+                                           val_every=0 if user.val is None else USER_VAL_EVERY), reinit=reinit)
     boundary = None
     if user.x is not None and user.x.dim() == 2 and user.x.shape[1] == 2 and not user.y.is_floating_point():
         take = min(len(user.x), 600)

@@ -1,7 +1,8 @@
 """Bring your own model: load ``path/to/file.py:function`` and check it before training.
 
 The function takes no arguments and returns ``(model, (X, y), loss_fn)`` or
-``(model, data_loader, loss_fn)``. Everything that can go wrong in the user's code becomes a
+``(model, data_loader, loss_fn)``, optionally with validation data as a fourth item: ``(X_val,
+y_val)`` or a loader of it. Everything that can go wrong in the user's code becomes a
 :class:`UserModelError` whose message is one line naming the problem and where it happened
 (``file:line`` when known), so the app can show it as it is and stay alive.
 """
@@ -33,6 +34,7 @@ from torch import nn
 
 from engine.diagnostics import Diagnosis, Thresholds, before_training
 from engine.modes import eval_mode
+from engine.trainer import TrainerConfig
 
 __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
            "check_user_model", "input_scale_finding", "loader_boundary_sample", "BOUNDARY_SAMPLE",
@@ -40,7 +42,10 @@ __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", 
 
 logger = logging.getLogger(__name__)
 
-_EXPECTED = "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+_EXPECTED = ("expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn), optionally with validation "
+             "data (X_val, y_val) or a loader of it as a fourth item")
+#: At most this many validation examples are read from a validation loader (the trainer's limit).
+VAL_MAX_EXAMPLES = TrainerConfig().val_max_examples
 _MAX_MESSAGE = 400
 # Torch's RuntimeErrors about incompatible shapes, as opposed to other failures in a forward.
 _SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|mat1|mat2", re.IGNORECASE)
@@ -80,6 +85,7 @@ class UserModel:
     x: torch.Tensor | None = None  # tensor form
     y: torch.Tensor | None = None
     loader: Iterable | None = None  # loader form: yields (x, y) batches
+    val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out (X_val, y_val), when the function gave some
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +294,10 @@ def load_user_model(ref: str, seed: int | None = None) -> UserModel:
 
 def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
     where = path
-    if not isinstance(result, (tuple, list)) or len(result) != 3:
+    if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
         raise UserModelError(f"{where}: {function}() returned {_describe(result)}; {_EXPECTED}")
-    model, data, loss_fn = result
+    model, data, loss_fn = result[:3]
+    val = _validation_data(where, function, result[3]) if len(result) == 4 else None
     if not isinstance(model, nn.Module):
         raise UserModelError(
             f"{where}: {function}() returned {_describe(model)} as the model; expected a torch.nn.Module"
@@ -309,13 +316,52 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
     if pair and not any(isinstance(part, (tuple, list, dict)) for part in data):
         x, y = data
         _check_examples(where, x, y, "X", "y")
-        return UserModel(ref=ref, model=model, loss_fn=loss_fn, x=x, y=y)
+        if val is not None and (val[0].shape[1:] != x.shape[1:] or val[1].shape[1:] != y.shape[1:]):
+            raise UserModelError(
+                f"{where}: the validation data's examples are shaped X_val {tuple(val[0].shape[1:])}, "
+                f"y_val {tuple(val[1].shape[1:])}, the training data's X {tuple(x.shape[1:])}, y {tuple(y.shape[1:])}")
+        return UserModel(ref=ref, model=model, loss_fn=loss_fn, x=x, y=y, val=val)
     if isinstance(data, torch.Tensor) or isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
         raise UserModelError(
             f"{where}: {function}() returned {_describe(data)} as data; "
             "expected (X, y) tensors or an iterable of (x, y) batches"
         )
-    return UserModel(ref=ref, model=model, loss_fn=loss_fn, loader=data)
+    return UserModel(ref=ref, model=model, loss_fn=loss_fn, loader=data, val=val)
+
+
+def _validation_data(where: str, function: str, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fourth item a model function returned: (X_val, y_val) tensors, or an iterable of
+    (x, y) batches of which the first ``VAL_MAX_EXAMPLES`` examples are read (joined once, here)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        _check_examples(where, data[0], data[1], "X_val", "y_val")
+        return data[0], data[1]
+    if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
+        raise UserModelError(f"{where}: {function}() returned {_describe(data)} as validation data; "
+                             "expected (X_val, y_val) tensors or an iterable of (x, y) batches")
+    _check_workers(where, data)
+    xs, ys, count = [], [], 0
+    try:
+        for batch in data:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise UserModelError(f"{where}: the validation loader yielded {_describe(batch)}; "
+                                     "expected (x, y) batches")
+            _check_examples(where, batch[0], batch[1], "the validation batch's x", "the validation batch's y")
+            xs.append(batch[0])
+            ys.append(batch[1])
+            count += len(batch[0])
+            if count >= VAL_MAX_EXAMPLES:
+                break
+    except UserModelError:
+        raise
+    except Exception as exc:
+        raise UserModelError(f"{where}: the validation loader raised {_error_text(exc)}") from exc
+    if not xs:
+        raise UserModelError(f"{where}: the validation loader yielded no batches")
+    try:
+        x, y = torch.cat(xs)[:VAL_MAX_EXAMPLES], torch.cat(ys)[:VAL_MAX_EXAMPLES]
+    except RuntimeError as exc:
+        raise UserModelError(f"{where}: the validation loader's batches don't stack: {_one_line(exc)}") from exc
+    return x, y
 
 
 # ----------------------------------------------------------------------------------------- checking
@@ -451,8 +497,30 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
             if bad:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
+    if um.val is not None:
+        _check_validation_batch(um, where, batch_size, device)
     scale = input_scale_finding(um.x if um.x is not None else x, thresholds, consumer.feature_axis())
     return FirstBatchCheck(warnings=said, findings=tuple(d for d in (probabilities, scale) if d is not None))
+
+
+def _check_validation_batch(um: UserModel, where: str, batch_size: int, device: torch.device | None) -> None:
+    """The model and loss run on the first validation batch as they do on the training data."""
+    assert um.val is not None
+    x, y = um.val[0][:batch_size], um.val[1][:batch_size]
+    if device is not None:
+        x, y = x.to(device), y.to(device)
+    with eval_mode(um.model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (said once, for the training batch)
+        try:
+            loss = um.loss_fn(um.model(x), y)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # (user code may raise any kind)
+            raise UserModelError(f"{where}: the validation data fails where the training data runs: "
+                                 f"{_error_text(exc)} (X_val batch of shape {tuple(x.shape)}, "
+                                 f"y_val of shape {tuple(y.shape)})") from exc
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise UserModelError(f"{where}: loss_fn returned {_describe(loss)} on the validation data, expected a scalar")
 
 
 # ----------------------------------------------------------------------------------------- first-batch findings

@@ -274,14 +274,15 @@ def test_function_raising(tmp_path):
         ("nn.Linear(2, 2), (torch.zeros(3, 2), torch.zeros(3))", "a tuple of 2 items"),
         ("None", "None"),
         ("nn.Linear(2, 2)", "a Linear"),
-        ("[1, 2, 3, 4]", "a list of 4 items"),
+        ("[1, 2, 3, 4, 5]", "a list of 5 items"),
     ],
 )
 def test_wrong_return_form(tmp_path, returned, described):
     path = write(tmp_path, f"def build():\n    return {returned}\n")
     expected = (
         f"{path}: build() returned {described}; "
-        "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn)"
+        "expected (model, (X, y), loss_fn) or (model, data_loader, loss_fn), optionally with validation "
+        "data (X_val, y_val) or a loader of it as a fourth item"
     )
     assert load_error(f"{path}:build") == expected
 
