@@ -24,6 +24,13 @@ def save_png(widget: QtWidgets.QWidget, path: str) -> None:
     """Grab the widget as it is on screen and write it atomically."""
     from PySide6 import QtCore
 
+    dock = widget.parentWidget()
+    if isinstance(dock, QtWidgets.QDockWidget) and widget.visibleRegion().isEmpty():
+        # A view in a tab behind another is neither laid out nor drawn (views are refreshed only
+        # while shown; the grab was a stale 100×88 picture): bring its tab forward, which draws it.
+        dock.show()
+        dock.raise_()
+        QtWidgets.QApplication.processEvents()
     pixmap = widget.grab()
     buffer = QtCore.QBuffer()
     buffer.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)

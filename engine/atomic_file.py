@@ -37,7 +37,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot write {target}: {exc.strerror or exc}") from exc
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):  # never created, or already renamed
+        # Never created, or already renamed; or its folder is not one (a file named as the folder):
+        # the error that matters is the one being raised, not this cleanup's.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(tmp)
         raise
     _fsync_folder(folder)

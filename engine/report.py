@@ -328,9 +328,13 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
 
     import torch
 
+    from engine import saved_frame
+    from engine.diagnostics import Diagnosis
     from engine.history import History
     from engine.reduce import as_matrix, shrink_2d
     from engine.runfile import save_run
+    from engine.snapshot import Metrics, Snapshot
+    from engine.views import boundary_view
     from engine.worker import history_columns
 
     names = [layer["name"] for layer in report["layers"]]
@@ -368,7 +372,33 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
         if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
             tensors[f"weight/{layer.name}"] = shrink_2d(as_matrix(weight.detach())).cpu().float().numpy()
             shown = shown or layer.name
+    # What the app's views draw besides the series: the findings (Health), the metrics and, for 2-D
+    # data, the decision boundary at the last step (without them the opened file said "No problems
+    # found so far" after a report that found some).
+    diagnoses = tuple(Diagnosis(code=d["code"], severity=d["severity"], layers=tuple(d["layers"]), step=d["step"],
+                                message=d["message"], fixes=tuple(d["fixes"]), last_step=d["last_step"],
+                                evidence={k: math.nan if v is None else v for k, v in d["evidence"].items()})
+                      for d in report["diagnoses"])
+
+    def last(values: list | None) -> float | None:
+        found = [v for v in values or () if v is not None]
+        return found[-1] if found else None
+
+    val_steps = validation.get("step") or []
+    loss = last(report["loss"])
+    metrics = Metrics(train_loss=math.nan if loss is None else loss,
+                      train_acc=last(report.get("accuracy")), val_loss=last(validation.get("loss")),
+                      val_acc=last(validation.get("accuracy")), val_step=val_steps[-1] if val_steps else None)
+    try:
+        boundary = boundary_view(run, steps)
+    except Exception:  # a display extra (as in the app): a model that can't take the grid saves none
+        log.debug("no decision boundary for %s", run.name, exc_info=True)
+        boundary = None
+    snapshot = Snapshot(run_id=-1, step=steps, state="paused", scenario=str(run.name), device=str(trainer.device),
+                        layers=tuple(trainer.probe.layers), metrics=metrics, hyper=trainer.hyper,
+                        boundary=boundary, diagnoses=diagnoses)
+    description, arrays = saved_frame.encode(snapshot, known=tensors)
     config = {**run.config, "name": run.config.get("model_ref") or run.config.get("scenario"),
               "model": None, "step": steps, "device": str(trainer.device), "tensor_layer": shown,
-              "layers": [dataclasses.asdict(layer) for layer in trainer.probe.layers]}
-    save_run(path, config=config, history=history, tensors=tensors, step=steps)
+              "layers": [dataclasses.asdict(layer) for layer in trainer.probe.layers], "shown": description}
+    save_run(path, config=config, history=history, tensors={**tensors, **arrays}, step=steps)

@@ -63,3 +63,63 @@ def test_csv_keeps_sparse_columns_and_whole_step_numbers(tmp_path: Path) -> None
     assert [int(r[0]) for r in table[1:]] == steps.tolist()  # whole numbers, not 1.23456e+06
     np.testing.assert_allclose([float(r[1]) for r in table[1:]], rows[:, 0], rtol=1e-6)
     assert [r[2] for r in table[1:]][:11] == ["0.9"] + [""] * 9 + ["0.8"]
+
+
+def test_a_report_run_file_keeps_the_findings_and_the_boundary(tmp_path: Path) -> None:
+    # Softmax outputs fed to cross_entropy: the report finds it before training. Opened in the
+    # app, the file showed "No problems found so far" and no decision boundary for its 2-D data.
+    import json
+
+    import torch
+
+    from engine.views import GRID
+
+    model = tmp_path / "probs.py"
+    model.write_text("import torch\nfrom torch import nn\n\ndef build():\n"
+                     "    torch.manual_seed(0)\n    x = torch.randn(64, 2)\n    y = (x[:, 0] > 0).long()\n"
+                     "    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Softmax(dim=1))\n"
+                     "    return model, (x, y), nn.functional.cross_entropy\n")
+    path, report = tmp_path / "probs.glassbox", tmp_path / "probs.json"
+    assert report_main(["--model", f"{model}:build", "--steps", "4", "--save", str(path),
+                        "--json", str(report)]) == 0
+    found = json.loads(report.read_text())["diagnoses"]
+    assert found and any(d["code"] == "probabilities_to_logit_loss" for d in found)
+    snapshot = saved_view(str(path)).snapshot
+    assert [(d.code, d.severity, d.layers, d.step, d.message, d.fixes) for d in snapshot.diagnoses] == \
+        [(d["code"], d["severity"], tuple(d["layers"]), d["step"], d["message"], tuple(d["fixes"])) for d in found]
+    assert snapshot.metrics.train_loss == json.loads(report.read_text())["loss"][-1]
+    # The boundary: the saved weights' prediction over the grid, worked out here.
+    boundary = snapshot.boundary
+    assert boundary is not None and boundary.step == 4
+    weight = torch.from_numpy(snapshot.tensors.weight).double()
+    x0, x1, y0, y1 = boundary.extent
+    gy, gx = torch.meshgrid(torch.linspace(y0, y1, GRID, dtype=torch.float64),
+                            torch.linspace(x0, x1, GRID, dtype=torch.float64), indexing="ij")
+    grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    expected = torch.softmax(torch.softmax(grid @ weight.T, dim=1), dim=1)[:, 1].reshape(GRID, GRID)
+    np.testing.assert_allclose(boundary.prediction, expected.numpy(), atol=1e-5)
+
+
+def test_a_view_in_a_tab_behind_another_exports_as_it_shows_in_front(qtbot, tmp_path: Path) -> None:
+    from PySide6 import QtGui
+
+    from app.main_window import MainWindow
+
+    window = MainWindow(remember_layout=False)  # the default layout: Health is a tab behind Loss
+    qtbot.addWidget(window)
+    window.resize(1400, 900)
+    window.show()
+    try:
+        window.start_engine(scenario="xor-mlp", device="cpu", play=True)
+        qtbot.waitUntil(lambda: window.bridge.latest is not None and window.bridge.latest.step >= 3, timeout=30000)
+        window.pause()
+        window.docks["loss"].raise_()
+        qtbot.wait(100)
+        health, loss = window.views["health"], window.views["loss"]
+        assert health.visibleRegion().isEmpty() and not loss.visibleRegion().isEmpty()
+        tab_size = loss.size()  # what a view of that tab measures in front
+        image = QtGui.QImage(window.export_png("health", str(tmp_path / "health.png")))
+        assert (image.width(), image.height()) == (tab_size.width(), tab_size.height())
+        assert not health.visibleRegion().isEmpty()  # (its tab came forward)
+    finally:
+        window.shutdown()

@@ -261,3 +261,14 @@ def test_arrays_are_never_unpickled(saved, tmp_path):
                 dst.writestr(info, src.read(info))
     with pytest.raises(RunFileError, match=r"array 'tensors/labels' is not a plain array \(damaged, or not from"):
         load_run(target)
+
+
+def test_a_save_into_a_file_named_as_its_folder_says_so(saved, history):
+    # "run.glassbox/copy.glassbox": the folder is a file. The error names the file asked for and
+    # the reason, not the hidden temporary file the cleanup could not remove either.
+    target = os.path.join(saved, "copy.glassbox")
+    with pytest.raises(NotADirectoryError) as raised:
+        save_run(target, config=CONFIG, history=history, tensors={}, step=1)
+    assert str(raised.value) == f"[Errno {raised.value.errno}] cannot write {target}: Not a directory"
+    assert ".tmp" not in str(raised.value)
+    assert load_run(saved).meta["step"] == 5998
