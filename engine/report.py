@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--scenario", metavar="NAME", help="a built-in scenario (see the list below)")
     source.add_argument("--model", metavar="FILE.py:FUNC",
                         help="your model: a function with no arguments returning "
-                             "(model, (X, y), loss_fn) or (model, data_loader, loss_fn)")
+                             "(model, (X, y), loss_fn) or (model, data_loader, loss_fn), optionally with "
+                             "validation data (X_val, y_val) or a loader of it as a fourth item (then "
+                             "validated every 50 steps)")
     parser.add_argument("--steps", type=int, default=200, metavar="N", help="training steps (default 200)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to train (default: auto, CUDA when present)")
