@@ -133,6 +133,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._layout_restored = False
         self._saved_run: tuple[Callable, dict[str, Any]] | None = None  # an opened run file: (factory, description)
         self._saved_history: Any = None  # and its history, for Export
+        self._saved_view: ViewData | None = None  # and what it shows, for a view brought forward
         self._saved_path = ""  # and where it is
         self.partner: Any = None  # a second Bridge while two runs train side by side
         self._compare_drawn = [0.0, 0.0]
@@ -444,19 +445,26 @@ class MainWindow(QtWidgets.QMainWindow):
         self._requested = {"kind": "user", "name": ref, "model": None, "device": device}
         return functools.partial(self._scenario_module.build_user_run, ref, device=device)
 
-    def _show_current_run(self) -> None:
-        """The combos show the current run (after a failed load, again)."""
-        if self._current["kind"] == "user" and self.scenario.findData(self._current["name"]) < 0:
-            # The user's model gets an entry of its own (choosing it again reloads the file).
-            file, _, function = self._current["name"].rpartition(":")
+    def _show_in_scenario_box(self, current: dict[str, Any]) -> None:
+        """The scenario box shows ``current``'s scenario or model file; a model file gets an entry
+        of its own (choosing it again reloads the file)."""
+        if current["kind"] == "user" and self.scenario.findData(current["name"]) < 0:
+            file, _, function = current["name"].rpartition(":")
             with QtCore.QSignalBlocker(self.scenario):
                 self.scenario.insertItem(self.scenario.findData(OPEN_MODEL),
-                                         f"Your model · {Path(file).name}:{function}", self._current["name"])
-        for combo, value in ((self.scenario, self._current["name"]), (self.device, self._current["device"])):
-            index = combo.findData(value)
-            if index >= 0 and index != combo.currentIndex():
-                with QtCore.QSignalBlocker(combo):
-                    combo.setCurrentIndex(index)
+                                         f"Your model · {Path(file).name}:{function}", current["name"])
+        index = self.scenario.findData(current["name"])
+        if index >= 0 and index != self.scenario.currentIndex():
+            with QtCore.QSignalBlocker(self.scenario):
+                self.scenario.setCurrentIndex(index)
+
+    def _show_current_run(self) -> None:
+        """The combos show the current run (after a failed load, again)."""
+        self._show_in_scenario_box(self._current)
+        index = self.device.findData(self._current["device"])
+        if index >= 0 and index != self.device.currentIndex():
+            with QtCore.QSignalBlocker(self.device):
+                self.device.setCurrentIndex(index)
 
     def _saved(self, key: str, default: Any) -> Any:
         return app_settings().value(key, default) if self._remember else default
@@ -478,7 +486,7 @@ class MainWindow(QtWidgets.QMainWindow):
         (play, a step, a phase, a reinitialisation) to act on the run that was on screen."""
         if self._saved_run is not None:
             (factory, current), self._saved_run = self._saved_run, None
-            self._saved_history = None
+            self._saved_history = self._saved_view = None
             self.timeline.setEnabled(True)
             self.hyper_panel.setEnabled(True)
             self._requested = {**current, "device": self._current["device"]}
@@ -669,7 +677,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self._replace(self._scenario_factory(self._current["name"], self._current["model"], device=device))
 
     def _replace(self, factory: Callable) -> None:
-        self._saved_run = self._saved_history = None
+        self._saved_run = self._saved_history = self._saved_view = None
         self.timeline.setEnabled(True)
         self.hyper_panel.setEnabled(True)
         was_running = self._running
@@ -845,7 +853,13 @@ class MainWindow(QtWidgets.QMainWindow):
             self._set_running(False)
 
     def _dock_shown(self, key: str, visible: bool) -> None:
-        if visible and self.bridge is not None and self.bridge.latest is not None and key in self.views:
+        """A view brought forward (a tab clicked) is drawn at once: the opened run file's state
+        while one is on screen, else the run's."""
+        if not visible or key not in self.views:
+            return
+        if self._saved_run is not None and self._saved_view is not None:
+            self.views[key].render(self._saved_view)
+        elif self.bridge is not None and self.bridge.latest is not None:
             self.views[key].render(self.bridge.view_data())
 
     # --- files ---------------------------------------------------------------------------
@@ -857,7 +871,11 @@ class MainWindow(QtWidgets.QMainWindow):
             return None
         from app.exporting import save_png
 
-        save_png(self.views[key], path)
+        try:
+            save_png(self.views[key], path)
+        except OSError as exc:  # a folder that isn't there, a full disk: say so, keep running
+            self.banner.show_error(f"Could not export the view: {exc}", path)
+            return None
         self.statusBar().showMessage(f"Saved {path}", 4000)
         return path
 
@@ -877,6 +895,9 @@ class MainWindow(QtWidgets.QMainWindow):
         QtWidgets.QApplication.setOverrideCursor(QtCore.Qt.CursorShape.WaitCursor)
         try:
             save_history_csv(history, path)
+        except OSError as exc:  # a folder that isn't there, a full disk: say so, keep running
+            self.banner.show_error(f"Could not export the series: {exc}", path)
+            return None
         finally:
             QtWidgets.QApplication.restoreOverrideCursor()
         self.statusBar().showMessage(f"Saved {path}", 4000)
@@ -930,6 +951,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pause()
         self._saved_run = (factory, current)
         self._saved_history = history
+        self._saved_view = view
         self._saved_path = path
         # The file holds one step's state: nothing to scrub through until its run trains again.
         self.timeline.show_saved(view.snapshot.step)
@@ -937,9 +959,7 @@ class MainWindow(QtWidgets.QMainWindow):
         description, model = self._run_description(view.snapshot.scenario, current.get("model"))
         self.hyper_panel.show_run(description, model, view.snapshot.hyper)
         self.hyper_panel.setEnabled(False)
-        if current["kind"] == "scenario":
-            with QtCore.QSignalBlocker(self.scenario):
-                self.scenario.setCurrentIndex(max(0, self.scenario.findData(current["name"])))
+        self._show_in_scenario_box(current)
         for key, widget in self.views.items():
             widget.render(view)
         self._last_snapshot = view.snapshot

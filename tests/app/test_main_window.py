@@ -615,3 +615,42 @@ def test_a_phase_by_phase_walk_shows_the_true_tensors_and_follows_the_layer(qtbo
         assert network.phase_band.path().isEmpty()
     finally:
         win.shutdown()
+
+
+def test_an_opened_run_file_stays_on_screen_names_its_model_and_a_failed_export_says_so(qtbot, tmp_path) -> None:
+    """A run of your own model, saved, then opened over a live scenario run: the scenario box
+    names your model, a view brought forward from behind a tab draws the file's state (it drew
+    the live run's), and an export into a missing folder says so in the banner."""
+    model = tmp_path / "two_d.py"
+    model.write_text("import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+                     "    x = torch.randn(128, 2)\n    y = (x[:, 0] * x[:, 1] > 0).long()\n"
+                     "    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2)), (x, y), "
+                     "nn.CrossEntropyLoss()\n")
+    win = MainWindow(remember_layout=False)  # the default layout: Health is a tab behind Loss
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    try:
+        win.start_engine(model=f"{model}:build", device="cpu", play=True)
+        wait_step(qtbot, win, 5)
+        win.pause()
+        qtbot.waitUntil(lambda: win.bridge.latest.state == "paused", timeout=10000)
+        run_path = win.save_run(str(tmp_path / "mine.glassbox"))
+        win.run_scenario("spirals-mlp")
+        qtbot.waitUntil(lambda: win.bridge.latest.scenario == "spirals-mlp" and win.bridge.latest.step >= 3,
+                        timeout=20000)
+        assert run_path and win.open_run(run_path)
+        assert win.scenario.currentText() == "Your model · two_d.py:build"
+        assert win.scenario.currentData().endswith("two_d.py:build")
+        win.docks["loss"].raise_()
+        qtbot.waitUntil(lambda: win.views["health"].visibleRegion().isEmpty(), timeout=3000)
+        win.docks["health"].raise_()
+        qtbot.waitUntil(lambda: not win.views["health"].visibleRegion().isEmpty(), timeout=3000)
+        assert win.views["health"]._last.snapshot.run_id == -1  # the file's, not spirals'
+        missing = tmp_path / "no such folder"
+        assert win.export_csv(str(missing / "series.csv")) is None
+        assert "Could not export the series" in win.banner.message.text()
+        assert win.export_png("loss", str(missing / "loss.png")) is None
+        assert "Could not export the view" in win.banner.message.text()
+    finally:
+        win.shutdown()
