@@ -13,7 +13,7 @@ from PySide6 import QtWidgets
 from engine import saved_frame
 from engine.atomic_file import write_atomic
 from engine.history import History
-from engine.snapshot import Snapshot, ViewData
+from engine.snapshot import SAVED_RUN_ID, Snapshot, ViewData
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def open_saved(path: str) -> tuple[ViewData, History]:
         frames = (StatsFrame(step=step, loss=last_loss, layer_names=names, values=values,
                              histograms=np.zeros((len(names), 48), np.float32),
                              hist_edges=np.linspace(-4, 4, 49, dtype=np.float32)),)
-    snapshot = Snapshot(run_id=-1, step=step, state="paused",
+    snapshot = Snapshot(run_id=SAVED_RUN_ID, step=step, state="paused",
                         scenario=str(config.get("scenario") or config.get("name")),
                         device=str(config.get("device", "cpu")), layers=layers,
                         metrics=shown.metrics or Metrics(train_loss=last_loss), hyper=hyper,

@@ -335,7 +335,7 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
     from engine.history import History
     from engine.reduce import as_matrix, shrink_2d
     from engine.runfile import save_run
-    from engine.snapshot import Metrics, Snapshot
+    from engine.snapshot import SAVED_RUN_ID, Metrics, Snapshot
     from engine.views import boundary_view
     from engine.worker import history_columns
 
@@ -396,8 +396,9 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
     except Exception:  # a display extra (as in the app): a model that can't take the grid saves none
         log.debug("no decision boundary for %s", run.name, exc_info=True)
         boundary = None
-    snapshot = Snapshot(run_id=-1, step=steps, state="paused", scenario=str(run.name), device=str(trainer.device),
-                        layers=tuple(trainer.probe.layers), metrics=metrics, hyper=trainer.hyper,
+    snapshot = Snapshot(run_id=SAVED_RUN_ID, step=steps, state="paused", scenario=str(run.name),
+                        device=str(trainer.device), layers=tuple(trainer.probe.layers), metrics=metrics,
+                        hyper=trainer.hyper,
                         boundary=boundary, diagnoses=diagnoses)
     description, arrays = saved_frame.encode(snapshot, known=tensors)
     config = {**run.config, "name": run.config.get("model_ref") or run.config.get("scenario"),

@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "STAT_NAMES",
+    "SAVED_RUN_ID",
     "LayerInfo",
     "StatsFrame",
     "TensorViews",
@@ -197,6 +198,10 @@ class Hyper:
     clip_norm: float | None = None
     batch_size: int = 64
     momentum: float = 0.9
+
+
+#: The ``run_id`` of a snapshot read back from a run file: it is no live run's, and never changes.
+SAVED_RUN_ID = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
-from engine.snapshot import ViewData
+from engine.snapshot import SAVED_RUN_ID, ViewData
 from widgets.base import View
 from widgets.colormaps import DIVERGING_LUT, symmetric_levels
 from widgets.label_fit import FittedAxis, FittedTitle
@@ -200,6 +200,16 @@ class WeightHeatmap(View):
             self._matrix = None
             self._shown = None
             self._show_hint(f"{wanted}: shown when this phase-by-phase step ends")
+            return
+        if wanted and wanted != tensors.layer and (snapshot.run_id == SAVED_RUN_ID or data.viewed_step is not None):
+            # (a run file or a recorded step holds the tensors of the layer chosen then, and no other's)
+            self._matrix = None
+            self._shown = None
+            if snapshot.run_id == SAVED_RUN_ID:
+                self._show_hint(f"{wanted}: this run file holds the matrices of {tensors.layer} only")
+            else:
+                self._show_hint(f"{wanted}: step {data.viewed_step} recorded the matrices of {tensors.layer} "
+                                "only (End goes live)")
             return
         shown = self._shown
         if shown is not None and shown[0] is array and shown[1:] == (self._mode, tensors.layer):

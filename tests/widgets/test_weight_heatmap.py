@@ -267,3 +267,31 @@ def test_a_chosen_layer_not_measured_yet_is_not_told_to_pick_a_layer_with_weight
     view.render(make_data(None, selected="head"))  # (before the first measured step)
     assert view.layer_combo.currentText() == "head"
     assert view.hint == "head: its weights appear once a step has been measured"
+
+
+def test_a_saved_run_or_recorded_step_never_shows_one_layers_matrix_under_anothers_name(view):
+    """A run file, or a step scrubbed back to, holds the matrices of the layer chosen then: choosing
+    another says so instead of drawing the first under the new name; going back draws it again."""
+    import dataclasses
+
+    from engine.snapshot import SAVED_RUN_ID
+
+    rng = np.random.default_rng(5)
+    tensors = make_tensors(rng)
+    saved = make_data(tensors)
+    saved = dataclasses.replace(saved, snapshot=dataclasses.replace(saved.snapshot, run_id=SAVED_RUN_ID))
+    view.render(saved)
+    assert not view.hint
+    np.testing.assert_array_equal(view.image.image, tensors.weight)
+    view.set_selection("head")
+    assert view.layer_combo.currentText() == "head"
+    assert view.hint == "head: this run file holds the matrices of fc1 only"
+    view.set_selection("fc1")
+    assert not view.hint
+    np.testing.assert_array_equal(view.image.image, tensors.weight)
+    scrubbed = dataclasses.replace(make_data(tensors, selected="head"), viewed_step=10)
+    view.render(scrubbed)
+    assert view.hint == "head: step 10 recorded the matrices of fc1 only (End goes live)"
+    view.render(make_data(tensors, selected="head"))  # live: the next measurement brings head's
+    assert not view.hint
+    np.testing.assert_array_equal(view.image.image, tensors.weight)
