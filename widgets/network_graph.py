@@ -414,7 +414,7 @@ class NetworkGraph(View):
             return  # redrawn at display rate with nothing new
         self._network = network
         self._stack.setCurrentWidget(self.plot_widget)
-        self._set_note(network.note)
+        self._set_note(_with_phase_note(network, phase))
         names = tuple(str(n) for n in network.column_names)
         sizes = tuple(int(s) for s in network.column_sizes)
         if self._geometry is None or self._geometry.names != names or self._geometry.sizes != sizes:
@@ -825,6 +825,16 @@ class NetworkGraph(View):
             return
         point = self.view_box.mapSceneToView(event.scenePos())
         self.click_at(point.x(), point.y())
+
+
+def _with_phase_note(network: NetworkView, phase: PhaseInfo | None) -> str:
+    """The network's note, led during a phase-by-phase step by whose values the units show: the
+    last measured step's, since the step being walked through is measured as it ends."""
+    valued = any(a is not None for a in network.activations + network.gradients)
+    if phase is None or not valued:
+        return network.note
+    said = f"Units: step {network.step}'s values (this step's come when it ends)."
+    return f"{said} {network.note}" if network.note else said
 
 
 def phase_columns(phase: PhaseInfo, columns: tuple[str, ...]) -> tuple[str, ...]:

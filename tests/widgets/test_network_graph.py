@@ -403,3 +403,25 @@ def test_an_unjoined_wide_column_gets_no_band(graph):
     assert edge_count(graph) == 0
     graph.render(view_data(None))
     assert not graph.note.isVisible()  # the hint shows no note of an earlier network
+
+
+def test_mid_phase_step_the_note_says_whose_values_the_units_show(graph):
+    """Walking a step phase by phase, the units still show the last measured step's values (this
+    step is measured as it ends): the note says so, before any note of the network's own; with no
+    values yet (a run's first step) it says nothing of them."""
+    import dataclasses
+
+    from engine.snapshot import PhaseInfo
+
+    phase = PhaseInfo(index=1, total=9, kind="forward", module="layers.1.linear")
+    net = network(step=7, note="1 skip link is not drawn")
+    data = view_data(net)
+    graph.render(dataclasses.replace(data, snapshot=dataclasses.replace(data.snapshot, state="stepping",
+                                                                         step=7, phase=phase)))
+    assert graph.note.text() == "Units: step 7's values (this step's come when it ends). 1 skip link is not drawn"
+    graph.render(data)  # the step ended
+    assert graph.note.text() == "1 skip link is not drawn"
+    bare = network(activations=(None,) * 4, gradients=(None,) * 4)
+    graph.render(dataclasses.replace(view_data(bare), snapshot=dataclasses.replace(
+        view_data(bare).snapshot, state="stepping", phase=phase)))
+    assert graph.note.isHidden() and graph.phase_columns == ("layers.1.linear",)
