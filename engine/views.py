@@ -158,7 +158,9 @@ def _note(links: Sequence[tuple[str, str, frozenset[str] | None, bool]], order: 
     ``links``: for every column after the first, (its layer, the column before it, the layer's
     feeders or None if untraced, whether that column is one of them). A layer not fed by its left
     neighbour is named with what does feed it; the extra feeders of a joined layer (skip links: a
-    residual stream has many) are counted, with the first two named.
+    residual stream has many) are counted, with the first two named. A layer that feeds itself
+    (one module applied twice in a row, its weights shared) is named too: its one column stands
+    for both passes and shows the first.
     """
     rank = {name: i for i, name in enumerate(order)}
     parts, skips = [], []
@@ -166,6 +168,8 @@ def _note(links: Sequence[tuple[str, str, frozenset[str] | None, bool]], order: 
         if feeders is None:
             parts.append(f"{layer}'s input was not traced: no link into it is drawn")
             continue
+        if layer in feeders:
+            parts.append(f"{layer} runs again on its own output (shared weights): its column shows its first pass")
         others = sorted(feeders - {layer, previous}, key=lambda name: (rank.get(name, len(rank)), name))
         sources = [_shown(name) for name in others]
         if fed:

@@ -283,3 +283,31 @@ def test_an_embedding_column_has_a_unit_per_embedding_dimension():
         np.testing.assert_array_equal(view.weights[1], head)
     finally:
         trainer.close()
+
+
+class SharedBlock(nn.Module):
+    """One Linear applied twice in a row: its weights are shared by both passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(2, 8)
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.head(torch.relu(self.block(torch.relu(self.block(h)))))
+
+
+def test_a_layer_applied_twice_is_named_and_its_column_shows_its_first_pass():
+    view, weights, run = captured_view(SharedBlock())
+    try:
+        assert view.column_names == ("input", "inp", "block", "head") and view.connected == (True, True, True)
+        assert view.note == "block runs again on its own output (shared weights): its column shows its first pass"
+        example = torch.from_numpy(run.trainer.last_batch[0][0].numpy()).double()
+        w = {name: torch.from_numpy(value).double() for name, value in weights.items()}
+        hidden = torch.relu(example @ w["inp"].T + w["inp.bias"])
+        first = hidden @ w["block"].T + w["block.bias"]
+        np.testing.assert_allclose(view.activations[2], first.numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        run.trainer.close()
