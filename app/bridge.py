@@ -213,7 +213,8 @@ class Bridge(QtCore.QObject):
             names = [f"{stat}/{layer.name}" for layer in snapshot.layers if f"{stat}/{layer.name}" in history.columns]
             if not names:
                 continue
-            steps, matrix = history.matrix(names, max_points=256)
+            # Evenly spaced: the gradient heatmap draws its columns at equal widths.
+            steps, matrix = history.matrix(names, max_points=256, evenly=True)
             for row, name in enumerate(names):
                 series[name] = SeriesData(steps=steps, values=matrix[row])
         return series

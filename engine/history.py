@@ -477,15 +477,41 @@ class History:
             hi=points.hi[:, 0],
         )
 
-    def matrix(self, names: Sequence[str], max_points: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def matrix(
+        self, names: Sequence[str], max_points: int = 512, evenly: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Means of several columns on one step axis, for a columns x steps heatmap.
 
+        With ``evenly``, the steps are evenly spaced, as an image's columns are: each column takes
+        the point whose steps cover it (between two points, the nearer). Without it, a run whose
+        oldest buckets are wider than the decimation's bins leaves those bins empty, and a heatmap
+        drawn at equal widths puts its columns thousands of steps from their own.
+
         Returns:
-            steps (n,) float64 bucket centres, and values (len(names), n) float64.
+            steps (n,) float64 bucket centres (or the even grid), and values (len(names), n) float64.
         """
         cols = np.array([self._column(name) for name in names], dtype=np.intp)
         points = self._decimate(self._gather(cols, bounds=False), max_points)
+        if evenly:
+            return self._evenly(points, max_points)
         return points.centres, np.ascontiguousarray(points.mean.T)
+
+    @staticmethod
+    def _evenly(points: _Points, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """``points`` resampled onto at most ``max_points`` evenly spaced steps (see ``matrix``)."""
+        n = points.first.shape[0]
+        centres = points.centres
+        if n < 2:
+            return centres, np.ascontiguousarray(points.mean.T)
+        # One column per step when the run is that short (full-resolution points stay as they are).
+        columns = int(min(max_points, points.last[-1] - points.first[0] + 1))
+        grid = np.linspace(centres[0], centres[-1], max(columns, 2))
+        after = np.minimum(np.searchsorted(points.last, grid, side="left"), n - 1)  # first point ending at or after
+        before = np.maximum(after - 1, 0)
+        covered = points.first[after] <= grid
+        nearer_before = grid - points.last[before] < points.first[after] - grid
+        index = np.where(covered | ~nearer_before, after, before)
+        return grid, np.ascontiguousarray(points.mean[index].T)
 
     # ----------------------------------------------------------------------------- persistence
 

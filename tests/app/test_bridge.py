@@ -115,3 +115,25 @@ def test_real_worker_frames_arrive_and_stop_leaves_no_thread(qtbot, run_factory)
     finally:
         assert bridge.stop(timeout=2.0)
     assert not bridge.worker.alive
+
+
+def test_layer_series_stand_on_evenly_spaced_steps_after_a_long_run(qtbot) -> None:
+    """The gradient heatmap draws its columns at equal widths: after 30,000 steps (past the
+    history's first tier) the per-layer series must still be on evenly spaced steps, each
+    column's value that of the steps it is drawn at."""
+    from engine.history import History
+    from engine.snapshot import LayerInfo
+
+    history = History(["loss", "grad_norm/fc"])
+    steps = np.arange(1, 30_001)
+    history.append_many(steps, np.stack([1.0 / steps, steps.astype(float)], axis=1))
+    bridge = Bridge()
+    bridge.worker.current_history = lambda: history
+    layer = LayerInfo(index=0, name="fc", type_name="Linear", role="param", params=10, weight_shape=(2, 4))
+    shown = Snapshot(run_id=1, step=30_000, state="running", scenario="s", device="cpu", layers=(layer,),
+                     metrics=Metrics(train_loss=1.0), hyper=Hyper())
+    series = bridge._read_series(shown)["grad_norm/fc"]
+    gaps = np.diff(series.steps)
+    np.testing.assert_allclose(gaps, gaps.mean())
+    assert series.steps[-1] == 30_000
+    assert np.abs(series.values - series.steps).max() <= 128

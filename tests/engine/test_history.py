@@ -380,3 +380,30 @@ def test_reader_and_writer_threads():
     assert not errors, errors
     assert reads[0] >= 5 and reads_while_writing[0] >= 2, (reads, reads_while_writing)
     assert len(history) == n_steps and history.latest_step == n_steps - 1
+
+
+def test_matrix_evenly_spaced_past_the_first_tier():
+    """Past 17,408 steps the oldest buckets are 256 steps wide, wider than a 256-column heatmap's
+    bins: the plain axis then has gaps, which a heatmap drawn at equal widths misplaces by
+    thousands of steps. ``evenly`` puts the columns at equal steps, each with the values of the
+    steps it stands on."""
+    history = History(["a", "b"])
+    short = np.arange(1, 101)
+    history.append_many(short, np.stack([short, -2.0 * short], axis=1))
+    plain_steps, plain = history.matrix(["a", "b"], max_points=256)
+    axis, grid = history.matrix(["a", "b"], max_points=256, evenly=True)
+    np.testing.assert_array_equal(axis, plain_steps)  # one column per step: nothing to move
+    np.testing.assert_array_equal(grid, plain)
+
+    steps = np.arange(101, 30_001)
+    history.append_many(steps, np.stack([steps, -2.0 * steps], axis=1))
+    plain_steps, _ = history.matrix(["a", "b"], max_points=256)
+    gaps = np.diff(plain_steps)
+    assert gaps.max() > 2 * gaps.min()
+    axis, grid = history.matrix(["a", "b"], max_points=256, evenly=True)
+    assert axis.shape == (256,) and grid.shape == (2, 256)
+    np.testing.assert_allclose(np.diff(axis), (axis[-1] - axis[0]) / 255)
+    assert axis[0] == plain_steps[0] and axis[-1] == 30_000
+    # Column a is the mean step of the bucket it stands in: within half a 256-step bucket.
+    assert np.abs(grid[0] - axis).max() <= 128
+    np.testing.assert_allclose(grid[1], -2.0 * grid[0])
