@@ -104,6 +104,8 @@ class AxisReader:
             if key in ("input", "output", "grad_output"):
                 side = "input" if key == "input" else "output"
                 names = self.example_axes(module, side, np.shape(array))
+            elif key.startswith("grad_output["):
+                names = self.other_output_axes(module, key, np.shape(array), tensors)
             elif kind == "backward":
                 names = self.parameter_axes(module, key.removeprefix("grad:"))
             else:
@@ -123,6 +125,31 @@ class AxisReader:
             return ("", "features")
         if self.length is not None and rows == self.length:
             return (self.rows, "features")
+        return None
+
+    def other_output_axes(self, module: str | None, key: str, shape: tuple[int, ...],
+                          tensors: dict[str, np.ndarray]) -> tuple[str, str] | None:
+        """Rows and columns of one example's slice of the gradient of an output other than a
+        module's first (``key``: "grad_output[1][0]"): an RNN's h or c, (layers × hidden units)
+        whatever its ``batch_first``, MultiheadAttention's weights (queries × keys, each head's
+        stacked when they are not averaged)."""
+        owner = self.module_of(module)
+        if len(shape) != 2:
+            return None
+        rows = shape[0]
+        if isinstance(owner, nn.RNNBase) and key.startswith("grad_output[1]"):
+            if rows == 1:
+                return ("", "hidden units")
+            stacked = "layers" if not owner.bidirectional else \
+                "layers \u00d7 directions" if owner.num_layers > 1 else "directions"
+            return (stacked, "hidden units")
+        if isinstance(owner, nn.MultiheadAttention) and key == "grad_output[1]":
+            first = tensors.get("grad_output")
+            queries = np.shape(first)[0] if first is not None and np.ndim(first) == 2 else None
+            if rows == queries:
+                return ("query positions", "key positions")
+            if queries is not None and rows == owner.num_heads * queries:
+                return ("query positions of each head, stacked", "key positions")
         return None
 
     def parameter_axes(self, module: str | None, name: str) -> tuple[str, str] | None:

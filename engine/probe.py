@@ -90,7 +90,8 @@ from engine.stats import (
 )
 from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
-__all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs"]
+__all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs",
+           "known_batch_dim"]
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,52 @@ def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
     return next(iter(named.values()), None)
 
 
+def _sequence_first(module: nn.Module) -> bool | None:
+    """Whether a module of a type known to take sequences (RNN, LSTM, GRU, MultiheadAttention, the
+    Transformer layers) has them time first, (T, N, ...), its ``batch_first`` False; None for any
+    other type."""
+    if isinstance(module, (nn.RNNBase, nn.MultiheadAttention, nn.Transformer)):
+        return not module.batch_first
+    if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return not module.self_attn.batch_first
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
+        return not module.layers[0].self_attn.batch_first
+    return None
+
+
+def known_batch_dim(module: nn.Module, place: str, ndim: int) -> int | None:
+    """The batch's dimension in a tensor of ``module``'s as its type and ``batch_first`` say, or
+    None where they don't say (any other type, an unbatched sequence). ``place``: "input" (the
+    first tensor of its arguments), "output" (the first of its output, ``first_tensor``), or the
+    place of another tensor of its output, as ``grad_outputs`` names it ("output[1][0]": LSTM's h).
+    An RNN's h and c are (layers·directions, N, hidden) whatever ``batch_first`` is, and
+    MultiheadAttention's weights (N, [heads,] T, S)."""
+    first = _sequence_first(module)
+    if first is None:
+        return None
+    other = place.startswith("output[")
+    if isinstance(module, nn.MultiheadAttention) and other:
+        return 0 if ndim >= 3 else None
+    if ndim != 3:
+        return None
+    if isinstance(module, nn.RNNBase) and other:
+        return 1
+    return 1 if first else 0
+
+
+def _layout_context(model: nn.Module) -> dict[str, int]:
+    """Per module inside one of a type ``_sequence_first`` knows (a Transformer layer's Linear,
+    LayerNorm, Dropout), the batch's dimension in that nearest such module's sequences: it breaks
+    a tie in ``Probe._batch_dim`` (a (T, N, E) tensor where T == N)."""
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():  # (parents first: the nearest one is written last)
+        first = _sequence_first(module)
+        if first is not None:
+            for inner, _ in module.named_modules(prefix=name):
+                found[inner] = 1 if first else 0
+    return found
+
+
 class Probe:
     """Hooks into a model and measures each layer at captured steps.
 
@@ -389,6 +436,7 @@ class Probe:
         # phases when a step is walked through, so the walk-through skips nothing.
         self._walk_only = [(name, m) for name, m in model.named_modules()
                            if not list(m.children()) and id(m) not in measured and name]
+        self._layout_context = _layout_context(model)
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._order_version = 0
@@ -525,24 +573,28 @@ class Probe:
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
-            self._phase_events.append(("forward", name, self._display(_io(args, out))))
+            in_dim, out_dim = self._io_dims(name, module, args, out)
+            self._phase_events.append(("forward", name, self._display(_io(args, out),
+                                                                      {"input": in_dim, "output": out_dim})))
             if output is not out:  # (several tensors: LSTM's (output, (h, c)))
-                self._watch_outputs(name, args, output, out)
+                self._watch_outputs(name, args, output, out, module=module, path=name, out_dim=out_dim)
             elif out.requires_grad:
                 out.register_hook(lambda grad: self._phase_events.append(
-                    ("backward", name, self._display({"grad_output": grad})))
+                    ("backward", name, self._display({"grad_output": grad}, {"grad_output": out_dim})))
                     if self._recording and grad is not None else None)
         return hook
 
     def _watch_outputs(self, name: str, args: tuple, output: Any, out: torch.Tensor,
-                       layer: _Layer | None = None, call: int = 0) -> None:
+                       layer: _Layer | None = None, call: int = 0, *, module: nn.Module, path: str,
+                       out_dim: int = 0) -> None:
         """Hook every tensor of a module's output of several that a gradient can reach
         (``grad_outputs``). Once the last of their gradients has come, a measured ``layer``'s are
         measured, a ``gout`` piece each, which the host sums per layer as it sums a layer's calls
         (*gradient w.r.t. the output* in the module's docstring); its views show the first tensor's
         (``out``), as they show its activation. Then too the backward phase ``name`` is recorded,
         with every gradient that came: "grad_output" the first tensor's, the others' by place
-        ("grad_output[1][0]" for LSTM's h)."""
+        ("grad_output[1][0]" for LSTM's h), each taken along its batch dimension (``out_dim`` the
+        first tensor's; ``module``, named ``path``, made them)."""
         watched = grad_outputs(output, args)
         if not watched:
             return
@@ -552,6 +604,8 @@ class Probe:
         measures = [] if layer is None else [self._output_grad_hook(layer, call, tensor is out)
                                              for _, tensor in watched]
         keys = ["grad_output" if tensor is out else f"grad_output{place}" for place, tensor in watched]
+        dims = {key: out_dim if tensor is out else self._batch_dim(path, module, tensor, f"output{key[11:]}", out_dim)
+                for key, (_, tensor) in zip(keys, watched)} if self._recording else {}
 
         def on_grads(grads: Sequence[torch.Tensor | None]) -> None:
             # (None: an output no gradient reached, though the node making it ran, as cuDNN's LSTM
@@ -564,7 +618,7 @@ class Probe:
             if self._recording:
                 shown = {key: grad for key, grad in zip(keys, grads) if grad is not None}
                 if shown:
-                    self._phase_events.append(("backward", name, self._display(shown)))
+                    self._phase_events.append(("backward", name, self._display(shown, dims)))
 
         # (Called once per backward, after the last of the tensors' gradients that backward
         # computes has come: when the module's backward phase is over.)
@@ -604,6 +658,14 @@ class Probe:
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
+        # Where the focus example is taken from (steps with views or phases only): the batch's
+        # size, read from the model's input; on a phase-by-phase step, every module output's batch
+        # dimension by id (the tensor held, so no other takes its id), for the modules it feeds;
+        # each measured call's output's, for its gradient; those a step graph's views took.
+        self._batch: int | None = None
+        self._produced: dict[int, tuple[torch.Tensor, int]] = {}
+        self._out_dims: dict[tuple[int, int], int] = {}
+        self._deferred_dims: list[int] = []
         self._before_flat: torch.Tensor | np.ndarray | None = None
         self._host = True  # statistics computed with numpy (CPU), else on the device
         self._device = torch.device("cpu")  # the parameters' device, read when a capture begins
@@ -622,6 +684,8 @@ class Probe:
             self._arm(record)
         self._want_tensors = tensors and self._capturing
         self._recording = record
+        if self._want_tensors or record:  # (the batch's size: see _batch_dim)
+            self._handles.append(self.model.register_forward_pre_hook(self._note_batch))
         self._deferring = self._capturing and not self._host and not record
         self._forward_order = []
         # (The root module is listed as "<model>"; its own name is "".)
@@ -703,14 +767,69 @@ class Probe:
         self._layout.append((kind, owner, key, shape, meta))
         return len(self._pieces) - 1
 
-    def _example_of(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """What takes this step's focus example from a batch; the example is fixed now, as a step
-        graph fixes it."""
+    def _example_of(self, dim: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What takes this step's focus example from a batch along its dimension ``dim``
+        (``_batch_dim``); the example is fixed now, as a step graph fixes it."""
         focus = self._step_focus[1]
 
         def example(x: torch.Tensor) -> torch.Tensor:
-            return x[min(focus, x.shape[0] - 1)] if x.dim() >= 1 and x.shape[0] else x
+            return x.select(dim, min(focus, x.shape[dim] - 1)) if x.dim() > dim and x.shape[dim] else x
         return example
+
+    def _note_batch(self, module: nn.Module, args: tuple) -> None:
+        """(The model's forward pre-hook, on steps with views or phases.) The batch's size: the
+        first dimension of the model's input, which Glassbox's batches stack examples along."""
+        if not self._capturing or self._batch is not None:
+            return
+        x = first_tensor(args)
+        if x is not None and x.dim() >= 1:
+            self._batch = int(x.shape[0])
+            if self._recording:
+                self._produced[id(x)] = (x, 0)
+
+    def _batch_dim(self, name: str, module: nn.Module, tensor: torch.Tensor, place: str,
+                   hint: int | None = None) -> int:
+        """The dimension of one of ``module``'s tensors (``place``: see ``known_batch_dim``) that
+        holds the batch, for the focus example to be taken along.
+
+        As the module's type and ``batch_first`` say where they do (LSTM(batch_first=False)'s
+        output is (T, N, H), its h (layers, N, H)). Any other module's (a Linear's, a user's) is
+        the one dimension as long as the batch: a Linear applied to such an LSTM's (T, N, H) output
+        keeps it in dimension 1. Where several dimensions are that long (T == N), the ``hint`` (on
+        a phase-by-phase step, the dimension the module's input had, where a module made it), then
+        the dimension of the Transformer layer the module is part of, then the first of them; 0
+        where none is (the batch was folded into another dimension), as before.
+        """
+        ndim = tensor.dim()
+        known = known_batch_dim(module, place, ndim)
+        if known is not None:
+            return known
+        batch = self._batch
+        if batch is None or ndim < 2:
+            return 0
+        candidates = [dim for dim, size in enumerate(tensor.shape) if size == batch]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            return 0
+        for preferred in (hint, self._layout_context.get(name)):
+            if preferred in candidates:
+                return preferred
+        return candidates[0]
+
+    def _io_dims(self, name: str, module: nn.Module, args: tuple, out: torch.Tensor) -> tuple[int, int]:
+        """The batch's dimension in a module's input (its arguments' first tensor) and in its
+        output ``out``; on a phase-by-phase step the output's is kept for the modules it feeds."""
+        inp = first_tensor(args)
+        in_dim = 0
+        if inp is not None:
+            made = self._produced.get(id(inp))
+            in_dim = self._batch_dim(name, module, inp, "input", made[1] if made is not None and made[0] is inp
+                                     else None)
+        out_dim = self._batch_dim(name, module, out, "output", in_dim)
+        if self._recording:
+            self._produced[id(out)] = (out, out_dim)
+        return in_dim, out_dim
 
     def _graphing(self) -> bool:
         """Whether a step graph may replay this step's end (the device path on a device the graphs
@@ -719,22 +838,24 @@ class Probe:
                 and self.graphs.can_record_on(self._device))
 
     def _push_view(self, layer: _Layer, key: str, sources: list[torch.Tensor],
-                   view: Callable[..., torch.Tensor], held: bool) -> None:
+                   view: Callable[..., torch.Tensor], held: bool, dim: int = 0) -> None:
         """Push ``view(*sources)`` for the views.
 
         ``held``: the sources are the probe's own (its copies, or gradients it holds to the step's
         end); else they are the model's, and a view sharing their memory is copied now. When a
         step graph may replay the step's end, a view of held sources is computed there with the
         reductions, once its shape is known: the first step that needs it computes it at once.
+        ``dim``: the batch dimension the view takes its example along (a graph fixes it too).
         """
         known = None  # (the view's shape is cached under this key when it may be deferred)
         if held and self._graphing():
-            known = (id(layer), key, tuple(tuple(t.shape) for t in sources))
+            known = (id(layer), key, tuple(tuple(t.shape) for t in sources), dim)
             shape = self._view_shapes.get(known)
             if shape is not None:
                 slot = self._slot("tensor", layer, key, shape)
                 self._jobs.append(([slot], sources, lambda tensors: (view(*tensors).float(),)))
                 self._views_deferred = True
+                self._deferred_dims.append(dim)
                 return
         piece = view(*sources)
         if known is not None:
@@ -807,41 +928,51 @@ class Probe:
             counted = not layer.outputs_finite
             stats, sampled = self._activation_stats(layer, measured, self._zero_on(out.device), count=counted)
             self._push("act", layer, "stats", stats, (measured.shape, sampled, counted))
+        # Where the batch is in its input and output (only where an example of them is taken).
+        dims = self._io_dims(layer.name, layer.module, args, out) if self._recording else None
         if output is not out:  # (several tensors: LSTM's (output, (h, c)))
-            self._watch_outputs(self._call_name(layer, call), args, output, out, layer, call)
+            self._watch_outputs(self._call_name(layer, call), args, output, out, layer, call, module=layer.module,
+                                path=layer.name, out_dim=0 if dims is None else dims[1])
         elif out.requires_grad:
             out.register_hook(self._grad_hook(layer, call))
-        if self._want_tensors and call == 0 and out.dim() >= 1 and out.shape[0] > 0:
-            graphed = out.numel() <= MAX_GRAPH_UNITS * out.shape[0]  # one example's units are drawn
+        if self._want_tensors and call == 0 and out.dim() >= 1:
             focused = self._is_focus(layer)
             maps = out.dim() == 4 and layer.name == self._step_targets.get("conv")
-            if graphed or focused or maps:
+            # (Few enough units per example to draw, along whichever dimension holds the batch.)
+            small = out.numel() <= MAX_GRAPH_UNITS * max(out.shape)
+            if small or focused or maps:
+                dims = dims or self._io_dims(layer.name, layer.module, args, out)
+                dim = self._out_dims[(id(layer), 0)] = dims[1]
+                graphed = out.numel() <= MAX_GRAPH_UNITS * out.shape[dim]  # one example's units are drawn
                 # From the probe's copy (of the output's shape) if it took one: then it may be
                 # left to the step's end.
                 source, held = (out, False) if copy is None else (copy, True)
-                example = self._example_of()
+                example = self._example_of(dim)
                 if graphed:
-                    self._push_view(layer, "unit_value", [source], lambda x: example(x).reshape(-1), held)
+                    self._push_view(layer, "unit_value", [source], lambda x: example(x).reshape(-1), held, dim)
                 if focused:
-                    self._push_view(layer, "activation", [source], lambda x: shrink_2d(as_matrix(example(x))), held)
+                    self._push_view(layer, "activation", [source], lambda x: shrink_2d(as_matrix(example(x))), held,
+                                    dim)
                 if maps:
-                    self._push_view(layer, "feature_maps", [source], lambda x: shrink_maps(example(x)), held)
+                    self._push_view(layer, "feature_maps", [source], lambda x: shrink_maps(example(x)), held, dim)
         if self._recording:
-            self._phase_events.append(("forward", self._call_name(layer, call), self._display(_io(args, out))))
+            self._out_dims[(id(layer), call)] = dims[1]
+            self._phase_events.append(("forward", self._call_name(layer, call),
+                                       self._display(_io(args, out), {"input": dims[0], "output": dims[1]})))
 
     def _call_name(self, layer: _Layer, call: int) -> str:
         name = layer.name or "<model>"
         return name if call == 0 else f"{name} (call {call + 1})"
 
-    def _display(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The focus example's slice of each tensor, shrunk, still on the device. An example of
-        three or more axes (an image's channels × rows × columns, attention's heads × T × T) is
-        drawn as its last two axes' maps stacked one under another, so each map stays a picture
-        (flattened to one row per channel, shrinking averaged pixels of different rows)."""
-        shown, example = {}, self._example_of()
+    def _display(self, tensors: dict[str, torch.Tensor], dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        """The focus example's slice of each tensor (taken along its batch dimension, ``dims``:
+        see ``_batch_dim``), shrunk, still on the device. An example of three or more axes (an
+        image's channels × rows × columns, attention's heads × T × T) is drawn as its last two
+        axes' maps stacked one under another, so each map stays a picture (flattened to one row
+        per channel, shrinking averaged pixels of different rows)."""
+        shown = {}
         for key, value in tensors.items():
-            if value.dim() >= 1 and value.shape[0] > 0:
-                value = example(value)
+            value = self._example_of(dims.get(key, 0))(value)
             value = value.detach()
             matrix = value.reshape(-1, value.shape[-1]) if value.dim() >= 3 else as_matrix(value)
             shown[key] = shrink_2d(matrix).clone()
@@ -881,17 +1012,21 @@ class Probe:
                 held = True
             else:  # squared and shipped together in ``finish``
                 self._grad_norms.append((layer, _norm(grad)))
-            if self._want_tensors and views and grad.dim() >= 1 and grad.shape[0] > 0:
-                graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[0]
-                focused = self._is_focus(layer)
-                example = self._example_of()
-                if graphed:
-                    self._push_view(layer, "unit_grad", [grad], lambda g: example(g).reshape(-1), held=held)
-                if focused:
-                    self._push_view(layer, "output_grad", [grad], lambda g: shrink_2d(as_matrix(example(g))), held=held)
+            if self._want_tensors and views:
+                # (Its output's batch dimension, where the forward took an example of it.)
+                dim = self._out_dims.get((id(layer), call))
+                if dim is not None and grad.dim() > dim:
+                    graphed = grad.numel() <= MAX_GRAPH_UNITS * grad.shape[dim]
+                    example = self._example_of(dim)
+                    if graphed:
+                        self._push_view(layer, "unit_grad", [grad], lambda g: example(g).reshape(-1), held, dim)
+                    if self._is_focus(layer):
+                        self._push_view(layer, "output_grad", [grad], lambda g: shrink_2d(as_matrix(example(g))),
+                                        held, dim)
             if recorded and self._recording:
-                self._phase_events.append(
-                    ("backward", self._call_name(layer, call), self._display({"grad_output": grad})))
+                dims = {"grad_output": self._out_dims.get((id(layer), call), 0)}
+                self._phase_events.append(("backward", self._call_name(layer, call),
+                                           self._display({"grad_output": grad}, dims)))
         return on_grad
 
     def _zero_on(self, device: torch.device) -> torch.Tensor:
@@ -1026,6 +1161,7 @@ class Probe:
         """Weights and gradients as backward left them (before clipping and the update)."""
         if not self._capturing:
             return
+        self._produced = {}  # (the forward's outputs, held for their batch dimensions, are let go)
         plan = self._param_plan(self._device)
         layers = plan.layers
         if layers:
@@ -1321,7 +1457,8 @@ class Probe:
 
         if self._graphing() and sum(t.numel() for t in inputs) <= self._graph_max:
             key = (template, tuple((tuple(slots), tuple(indices)) for slots, indices, _ in jobs),
-                   self._step_focus[1] if self._views_deferred else None)  # (a graph fixes the example)
+                   (self._step_focus[1], tuple(self._deferred_dims)) if self._views_deferred
+                   else None)  # (a graph fixes the example, and the dimension it is taken along)
             flat = self.graphs.run(plan, key, join, inputs)
             return flat if flat.is_cuda else flat.clone()  # (a CPU stand-in's replays reuse their output)
         return join(inputs)
@@ -1360,6 +1497,7 @@ class Probe:
         # copied is released now (not at the next captured step).
         self._pieces, self._weights, self._grads, self._jobs = [], None, None, []
         self._pending_acts, self._pending_grads, self._grad_norms, self._grad_outputs = [], [], [], []
+        self._produced = {}
         (focus, example), tensors_wanted = self._step_focus, self._want_tensors
 
         def parse(host: np.ndarray) -> Capture:
