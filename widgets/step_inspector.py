@@ -70,10 +70,20 @@ def _is_example_key(key: str) -> bool:
     return key in ("input", "output") or key.startswith("grad_output")
 
 
-def _tensor_label(key: str) -> str:
-    """What a phase tensor is: ``dL/d(output)`` for ``grad_output``, ``dL/d(weight)`` for ``grad:weight``."""
+#: The names of a module's outputs after its first, by type and place: an LSTM returns
+#: (output, (h, c)), a GRU or RNN (output, h), MultiheadAttention (output, weights).
+_OTHER_OUTPUTS = {
+    ("LSTM", "[1][0]"): "h", ("LSTM", "[1][1]"): "c", ("GRU", "[1]"): "h", ("RNN", "[1]"): "h",
+    ("MultiheadAttention", "[1]"): "attention weights",
+}
+
+
+def _tensor_label(key: str, module_type: str | None = None) -> str:
+    """What a phase tensor is: ``dL/d(output)`` for ``grad_output``, ``dL/d(weight)`` for
+    ``grad:weight``; another output of a known module by its name (an LSTM's ``dL/d(h)``)."""
     if key.startswith("grad_output"):
-        return f"dL/d(output{key[len('grad_output'):]})"
+        place = key[len("grad_output"):]
+        return f"dL/d({_OTHER_OUTPUTS.get((module_type or '', place), 'output' + place)})"
     if key.startswith("grad:"):
         return f"dL/d({key[5:]})"
     return key
@@ -98,7 +108,8 @@ def tensor_title(key: str, phase: PhaseInfo) -> str:
     """A tensor's caption title: what it is (``dL/d(output)``, ``\u0394weight``) and whose it is
     (one example's, the whole batch's, before or after the update)."""
     scope = _tensor_scope(key, phase)
-    return f"{_tensor_label(key)} \u00b7 {scope}" if scope else _tensor_label(key)
+    label = _tensor_label(key, phase.module_type)
+    return f"{label} \u00b7 {scope}" if scope else label
 
 
 def tensor_shape_text(key: str, drawn: tuple[int, ...], phase: PhaseInfo) -> str:
@@ -326,7 +337,7 @@ class _TensorPanel(QtWidgets.QWidget):
         if phase is not None:
             # One example's vector is drawn as one row: its shape is the row's, not (1, n).
             drawn = tuple(int(n) for n in array.shape) if not note else shape
-            label, scope, shape_text = _tensor_label(name), _tensor_scope(name, phase), \
+            label, scope, shape_text = _tensor_label(name, phase.module_type), _tensor_scope(name, phase), \
                 tensor_shape_text(name, drawn, phase)
         else:
             label, scope, shape_text = name, "", str(shape)
@@ -751,7 +762,8 @@ class StepInspector(View):
                 panel.setVisible(False)
         for panel in self.panels[len(shown):]:
             panel.setVisible(False)
-        names = ", ".join(_tensor_label(name) for name, _ in hidden)
+        names = ", ".join(_tensor_label(name, phase.module_type if phase is not None else None)
+                          for name, _ in hidden)
         self.more_label.setText(f"+{len(hidden)} more not shown: {names}" if hidden else "")
         self.more_label.setToolTip(f"Not shown for want of room: {names}" if hidden else "")
         self.more_label.setVisible(bool(hidden))

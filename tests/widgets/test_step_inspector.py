@@ -313,6 +313,26 @@ def test_captions_say_whose_a_tensor_is_and_what_its_rows_and_columns_are(shown)
     assert tips[3][0] == "weight \u00b7 before the update"
 
 
+def test_a_recurrent_or_attention_modules_other_outputs_are_named(shown):
+    """An LSTM returns (output, (h, c)): the gradients reaching h and c are dL/d(h) and dL/d(c),
+    not dL/d(output[1][0]); a GRU's h and attention's weights likewise."""
+    from widgets.step_inspector import tensor_title
+
+    lstm = PhaseInfo(index=14, total=len(NAMES), kind="backward", module="rnn", names=NAMES, module_type="LSTM",
+                     example=2, tensors={"grad_output": np.ones((4, 5)), "grad_output[1][0]": np.ones((2, 5)),
+                                         "grad_output[1][1]": np.ones((2, 5))})
+    assert [tensor_title(key, lstm) for key in lstm.tensors] == [
+        "dL/d(output) \u00b7 example 2", "dL/d(h) \u00b7 example 2", "dL/d(c) \u00b7 example 2"]
+    assert tensor_title("grad_output[1]", replace(lstm, module_type="GRU")) == "dL/d(h) \u00b7 example 2"
+    assert tensor_title("grad_output[1]", replace(lstm, module_type="MultiheadAttention")) \
+        == "dL/d(attention weights) \u00b7 example 2"
+    assert tensor_title("grad_output[1]", replace(lstm, module_type="Mine")) == "dL/d(output[1]) \u00b7 example 2"
+    view = shown(StepInspector(), 900, 500)
+    view.render(view_data(lstm))
+    assert [panel.caption.toolTip().splitlines()[0] for panel in view.visible_panels()] == [
+        "dL/d(output) \u00b7 example 2", "dL/d(h) \u00b7 example 2", "dL/d(c) \u00b7 example 2"]
+
+
 def test_the_module_has_a_row_of_its_own_in_a_narrow_dock(shown, qtbot):
     """At 1366 x 768 the dock is about 345 px wide: beside the badge and the counter, the module's
     name was cut to "li…ar"."""
