@@ -197,12 +197,13 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     following = consumers[0] if consumers else None
     is_activation = following is not None and not list(following[0].parameters()) \
         and type(following[0]).__name__ not in _NOT_ACTIVATIONS and not isinstance(following[0], _DROPOUTS)
-    inputs = seen["linear_in"][example].detach()
+    batch_dim = _batch_dim(seen["linear_in"], int(x.shape[0]))
+    inputs = seen["linear_in"].select(batch_dim, example).detach()
     position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
 
     def pick(t: torch.Tensor) -> float:
         """This unit's value in the example's output (or its gradient), at the position shown."""
-        row = t[example].reshape(-1, t.shape[-1])
+        row = t.select(batch_dim, example).reshape(-1, t.shape[-1])
         return float(row[position or 0, unit])
 
     a = inputs.reshape(-1, inputs.shape[-1])[position or 0].double().numpy()
@@ -221,6 +222,15 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
                        batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
                        batch_bias_grad=None if bias_grad is None else float(bias_grad[unit]),
                        reduction=_reduction(loss_fn, out, y, example), dropout=bool(dropped))
+
+
+def _batch_dim(t: torch.Tensor, batch: int) -> int:
+    """The dimension of a Linear's input that holds the batch: the first, unless another is the
+    only one as long as the batch (a time-first sequence, (T, N, features))."""
+    if t.dim() < 3 or t.shape[0] == batch:
+        return 0
+    matching = [dim for dim in range(t.dim() - 1) if t.shape[dim] == batch]
+    return matching[0] if len(matching) == 1 else 0
 
 
 def _reduction(loss_fn: Callable, out: object, y: torch.Tensor, example: int) -> str | None:

@@ -85,6 +85,36 @@ def test_a_linear_along_a_sequence_is_written_out_at_its_first_position() -> Non
     assert trace.reduction == "mean" and "examples and positions added up" in trace.batch_text()
 
 
+def test_a_linear_over_a_time_first_sequence_is_written_out_for_the_chosen_example() -> None:
+    """A Linear applied to a time-first LSTM's (T, N, H) output: the example is taken along
+    dimension 1, where the batch is (along 0 it was time step 1 of every example)."""
+
+    class TimeFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.LSTM(4, 6)  # batch_first=False
+            self.proj = torch.nn.Linear(6, 6)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            h, _ = self.rnn(x.transpose(0, 1))
+            return self.head(torch.relu(self.proj(h)).mean(0))
+
+    torch.manual_seed(0)
+    model = TimeFirst()
+    x, y = torch.randn(3, 5, 4), torch.randint(0, 3, (3,))  # 3 examples of 5 steps
+    trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "proj", unit=2, example=1)
+    h, _ = model.rnn(x.transpose(0, 1))
+    z = model.proj(h)
+    z.retain_grad()
+    torch.nn.functional.cross_entropy(model.head(torch.relu(z).mean(0)), y).backward()
+    assert trace.position == 0
+    np.testing.assert_allclose(trace.inputs, h[0, 1].double().detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(trace.z, float(z.detach()[0, 1, 2]), rtol=1e-5)
+    np.testing.assert_allclose(trace.output, max(float(z.detach()[0, 1, 2]), 0.0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(trace.delta, float(z.grad[0, 1, 2]), rtol=1e-5, atol=1e-10)
+
+
 def test_the_examples_shares_add_up_to_the_batch_gradient_that_autograd_gives() -> None:
     """δ·a written out is one example's share; the batch's ∂L/∂w (what the check measures) is the
     shares of all examples added up, and with a mean loss a share is the example's own gradient ÷ B."""
