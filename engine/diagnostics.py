@@ -465,12 +465,14 @@ class Diagnostics:
 
         A frozen layer (``trainable`` False) is left out: it gets no gradient and no update by the
         user's choice, which is no finding, and its zero update would otherwise be named among
-        stalled layers, or stand first in the order and hide the trainable layers' own stall.
+        stalled layers, or stand first in the order and hide the trainable layers' own stall. So is
+        a partly frozen one (``frozen_params``, a bias trained beside a frozen weight): its gradient
+        norm and update ratio are its trained parameters' alone, no measure of the layer's.
         """
         rows = []
         for i, name in enumerate(frame.layer_names):
             info = self._info.get(name)
-            if info is not None and (info.params <= 0 or not info.called or not info.trainable):
+            if info is not None and (info.params <= 0 or not info.called or not info.trainable or info.frozen_params):
                 continue
             if np.isfinite(frame.values[i, STAT_INDEX["weight_norm"]]):
                 rows.append(i)
@@ -766,7 +768,8 @@ class Diagnostics:
         for i, name in enumerate(names):
             info = self._info.get(name)
             if info is None or info.weight_shape is None or len(info.weight_shape) < 2 \
-                    or info.weight_shape[0] < 2 or not info.called or not info.trainable:
+                    or info.weight_shape[0] < 2 or not info.called or not info.trainable \
+                    or any("weight" in frozen for frozen in info.frozen_params):
                 continue  # (a frozen layer's equal weights are the user's choice: no update moves them)
             uniform = np.isfinite(std[i]) and std[i] <= t.symmetry_rel_std * abs(mean[i]) + 1e-12
             streak = self._streak(f"symmetry:{name}")

@@ -221,7 +221,15 @@ class _Layer:
             # discovery, and a Diagnostics keeps the infos it was built with: nothing more follows a
             # change of requires_grad during a run.
             trainable=not self.params or any(p.requires_grad for p in self.params),
+            frozen_params=self._frozen_params(),
         )
+
+    def _frozen_params(self) -> tuple[str, ...]:
+        """Names of the parameters it owns that are frozen, when others are not (else none)."""
+        frozen = sum(not p.requires_grad for p in self.params)
+        if not frozen or frozen == len(self.params):
+            return ()
+        return tuple(name for name, p in self.module.named_parameters(recurse=False) if not p.requires_grad)
 
 
 @dataclass(frozen=True, slots=True)

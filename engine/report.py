@@ -111,7 +111,8 @@ def collect_report(run: Any, steps: int, every: int = 1) -> dict[str, Any]:
     out_layers = []
     for i, layer in enumerate(layers):
         entry: dict[str, Any] = {"name": layer.name, "type": layer.type_name, "params": layer.params,
-                                 "trainable": layer.trainable}  # (False: requires_grad off for all it owns)
+                                 "trainable": layer.trainable,  # (False: requires_grad off for all it owns)
+                                 "frozen_params": list(layer.frozen_params)}  # (some frozen, the rest not)
         for name in names:
             values = series[name][i]
             applies = {

@@ -72,6 +72,9 @@ class LayerInfo:
     # False when every parameter it owns directly has requires_grad=False (a frozen layer): it gets
     # no gradient and no update. True for a layer owning none (there is nothing to freeze).
     trainable: bool = True
+    # A partly frozen layer's frozen parameters, by name ("weight" with its bias still trained): its
+    # gradient norm and update are the rest's alone. Empty for a layer frozen whole or not at all.
+    frozen_params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,7 @@ class GradientFlow(View):
         self._bars: list[str] = []  # the layer of each bar drawn, in order
         self._zero_layers: list[str] = []  # the layer of each "0" mark drawn (gradient exactly 0)
         self._frozen: frozenset[str] = frozenset()  # layers whose parameters all have requires_grad False
+        self._partly_frozen: dict[str, tuple[str, ...]] = {}  # layer -> its frozen parameters, others trained
         self._frozen_layers: list[str] = []  # the layer of each "frozen" mark drawn
         self._run_id: int | None = None
         self._heat_layers: tuple[str, ...] = ()
@@ -304,6 +305,7 @@ class GradientFlow(View):
             layer.name for layer in data.snapshot.layers if layer.role != "activation" and layer.params > 0
         )
         frozen = frozenset(layer.name for layer in data.snapshot.layers if not layer.trainable)
+        self._partly_frozen = {layer.name: layer.frozen_params for layer in data.snapshot.layers if layer.frozen_params}
         frame = data.frames[-1] if data.frames else data.snapshot.stats
         if data.selected_layer != self._data_selection_seen:
             self._data_selection_seen = data.selected_layer
@@ -549,9 +551,11 @@ class GradientFlow(View):
         if name in self._frozen:
             return (f"{name}  step {self._frame.step}: frozen (requires_grad is off for all its parameters), "
                     f"so no gradient and no update  |w| = {weight:.3g}{flag}")
+        partly = self._partly_frozen.get(name)
+        of = f"  ({', '.join(partly)} frozen: |g| and the update are the rest's)" if partly else ""
         return (
             f"{name}  step {self._frame.step}: |g| = {'0' if norm == 0 else f'{norm:.1e}'}"
-            f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}{flag}"
+            f"  |w| = {weight:.3g}  update ratio = {ratio:.1e}{of}{flag}"
         )
 
     def _mouse_moved(self, pos: QtCore.QPointF) -> None:

@@ -328,6 +328,46 @@ def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: s
     assert d.layers == (stalled,)
 
 
+def test_a_partly_frozen_layer_is_named_as_such_and_left_out_of_the_gradient_checks() -> None:
+    """A Linear whose weight is frozen while its bias trains (bias-only fine-tuning): its gradient
+    norm and update ratio are the bias's alone, so Health doesn't read them as the layer's; the
+    layer info names what is frozen."""
+
+    from engine.snapshot import STAT_INDEX
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model[0].weight.requires_grad_(False)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    frames = []
+    try:
+        for _ in range(12):
+            frames.append(trainer.step(capture=True).capture.get().frame)
+            bias_grad = float(model[0].bias.grad.norm())
+    finally:
+        trainer.close()
+    layers = trainer.probe.layers
+    assert {info.name: (info.trainable, info.frozen_params) for info in layers if info.params > 0} == {
+        "0": (True, ("weight",)), "2": (True, ()), "4": (True, ())}
+    row = frames[-1].layer_names.index("0")
+    assert frames[-1].values[row, STAT_INDEX["grad_norm"]] == pytest.approx(bias_grad, rel=1e-5)  # the bias's alone
+    # Its updates are ~1e-9 of its size (the bias barely moves beside the frozen weight): no stall of
+    # the layer is claimed, while a trainable layer's stall still is.
+    for stalled, named in (("0", ()), ("2", ("2",))):
+        diagnostics = Diagnostics(layers)
+        for step, real in enumerate(frames, start=1):
+            values = real.values.copy()
+            values[real.layer_names.index(stalled), STAT_INDEX["update_ratio"]] = 1e-9
+            values[real.layer_names.index("4"), STAT_INDEX["update_ratio"]] = 1e-3
+            diagnostics.update(dataclasses.replace(real, step=step, values=values))
+        found = [d for d in diagnostics.findings if d.code == "vanishing_gradients"]
+        assert tuple(name for d in found for name in d.layers) == named, (stalled, found)
+        if not named:
+            assert not [d for d in diagnostics.findings if stalled in d.layers]
+
+
 def test_a_frozen_layer_of_equal_weights_is_no_symmetry_finding_but_a_trainable_one_is() -> None:
     """Equal weights that training can't tell apart are an error; ones the user froze (an averaging
     layer, say) are a choice."""

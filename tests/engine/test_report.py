@@ -398,7 +398,8 @@ def build():
 
 
 def test_a_frozen_layer_is_said_frozen_in_the_table_and_the_json(tmp_path: Path, capsys) -> None:
-    frozen = GOOD.replace("    return model,", "    model[2].requires_grad_(False)\n    return model,")
+    frozen = GOOD.replace("    return model,", "    model[2].requires_grad_(False)\n"
+                                              "    model[0].weight.requires_grad_(False)\n    return model,")
     model_file = write(tmp_path, frozen)
     out = tmp_path / "report.json"
     assert main(["--model", f"{model_file}:build", "--steps", "3", "--device", "cpu", "--json", str(out)]) == 0
@@ -407,6 +408,8 @@ def test_a_frozen_layer_is_said_frozen_in_the_table_and_the_json(tmp_path: Path,
     layers = {layer["name"]: layer for layer in json.loads(out.read_text())["layers"]}
     assert {name: layer["trainable"] for name, layer in layers.items()} == {
         "0": True, "1": True, "2": False, "3": True, "4": True}
+    assert {name: layer["frozen_params"] for name, layer in layers.items()} == {
+        "0": ["weight"], "1": [], "2": [], "3": [], "4": []}  # (0 trains its bias: partly frozen)
     assert all(v is None for v in layers["2"]["grad_norm"])  # (the probe measures none)
 
 

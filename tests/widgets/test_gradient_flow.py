@@ -177,6 +177,17 @@ def test_a_frozen_layer_keeps_its_heatmap_row_marked_frozen(view):
     assert view.heatmap_layers == ("encoder.fc1", "encoder.fc2", "head") and view.heatmap_frozen_rows == ()
 
 
+def test_a_partly_frozen_layers_readout_says_what_is_frozen(view):
+    import dataclasses
+
+    layers = tuple(dataclasses.replace(info, frozen_params=("weight",)) if info.name == "encoder.fc1" else info
+                   for info in LAYERS)
+    view.render(make_data(make_frame(), layers=layers))
+    assert view.describe_layer(0).startswith("encoder.fc1  step 1200: |g| = 1.0e-01")
+    assert "(weight frozen: |g| and the update are the rest's)" in view.describe_layer(0)
+    assert "frozen" not in view.describe_layer(1) and view.frozen_layers == ()
+
+
 def test_heatmap_aligns_series_of_different_lengths(view):
     short = SeriesData(np.array([0.0, 1000.0, 2000.0]), np.array([1e-2, 1e-3, 1e-4]))
     long = SeriesData(np.linspace(0, 2000, 201), np.full(201, 1.0))
