@@ -98,7 +98,8 @@ def open_saved(path: str) -> tuple[ViewData, History]:
     loaded = load_run(path)
     config = loaded.config
     layers = tuple(LayerInfo(**{**layer, "weight_shape": tuple(layer["weight_shape"])
-                                if layer.get("weight_shape") else None})
+                                if layer.get("weight_shape") else None,
+                                "frozen_params": tuple(layer.get("frozen_params", ()))})
                    for layer in config.get("layers", []))
     history = loaded.history
     series: dict[str, SeriesData] = {}

@@ -123,3 +123,16 @@ def test_a_view_in_a_tab_behind_another_exports_as_it_shows_in_front(qtbot, tmp_
         assert not health.visibleRegion().isEmpty()  # (its tab came forward)
     finally:
         window.shutdown()
+
+
+def test_a_partly_frozen_layer_reads_back_from_a_run_file_as_it_was_saved(tmp_path: Path) -> None:
+    model = tmp_path / "bitfit.py"
+    model.write_text("import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+                     "    x = torch.randn(64, 2)\n    y = (x[:, 0] > 0).long()\n"
+                     "    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))\n"
+                     "    model[0].weight.requires_grad_(False)\n    return model, (x, y), nn.CrossEntropyLoss()\n")
+    path = tmp_path / "bitfit.glassbox"
+    assert report_main(["--model", f"{model}:build", "--steps", "2", "--save", str(path)]) == 0
+    layers = {info.name: info for info in saved_view(str(path)).snapshot.layers}
+    assert layers["0"].frozen_params == ("weight",) and layers["2"].frozen_params == ()
+    assert len({hash(info) for info in layers.values()}) == len(layers)  # (frozen values: tuples, not lists)
