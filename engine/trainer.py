@@ -45,6 +45,8 @@ ADAPTIVE_MAX_EVERY = 64
 #: a step that waited on another thread (the GUI holding the interpreter, say) is an outlier a
 #: median ignores, where a mean of a few bare samples would take it for the bare step's cost.
 TIMING_WINDOW = 9
+#: Validation runs the model on this many examples at a time.
+VAL_CHUNK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +433,7 @@ class Trainer:
         self.model.eval()
         try:
             with self.probe.suspended():
-                out = self.model(x)
+                out = self._forward_in_chunks(x)
             loss = float(self.loss_fn(out, y))
             acc = accuracy(out, y)
         finally:
@@ -439,6 +441,16 @@ class Trainer:
         result = (loss, None if acc is None else float(acc))
         self.last_val = (result[0], result[1], self.step_count)
         return result
+
+    def _forward_in_chunks(self, x: torch.Tensor) -> Any:
+        """The model's output on ``x``, run ``VAL_CHUNK`` examples at a time (a big model's forward
+        on thousands of examples at once can run out of memory) and joined, so the loss is taken
+        on the whole set at once, whatever its reduction; in one piece when the output is not one
+        tensor of examples."""
+        first = self.model(x[:VAL_CHUNK])
+        if len(x) <= VAL_CHUNK or not isinstance(first, torch.Tensor) or first.dim() == 0:
+            return first if len(x) <= VAL_CHUNK else self.model(x)
+        return torch.cat([first] + [self.model(x[i:i + VAL_CHUNK]) for i in range(VAL_CHUNK, len(x), VAL_CHUNK)])
 
     # --- reinitialise --------------------------------------------------------------------
     def reinitialize(self, seed: int | None = None) -> None:

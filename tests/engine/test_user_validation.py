@@ -122,3 +122,23 @@ def test_a_user_run_validates_on_its_data_and_health_finds_it_overfitting(path: 
     assert report["validation"]["step"] == list(range(2 * USER_VAL_EVERY, USER_VAL_EVERY + 401, USER_VAL_EVERY))
     (found,) = [d for d in report["diagnoses"] if d["code"] == "overfitting"]
     assert found["evidence"]["val_loss"] > 1.5 * found["evidence"]["best_val_loss"]
+
+
+def test_validation_runs_the_model_a_chunk_at_a_time_and_takes_the_loss_on_the_whole_set(path: Path) -> None:
+    """300 validation examples go through the model as 256 and 44 (a big model's forward on
+    thousands at once could run out of memory); the loss is still the whole set's."""
+    from engine.trainer import VAL_CHUNK
+
+    run = build_user_run(f"{path}:tensors", device="cpu")
+    sizes: list[int] = []
+    handle = run.trainer.model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    try:
+        loss, _ = run.trainer.validate()
+        x_val, y_val = load_user_model(f"{path}:tensors").val
+        with torch.no_grad():
+            expected = float(torch.nn.functional.cross_entropy(run.trainer.model.eval()(x_val), y_val))
+    finally:
+        handle.remove()
+        run.trainer.close()
+    assert sizes[:2] == [VAL_CHUNK, 300 - VAL_CHUNK] == [256, 44]
+    assert loss == pytest.approx(expected, rel=1e-6)
