@@ -667,8 +667,8 @@ class Probe:
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
         # Where the focus example is taken from (steps with views or phases only): the batch's
-        # size, read from the model's input; on a phase-by-phase step, every module output's batch
-        # dimension by id (the tensor held, so no other takes its id), for the modules it feeds;
+        # size, read from the model's input; the batch dimension of every module output whose
+        # example is taken, by id (the tensor held, so no other takes its id), for the modules it feeds;
         # each measured call's output's, for its gradient; those a step graph's views took.
         self._batch: int | None = None
         self._produced: dict[int, tuple[torch.Tensor, int]] = {}
@@ -792,8 +792,7 @@ class Probe:
         x = first_tensor(args)
         if x is not None and x.dim() >= 1:
             self._batch = int(x.shape[0])
-            if self._recording:
-                self._produced[id(x)] = (x, 0)
+            self._produced[id(x)] = (x, 0)
 
     def _batch_dim(self, name: str, module: nn.Module, tensor: torch.Tensor, place: str,
                    hint: int | None = None) -> int:
@@ -827,7 +826,8 @@ class Probe:
 
     def _io_dims(self, name: str, module: nn.Module, args: tuple, out: torch.Tensor) -> tuple[int, int]:
         """The batch's dimension in a module's input (its arguments' first tensor) and in its
-        output ``out``; on a phase-by-phase step the output's is kept for the modules it feeds."""
+        output ``out``; the output's is kept for the modules it feeds (called on steps with views
+        or phases only)."""
         inp = first_tensor(args)
         in_dim = 0
         if inp is not None:
@@ -835,8 +835,7 @@ class Probe:
             in_dim = self._batch_dim(name, module, inp, "input", made[1] if made is not None and made[0] is inp
                                      else None)
         out_dim = self._batch_dim(name, module, out, "output", in_dim)
-        if self._recording:
-            self._produced[id(out)] = (out, out_dim)
+        self._produced[id(out)] = (out, out_dim)
         return in_dim, out_dim
 
     def _graphing(self) -> bool:

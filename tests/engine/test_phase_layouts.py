@@ -238,6 +238,29 @@ def test_the_views_of_a_time_first_lstm_show_the_chosen_example(path: str) -> No
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
+def test_the_views_of_a_linear_over_a_time_first_sequence_take_the_lstms_batch_dimension_when_t_equals_n(
+        path: str) -> None:
+    """As on a phase-by-phase step, on an ordinary step with views: with T == N only the LSTM that
+    made the Linear's input tells which of its dimensions is the batch."""
+    torch.manual_seed(6)
+    model = SequenceLSTM()
+    x = torch.randn(5, 5, 3)  # N = 5 = T
+    y = torch.randint(0, 2, (5,))
+    ref = reference(model, x, y, nn.functional.cross_entropy)
+    probe = Probe(model, PATHS[path])
+    probe.focus_layer, probe.focus_example = "head", 3
+    with probe:
+        probe.begin_step(True, tensors=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        probe.after_backward()
+        capture = probe.finish(1, torch.zeros(1, 2)).get()
+    _, head_out = ref["head"]
+    assert_shown(capture.tensors.activation, example(head_out, 1, 3))
+    assert_shown(capture.tensors.output_grad, example(head_out.grad, 1, 3))
+    assert_shown(capture.unit_values["head"], example(head_out, 1, 3))
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
 def test_the_views_of_a_time_first_attention_show_the_chosen_example(path: str) -> None:
     """Its output, dL/d(output) and attention maps (heads × queries × keys) for example k."""
     torch.manual_seed(5)
