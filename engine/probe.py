@@ -239,6 +239,9 @@ class PhaseRecord:
     kind: str  # 'forward' | 'backward'
     module: str
     tensors: dict[str, np.ndarray]
+    # A forward event's input is a sum the model's code made between modules (a residual
+    # connection's x + sublayer(x)), no module's output.
+    input_is_sum: bool = False
 
 
 class PendingCapture:
@@ -581,6 +584,7 @@ class Probe:
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
+            self._note_summed_input(name, args)
             in_dim, out_dim = self._io_dims(name, module, args, out)
             self._phase_events.append(("forward", name, self._display(_io(args, out),
                                                                       {"input": in_dim, "output": out_dim})))
@@ -664,6 +668,7 @@ class Probe:
         self._grads: torch.Tensor | None = None
         self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
+        self._summed_inputs: set[str] = set()  # forward phases whose input is a sum made between modules
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
         # Where the focus example is taken from (steps with views or phases only): the batch's
@@ -824,6 +829,15 @@ class Probe:
                 return preferred
         return candidates[0]
 
+    def _note_summed_input(self, name: str, args: tuple) -> None:
+        """(Recording.) Note the forward phase ``name`` when its input is a sum the model's code
+        made between modules: an addition autograd recorded, whose result no module returned (a
+        residual connection's x + sublayer(x); the sum is seen nowhere else in the walk)."""
+        inp = first_tensor(args)
+        fn = getattr(inp, "grad_fn", None)
+        if fn is not None and type(fn).__name__.startswith("AddBackward") and id(inp) not in self._produced:
+            self._summed_inputs.add(name)
+
     def _io_dims(self, name: str, module: nn.Module, args: tuple, out: torch.Tensor) -> tuple[int, int]:
         """The batch's dimension in a module's input (its arguments' first tensor) and in its
         output ``out``; the output's is kept for the modules it feeds (called on steps with views
@@ -963,6 +977,7 @@ class Probe:
                 if maps:
                     self._push_view(layer, "feature_maps", [source], lambda x: shrink_maps(example(x)), held, dim)
         if self._recording:
+            self._note_summed_input(self._call_name(layer, call), args)
             self._out_dims[(id(layer), call)] = dims[1]
             self._phase_events.append(("forward", self._call_name(layer, call),
                                        self._display(_io(args, out), {"input": dims[0], "output": dims[1]})))
@@ -1372,7 +1387,8 @@ class Probe:
 
     def phase_events(self) -> list[PhaseRecord]:
         """The recorded step's forward/backward events, on the host."""
-        return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()})
+        return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()},
+                            input_is_sum=kind == "forward" and name in self._summed_inputs)
                 for kind, name, tensors in self._phase_events]
 
     def _layer_table(self) -> LayerTable:

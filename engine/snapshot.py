@@ -175,6 +175,9 @@ class PhaseInfo:
     # The update phase's: the optimizer and its learning rate, the clipping norm, the gradients'
     # total L2 norm before clipping, and per module owning parameters (module, ||Δw||, ||w before||),
     # all its parameters together. ``module`` is then the layer whose change ``tensors`` shows.
+    # A forward phase's input is a sum the model's code made between modules (a residual
+    # connection's x + sublayer(x)), which no phase of its own shows.
+    input_is_sum: bool = False
     optimizer: str | None = None
     lr: float | None = None
     clip_norm: float | None = None

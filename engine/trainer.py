@@ -293,9 +293,11 @@ class Trainer:
         batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
         example = min(focus_example, batch - 1) if batch else None
         reader = AxisReader(self.model, x, forward)
+        summed = [r.input_is_sum for r in forward] + [False] * (len(items) - len(forward))
         phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names,
                             example=example, batch_size=batch, module_type=reader.type_of(module),
-                            axes=reader.axes(kind, module, tensors), shapes=reader.shapes(module, tensors))
+                            axes=reader.axes(kind, module, tensors), shapes=reader.shapes(module, tensors),
+                            input_is_sum=summed[i])
                   for i, (kind, module, tensors) in enumerate(items)]
         return _PhasedStep(phases=phases, started=started, scalars_before=queued, focus_layer=focus_layer)
 

@@ -172,6 +172,9 @@ def phase_explanation(phase: PhaseInfo) -> str:
     owns = any(key.startswith("grad:") for key in phase.tensors)
     if phase.kind == "forward":
         text = f"All {batch} go through {_module_words(phase)} at once; shown: {example}."
+        if phase.input_is_sum:
+            text += (" Its input is a sum the model's code makes between modules, as a residual "
+                     "connection does: x + sub-layer(x).")
     elif phase.kind == "loss":
         loss = phase.tensors.get("loss")
         value = f" ({_fmt(float(np.asarray(loss).reshape(-1)[0]))})" if loss is not None and np.size(loss) else ""

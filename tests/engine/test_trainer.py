@@ -609,3 +609,40 @@ def test_phase_axes_name_what_rows_and_columns_are() -> None:
     assert by["backward", "0"].shapes["grad:weight"] == tuple(conv[0].weight.shape) == (4, 1, 3, 3)
     assert by["backward", "0"].axes["grad:weight"] == ("filters", "input channels\u00b7kernel pixels")
     assert by["backward", "3"].axes["grad:weight"] == ("output units", "input units")
+
+
+def test_a_forward_phase_whose_input_is_a_residual_sum_says_so_and_shows_that_sum() -> None:
+    """A residual connection's x + sublayer(x) is made in forward code, not by a module, so no
+    phase of its own shows it: the phase of the module it feeds says its input is such a sum, and
+    that input equals the sum computed here on a copy of the model (and only those phases say so)."""
+    import copy
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(3, 6)
+            self.sub = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+            self.norm = nn.LayerNorm(6)
+            self.head = nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.head(self.norm(h + self.sub(h)).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Residual()
+    x, y = torch.randn(16, 4, 3), torch.randint(0, 2, (16,))
+    twin = copy.deepcopy(model)
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y, shuffle=False),
+                      hyper=Hyper(batch_size=16), config=TrainerConfig(val_every=0))
+    trainer.probe.focus_example = 5
+    forward = []
+    while (phase := trainer.next_phase()).kind != "update":
+        if phase.kind == "forward":
+            forward.append(phase)
+    assert {p.module: p.input_is_sum for p in forward} == {
+        "inp": False, "sub.0": False, "sub.1": False, "norm": True, "head": False}
+    h = twin.inp(x)
+    summed = (h + twin.sub(h)).detach()[5]
+    shown = next(p for p in forward if p.module == "norm").tensors["input"]
+    np.testing.assert_allclose(shown, summed.numpy(), rtol=1e-5, atol=1e-6)

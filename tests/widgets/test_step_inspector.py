@@ -266,6 +266,11 @@ def test_the_explanation_says_which_example_which_way_and_what_comes_next(shown)
     text = view.explanation.toolTip()
     assert "from layers.0.act" in text and "dL/dw" in text and "all 32 examples" in text
     assert text.endswith("Next: the update.")
+    assert "residual" not in text
+    view.render(view_data(xor_phase(2, module_type="LayerNorm", input_is_sum=True,
+                                    tensors={"input": np.ones((1, 8)), "output": np.ones((1, 8))})))
+    assert "Its input is a sum the model's code makes between modules, as a residual connection does: " \
+        "x + sub-layer(x)." in view.explanation.toolTip()
 
 
 def test_the_update_says_optimizer_rate_clipping_and_the_size_of_the_change(shown):
