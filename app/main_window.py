@@ -849,6 +849,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if event.phase == "load":  # the run asked for didn't start; the current one goes on as it was
             self._requested = None
             self._show_current_run()
+            if self.bridge is None or self.bridge.latest is None:  # (none: the first run asked for failed)
+                self._set_running(False)
+                self.status_state.setText("No run: open a model file or pick a scenario")
         elif self.partner is None:  # (side by side, the other run may still be training)
             self._set_running(False)
 

@@ -654,3 +654,26 @@ def test_an_opened_run_file_stays_on_screen_names_its_model_and_a_failed_export_
         assert "Could not export the view" in win.banner.message.text()
     finally:
         win.shutdown()
+
+
+def test_a_first_run_that_fails_to_load_leaves_play_not_pause(qtbot, tmp_path) -> None:
+    """Launched on a model file whose validation data doesn't fit, no run exists: the banner says
+    why, and the toolbar offers Play (it said Pause, as if something trained)."""
+    model = tmp_path / "bad_val.py"
+    model.write_text("import torch\nfrom torch import nn\n\ndef build():\n    x = torch.randn(64, 2)\n"
+                     "    return (nn.Linear(2, 2), (x, (x[:, 0] > 0).long()), nn.CrossEntropyLoss(),\n"
+                     "            (torch.randn(10, 3), torch.zeros(10, dtype=torch.long)))\n")
+    win = MainWindow(remember_layout=False)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        win.start_engine(model=f"{model}:build", device="cpu", play=True)
+        qtbot.waitUntil(lambda: "validation data" in win.banner.message.text(), timeout=20000)
+        assert win.act_play.text() == "Play" and not win._running
+        assert win.status_state.text() == "No run: open a model file or pick a scenario"
+        win.run_scenario("xor-mlp")  # and a scenario picked then trains when asked
+        win.play()
+        wait_step(qtbot, win, 3)
+        assert win.act_play.text() == "Pause"
+    finally:
+        win.shutdown()
