@@ -25,13 +25,25 @@ def save_png(widget: QtWidgets.QWidget, path: str) -> None:
     from PySide6 import QtCore
 
     dock = widget.parentWidget()
+    restore = None
     if isinstance(dock, QtWidgets.QDockWidget) and widget.visibleRegion().isEmpty():
-        # A view in a tab behind another is neither laid out nor drawn (views are refreshed only
-        # while shown; the grab was a stale 100×88 picture): bring its tab forward, which draws it.
+        # A view in a tab behind another (or closed) is neither laid out nor drawn (views are
+        # refreshed only while shown; the grab was a stale 100×88 picture): bring it forward, which
+        # draws it, and put the dock and the tab in front back as they were afterwards.
+        window = dock.parentWidget()
+        tabs = window.tabifiedDockWidgets(dock) if isinstance(window, QtWidgets.QMainWindow) else []
+        front = next((d for d in tabs if d.isVisible() and not d.widget().visibleRegion().isEmpty()), None)
+        restore = (dock.isVisible(), front)
         dock.show()
         dock.raise_()
         QtWidgets.QApplication.processEvents()
     pixmap = widget.grab()
+    if restore is not None:
+        was_visible, front = restore
+        if not was_visible:
+            dock.hide()
+        if front is not None:
+            front.raise_()
     buffer = QtCore.QBuffer()
     buffer.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
     if not pixmap.save(buffer, "PNG"):

@@ -584,7 +584,7 @@ class Probe:
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
-            self._note_summed_input(name, args)
+            self._note_summed_input(args)
             in_dim, out_dim = self._io_dims(name, module, args, out)
             self._phase_events.append(("forward", name, self._display(_io(args, out),
                                                                       {"input": in_dim, "output": out_dim})))
@@ -668,7 +668,7 @@ class Probe:
         self._grads: torch.Tensor | None = None
         self._layout: list[tuple] = []  # (kind, owner, key, shape, meta): see engine.capture_parse
         self._phase_events: list[tuple[str, str, dict[str, torch.Tensor]]] = []
-        self._summed_inputs: set[str] = set()  # forward phases whose input is a sum made between modules
+        self._summed_inputs: set[int] = set()  # forward events (by index) whose input is a sum made between modules
         self._calls: dict[int, int] = {}
         self._step_targets: dict[str, str | None] = {}
         # Where the focus example is taken from (steps with views or phases only): the batch's
@@ -699,6 +699,7 @@ class Probe:
         self._recording = record
         if self._want_tensors or record:  # (the batch's size: see _batch_dim)
             self._handles.append(self.model.register_forward_pre_hook(self._note_batch))
+            self._handles.append(self.model.register_forward_hook(self._forget_produced))
         self._deferring = self._capturing and not self._host and not record
         self._forward_order = []
         # (The root module is listed as "<model>"; its own name is "".)
@@ -807,8 +808,8 @@ class Probe:
         As the module's type and ``batch_first`` say where they do (LSTM(batch_first=False)'s
         output is (T, N, H), its h (layers, N, H)). Any other module's (a Linear's, a user's) is
         the one dimension as long as the batch: a Linear applied to such an LSTM's (T, N, H) output
-        keeps it in dimension 1. Where several dimensions are that long (T == N), the ``hint`` (on
-        a phase-by-phase step, the dimension the module's input had, where a module made it), then
+        keeps it in dimension 1. Where several dimensions are that long (T == N), the ``hint`` (the
+        dimension the module's input had, where a module whose example was taken made it), then
         the dimension of the Transformer layer the module is part of, then the first of them; 0
         where none is (the batch was folded into another dimension), as before.
         """
@@ -829,14 +830,20 @@ class Probe:
                 return preferred
         return candidates[0]
 
-    def _note_summed_input(self, name: str, args: tuple) -> None:
-        """(Recording.) Note the forward phase ``name`` when its input is a sum the model's code
-        made between modules: an addition autograd recorded, whose result no module returned (a
-        residual connection's x + sublayer(x); the sum is seen nowhere else in the walk)."""
+    def _forget_produced(self, *_: Any) -> None:
+        """(The model's forward hook, with ``_note_batch``.) The outputs held for their batch
+        dimensions are read during the forward only: let them go before the backward."""
+        self._produced = {}
+
+    def _note_summed_input(self, args: tuple) -> None:
+        """(Recording, just before a forward event is appended.) Note that event when its module's
+        input is a sum the model's code made between modules: an addition autograd recorded, whose
+        result no module returned (a residual connection's x + sublayer(x), seen in no phase of
+        its own). By event, not name: a module called twice may take a sum only once."""
         inp = first_tensor(args)
         fn = getattr(inp, "grad_fn", None)
         if fn is not None and type(fn).__name__.startswith("AddBackward") and id(inp) not in self._produced:
-            self._summed_inputs.add(name)
+            self._summed_inputs.add(len(self._phase_events))  # (the event appended next: this call's)
 
     def _io_dims(self, name: str, module: nn.Module, args: tuple, out: torch.Tensor) -> tuple[int, int]:
         """The batch's dimension in a module's input (its arguments' first tensor) and in its
@@ -977,7 +984,7 @@ class Probe:
                 if maps:
                     self._push_view(layer, "feature_maps", [source], lambda x: shrink_maps(example(x)), held, dim)
         if self._recording:
-            self._note_summed_input(self._call_name(layer, call), args)
+            self._note_summed_input(args)
             self._out_dims[(id(layer), call)] = dims[1]
             self._phase_events.append(("forward", self._call_name(layer, call),
                                        self._display(_io(args, out), {"input": dims[0], "output": dims[1]})))
@@ -1388,8 +1395,8 @@ class Probe:
     def phase_events(self) -> list[PhaseRecord]:
         """The recorded step's forward/backward events, on the host."""
         return [PhaseRecord(kind, name, {k: to_numpy(v) for k, v in tensors.items()},
-                            input_is_sum=kind == "forward" and name in self._summed_inputs)
-                for kind, name, tensors in self._phase_events]
+                            input_is_sum=index in self._summed_inputs)
+                for index, (kind, name, tensors) in enumerate(self._phase_events)]
 
     def _layer_table(self) -> LayerTable:
         if self._table is None or self._table.order_version != self._order_version:

@@ -448,10 +448,12 @@ class Trainer:
         """The model's output on ``x``, run ``VAL_CHUNK`` examples at a time (a big model's forward
         on thousands of examples at once can run out of memory) and joined, so the loss is taken
         on the whole set at once, whatever its reduction; in one piece when the output is not one
-        tensor of examples."""
+        tensor with the examples along its first dimension."""
         first = self.model(x[:VAL_CHUNK])
-        if len(x) <= VAL_CHUNK or not isinstance(first, torch.Tensor) or first.dim() == 0:
-            return first if len(x) <= VAL_CHUNK else self.model(x)
+        if len(x) <= VAL_CHUNK:
+            return first
+        if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.shape[0] != VAL_CHUNK:
+            return self.model(x)
         return torch.cat([first] + [self.model(x[i:i + VAL_CHUNK]) for i in range(VAL_CHUNK, len(x), VAL_CHUNK)])
 
     # --- reinitialise --------------------------------------------------------------------

@@ -120,7 +120,13 @@ def test_a_view_in_a_tab_behind_another_exports_as_it_shows_in_front(qtbot, tmp_
         tab_size = loss.size()  # what a view of that tab measures in front
         image = QtGui.QImage(window.export_png("health", str(tmp_path / "health.png")))
         assert (image.width(), image.height()) == (tab_size.width(), tab_size.height())
-        assert not health.visibleRegion().isEmpty()  # (its tab came forward)
+        qtbot.wait(50)
+        # The tab that was in front is in front again; a closed view exported stays closed.
+        assert health.visibleRegion().isEmpty() and not loss.visibleRegion().isEmpty()
+        window.docks["weights"].close()
+        qtbot.wait(50)
+        image = QtGui.QImage(window.export_png("weights", str(tmp_path / "weights.png")))
+        assert image.width() > 100 and not window.docks["weights"].isVisible()
     finally:
         window.shutdown()
 

@@ -646,3 +646,52 @@ def test_a_forward_phase_whose_input_is_a_residual_sum_says_so_and_shows_that_su
     summed = (h + twin.sub(h)).detach()[5]
     shown = next(p for p in forward if p.module == "norm").tensors["input"]
     np.testing.assert_allclose(shown, summed.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_module_called_twice_is_marked_a_sum_only_for_the_call_that_takes_one() -> None:
+    class SharedDrop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.drop = nn.Dropout(0.0)  # (no parameters: a walk-only module, called twice)
+
+        def forward(self, x):
+            h = self.drop(self.a(x))
+            return self.head(self.drop(h + self.b(h)))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    trainer = Trainer(SharedDrop(), nn.functional.cross_entropy, TensorBatches(x, y), hyper=Hyper(batch_size=8),
+                      config=TrainerConfig(val_every=0))
+    marks = []
+    while (phase := trainer.next_phase()).kind != "update":
+        if phase.kind == "forward":
+            marks.append((phase.module, phase.input_is_sum))
+    assert marks == [("a", False), ("drop", False), ("b", False), ("drop", True), ("head", False)]
+
+
+def test_validation_of_a_model_whose_output_is_not_batch_first_runs_it_whole() -> None:
+    """A (T, N, C) output can't be joined chunk by chunk along its first dimension: the set goes
+    through at once, and the loss is the whole set's."""
+    from engine.trainer import VAL_CHUNK
+
+    class TimeFirstOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):  # (N, T, 3) -> (T, N, 2)
+            return self.fc(x).transpose(0, 1)
+
+    def loss_fn(out, y):
+        return nn.functional.cross_entropy(out.mean(0), y)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 5, 3), torch.randint(0, 2, (20,))
+    xv, yv = torch.randn(VAL_CHUNK + 40, 5, 3), torch.randint(0, 2, (VAL_CHUNK + 40,))
+    trainer = Trainer(TimeFirstOut(), loss_fn, TensorBatches(x, y), val_data=(xv, yv),
+                      config=TrainerConfig(val_every=0))
+    loss, _ = trainer.validate()
+    with torch.no_grad():
+        expected = float(loss_fn(trainer.model(xv), yv))
+    assert loss == pytest.approx(expected, rel=1e-6)
