@@ -284,6 +284,38 @@ def test_a_run_that_already_clips_is_not_told_to_clip(huge_lr: tuple[Diagnosis, 
     assert {d.code for d in diagnostics.findings if _CLIP in d.fixes} == {t.code for t in told}
 
 
+def xor_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def captured_frames(model: nn.Module, steps: int) -> tuple[list, tuple]:
+    """Every step of ``model`` on XOR-like data captured: its frames, and its layers as the worker
+    hands them over (after the first step)."""
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    try:
+        frames = [trainer.step(capture=True).capture.get().frame for _ in range(steps)]
+    finally:
+        trainer.close()
+    return frames, trainer.probe.layers
+
+
+def with_a_stall(frames: list, layers: tuple, stalled: str) -> Diagnostics:
+    """The diagnostics of ``frames`` with layer ``stalled`` updated by ~1e-9 of its size at every
+    step while the head moves by 1e-3."""
+    from engine.snapshot import STAT_INDEX
+
+    diagnostics = Diagnostics(layers)
+    for step, real in enumerate(frames, start=1):
+        values = real.values.copy()
+        values[real.layer_names.index(stalled), STAT_INDEX["update_ratio"]] = 1e-9
+        values[real.layer_names.index("4"), STAT_INDEX["update_ratio"]] = 1e-3
+        diagnostics.update(dataclasses.replace(real, step=step, values=values))
+    return diagnostics
+
+
 @pytest.mark.parametrize("frozen", ["0", "2"])
 def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: str) -> None:
     """A layer the user froze (requires_grad False on all it owns) gets no gradient and no update by
@@ -293,19 +325,9 @@ def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: s
 
     from engine.snapshot import STAT_INDEX
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = xor_mlp()
     model.get_submodule(frozen).requires_grad_(False)
-    x = torch.randn(64, 2)
-    y = (x[:, 0] * x[:, 1] > 0).long()
-    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
-    frames = []
-    try:
-        for _ in range(30):
-            frames.append(trainer.step(capture=True).capture.get().frame)
-    finally:
-        trainer.close()
-    layers = trainer.probe.layers  # (as the worker hands them over: after the first step)
+    frames, layers = captured_frames(model, 30)
     modules = dict(model.named_modules())
     assert {info.name: info.trainable for info in layers if info.params > 0} == {
         name: any(p.requires_grad for p in modules[name].parameters(recurse=False)) for name in ("0", "2", "4")}
@@ -318,13 +340,7 @@ def test_a_frozen_layer_is_no_vanishing_gradient_finding_nor_hides_one(frozen: s
     assert not [d for d in diagnostics.findings if frozen in d.layers]
     # The first trainable layer now stalls (its updates ~1e-9 of its size) while the head moves.
     stalled = next(name for name in ("0", "2") if name != frozen)
-    diagnostics = Diagnostics(layers)
-    for step, real in enumerate(frames, start=1):
-        values = real.values.copy()
-        values[real.layer_names.index(stalled), STAT_INDEX["update_ratio"]] = 1e-9
-        values[real.layer_names.index("4"), STAT_INDEX["update_ratio"]] = 1e-3
-        diagnostics.update(dataclasses.replace(real, step=step, values=values))
-    d = only(diagnostics.findings, "vanishing_gradients")
+    d = only(with_a_stall(frames, layers, stalled).findings, "vanishing_gradients")
     assert d.layers == (stalled,)
 
 
@@ -332,23 +348,12 @@ def test_a_partly_frozen_layer_is_named_as_such_and_left_out_of_the_gradient_che
     """A Linear whose weight is frozen while its bias trains (bias-only fine-tuning): its gradient
     norm and update ratio are the bias's alone, so Health doesn't read them as the layer's; the
     layer info names what is frozen."""
-
     from engine.snapshot import STAT_INDEX
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = xor_mlp()
     model[0].weight.requires_grad_(False)
-    x = torch.randn(64, 2)
-    y = (x[:, 0] * x[:, 1] > 0).long()
-    trainer = Trainer(model, nn.functional.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
-    frames = []
-    try:
-        for _ in range(12):
-            frames.append(trainer.step(capture=True).capture.get().frame)
-            bias_grad = float(model[0].bias.grad.norm())
-    finally:
-        trainer.close()
-    layers = trainer.probe.layers
+    frames, layers = captured_frames(model, 12)
+    bias_grad = float(model[0].bias.grad.norm())  # (the last step's, as backward left it)
     assert {info.name: (info.trainable, info.frozen_params) for info in layers if info.params > 0} == {
         "0": (True, ("weight",)), "2": (True, ()), "4": (True, ())}
     row = frames[-1].layer_names.index("0")
@@ -356,12 +361,7 @@ def test_a_partly_frozen_layer_is_named_as_such_and_left_out_of_the_gradient_che
     # Its updates are ~1e-9 of its size (the bias barely moves beside the frozen weight): no stall of
     # the layer is claimed, while a trainable layer's stall still is.
     for stalled, named in (("0", ()), ("2", ("2",))):
-        diagnostics = Diagnostics(layers)
-        for step, real in enumerate(frames, start=1):
-            values = real.values.copy()
-            values[real.layer_names.index(stalled), STAT_INDEX["update_ratio"]] = 1e-9
-            values[real.layer_names.index("4"), STAT_INDEX["update_ratio"]] = 1e-3
-            diagnostics.update(dataclasses.replace(real, step=step, values=values))
+        diagnostics = with_a_stall(frames, layers, stalled)
         found = [d for d in diagnostics.findings if d.code == "vanishing_gradients"]
         assert tuple(name for d in found for name in d.layers) == named, (stalled, found)
         if not named:
