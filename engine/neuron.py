@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.probe import first_tensor
+from engine.probe import batch_dim_by_size, first_tensor, known_batch_dim
 
 __all__ = ["NeuronTrace", "PendingTrace", "GradientCheck", "trace_unit", "check_gradient"]
 
@@ -167,6 +167,7 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     seen: dict[str, torch.Tensor] = {}
     consumers: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output) for modules fed z itself
     dropped: list[nn.Module] = []  # dropout modules that drew masks in this forward
+    made: dict[int, tuple[torch.Tensor, int]] = {}  # outputs of modules whose type says their batch dimension
 
     def keep_linear(_module, args, output):
         seen["linear_in"] = first_tensor(args)
@@ -181,6 +182,10 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         z = seen.get("linear_out")
         if z is not None and module is not linear and args and first_tensor(args) is z:
             consumers.append((module, first_tensor(output)))
+        out = first_tensor(output)
+        dim = known_batch_dim(module, "output", out.dim()) if out is not None else None
+        if dim is not None:  # (a time-first LSTM's (T, N, H): which dimension the batch is, even when T == N)
+            made[id(out)] = (out, dim)
 
     handles = [linear.register_forward_hook(keep_linear)]
     handles += [m.register_forward_hook(watch) for m in twin.modules() if not list(m.children())]
@@ -197,8 +202,11 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     following = consumers[0] if consumers else None
     is_activation = following is not None and not list(following[0].parameters()) \
         and type(following[0]).__name__ not in _NOT_ACTIVATIONS and not isinstance(following[0], _DROPOUTS)
-    batch_dim = _batch_dim(seen["linear_in"], int(x.shape[0]))
-    inputs = seen["linear_in"].select(batch_dim, example).detach()
+    linear_in = seen["linear_in"]
+    producer = made.get(id(linear_in))
+    batch_dim = producer[1] if producer is not None and producer[0] is linear_in else \
+        batch_dim_by_size(tuple(linear_in.shape[:-1]), int(x.shape[0]), (0,))
+    inputs = linear_in.select(batch_dim, example).detach()
     position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
 
     def pick(t: torch.Tensor) -> float:
@@ -222,15 +230,6 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
                        batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
                        batch_bias_grad=None if bias_grad is None else float(bias_grad[unit]),
                        reduction=_reduction(loss_fn, out, y, example), dropout=bool(dropped))
-
-
-def _batch_dim(t: torch.Tensor, batch: int) -> int:
-    """The dimension of a Linear's input that holds the batch: the first, unless another is the
-    only one as long as the batch (a time-first sequence, (T, N, features))."""
-    if t.dim() < 3 or t.shape[0] == batch:
-        return 0
-    matching = [dim for dim in range(t.dim() - 1) if t.shape[dim] == batch]
-    return matching[0] if len(matching) == 1 else 0
 
 
 def _reduction(loss_fn: Callable, out: object, y: torch.Tensor, example: int) -> str | None:

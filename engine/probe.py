@@ -91,7 +91,7 @@ from engine.stats import (
 from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs",
-           "known_batch_dim"]
+           "known_batch_dim", "batch_dim_by_size"]
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,18 @@ def known_batch_dim(module: nn.Module, place: str, ndim: int) -> int | None:
     if isinstance(module, nn.RNNBase) and other:
         return 1
     return 1 if first else 0
+
+
+def batch_dim_by_size(shape: tuple[int, ...], batch: int | None, preferred: Sequence[int | None] = ()) -> int:
+    """The dimension of a tensor of ``shape`` that holds a batch of ``batch`` examples, where no
+    module type says it: the one dimension that long; among several (T == N), the first of
+    ``preferred`` that is one of them, else the first of them; 0 when none is, or unknown."""
+    if batch is None or len(shape) < 2:
+        return 0
+    candidates = [dim for dim, size in enumerate(shape) if size == batch]
+    if len(candidates) == 1:
+        return candidates[0]
+    return next((dim for dim in preferred if dim in candidates), candidates[0] if candidates else 0)
 
 
 def _layout_context(model: nn.Module) -> dict[str, int]:
@@ -813,22 +825,10 @@ class Probe:
         the dimension of the Transformer layer the module is part of, then the first of them; 0
         where none is (the batch was folded into another dimension), as before.
         """
-        ndim = tensor.dim()
-        known = known_batch_dim(module, place, ndim)
+        known = known_batch_dim(module, place, tensor.dim())
         if known is not None:
             return known
-        batch = self._batch
-        if batch is None or ndim < 2:
-            return 0
-        candidates = [dim for dim, size in enumerate(tensor.shape) if size == batch]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            return 0
-        for preferred in (hint, self._layout_context.get(name)):
-            if preferred in candidates:
-                return preferred
-        return candidates[0]
+        return batch_dim_by_size(tuple(tensor.shape), self._batch, (hint, self._layout_context.get(name)))
 
     def _forget_produced(self, *_: Any) -> None:
         """(The model's forward hook, with ``_note_batch``.) The outputs held for their batch

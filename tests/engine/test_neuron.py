@@ -85,9 +85,11 @@ def test_a_linear_along_a_sequence_is_written_out_at_its_first_position() -> Non
     assert trace.reduction == "mean" and "examples and positions added up" in trace.batch_text()
 
 
-def test_a_linear_over_a_time_first_sequence_is_written_out_for_the_chosen_example() -> None:
+@pytest.mark.parametrize("examples", [3, 5])
+def test_a_linear_over_a_time_first_sequence_is_written_out_for_the_chosen_example(examples: int) -> None:
     """A Linear applied to a time-first LSTM's (T, N, H) output: the example is taken along
-    dimension 1, where the batch is (along 0 it was time step 1 of every example)."""
+    dimension 1, where the batch is (along 0 it was time step 1 of every example), also when
+    T == N (5 examples of 5 steps), where only the LSTM's batch_first tells the two apart."""
 
     class TimeFirst(torch.nn.Module):
         def __init__(self) -> None:
@@ -102,7 +104,7 @@ def test_a_linear_over_a_time_first_sequence_is_written_out_for_the_chosen_examp
 
     torch.manual_seed(0)
     model = TimeFirst()
-    x, y = torch.randn(3, 5, 4), torch.randint(0, 3, (3,))  # 3 examples of 5 steps
+    x, y = torch.randn(examples, 5, 4), torch.randint(0, 3, (examples,))  # examples of 5 steps
     trace = trace_unit(model, torch.nn.functional.cross_entropy, x, y, "proj", unit=2, example=1)
     h, _ = model.rnn(x.transpose(0, 1))
     z = model.proj(h)
