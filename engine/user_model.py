@@ -34,6 +34,7 @@ from torch import nn
 
 from engine.diagnostics import Diagnosis, Thresholds, before_training
 from engine.modes import eval_mode
+from engine.probe import CHANNELS_FIRST_1D
 from engine.trainer import TrainerConfig
 
 __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
@@ -532,8 +533,9 @@ class _InputConsumer:
     itself as its first argument (the same tensor, or a view of it with its shape). Its hooks are
     removed on exit, whatever happened."""
 
-    CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
-                      nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+    # (The probe's list of layers whose 3-D tensors are (N, C, L): the one case the kind decides.
+    # Images are channels first whatever takes them.)
+    CHANNELS_FIRST = CHANNELS_FIRST_1D
     FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.RNNBase, nn.MultiheadAttention, nn.LayerNorm,
                      nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder)
 
