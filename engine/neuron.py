@@ -152,8 +152,9 @@ def _twin(model: nn.Module) -> nn.Module:
 
 
 def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, layer: str,
-               unit: int, example: int = 0) -> NeuronTrace:
-    """Recompute the batch on a copy of the model and write out one Linear unit of one example.
+               unit: int, example: int = 0, batch_dim: int = 0) -> NeuronTrace:
+    """Recompute the batch on a copy of the model and write out one Linear unit of one example
+    (taken along ``x``'s dimension ``batch_dim``: ``Probe.batch_dim_of``).
 
     The copy keeps the training model, its gradients and its random stream untouched. The
     activation shown is the module that takes this Linear's output in the forward pass as it runs
@@ -167,7 +168,8 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     seen: dict[str, torch.Tensor] = {}
     consumers: list[tuple[nn.Module, torch.Tensor]] = []  # (module, its output) for modules fed z itself
     dropped: list[nn.Module] = []  # dropout modules that drew masks in this forward
-    made: dict[int, tuple[torch.Tensor, int]] = {}  # outputs of modules whose type says their batch dimension
+    made: dict[int, tuple[torch.Tensor, int]] = {id(x): (x, batch_dim)}  # tensors whose batch dimension is known
+    examples = int(x.shape[batch_dim])
 
     def keep_linear(_module, args, output):
         seen["linear_in"] = first_tensor(args)
@@ -204,14 +206,14 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
         and type(following[0]).__name__ not in _NOT_ACTIVATIONS and not isinstance(following[0], _DROPOUTS)
     linear_in = seen["linear_in"]
     producer = made.get(id(linear_in))
-    batch_dim = producer[1] if producer is not None and producer[0] is linear_in else \
-        batch_dim_by_size(tuple(linear_in.shape[:-1]), int(x.shape[0]), (0,))
-    inputs = linear_in.select(batch_dim, example).detach()
+    in_dim = producer[1] if producer is not None and producer[0] is linear_in else \
+        batch_dim_by_size(tuple(linear_in.shape[:-1]), examples, (0,))
+    inputs = linear_in.select(in_dim, example).detach()
     position = 0 if inputs.dim() > 1 else None  # a Linear along a sequence: its first position
 
     def pick(t: torch.Tensor) -> float:
         """This unit's value in the example's output (or its gradient), at the position shown."""
-        row = t.select(batch_dim, example).reshape(-1, t.shape[-1])
+        row = t.select(in_dim, example).reshape(-1, t.shape[-1])
         return float(row[position or 0, unit])
 
     a = inputs.reshape(-1, inputs.shape[-1])[position or 0].double().numpy()
@@ -226,7 +228,7 @@ def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Te
     return NeuronTrace(layer=layer, unit=unit, inputs=a, weights=w, bias=b, z=z,
                        activation=type(following[0]).__name__ if is_activation else None, output=output,
                        delta=delta, weight_grads=delta * a, bias_grad=delta, position=position, example=example,
-                       batch_size=int(x.shape[0]),
+                       batch_size=examples,
                        batch_weight_grads=None if weight_grad is None else weight_grad[unit].double().numpy(),
                        batch_bias_grad=None if bias_grad is None else float(bias_grad[unit]),
                        reduction=_reduction(loss_fn, out, y, example), dropout=bool(dropped))

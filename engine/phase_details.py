@@ -68,17 +68,18 @@ class AxisReader:
     image (each channel's map, stacked) until a module flattens it, otherwise a row of features; a weight
     is (output units × input units), a conv kernel (filters × input channels·kernel pixels)."""
 
-    def __init__(self, model: nn.Module, x: Any, forward: list[Any]) -> None:
+    def __init__(self, model: nn.Module, x: Any, forward: list[Any], batch_dim: int = 0) -> None:
         self.modules = dict(model.named_modules())
         self.recurrent = any(isinstance(m, nn.RNNBase) for m in self.modules.values())
         self.length: int | None = None  # positions of a sequence example
         self.rows = "positions"
         image = False
         if isinstance(x, torch.Tensor):
+            along = 0 if batch_dim else 1  # (a sequence batch's time dimension: (N, T, ...) or (T, N, ...))
             if x.dim() == 2 and not x.is_floating_point():
-                self.length, self.rows = int(x.shape[1]), "time steps" if self.recurrent else "tokens"
+                self.length, self.rows = int(x.shape[along]), "time steps" if self.recurrent else "tokens"
             elif x.dim() == 3:
-                self.length, self.rows = int(x.shape[1]), "time steps" if self.recurrent else "positions"
+                self.length, self.rows = int(x.shape[along]), "time steps" if self.recurrent else "positions"
             image = x.dim() == 4
         # Per forward module: whether its input and its output still have the image's layout.
         self.spatial: dict[str, tuple[bool, bool]] = {}

@@ -414,6 +414,27 @@ def batch_dim_by_size(shape: tuple[int, ...], batch: int | None, preferred: Sequ
     return next((dim for dim in preferred if dim in candidates), candidates[0] if candidates else 0)
 
 
+def input_batch_dim(x: Any, y: Any, time_first: bool) -> int:
+    """Which dimension of a batch's input ``x`` holds its examples, given its targets ``y`` and
+    whether the model's sequence modules take their sequences time first (``time_first``).
+
+    Dimension 0, as Glassbox's own batches and a DataLoader's default collation stack them, unless
+    the targets say otherwise: a loader that collates sequences time first (``pad_sequence``) gives
+    ``x`` of (T, N, ...) with targets of (N, ...), whose one dimension as long as the targets' first
+    is the batch's; or targets of every position flattened (T·N, ...), for a model whose sequence
+    modules are time first: dimension 1. Targets as long as ``x``'s first dimension leave it 0 (a
+    (T, N) batch with (T, N) targets can't be told from (N, T) by shapes alone)."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not isinstance(y, torch.Tensor) or y.dim() == 0:
+        return 0
+    examples = int(y.shape[0])
+    if examples == x.shape[0]:
+        return 0
+    matching = [dim for dim in range(1, x.dim()) if x.shape[dim] == examples]
+    if len(matching) == 1:
+        return matching[0]
+    return 1 if time_first and examples == x.shape[0] * x.shape[1] else 0
+
+
 def _layout_context(model: nn.Module) -> dict[str, int]:
     """Per module inside one of a type ``_sequence_first`` knows (a Transformer layer's Linear,
     LayerNorm, Dropout), the batch's dimension in that nearest such module's sequences: it breaks
@@ -460,6 +481,7 @@ class Probe:
         self._walk_only = [(name, m) for name, m in model.named_modules()
                            if not list(m.children()) and id(m) not in measured and name]
         self._layout_context = _layout_context(model)
+        self._time_first = any(_sequence_first(m) for m in model.modules())  # (see input_batch_dim)
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._order_version = 0
@@ -688,6 +710,7 @@ class Probe:
         # example is taken, by id (the tensor held, so no other takes its id), for the modules it feeds;
         # each measured call's output's, for its gradient; those a step graph's views took.
         self._batch: int | None = None
+        self._targets: Any = None
         self._produced: dict[int, tuple[torch.Tensor, int]] = {}
         self._out_dims: dict[tuple[int, int], int] = {}
         self._deferred_dims: list[int] = []
@@ -695,10 +718,12 @@ class Probe:
         self._host = True  # statistics computed with numpy (CPU), else on the device
         self._device = torch.device("cpu")  # the parameters' device, read when a capture begins
 
-    def begin_step(self, capture: bool, tensors: bool = False, record: bool = False) -> None:
-        """Arm the hooks for the coming forward/backward (only a captured step has any)."""
+    def begin_step(self, capture: bool, tensors: bool = False, record: bool = False, targets: Any = None) -> None:
+        """Arm the hooks for the coming forward/backward (only a captured step has any). The batch's
+        ``targets`` tell where its input holds its examples (``input_batch_dim``), for the views."""
         self._disarm()
         self._reset_step()
+        self._targets = targets
         self._capturing = (capture or record) and self._attached
         record = record and self._capturing
         if self._capturing:
@@ -802,15 +827,20 @@ class Probe:
             return x.select(dim, min(focus, x.shape[dim] - 1)) if x.dim() > dim and x.shape[dim] else x
         return example
 
+    def batch_dim_of(self, x: Any, y: Any) -> int:
+        """The dimension of a batch's input ``x`` that holds its examples (``input_batch_dim``)."""
+        return input_batch_dim(x, y, self._time_first)
+
     def _note_batch(self, module: nn.Module, args: tuple) -> None:
         """(The model's forward pre-hook, on steps with views or phases.) The batch's size: the
-        first dimension of the model's input, which Glassbox's batches stack examples along."""
+        model input's dimension that holds its examples, the first unless the targets say otherwise."""
         if not self._capturing or self._batch is not None:
             return
         x = first_tensor(args)
         if x is not None and x.dim() >= 1:
-            self._batch = int(x.shape[0])
-            self._produced[id(x)] = (x, 0)
+            dim = self.batch_dim_of(x, self._targets)
+            self._batch = int(x.shape[dim])
+            self._produced[id(x)] = (x, dim)
 
     def _batch_dim(self, name: str, module: nn.Module, tensor: torch.Tensor, place: str,
                    hint: int | None = None) -> int:

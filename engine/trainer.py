@@ -236,7 +236,7 @@ class Trainer:
         started = time.perf_counter()
         with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
-            self.probe.begin_step(capture, tensors=tensors)
+            self.probe.begin_step(capture, tensors=tensors, targets=y)
             self._forward_backward(x, y)
             self._update()
         return self._end_step(started, capture)
@@ -278,7 +278,7 @@ class Trainer:
         queued = len(self._pending_scalars)
         with self._rng_scope(), self._probe_step():
             x, y = self._next_batch()
-            self.probe.begin_step(True, tensors=True, record=True)
+            self.probe.begin_step(True, tensors=True, record=True, targets=y)
             focus_layer, focus_example = self.probe.focus_layer, self.probe.focus_example  # (as the step began)
             loss = self._forward_backward(x, y)
         records = self.probe.phase_events()
@@ -290,9 +290,10 @@ class Trainer:
         items += [("backward", r.module, r.tensors) for r in backward]
         items.append(("update", None, {}))
         names = tuple(f"{kind} {module}" if module else kind for kind, module, _ in items)
-        batch = int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
+        batch_dim = self.probe.batch_dim_of(x, y)
+        batch = int(x.shape[batch_dim]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
         example = min(focus_example, batch - 1) if batch else None
-        reader = AxisReader(self.model, x, forward)
+        reader = AxisReader(self.model, x, forward, batch_dim)
         summed = [r.input_is_sum for r in forward] + [False] * (len(items) - len(forward))
         phases = [PhaseInfo(index=i, total=len(items), kind=kind, module=module, tensors=tensors, names=names,
                             example=example, batch_size=batch, module_type=reader.type_of(module),
@@ -373,7 +374,7 @@ class Trainer:
         pending = list(self._pending_scalars)
         try:
             with self._rng_scope(), self._probe_step():
-                self.probe.begin_step(True, tensors=True)
+                self.probe.begin_step(True, tensors=True, targets=self._last_batch[1])
                 self._forward_backward(*self._last_batch)
             scalars = torch.stack(self._pending_scalars[len(pending):])
             return self.probe.finish(self.step_count, scalars)

@@ -212,18 +212,14 @@ def network_view(run: Run, capture: Capture | None) -> NetworkView:
     keys: list[str] = []  # what feeds each column: INPUT, or its layer's name
     names, sizes, acts, grads, weights, connected, links = [], [], [], [], [], [], []
     batch = trainer.last_batch
-    if batch is not None and batch[0].is_floating_point() and batch[0][0].numel() <= MAX_GRAPH_UNITS:
-        example = batch[0][min(trainer.probe.focus_example, len(batch[0]) - 1)]
+    if batch is not None:
+        x, along = batch[0], trainer.probe.batch_dim_of(*batch)
+        example = x.select(along, min(trainer.probe.focus_example, x.shape[along] - 1))
         keys.append(INPUT)
         names.append("input")
         sizes.append(int(example.numel()))
-        acts.append(example.detach().reshape(-1).float().cpu().numpy())
-        grads.append(None)
-    elif batch is not None:
-        keys.append(INPUT)
-        names.append("input")
-        sizes.append(int(batch[0][0].numel()))
-        acts.append(None)
+        drawn = x.is_floating_point() and example.numel() <= MAX_GRAPH_UNITS
+        acts.append(example.detach().reshape(-1).float().cpu().numpy() if drawn else None)
         grads.append(None)
     for position, layer in columns:
         # (An Embedding's units are its embedding dimensions; its weight's rows are tokens.)

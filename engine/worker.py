@@ -505,7 +505,7 @@ class Worker:
         try:
             with trainer.probe.suspended():
                 return trace_unit(trainer.model, trainer.loss_fn, x, y, self._unit.layer, self._unit.unit,
-                                  trainer.probe.focus_example)
+                                  trainer.probe.focus_example, trainer.probe.batch_dim_of(x, y))
         except (ValueError, IndexError, KeyError):
             return None  # not a Linear unit: the inspector says what it can show
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from engine.batches import TensorBatches
-from engine.probe import Probe, ProbeConfig, known_batch_dim
+from engine.probe import Probe, ProbeConfig, input_batch_dim, known_batch_dim
 from engine.snapshot import Hyper, PhaseInfo
 from engine.trainer import Trainer
 
@@ -121,6 +121,17 @@ def phased_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, 
     xb, yb = trainer.last_batch
     assert all(p.example == focus and p.batch_size == batch for p in phases)
     return {(p.kind, p.module): p for p in phases}, reference(before, xb, yb, loss_fn)
+
+
+def test_the_input_batch_dimension_is_the_one_the_targets_name() -> None:
+    tokens = torch.zeros(7, 4, dtype=torch.long)  # (T, N) or (N, T)
+    assert input_batch_dim(tokens, torch.zeros(7), time_first=True) == 0  # (as a DataLoader stacks)
+    assert input_batch_dim(tokens, torch.zeros(4), time_first=False) == 1
+    assert input_batch_dim(torch.zeros(7, 4, 3), torch.zeros(4, 2), time_first=False) == 1
+    assert input_batch_dim(tokens, torch.zeros(28), time_first=True) == 1  # a target per token, flattened
+    assert input_batch_dim(tokens, torch.zeros(28), time_first=False) == 0
+    assert input_batch_dim(torch.zeros(4, 4, 3), torch.zeros(4), time_first=True) == 0  # (ambiguous)
+    assert input_batch_dim(torch.zeros(5, 3, 3), torch.zeros(3), time_first=False) == 0  # (two dimensions match)
 
 
 def test_known_batch_dims_follow_the_type_and_batch_first() -> None:
@@ -310,3 +321,78 @@ def test_views_left_to_a_step_graph_take_the_example_along_the_batch_dimension()
                 assert_shown(capture.unit_values["head"], example(truth, 1, probe.focus_example))
         if graphed:
             assert probe.graphs.recorded >= 2 and probe.graphs.replayed >= 3 and probe.graphs.off_because is None
+
+
+class TokensLSTM(nn.Module):
+    """Time-first token batches (T, N), as ``pad_sequence`` collates them, into a time-first LSTM:
+    classified from the last layer's h (targets (N,)), or per token (targets (T·N,))."""
+
+    def __init__(self, vocab: int = 11, width: int = 4, hidden: int = 5, classes: int = 3,
+                 per_token: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.lstm = nn.LSTM(width, hidden)
+        self.head = nn.Linear(hidden, classes)
+        self.per_token = per_token
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, (h, _) = self.lstm(self.embed(tokens))
+        return self.head(out).reshape(-1, self.head.out_features) if self.per_token else self.head(h[-1])
+
+
+def time_first_loader(n: int, steps: int, per_token: bool, batches: int = 3) -> list:
+    """Batches of ``n`` token sequences of ``steps`` collated time first: x (T, N), y (N,) or (T·N,)."""
+    torch.manual_seed(7)
+    loader = []
+    for _ in range(batches):
+        x = torch.randint(0, 11, (steps, n))
+        loader.append((x, (x % 3).reshape(-1) if per_token else x[-1] % 3))
+    return loader
+
+
+@pytest.mark.parametrize("per_token, n, steps", [(False, 4, 6), (True, 4, 6), (True, 5, 5)])
+def test_a_time_first_input_batch_shows_the_chosen_example(per_token: bool, n: int, steps: int) -> None:
+    """The targets tell where the input holds its examples: (N,) targets against (T, N) tokens, or
+    (T·N,) per-token targets for a model whose LSTM is time first, also when T == N. Every phase,
+    from the Embedding on, shows example k of the N, not time step k. (With T == N, (N,) targets
+    can't tell a (T, N) batch from an (N, T) one: that stays dimension 0, as a DataLoader stacks.)"""
+    from engine.batches import LoaderBatches
+
+    model = TokensLSTM(per_token=per_token)
+    trainer = Trainer(model, nn.functional.cross_entropy, LoaderBatches(time_first_loader(n, steps, per_token)),
+                      hyper=Hyper(optimizer="sgd", lr=0.1))
+    trainer.step()
+    trainer.probe.focus_example = 3
+    before = copy.deepcopy(trainer.model)
+    phases: list[PhaseInfo] = [trainer.next_phase()]
+    while phases[-1].kind != "update":
+        phases.append(trainer.next_phase())
+    by = {(p.kind, p.module): p for p in phases}
+    assert all(p.batch_size == n and p.example == 3 for p in phases)
+    xb, yb = trainer.last_batch
+    ref = reference(before, xb, yb, nn.functional.cross_entropy)
+    _, embedded = ref["embed"]
+    forward = by["forward", "embed"]
+    assert_shown(forward.tensors["output"], example(embedded, 1, 3))  # (its input, token ids, isn't drawn)
+    assert forward.axes["output"][0] == "time steps"
+    assert_shown(by["backward", "embed"].tensors["grad_output"], example(embedded.grad, 1, 3))
+    _, (out, _) = ref["lstm"]
+    assert_shown(by["forward", "lstm"].tensors["output"], example(out, 1, 3))
+
+
+def test_the_neuron_view_of_a_linear_on_a_time_first_input_takes_the_chosen_example() -> None:
+    """A Linear fed the (T, N, F) input itself, T == N: only the batch's layout tells its dimension."""
+    from engine.neuron import trace_unit
+
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    x = torch.randn(5, 5, 3)  # T = N = 5, time first
+    y = torch.randn(5, 4)
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ((out.mean(0) - target) ** 2).mean()
+
+    trace = trace_unit(model, loss_fn, x, y, "0", unit=2, example=3, batch_dim=1)
+    np.testing.assert_allclose(trace.inputs, x[0, 3].numpy(), rtol=1e-6)  # its first position, example 3
+    z = (x[0, 3] @ model[0].weight[2] + model[0].bias[2]).detach()
+    assert trace.z == pytest.approx(float(z), rel=1e-5) and trace.batch_size == 5

@@ -311,3 +311,32 @@ def test_a_layer_applied_twice_is_named_and_its_column_shows_its_first_pass():
         np.testing.assert_allclose(view.activations[2], first.numpy(), rtol=1e-5, atol=1e-6)
     finally:
         run.trainer.close()
+
+
+class TimeFirstLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 5)  # batch_first=False: fed (T, N, F) as the loader collates it
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(x)
+        return self.head(h[-1])
+
+
+def test_the_input_column_of_a_time_first_batch_is_the_chosen_example():
+    """A loader's (T, N, F) batch with (N,) targets: the input column is example k's T × F values,
+    not time step k across the batch."""
+    from engine.batches import LoaderBatches
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 4, 3), torch.randint(0, 2, (4,))
+    trainer = Trainer(TimeFirstLSTM(), F.cross_entropy, LoaderBatches([(x, y)]),
+                      hyper=Hyper(optimizer="sgd", lr=0.1), config=TrainerConfig(val_every=0))
+    trainer.probe.focus_example = 2
+    try:
+        view = network_view(Run(name="t", trainer=trainer), trainer.step(capture=True, tensors=True).capture.get())
+        assert view.column_names[0] == "input" and view.column_sizes[0] == 6 * 3
+        np.testing.assert_array_equal(view.activations[0], x[:, 2].reshape(-1).numpy())
+    finally:
+        trainer.close()
