@@ -122,6 +122,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.bridge: Any = None
         self._scenarios: dict[str, Any] = {}
         self._current: dict[str, Any] = {"kind": "scenario", "name": None, "device": "auto", "model": None}
+        self._model_ref: str | None = None  # the model file last asked for (File ▸ Reload reads it again)
         self._requested: dict[str, Any] | None = None  # the run asked for, until it starts or fails
         self._running = False
         self._last_snapshot: Snapshot | None = None
@@ -282,6 +283,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.act_reinit = self._action("Reinitialize", self.reinitialize, "Ctrl+R",
                                        "Fresh weights and optimizer state; the step counter restarts")
         self.act_open_model = self._action("Open model file…", self.open_model_file, "Ctrl+O")
+        self.act_reload_model = self._action("Reload model file", self.reload_model, "F5",
+                                             "Read your model file again, after you edit it, and train it afresh")
+        self.act_reload_model.setEnabled(False)
         self.act_open_run = self._action("Open run…", self.open_run, "Ctrl+Shift+O")
         self.act_save_run = self._action("Save run…", self.save_run, "Ctrl+S")
         self.act_export_csv = self._action("Export series as CSV…", self.export_csv, "Ctrl+E")
@@ -331,7 +335,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _build_menus(self) -> None:
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
-        for action in (self.act_open_model, self.act_open_run, self.act_save_run):
+        for action in (self.act_open_model, self.act_reload_model, self.act_open_run, self.act_save_run):
             file_menu.addAction(action)
         export = file_menu.addMenu("Export view as PNG")
         for key, view in self.views.items():
@@ -443,6 +447,10 @@ class MainWindow(QtWidgets.QMainWindow):
     def _user_factory(self, ref: str, device: str | None = None) -> Callable:
         device = device or self._current["device"]
         self._requested = {"kind": "user", "name": ref, "model": None, "device": device}
+        self._model_ref = ref
+        file, _, function = ref.rpartition(":")
+        self.act_reload_model.setText(f"Reload {Path(file).name}:{function}")
+        self.act_reload_model.setEnabled(True)
         return functools.partial(self._scenario_module.build_user_run, ref, device=device)
 
     def _show_in_scenario_box(self, current: dict[str, Any]) -> None:
@@ -724,6 +732,13 @@ class MainWindow(QtWidgets.QMainWindow):
             self.stop_compare()
             self._replace(self._user_factory(ref))
 
+    def reload_model(self) -> None:
+        """Read the model file last asked for again (the one training, or one that failed to
+        load) and train it afresh: the edit, run, look loop of working on your own model."""
+        if self._model_ref is not None:
+            self.banner.dismiss()  # (a file that fails again says so anew)
+            self.open_model(self._model_ref)
+
     # --- selection and scrubbing ----------------------------------------------------------
     @property
     def _selected_layer(self) -> str | None:
@@ -847,11 +862,14 @@ class MainWindow(QtWidgets.QMainWindow):
         self.errors.append(event)
         self.banner.show_error(event.message, _where(event))
         if event.phase == "load":  # the run asked for didn't start; the current one goes on as it was
-            self._requested = None
+            failed, self._requested = self._requested, None
             self._show_current_run()
             if self.bridge is None or self.bridge.latest is None:  # (none: the first run asked for failed)
                 self._set_running(False)
-                self.status_state.setText("No run: open a model file or pick a scenario")
+                if failed is not None:  # (the box shows what failed: choosing it again, or F5, retries)
+                    self._show_in_scenario_box(failed)
+                retry = "fix the file and press F5, or " if failed is not None and failed["kind"] == "user" else ""
+                self.status_state.setText(f"No run: {retry}open a model file or pick a scenario")
         elif self.partner is None:  # (side by side, the other run may still be training)
             self._set_running(False)
 
@@ -1020,7 +1038,7 @@ class MainWindow(QtWidgets.QMainWindow):
         QtWidgets.QMessageBox.about(
             self, "About Glassbox",
             "<b>Glassbox</b><br>See inside a neural network while it trains.<br><br>"
-            "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize")
+            "Space: play/pause · →: one step · Shift+→: one phase · Ctrl+R: reinitialize · F5: reload your model file")
 
 
 def phase_status_text(snapshot: Snapshot) -> str:

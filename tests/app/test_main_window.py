@@ -670,10 +670,47 @@ def test_a_first_run_that_fails_to_load_leaves_play_not_pause(qtbot, tmp_path) -
         win.start_engine(model=f"{model}:build", device="cpu", play=True)
         qtbot.waitUntil(lambda: "validation data" in win.banner.message.text(), timeout=20000)
         assert win.act_play.text() == "Play" and not win._running
-        assert win.status_state.text() == "No run: open a model file or pick a scenario"
+        assert win.status_state.text() == "No run: fix the file and press F5, or open a model file or pick a scenario"
+        assert win.scenario.currentText() == "Your model · bad_val.py:build"  # (it showed a scenario not running)
         win.run_scenario("xor-mlp")  # and a scenario picked then trains when asked
         win.play()
         wait_step(qtbot, win, 3)
         assert win.act_play.text() == "Pause"
+    finally:
+        win.shutdown()
+
+
+def test_reload_reads_an_edited_model_file_again(qtbot, tmp_path) -> None:
+    """The edit, run, look loop: a file that failed to load, fixed and reloaded (F5), trains; edited
+    again (a wider layer), reloaded, trains the new model."""
+    model = tmp_path / "mine.py"
+
+    def write(hidden: int, broken: bool = False) -> None:
+        model.write_text("import torch\nfrom torch import nn\n\ndef build():\n    x = torch.randn(64, 2)\n"
+                         f"    model = nn.Sequential(nn.Linear({3 if broken else 2}, {hidden}), nn.ReLU(), "
+                         f"nn.Linear({hidden}, 2))\n"
+                         "    return model, (x, (x[:, 0] > 0).long()), nn.CrossEntropyLoss()\n")
+
+    write(8, broken=True)
+    win = MainWindow(remember_layout=False)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        assert not win.act_reload_model.isEnabled()
+        win.start_engine(model=f"{model}:build", device="cpu", play=True)
+        qtbot.waitUntil(lambda: "shape" in win.banner.message.text() or "size" in win.banner.message.text(),
+                        timeout=20000)
+        assert win.act_reload_model.isEnabled() and win.act_reload_model.text() == "Reload mine.py:build"
+        assert win.act_reload_model.shortcut().toString() == "F5"
+        write(8)
+        win.act_reload_model.trigger()
+        win.play()
+        wait_step(qtbot, win, 2)
+        assert [layer.weight_shape for layer in win.bridge.latest.layers if layer.params][0] == (8, 2)
+        write(16)
+        win.act_reload_model.trigger()
+        qtbot.waitUntil(lambda: win.bridge.latest is not None and any(
+            layer.weight_shape == (16, 2) for layer in win.bridge.latest.layers), timeout=20000)
+        assert not win.banner.isVisible()
     finally:
         win.shutdown()
