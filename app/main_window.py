@@ -73,31 +73,39 @@ class _InputKeysFirst(QtCore.QObject):
 
     - Arrow, Home/End and Page keys go to a focused slider or spin box (the timeline, the learning
       rate), not to → (step) or End (go live). The filter is installed on those widgets.
-    - Space goes to a button, checkbox, list or combo box that was given focus from the keyboard
-      (Tab), so it can be pressed without a mouse. One focused by a click leaves Space to
-      play/pause. The filter is installed on the window and its docks, which a shortcut's
-      override event reaches from any focused child.
+    - Space goes to a button, checkbox, list or combo box that was given focus by Tab or
+      Shift+Tab, so it can be pressed without a mouse. One focused otherwise (a click, the window
+      opening or coming back to the front) leaves Space to play/pause. The filter is installed on
+      the window and its docks, which a key's shortcut override event reaches from any focused
+      child: that is how a Tab is seen before the focus moves.
     """
 
     KEYS = {QtCore.Qt.Key.Key_Left, QtCore.Qt.Key.Key_Right, QtCore.Qt.Key.Key_Up, QtCore.Qt.Key.Key_Down,
             QtCore.Qt.Key.Key_Home, QtCore.Qt.Key.Key_End, QtCore.Qt.Key.Key_PageUp, QtCore.Qt.Key.Key_PageDown}
     TAKES_SPACE = (QtWidgets.QAbstractButton, QtWidgets.QComboBox, QtWidgets.QAbstractItemView)
 
+    TABS = {QtCore.Qt.Key.Key_Tab, QtCore.Qt.Key.Key_Backtab}
+
     def __init__(self, parent: QtCore.QObject) -> None:
         super().__init__(parent)
         self._keyboard_focus: QtWidgets.QWidget | None = None
+        self._tabbing = False  # a Tab was pressed and the focus hasn't moved since
         QtWidgets.QApplication.instance().focusChanged.connect(self._focus_changed)
 
     def _focus_changed(self, _old: QtWidgets.QWidget | None, new: QtWidgets.QWidget | None) -> None:
-        # (A click gives focus while its button is down; Tab, a shortcut or the code with none down.)
-        by_keyboard = QtGui.QGuiApplication.mouseButtons() == QtCore.Qt.MouseButton.NoButton
-        self._keyboard_focus = new if by_keyboard and isinstance(new, self.TAKES_SPACE) else None
+        by_tab, self._tabbing = self._tabbing, False  # (a Tab a text box kept doesn't count later)
+        by_tab = by_tab and QtGui.QGuiApplication.mouseButtons() == QtCore.Qt.MouseButton.NoButton
+        self._keyboard_focus = new if by_tab and isinstance(new, self.TAKES_SPACE) else None
 
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
-        if event.type() != QtCore.QEvent.Type.ShortcutOverride \
-                or event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier:
+        if event.type() != QtCore.QEvent.Type.ShortcutOverride:
             return False
         key = QtCore.Qt.Key(event.key())
+        if key in self.TABS:
+            self._tabbing = True
+            return False
+        if event.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier:
+            return False
         if isinstance(watched, (QtWidgets.QAbstractSlider, QtWidgets.QAbstractSpinBox)) and key in self.KEYS:
             event.accept()  # the widget gets the key press; no shortcut fires
             return True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PySide6 import QtCore, QtGui
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from app.main_window import MainWindow, measuring_text
 from engine.scenarios import SCENARIOS
@@ -126,7 +126,6 @@ def test_bad_model_file_shows_one_line_and_app_survives(qtbot, window: MainWindo
 
 def test_a_model_file_that_does_not_parse_is_reported_without_a_question_first(qtbot, window: MainWindow,
                                                                                  tmp_path, monkeypatch) -> None:
-    from PySide6 import QtWidgets
 
     bad = tmp_path / "broken.py"
     bad.write_text("def build(:\n")
@@ -165,7 +164,6 @@ def test_a_failed_load_while_training_keeps_the_run_training_and_the_button_righ
 
 
 def test_arrow_keys_move_a_focused_slider_instead_of_stepping(qtbot, window: MainWindow) -> None:
-    from PySide6 import QtWidgets
 
     window.start_engine(scenario="xor-mlp", device="cpu", play=False)
     qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
@@ -189,7 +187,12 @@ def test_space_presses_a_checkbox_reached_by_tab_and_plays_after_a_click(qtbot, 
     window.activateWindow()
     box = window.hyper_panel.pause_error
     before = box.isChecked()
-    box.setFocus(QtCore.Qt.FocusReason.TabFocusReason)  # reached from the keyboard
+    window.hyper_panel.rebuild.setFocus()
+    for _ in range(60):  # reached from the keyboard: Tab until it has the focus
+        if box.hasFocus():
+            break
+        qtbot.keyClick(QtWidgets.QApplication.focusWidget(), QtCore.Qt.Key.Key_Tab)
+    assert box.hasFocus()
     qtbot.keyClick(box, QtCore.Qt.Key.Key_Space)
     assert box.isChecked() != before and not window._running  # pressed it; training did not start
     window.hyper_panel.rebuild.setFocus()
@@ -197,6 +200,20 @@ def test_space_presses_a_checkbox_reached_by_tab_and_plays_after_a_click(qtbot, 
     assert box.isChecked() == before and box.hasFocus()
     qtbot.keyClick(box, QtCore.Qt.Key.Key_Space)
     assert box.isChecked() == before and window._running  # Space played
+    window.pause()
+
+
+def test_space_plays_when_the_window_opens_with_a_combo_box_focused(qtbot, window: MainWindow) -> None:
+    """The focus a window gives its first control when it opens (or comes back to the front) isn't
+    the user's Tab: Space still plays. (It opened the Network view's colour combo box.)"""
+    window.start_engine(scenario="xor-mlp", device="cpu", play=False)
+    qtbot.waitUntil(lambda: window.bridge.latest is not None, timeout=20000)
+    window.activateWindow()
+    combo = window.views["network"].findChild(QtWidgets.QComboBox)
+    combo.setFocus(QtCore.Qt.FocusReason.ActiveWindowFocusReason)
+    assert combo.hasFocus()
+    qtbot.keyClick(combo, QtCore.Qt.Key.Key_Space)
+    assert window._running and not combo.view().isVisible()
     window.pause()
 
 
