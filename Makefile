@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# Where torch comes from: empty, pip's configured index. PyPI's Linux wheel is the CUDA build;
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the far smaller CPU one.
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test setup bench screenshots clean package package-test
@@ -10,8 +13,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned, so nothing below can pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	# torch first, pinned, so nothing below can pull another build of it.
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 

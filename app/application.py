@@ -19,7 +19,26 @@ def run_app(options: argparse.Namespace) -> int:
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setApplicationName("Glassbox")
     app.setOrganizationName("Glassbox")
-    _apply_style(app)
+    app.setStyle("Fusion")  # (the same look on every platform, as the screenshots show it)
+    try:
+        window = open_window(options)
+    except ValueError as exc:  # e.g. an unknown scenario or an absent CUDA device
+        print(f"glassbox: error: {exc}", file=sys.stderr)
+        return 2
+    if options.smoke_test is not None:
+        from app.smoke import run_smoke_test
+
+        return run_smoke_test(window, options.smoke_test)
+    code = app.exec()
+    leave_now_if(not window.shutdown(), code)
+    return code
+
+
+def open_window(options: argparse.Namespace):
+    """The main window, shown, training (or paused on) what the command line asked for; a run file
+    named on it is on screen. ValueError for what can't start (the window is closed then)."""
+    from PySide6 import QtWidgets
+
     from app.main_window import MainWindow
 
     smoke = options.smoke_test is not None
@@ -27,23 +46,19 @@ def run_app(options: argparse.Namespace) -> int:
     if smoke:
         window.show_every_view()
     window.show()
-    app.processEvents()
+    QtWidgets.QApplication.processEvents()
     if os.environ.get("GLASSBOX_REPORT_STARTUP"):  # packaging/measure.py times launch-to-window by it
         print(f"glassbox: window shown at {time.time():.3f}", file=sys.stderr, flush=True)
     try:
         window.start_engine(scenario=options.scenario, model=options.model, device=options.device,
-                            play=not (smoke or options.paused))
-    except ValueError as exc:  # e.g. an unknown scenario or an absent CUDA device
-        print(f"glassbox: error: {exc}", file=sys.stderr)
+                            play=not (smoke or options.paused or options.run))
+    except ValueError:
         window.shutdown()
-        return 2
-    if smoke:
-        from app.smoke import run_smoke_test
-
-        return run_smoke_test(window, options.smoke_test)
-    code = app.exec()
-    leave_now_if(not window.shutdown(), code)
-    return code
+        window.close()
+        raise
+    if options.run:  # (a file that can't be shown says so in the banner; the run behind it waits paused)
+        window.open_run(options.run)
+    return window
 
 
 def leave_now_if(thread_left_running: bool, code: int) -> None:
@@ -58,15 +73,3 @@ def leave_now_if(thread_left_running: bool, code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _apply_style(app) -> None:
-    from importlib import resources
-
-    try:
-        style = resources.files("assets").joinpath("style.qss").read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError, OSError):
-        style = ""
-    app.setStyle("Fusion")
-    if style:
-        app.setStyleSheet(style)

@@ -20,6 +20,8 @@ def _gui_parser() -> argparse.ArgumentParser:
         description="See inside a neural network while it trains. "
                     "Run `glassbox report --help` for the headless report.")
     parser.add_argument("--version", action="version", version=f"glassbox {VERSION}")
+    parser.add_argument("run", nargs="?", metavar="RUN.glassbox",
+                        help="a run file to open (saved with File ▸ Save run or `glassbox report --save`)")
     parser.add_argument("--scenario", metavar="NAME", help="built-in scenario to open (default: spirals-mlp)")
     parser.add_argument("--model", metavar="FILE.py:FUNC", help="open your own model instead")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -428,8 +428,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.bridge.frame_ready.connect(self._on_frame)
         self.bridge.error.connect(self._on_error)
         self.bridge.run_started.connect(self._on_run_started)
+        if scenario is not None and scenario not in self._scenarios:  # (a typo on the command line)
+            raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(self._scenarios)}")
         name = scenario or self._saved("scenario", scenarios.DEFAULT_SCENARIO)
-        if name not in self._scenarios:
+        if name not in self._scenarios:  # (one remembered from another version)
             name = scenarios.DEFAULT_SCENARIO
         if model:
             factory = self._user_factory(model)

@@ -83,7 +83,7 @@ def test_spec_excludes_the_dead_weight(spec):
     "PySide6/Qt/plugins/imageformats/libqsvg.so", "PySide6/Qt/lib/libQt6Svg.so.6",
     "PySide6/Qt/plugins/platforms/libqwayland-egl.so", "PySide6/Qt/plugins/platformthemes/libqxdgdesktopportal.so",
     "libglib-2.0.so.0", "libfontconfig.so.1", "torch/bin/torch_shm_manager",
-    "assets/style.qss", "assets/glassbox.png",
+    "assets/glassbox.svg", "assets/glassbox.png",
 ])
 def test_spec_keeps(spec, dest):
     assert spec["_keep"](dest)
