@@ -266,13 +266,14 @@ def _run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         try:
             report = collect_report(run, args.steps, args.every)
+            views = _final_views(run) if args.save else None  # (the probe is gone after close)
         finally:
             run.trainer.close()
     report["seconds"] = round(time.perf_counter() - started, 3)
     print(format_table(report))
     # The run file first: should it fail, an existing JSON report is still the old one.
     if args.save:
-        _save(args.save, run, report)
+        _save(args.save, run, report, views)
         print(f"saved run to {args.save}")
     if args.json:
         write_atomic(args.json, json.dumps(report, indent=1).encode())
@@ -325,8 +326,23 @@ def _check_distinct(paths: dict[str, str | None]) -> None:
         seen[key] = option
 
 
-def _save(path: str, run: Any, report: dict[str, Any]) -> None:
-    """A run file the app's File → Open run reads like one it saved itself."""
+def _final_views(run: Any) -> Any:
+    """The last batch measured once more with its views (a ``Capture``, or None): the app's
+    per-layer histograms, the Network view and the first weight layer's tensors in a saved run
+    (the report's own steps keep no histograms)."""
+    trainer = run.trainer
+    trainer.probe.focus_layer = next((layer.name for layer in trainer.probe.layers if layer.weight_shape), None)
+    try:
+        pending = trainer.inspect()
+        return pending.get() if pending is not None else None
+    except Exception:  # a display extra, as the boundary is
+        log.debug("no views for the saved run of %s", run.name, exc_info=True)
+        return None
+
+
+def _save(path: str, run: Any, report: dict[str, Any], capture: Any = None) -> None:
+    """A run file the app's File → Open run reads like one it saved itself (``capture``: its
+    views, ``_final_views``)."""
     import dataclasses
 
     import torch
@@ -337,7 +353,7 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
     from engine.reduce import as_matrix, shrink_2d
     from engine.runfile import save_run
     from engine.snapshot import SAVED_RUN_ID, Metrics, Snapshot
-    from engine.views import boundary_view
+    from engine.views import boundary_view, network_view
     from engine.worker import history_columns
 
     names = [layer["name"] for layer in report["layers"]]
@@ -399,9 +415,11 @@ def _save(path: str, run: Any, report: dict[str, Any]) -> None:
         boundary = None
     snapshot = Snapshot(run_id=SAVED_RUN_ID, step=steps, state="paused", scenario=str(run.name),
                         device=str(trainer.device), layers=tuple(trainer.probe.layers), metrics=metrics,
-                        hyper=trainer.hyper,
+                        hyper=trainer.hyper, stats=capture.frame if capture else None,
+                        tensors=capture.tensors if capture else None,
+                        network=network_view(run, capture) if capture else None,
                         boundary=boundary, diagnoses=diagnoses)
-    description, arrays = saved_frame.encode(snapshot, known=tensors)
+    description, arrays = saved_frame.encode(snapshot, (capture.frame,) if capture else (), known=tensors)
     config = {**run.config, "name": run.config.get("model_ref") or run.config.get("scenario"),
               "model": None, "step": steps, "device": str(trainer.device), "tensor_layer": shown,
               "layers": [dataclasses.asdict(layer) for layer in trainer.probe.layers], "shown": description}

@@ -22,6 +22,15 @@ def test_a_run_saved_by_the_report_opens_like_one_the_app_saved(tmp_path: Path) 
     assert view.selected_layer == first.name == snapshot.tensors.layer
     assert snapshot.tensors.weight.shape == first.weight_shape
     assert len(view.series["loss"].values) == 6 and np.isfinite(view.series["train_acc"].values).all()
+    # Per-layer histograms, the network and one example's values: the file opened as "No network
+    # to show yet" with empty histograms.
+    stats = snapshot.stats
+    assert stats.step == 6 and stats.layer_names == tuple(names) and len(view.frames) == 1
+    np.testing.assert_allclose(stats.histograms.sum(axis=1), 1.0, rtol=1e-5)
+    network = snapshot.network
+    assert network.column_names == ("input", first.name, "head") and network.column_sizes == (2, 8, 2)
+    np.testing.assert_array_equal(network.weights[0], snapshot.tensors.weight)  # (the same last weights)
+    assert snapshot.tensors.activation.size == 8  # (one example of the 8 units)
     factory, current = restore_run_factory(str(path), "cpu")
     assert current == {"kind": "scenario", "name": "xor-mlp", "model": None}
     assert factory().name == "xor-mlp"
