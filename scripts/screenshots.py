@@ -29,11 +29,9 @@ def main() -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setStyle("Fusion")
-    from app.application import _apply_style
     from app.main_window import MainWindow
     from engine.scenarios import SCENARIOS
 
-    _apply_style(app)
     os.makedirs(args.out, exist_ok=True)
     width, height = (int(v) for v in args.size.split("x"))
     if args.model:

@@ -103,6 +103,12 @@ def unobserved_layers(layers: tuple[LayerInfo, ...]) -> dict[str, str | None]:
     return found
 
 
+#: The dead/saturated plot's note when no layer is an activation module (its tooltip).
+_NO_ACTIVATION_MODULES = ("No activation modules: an activation applied as a function in forward (F.relu, "
+                          "torch.tanh) isn't seen, so dead and saturated units can't be counted. Modules "
+                          "(nn.ReLU, nn.Tanh…) can be.")
+
+
 def unobserved_note(layer: str, parent: str | None, short: bool = False) -> str:
     """What an unobserved layer's plots say instead of drawing it (``short``: for the readout)."""
     if parent is None:
@@ -184,6 +190,12 @@ class ActivationView(View):
         self.saturated_bars = pg.BarGraphItem(x0=[], y0=[], width=[], height=[], brush=_SATURATED_BRUSH, pen=None)
         self.fraction_plot.addItem(self.dead_bars)
         self.fraction_plot.addItem(self.saturated_bars)
+        # Said where the bars would be when no layer has them: the model's activations are applied
+        # as functions in its forward (F.relu), which no hook sees.
+        self.fraction_note = pg.TextItem("no activation modules", color="#d6d9e0", anchor=(0.5, 0.5))
+        self.fraction_note.setToolTip(_NO_ACTIVATION_MODULES)
+        self.fraction_note.setVisible(False)
+        self.fraction_plot.addItem(self.fraction_note, ignoreBounds=True)
 
         self.time_plot = layout.addPlot(row=1, col=0, colspan=2, axisItems={
             "left": FittedAxis("left"), "bottom": FittedAxis("bottom")})
@@ -319,6 +331,11 @@ class ActivationView(View):
         self.saturated_bars.setOpts(
             x0=np.zeros(shown.sum()), y0=rows[shown] + 0.52, width=np.clip(saturated[shown], 0, 1), height=0.38
         )
+        none = not (np.isfinite(dead).any() or shown.any())
+        self.fraction_note.setVisible(none)
+        if none:
+            self.fraction_note.setPos(0.5, n_layers / 2)
+            self.fraction_note.setTextWidth(max(60.0, 0.95 * self.fraction_plot.getViewBox().width()))
 
     def _draw_selection_box(self) -> None:
         if self._focus is None or self._edges is None:

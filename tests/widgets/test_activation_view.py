@@ -119,6 +119,21 @@ def test_dead_and_saturated_bars_skip_nan(view, frames):
     assert saturated["width"][0] == pytest.approx(0.5) and 3.0 < saturated["y0"][0] < 4.0  # tanh's row
 
 
+def test_no_activation_modules_is_said_where_the_bars_would_be(view, frames):
+    """A model whose activations are functions in forward (F.relu) has no dead or saturated figure
+    for any layer: the plot says why instead of standing empty."""
+    view.render(make_data(frames))
+    assert not view.fraction_note.isVisible()  # (bars drawn: no note)
+    rng = np.random.default_rng(1)
+    linear_only = tuple(make_frame(step, rng, names=("fc1", "fc2")) for step in range(0, 50, 10))
+    view.render(make_data(linear_only))
+    assert len(view.dead_bars.opts["width"]) == 0 and view.fraction_note.isVisible()
+    assert view.fraction_note.toPlainText() == "no activation modules"
+    assert "applied as a function" in view.fraction_note.toolTip()
+    view.render(make_data(frames))
+    assert not view.fraction_note.isVisible()
+
+
 def test_bars_sit_beside_their_histogram_rows(view, frames, qtbot):
     view.render(make_data(frames))
     view.show()
