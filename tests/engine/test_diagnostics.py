@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.batches import TensorBatches
-from engine.diagnostics import CODES, Diagnosis, Diagnostics, Thresholds
+from engine.diagnostics import CODES, Diagnosis, Diagnostics, Thresholds, diagnose_frames
 from engine.report import main
 from engine.scenarios import build_run
 from engine.snapshot import Hyper
@@ -170,7 +170,7 @@ def test_backward_origin_is_named() -> None:
 def test_findings_carry_documented_fields() -> None:
     assert set(CODES) == {"vanishing_gradients", "exploding_gradients", "dead_units", "saturation", "nan_inf",
                           "diverging_loss", "learning_rate", "symmetry", "model_warning",
-                          "probabilities_to_logit_loss", "input_scale", "overfitting"}
+                          "probabilities_to_logit_loss", "input_scale", "overfitting", "no_gradient"}
     assert Thresholds().vanishing_ratio == 1e-4 and Thresholds().dead_fraction == 0.9
 
 
@@ -454,3 +454,41 @@ def test_validation_needs_several_passes_and_takes_each_once_and_saved_runs_see_
     diagnostics.update_validation(80, 2.2, train_loss=1.0)  # the training loss stopped falling: no streak
     diagnostics.update_validation(90, 2.4, train_loss=0.01)
     assert diagnostics.findings == ()
+
+
+class ForgottenAuxHead(nn.Module):
+    """An auxiliary head that runs but whose output the loss leaves out (the aux loss forgotten)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(2, 8), nn.Tanh())
+        self.cls = nn.Linear(8, 2)
+        self.aux = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        self.aux_out = self.aux(h)  # (kept, never used in the loss)
+        return self.cls(h)
+
+
+def test_a_head_left_out_of_the_loss_gets_a_no_gradient_finding() -> None:
+    """Autograd leaves aux's gradients None; after 10 frames Health names it (and only it). A
+    frozen layer, which gets none by choice, and a healthy model get no such finding."""
+    model = ForgottenAuxHead()
+    frames, layers = captured_frames(model, 12)
+    assert model.aux.weight.grad is None and model.cls.weight.grad is not None  # (autograd's own word)
+    diagnostics = Diagnostics(layers)
+    for frame in frames[:9]:
+        diagnostics.update(frame)
+    assert "no_gradient" not in [d.code for d in diagnostics.findings]  # (not before 10 frames)
+    for frame in frames[9:]:
+        diagnostics.update(frame)
+    found = [d for d in diagnostics.findings if d.code == "no_gradient"]
+    assert len(found) == 1 and found[0].layers == ("aux",) and found[0].severity == "warning"
+    assert found[0].step == frames[0].step and "aux gets no gradient" in found[0].message
+    frozen = ForgottenAuxHead()
+    frozen.aux.requires_grad_(False)
+    for healthy in (frozen, xor_mlp()):
+        frames, layers = captured_frames(healthy, 12)
+        assert "no_gradient" not in [d.code for d in diagnose_frames(layers, frames)]
