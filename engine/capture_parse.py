@@ -20,6 +20,9 @@ Piece kinds:
 - ``prows``: the same figures of a group of layers' weights or gradients as
   ``engine.device_stats.Segments.row_piece`` gives them (a big model's); ``meta`` is its
   ``RowLayout``, which makes them on the host.
+- ``effective``: (layers, 5) like ``pstats`` 'weight', of the tensors the layers' forward used in
+  place of their parameters (a parametrized layer's computed weight, ``engine.probe``): these
+  replace the 'weight' figures of their parameters, whichever piece comes first.
 - ``nograd``: empty; its layers have no gradient at all this step.
 - ``update``: (layers, 2) of the sums of squares of the update and of the weights before it.
 - ``tensor``: a display tensor (``key`` names it) of ``shape``.
@@ -98,6 +101,8 @@ class ParsePlan:
         scaled: list[tuple[int, int, float]] = []  # a count there, divided by the third, here
         update: list[tuple[int, int]] = []  # (host position of the pair, frame position)
         gout: list[tuple[int, int]] = []  # (host position, layer)
+        effective: list[tuple[int, int]] = []  # as copy and std, but applied last: they replace the others
+        effective_std: list[tuple[int, int]] = []
         blank: list[int] = []  # no gradient: NaN figures...
         zero: list[int] = []  # ...and zero NaN/Inf counts
         calls: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}  # layer -> (position, counts)
@@ -123,6 +128,13 @@ class ParsePlan:
                     at, base = offset + row * PARAM_FIELDS, layer.index * width
                     copy += [(at, base + norm), (at + 1, base + mean), (at + 3, base + nans), (at + 4, base + infs)]
                     std.append((at + 2, base + spread))
+            elif kind == "effective":
+                norm, mean, spread, nans, infs = _PARAM_COLUMNS[key]
+                for row, layer in enumerate(owner):
+                    at, base = offset + row * PARAM_FIELDS, layer.index * width
+                    effective += [(at, base + norm), (at + 1, base + mean), (at + 3, base + nans),
+                                  (at + 4, base + infs)]
+                    effective_std.append((at + 2, base + spread))
             elif kind == "prows":
                 base = np.array([layer.index * width for layer in owner])[:, None]
                 self.row_pieces.append((slice(offset, offset + size), meta, base + _PARAM_COLUMNS[key]))
@@ -162,6 +174,8 @@ class ParsePlan:
                 bounds.append((at, base))
         self.copy_src, self.copy_dst = (_index(list(c)) for c in zip(*copy)) if copy else (_index([]),) * 2
         self.std_src, self.std_dst = (_index(list(c)) for c in zip(*std)) if std else (_index([]),) * 2
+        self.effective = None if not effective else \
+            tuple(_index(list(c)) for c in (*zip(*effective), *zip(*effective_std)))
         self.scaled_src = _index([s for s, _, _ in scaled])
         self.scaled_dst = _index([d for _, d, _ in scaled])
         self.scaled_by = np.array([float(by) for _, _, by in scaled])
@@ -198,6 +212,10 @@ class ParsePlan:
             figures = rows.figures(host[part])
             figures[:, 2] = np.sqrt(np.maximum(figures[:, 2], 0.0))  # (NaN stays NaN)
             values[positions] = figures
+        if self.effective is not None:  # (after the parameters' figures, which they replace)
+            src, dst, std_src, std_dst = self.effective
+            values[dst] = host[src]
+            values[std_dst] = np.sqrt(np.maximum(host[std_src], 0.0))
         if self.update_src.size:
             delta, base = np.sqrt(host[self.update_src]), np.sqrt(host[self.update_src + 1])
             ratio = delta / base
@@ -248,12 +266,14 @@ def parse_capture(host: np.ndarray, plan: ParsePlan, step: int, focus: str | Non
         by_key = {key: (names[i], v) for (i, key), v in tensors.items()}
         feature_layer, feature_maps = by_key.get("feature_maps", (None, None))
         attention_layer, attention = by_key.get("attention", (None, None))
+        ids = by_key.get("tokens", (None, None))[1]  # (the example's input token ids, when its maps are over them)
         views = TensorViews(
             step=step, layer=focus or "", example=example, weight=get("weight"),
             weight_grad=get("weight_grad"), weight_update=get("weight_update"),
             activation=get("activation"), output_grad=get("output_grad"),
             feature_maps=feature_maps, kernels=by_key.get("kernels", (None, None))[1],
             attention=attention, feature_layer=feature_layer, attention_layer=attention_layer,
+            tokens=None if ids is None else tuple(str(int(t)) for t in ids),
         )
     by_kind: dict[str, dict[str, np.ndarray]] = {"unit_value": {}, "unit_grad": {}, "graph_weight": {}}
     for (index, key), value in tensors.items():

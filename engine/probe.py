@@ -41,6 +41,25 @@ Definitions (documented once, here):
   its gradient. A layer none of whose outputs gets a gradient has none (NaN). Where a module
   returns a tensor and another computed from it, (z, f(z)), z's gradient already holds what came
   back through f(z), which is then counted in both.
+- *parametrized layer*: a module with ``torch.nn.utils.parametrize`` parametrizations
+  (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, ``orthogonal``, your own
+  ``register_parametrization``) is one layer. Its parameters are those it owns directly
+  (``recurse=False``: a Linear's bias) and every parameter under its ``parametrizations``
+  (weight_norm's ``parametrizations.weight.original0`` g and ``original1`` v, spectral_norm's
+  ``original``); ``params`` counts them all. The ``ParametrizationList`` modules holding them, and
+  the parametrization modules inside, are no layers and no phases of their own (the list's
+  "output" is the computed weight, not an activation). Its *weight* figures (``weight_norm``,
+  mean, std, NaN and Inf weights), the Weights view's matrix, the Network view's edges and a
+  conv's kernels are of the tensors its forward uses: each parametrized tensor as its
+  parametrizations compute it (``module.weight``), the rest of its direct parameters as they are.
+  They are computed again after backward, from the parameters backward saw, with the
+  parametrizations in eval mode so that nothing in them moves: spectral_norm's sigma then comes
+  from the vectors its power iteration left in the forward, as the forward's own did, so it is the
+  weight the forward used. Its *grad* figures (``grad_norm``, mean, std, NaN and Inf counts) are of
+  its parameters' gradients (g, v and the bias; spectral_norm's original and the bias), and its
+  update ratio of its parameters too (||delta theta|| / ||theta||, what the optimizer moves). The
+  Weights view's gradient is dL/dW of the computed weight, and its last update the computed weight
+  after the update minus before.
 """
 from __future__ import annotations
 
@@ -57,6 +76,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import register_multi_grad_hook
 from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 from engine.capture_parse import ACT_FIELDS, PARAM_FIELDS, Capture, LayerTable, ParsePlan, parse_capture
 from engine.device_stats import (
@@ -91,7 +111,8 @@ from engine.stats import (
 from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs",
-           "known_batch_dim", "batch_dim_by_size"]
+           "known_batch_dim", "batch_dim_by_size", "input_batch_dim", "sequences_time_first", "module_kind",
+           "parametrized_tensors", "effective_tensor", "settled_parametrizations"]
 
 log = logging.getLogger(__name__)
 
@@ -207,14 +228,28 @@ class _Layer:
     # Whether the layer's 3-D output is (batch, channels, positions) (conv1d), else (batch,
     # positions, features); None for an activation, which keeps its producer's layout.
     channels_first: bool | None = None
+    # Each parameter's name in the module (parallel to ``params``): "bias", and a parametrized
+    # layer's "parametrizations.weight.original0".
+    param_names: tuple[str, ...] = ()
+    # A parametrized layer's tensors computed by parametrizations ("weight"), and the one of them
+    # standing for its weight (then ``main_weight`` is None), with its shape. See the module docstring.
+    parametrized: tuple[str, ...] = ()
+    shown: str | None = None
+    shown_shape: tuple[int, ...] | None = None
 
-    def info(self) -> LayerInfo:
+    def weight_shape(self) -> tuple[int, ...] | None:
+        """Its weight's shape: its main weight's, or the computed tensor's that stands for it."""
+        if self.shown is not None:
+            return self.shown_shape
         # (A lazy module's parameters have no shape until its first forward.)
         weight = self.main_weight
-        shape = tuple(weight.shape) if weight is not None and not is_lazy(weight) else None
+        return tuple(weight.shape) if weight is not None and not is_lazy(weight) else None
+
+    def info(self) -> LayerInfo:
         return LayerInfo(
             index=self.index, name=self.name or "<model>", type_name=type(self.module).__name__,
-            role=self.role, params=sum(p.numel() for p in self.params if not is_lazy(p)), weight_shape=shape,
+            kind=module_kind(self.module), role=self.role,
+            params=sum(p.numel() for p in self.params if not is_lazy(p)), weight_shape=self.weight_shape(),
             activation=self.activation, called=self.called,
             # Read from the parameters each time the layers are listed, so a snapshot published
             # after the user (un)freezes a layer mid-run says so. The layer list itself is fixed at
@@ -229,7 +264,11 @@ class _Layer:
         frozen = sum(not p.requires_grad for p in self.params)
         if not frozen or frozen == len(self.params):
             return ()
-        return tuple(name for name, p in self.module.named_parameters(recurse=False) if not p.requires_grad)
+        return tuple(name for name, p in zip(self.param_names, self.params) if not p.requires_grad)
+
+    def plain_params(self) -> list[torch.nn.Parameter]:
+        """The parameters its forward uses as they are (all but a parametrized layer's originals)."""
+        return [p for name, p in zip(self.param_names, self.params) if not name.startswith("parametrizations.")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,15 +397,91 @@ def _outputs_zeros(module: nn.Module) -> bool:
     return isinstance(module, RELU_FAMILY) and not isinstance(module, nn.PReLU)
 
 
-def _main_weight(module: nn.Module) -> torch.nn.Parameter | None:
+def _main_weight(module: nn.Module, parametrized: tuple[str, ...] = ()) \
+        -> tuple[torch.nn.Parameter | None, str | None]:
+    """The parameter standing for the module's weight, or the name of the tensor its
+    parametrizations compute that does (``parametrized``: their names)."""
     named = dict(module.named_parameters(recurse=False))
     for key in ("weight", "in_proj_weight", "weight_ih_l0"):
+        if key in parametrized:
+            return None, key
         if key in named:
-            return named[key]
+            return named[key], None
     matrices = [p for p in named.values() if p.dim() >= 2]
     if matrices:
-        return matrices[0]
-    return next(iter(named.values()), None)
+        return matrices[0], None
+    if parametrized:
+        return None, parametrized[0]
+    return next(iter(named.values()), None), None
+
+
+@functools.lru_cache(maxsize=None)
+def _class_kind(cls: type) -> str:
+    """The name of the nearest torch class in ``cls``'s MRO, other than ``nn.Module`` (a class that
+    parametrize made, "ParametrizedLinear", is skipped); ``cls``'s own name when there is none."""
+    for base in cls.__mro__:
+        if base is nn.Module:
+            break
+        if base.__module__.startswith("torch.") and base.__module__ != parametrize.__name__:
+            return base.__name__
+    return cls.__name__
+
+
+def module_kind(module: nn.Module) -> str:
+    """What kind of torch module it is (``LayerInfo.kind``): its type's name for torch's own, the
+    torch class a subclass extends ("Linear" for ``MaskedLinear(nn.Linear)``), the class a
+    parametrized module had before its parametrizations ("Linear" for weight_norm's
+    ParametrizedLinear); its type's name for a module of no torch class but ``nn.Module``."""
+    return _class_kind(type(module))
+
+
+def parametrized_tensors(module: nn.Module) -> tuple[str, ...]:
+    """The names of a module's tensors that ``torch.nn.utils.parametrize`` computes from
+    parameters ("weight" under weight_norm or spectral_norm); () for any other module."""
+    if not parametrize.is_parametrized(module):
+        return ()
+    return tuple(name for name, plist in module.parametrizations.items()
+                 if next(plist.parameters(), None) is not None)
+
+
+def _owned_parameters(module: nn.Module, parametrized: tuple[str, ...]) -> list[tuple[str, torch.nn.Parameter]]:
+    """A layer's parameters by name: those the module owns directly, then (a parametrized one's)
+    those under its parametrizations of ``parametrized``."""
+    owned = list(module.named_parameters(recurse=False))
+    for tensor in parametrized:
+        owned += [(f"parametrizations.{tensor}.{name}", p)
+                  for name, p in module.parametrizations[tensor].named_parameters()]
+    return owned
+
+
+@contextlib.contextmanager
+def settled_parametrizations(module: nn.Module) -> Iterator[None]:
+    """A module's parametrization modules (all its descendants' too) in eval mode for a while:
+    computing a parametrized tensor then moves nothing (spectral_norm runs no power iteration)."""
+    parts = [m for owner in module.modules() if parametrize.is_parametrized(owner)
+             for m in owner.parametrizations.modules()]
+    modes = [m.training for m in parts]
+    for m in parts:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(parts, modes):
+            m.training = mode
+
+
+def effective_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The tensor ``name`` of a parametrized module as its parametrizations compute it from the
+    parameters as they are now, in eval mode (``settled_parametrizations``), without autograd."""
+    with torch.no_grad(), settled_parametrizations(module):
+        return getattr(module, name)
+
+
+def _parametrization_parts(model: nn.Module) -> set[int]:
+    """The ids of every module inside a parametrized module's ``parametrizations``: the lists
+    holding its originals, and the parametrizations in them, parts of that module's layer."""
+    return {id(part) for module in model.modules() if parametrize.is_parametrized(module)
+            for part in module.parametrizations.modules()}
 
 
 def _sequence_first(module: nn.Module) -> bool | None:
@@ -412,6 +527,11 @@ def batch_dim_by_size(shape: tuple[int, ...], batch: int | None, preferred: Sequ
     if len(candidates) == 1:
         return candidates[0]
     return next((dim for dim in preferred if dim in candidates), candidates[0] if candidates else 0)
+
+
+def sequences_time_first(model: nn.Module) -> bool:
+    """Whether the model's recurrent or attention layers take their sequences time first."""
+    return any(_sequence_first(m) for m in model.modules())
 
 
 def input_batch_dim(x: Any, y: Any, time_first: bool) -> int:
@@ -470,7 +590,11 @@ class Probe:
         self._change_meter = ChangeMeter()
         self.graphs = StepGraphs()  # used when config.step_graphs (CUDA)
         self._attached = False
+        self._parts = _parametrization_parts(model)
         self._layers = self._discover(model)
+        # Parametrized layers (see the module docstring): their weight figures are computed apart.
+        self._effective_layers = [layer for layer in self._layers if layer.parametrized and layer.params]
+        self._effective_segments: Segments | None = None  # (their sizes, on the device path)
         spread = self.config.hist_range
         for layer in self._layers:
             layer.hist_range = layer.bounds if layer.bounds is not None else (-spread, spread)
@@ -479,9 +603,9 @@ class Probe:
         # Leaf modules the probe doesn't measure (dropout, pooling, flatten...) still appear as
         # phases when a step is walked through, so the walk-through skips nothing.
         self._walk_only = [(name, m) for name, m in model.named_modules()
-                           if not list(m.children()) and id(m) not in measured and name]
+                           if not list(m.children()) and id(m) not in measured and name and id(m) not in self._parts]
         self._layout_context = _layout_context(model)
-        self._time_first = any(_sequence_first(m) for m in model.modules())  # (see input_batch_dim)
+        self._time_first = sequences_time_first(model)  # (see input_batch_dim)
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._order_version = 0
@@ -504,7 +628,11 @@ class Probe:
     def _discover(self, model: nn.Module) -> list[_Layer]:
         layers: list[_Layer] = []
         for name, module in model.named_modules():
-            params = [p for p in module.parameters(recurse=False)]
+            if id(module) in self._parts:  # (a parametrized module's layer holds it)
+                continue
+            parametrized = parametrized_tensors(module)
+            owned = _owned_parameters(module, parametrized)
+            params = [p for _, p in owned]
             if isinstance(module, nn.MultiheadAttention):
                 role = "attention"
             elif params:
@@ -519,13 +647,22 @@ class Probe:
                     bounds = rng
             if isinstance(module, nn.Hardtanh):  # its bounds are settings (ReLU6 is one too)
                 bounds = (float(module.min_val), float(module.max_val))
+            main, shown = _main_weight(module, parametrized)
+            shown_shape = None
+            if shown is not None:
+                try:  # (computed once: it keeps its shape)
+                    shown_shape = tuple(effective_tensor(module, shown).shape)
+                except Exception as exc:  # (a user's parametrization may raise anything)
+                    log.info("%s.%s could not be computed: %s", name, shown, exc)
             layers.append(_Layer(
                 index=len(layers), name=name, module=module, role=role, params=params,
                 activation=type(module).__name__.lower() if isinstance(module, ACTIVATIONS) else None,
                 bounds=bounds, relu_like=_outputs_zeros(module),
                 saturating=isinstance(module, tuple(SATURATING)) and not isinstance(module, nn.ReLU6),
-                main_weight=_main_weight(module),
+                main_weight=main,
                 channels_first=None if role == "activation" else isinstance(module, CHANNELS_FIRST_1D),
+                param_names=tuple(n for n, _ in owned), parametrized=parametrized, shown=shown,
+                shown_shape=shown_shape,
             ))
         return layers
 
@@ -711,10 +848,15 @@ class Probe:
         # each measured call's output's, for its gradient; those a step graph's views took.
         self._batch: int | None = None
         self._targets: Any = None
+        self._tokens: torch.Tensor | None = None  # the focus example's input token ids (attention maps' labels)
         self._produced: dict[int, tuple[torch.Tensor, int]] = {}
         self._out_dims: dict[tuple[int, int], int] = {}
         self._deferred_dims: list[int] = []
         self._before_flat: torch.Tensor | np.ndarray | None = None
+        # The parametrized layers' computed tensors this step (by layer id, then name), and dL/dW of
+        # the focused one's (see ``_keep_effective_grad``).
+        self._effective: dict[int, dict[str, torch.Tensor]] = {}
+        self._effective_grad: torch.Tensor | None = None
         self._host = True  # statistics computed with numpy (CPU), else on the device
         self._device = torch.device("cpu")  # the parameters' device, read when a capture begins
 
@@ -744,6 +886,24 @@ class Probe:
         self._step_focus = (focus, self.focus_example)
         self._step_targets = {kind: self._target(kind) for kind in ("conv", "attention")} \
             if self._want_tensors else {}
+        if self._want_tensors and self._effective_layers:  # (a parametrized layer's dL/dW, for its view)
+            focused = next((layer for layer in self._effective_layers
+                            if layer.shown is not None and self._is_focus(layer)), None)
+            if focused is not None:
+                computing = focused.module.parametrizations[focused.shown]
+                self._handles.append(computing.register_forward_hook(self._keep_effective_grad))
+
+    def _keep_effective_grad(self, module: nn.Module, args: tuple, out: Any) -> None:
+        """(A forward hook on the focused parametrized layer's ``ParametrizationList``, on steps with
+        views.) Its output is the weight the layer's forward uses: its gradient is kept (summed,
+        where the forward computes it more than once) for the Weights view."""
+        if self._capturing and isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(self._add_effective_grad)
+
+    def _add_effective_grad(self, grad: torch.Tensor) -> None:
+        if self._capturing:
+            grad = grad.detach()
+            self._effective_grad = grad if self._effective_grad is None else self._effective_grad + grad
 
     def abandon_step(self) -> None:
         """Drop a step that an exception interrupted: hooks removed, nothing kept."""
@@ -775,8 +935,8 @@ class Probe:
         def matches(layer: _Layer) -> bool:
             if kind == "attention":
                 return layer.role == "attention"
-            weight = layer.main_weight
-            return weight is not None and not is_lazy(weight) and weight.dim() == 4
+            shape = layer.weight_shape()
+            return shape is not None and len(shape) == 4
         focused = next((item for item in self._layers if self._is_focus(item)), None)
         if focused is not None and matches(focused):
             return focused.name
@@ -841,6 +1001,8 @@ class Probe:
             dim = self.batch_dim_of(x, self._targets)
             self._batch = int(x.shape[dim])
             self._produced[id(x)] = (x, dim)
+            if self._step_targets.get("attention") and x.dim() == 2 and not x.is_floating_point():
+                self._tokens = x.select(dim, min(self._step_focus[1], self._batch - 1))  # (T token ids)
 
     def _batch_dim(self, name: str, module: nn.Module, tensor: torch.Tensor, place: str,
                    hint: int | None = None) -> int:
@@ -1170,6 +1332,9 @@ class Probe:
         if weights is not None:
             maps = weights[0] if weights.dim() == 4 else weights
             self._push("tensor", layer, "attention", shrink_maps(maps, max_count=64, max_side=512))
+            tokens = self._tokens
+            if tokens is not None and tokens.numel() == maps.shape[-1] <= 512:  # (the model's input tokens)
+                self._push("tensor", layer, "tokens", tokens.float())
 
     def _param_plan(self, device: torch.device) -> _ParamPlan:
         """Layers owning parameters, in order, and their parameters (cached while the order holds)."""
@@ -1239,12 +1404,33 @@ class Probe:
             if gradless:
                 empty = np.zeros(0) if self._host else torch.zeros(0, device=self._device)
                 self._push("nograd", gradless, "grad", empty)
+            if self._effective_layers:  # (models with parametrized layers only)
+                self._push_effective_weights()
         if self._want_tensors:
             for layer in layers:
                 self._push_weight_views(layer, plan)
         self._grads = None
         if self._recording:
             self._record_param_grads()
+
+    def _push_effective_weights(self) -> None:
+        """The parametrized layers' weight figures: of the tensors their forward used (see the
+        module docstring), which replace those of their parameters when the step is read."""
+        layers = self._effective_layers
+        groups = []
+        for layer in layers:
+            computed = {name: effective_tensor(layer.module, name) for name in layer.parametrized}
+            self._effective[id(layer)] = computed
+            groups.append(list(computed.values()) + [p.detach() for p in layer.plain_params()])
+        if self._host:
+            rows: torch.Tensor | np.ndarray = group_rows([[host_array(t) for t in group] for group in groups])
+        else:
+            segments = self._effective_segments
+            if segments is None or segments.device != self._device:  # (made once: no copy to the device after)
+                segments = self._effective_segments = Segments([sum(t.numel() for t in group) for group in groups],
+                                                               self._device)
+            rows = segments.figures(self._joined([t.reshape(-1) for group in groups for t in group]))[0].float()
+        self._push("effective", layers, "weight", rows)
 
     def _params_deferred(self, plan: _ParamPlan) -> bool:
         """Whether this step leaves the parameters' reductions to its end (device path): a model
@@ -1307,7 +1493,27 @@ class Probe:
             return (copy, part, True) if self._params_deferred(plan) else (part(copy), lambda tensor: tensor, True)
         return (_dense(p.grad) if grad else p).detach(), lambda tensor: tensor, False
 
+    def _push_computed_weight_views(self, layer: _Layer) -> None:
+        """``_push_weight_views`` of a parametrized layer: of the weight its parametrizations
+        computed (``_push_effective_weights``), and its gradient dL/dW."""
+        w = self._effective.get(id(layer), {}).get(layer.shown)
+        if w is None:
+            return
+        if w.dim() == 2 and max(w.shape) <= MAX_GRAPH_UNITS:
+            self._push_view(layer, "graph_weight", [w], lambda x: x, held=False)
+        if self._is_focus(layer):
+            self._push_view(layer, "weight", [w], lambda x: shrink_2d(as_matrix(x)), held=False)
+            grad = self._effective_grad
+            if grad is not None and grad.shape == w.shape:
+                self._push_view(layer, "weight_grad", [grad], lambda g: shrink_2d(as_matrix(g)), held=False)
+        if w.dim() == 4 and layer.name == self._step_targets.get("conv"):
+            side = w.shape[-2:]
+            self._push_view(layer, "kernels", [w], lambda x: shrink_maps(x.reshape(-1, *side)), held=False)
+
     def _push_weight_views(self, layer: _Layer, plan: _ParamPlan) -> None:
+        if layer.shown is not None:
+            self._push_computed_weight_views(layer)
+            return
         w = layer.main_weight
         if w is None:
             return
@@ -1342,7 +1548,7 @@ class Probe:
             if owner not in backward or (prefix and layer.called):
                 continue
             tensors = backward[owner]
-            for pname, p in layer.module.named_parameters(recurse=False):
+            for pname, p in zip(layer.param_names, layer.params):
                 if p.grad is not None:
                     tensors[f"grad:{prefix}{pname}"] = shrink_2d(as_matrix(_dense(p.grad).detach())).clone()
                     tensors[f"{prefix}{pname}"] = shrink_2d(as_matrix(p.detach())).clone()
@@ -1404,6 +1610,11 @@ class Probe:
                 if p is shown:
                     self._push_weight_update(focus, p, offset, before, after, delta)
                 offset += p.numel()
+        elif self._want_tensors and focus is not None and focus.shown is not None:  # (a parametrized layer's)
+            start = self._effective.get(id(focus), {}).get(focus.shown)
+            if start is not None:
+                change = effective_tensor(focus.module, focus.shown) - start
+                self._push("tensor", focus, "weight_update", shrink_2d(as_matrix(change)))
 
     def _push_weight_update(self, layer: _Layer, p: torch.Tensor, offset: int, before: torch.Tensor | np.ndarray,
                             after: torch.Tensor | None, delta: torch.Tensor | None) -> None:

@@ -31,7 +31,10 @@ __all__ = [
 # Columns of StatsFrame.values, one row per layer. NaN where a statistic does not apply
 # (e.g. gradient statistics of a ReLU, which owns no parameters).
 STAT_NAMES: tuple[str, ...] = (
-    "weight_norm",  # L2 norm of the parameters the module owns directly
+    # L2 norm of the parameters the module owns directly (a parametrized layer's: of its computed
+    # weight and its other direct parameters; its gradient figures are of every parameter it has,
+    # its parametrizations' originals too: see ``engine.probe``)
+    "weight_norm",
     "weight_mean",
     "weight_std",
     "grad_norm",  # L2 norm of their gradients as backward left them (before clipping)
@@ -65,7 +68,7 @@ class LayerInfo:
     name: str
     type_name: str
     role: LayerRole
-    params: int  # number of parameters owned directly (recurse=False)
+    params: int  # number of parameters owned directly (recurse=False), a parametrized one's originals too
     weight_shape: tuple[int, ...] | None = None
     activation: str | None = None  # 'relu', 'sigmoid', ... for activation modules
     called: bool = True  # False for modules that own parameters but are never called
@@ -75,6 +78,10 @@ class LayerInfo:
     # A partly frozen layer's frozen parameters, by name ("weight" with its bias still trained): its
     # gradient norm and update are the rest's alone. Empty for a layer frozen whole or not at all.
     frozen_params: tuple[str, ...] = ()
+    # The torch class it is an instance of (``engine.probe.module_kind``): "Linear" for a subclass
+    # MaskedLinear(nn.Linear) and for weight_norm's ParametrizedLinear, whose ``type_name`` says
+    # what it is. Empty where unknown (a run saved before this was recorded): read ``type_name``.
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

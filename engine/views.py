@@ -23,6 +23,8 @@ GRID = 64
 #: The model's input, as a feeder in a :class:`DataFlow` (no module is named so: names have no "<").
 INPUT = "<input>"
 _UNIT_DIVISOR = {"LSTM": 4, "GRU": 3, "MultiheadAttention": 3}
+# The kinds of layer drawn as columns, by the torch class they are (``LayerInfo.kind``), so a
+# subclass of one (MaskedLinear(nn.Linear)) or one under weight_norm/spectral_norm is one too.
 _COLUMN_TYPES = ("Linear", "Conv1d", "Conv2d", "Embedding", "RNN", "LSTM", "GRU", "MultiheadAttention",
                  "NonDynamicallyQuantizableLinear", "Bilinear")
 _TRACE_EXAMPLES = 8  # the data flow is traced on this many examples of the last batch (all, if that fails)
@@ -140,8 +142,14 @@ def _data_flow(run: Run, names: Sequence[str]) -> DataFlow | None:
     return run.data_flow
 
 
+def _kind(layer: LayerInfo) -> str:
+    """The torch class the layer is (``LayerInfo.kind``): a subclass of nn.Linear, or a Linear
+    under weight_norm, is drawn as a Linear."""
+    return layer.kind or layer.type_name
+
+
 def _is_column(layer: LayerInfo) -> bool:
-    return layer.role != "activation" and layer.type_name in _COLUMN_TYPES and layer.weight_shape is not None
+    return layer.role != "activation" and _kind(layer) in _COLUMN_TYPES and layer.weight_shape is not None
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -223,8 +231,8 @@ def network_view(run: Run, capture: Capture | None) -> NetworkView:
         grads.append(None)
     for position, layer in columns:
         # (An Embedding's units are its embedding dimensions; its weight's rows are tokens.)
-        size = layer.weight_shape[1] if layer.type_name == "Embedding" \
-            else layer.weight_shape[0] // _UNIT_DIVISOR.get(layer.type_name, 1)
+        kind = _kind(layer)
+        size = layer.weight_shape[1] if kind == "Embedding" else layer.weight_shape[0] // _UNIT_DIVISOR.get(kind, 1)
         shown = layer.name
         following = layers[position + 1] if position + 1 < len(layers) else None
         if following is not None and following.role == "activation":

@@ -296,6 +296,23 @@ def test_attention_equals_multihead_attention_weights(need_weights: bool) -> Non
 
 
 @pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_attention_maps_are_labelled_with_the_examples_input_tokens(path: str) -> None:
+    """A model fed token ids: the maps' axes are the focus example's tokens."""
+    torch.manual_seed(1)
+    model = TinyTransformer()
+    tokens = torch.randint(0, 7, (5, 6))
+    probe = Probe(model, PATHS[path])
+    probe.focus_layer, probe.focus_example = "attn", 3
+    with probe:
+        probe.begin_step(True, tensors=True, targets=torch.zeros(5))
+        model(tokens).sum().backward()
+        probe.after_backward()
+        views = probe.finish(1, torch.zeros(1, 2)).get().tensors
+    assert views.tokens == tuple(str(int(t)) for t in tokens[3])
+    assert len(views.tokens) == views.attention.shape[-1] == 6
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
 def test_attention_with_per_example_masks_when_the_focus_example_is_past_the_batch(path: str) -> None:
     """A 3-D attn_mask holds one mask per example and head; the focus example is clamped to the
     batch (the last one shown) for the mask as for the inputs."""
@@ -314,6 +331,7 @@ def test_attention_with_per_example_masks_when_the_focus_example_is_past_the_bat
         capture = probe.finish(1, torch.zeros(1, 2)).get()
     _, expected = attn(x, x, x, attn_mask=mask, need_weights=True, average_attn_weights=False)
     np.testing.assert_allclose(capture.tensors.attention, expected[2].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert capture.tensors.tokens is None  # (float inputs: no token labels)
 
 
 def test_focus_tensors_for_conv_layer() -> None:
