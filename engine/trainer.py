@@ -47,6 +47,11 @@ ADAPTIVE_MAX_EVERY = 64
 TIMING_WINDOW = 9
 #: Validation runs the model on this many examples at a time.
 VAL_CHUNK = 256
+#: What a batch norm meeting a batch of one example in training mode needs, after torch's words for it.
+BATCH_OF_ONE_HINT = ("a batch of one example can't be normalised in training mode: use batches of two or more "
+                     "(pass drop_last=True to a DataLoader whose last batch holds one, or a batch size that "
+                     "divides the data)")
+_BATCH_OF_ONE_ERROR = "Expected more than 1 value per channel when training"
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,9 +523,11 @@ class Trainer:
         except BaseException as exc:  # user code can raise anything: locate it, never crash the loop
             module = _innermost_module(exc.__traceback__, self.model)
             first_line = (str(exc).strip().splitlines() or [""])[0]
-            where = f" in {module}" if module else ""
+            where = f" in {_module_label(module, self.model)}" if module else ""
             step = self.step_count + 1 if step is None else step
             message = f"{type(exc).__name__} during {phase}{where} at step {step}: {first_line}"
+            if isinstance(exc, ValueError) and first_line.startswith(_BATCH_OF_ONE_ERROR):
+                message += f": {BATCH_OF_ONE_HINT}"
             if _is_out_of_memory(exc):
                 message = f"out of memory during {phase}{where} at step {step}: try a smaller batch size or model"
             raise StepError(message, module, phase, step) from exc
@@ -546,6 +553,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text \
         or "can't allocate memory" in text or "cannot allocate memory" in text  # (the CPU allocator's words)
+
+
+def _module_label(name: str, model: nn.Module) -> str:
+    """``name`` of a module of ``model`` as an error names it: with its type when it is one of
+    torch's own layers ("1 (BatchNorm1d)": an index in a Sequential, and torch's message, say
+    nothing of the layer), as it is otherwise (the model's own class name, a class of the user's)."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return name
+    kind = type(module)
+    return f"{name} ({kind.__name__})" if kind.__module__.startswith("torch.") and name != kind.__name__ else name
 
 
 def _innermost_module(tb: Any, model: nn.Module) -> str | None:

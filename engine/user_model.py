@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.diagnostics import Diagnosis, Thresholds, before_training
-from engine.modes import eval_mode
-from engine.probe import CHANNELS_FIRST_1D
-from engine.trainer import TrainerConfig
+from engine.modes import eval_mode, training_modes
+from engine.probe import CHANNELS_FIRST_1D, input_batch_dim, sequences_time_first
+from engine.trainer import BATCH_OF_ONE_HINT, TrainerConfig
 
 __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
            "check_user_model", "input_scale_finding", "loader_boundary_sample", "BOUNDARY_SAMPLE",
@@ -175,8 +175,34 @@ def _ref_path(ref: str) -> str | None:
         return None
 
 
-def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str) -> None:
-    """X and y are tensors with one example per row each, all finite."""
+def _several_tensors(value: Any) -> str | None:
+    """'a tuple of 2 tensors' when ``value`` is a tuple, list or dict holding only tensors, else None."""
+    parts = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else None
+    if not parts or not all(isinstance(part, torch.Tensor) for part in parts):
+        return None
+    return f"a {type(value).__name__} of {len(parts)} tensor{'s' if len(parts) != 1 else ''}"
+
+
+def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str, time_first: bool | None = None) -> None:
+    """X and y are tensors with one example per row each, all finite.
+
+    ``time_first`` None: the tensor form, whose examples are stacked along the first dimension
+    of both (it is sliced there). A bool: a loader's batch, whose ``x`` may hold its examples
+    along another dimension the targets name (``engine.probe.input_batch_dim``): time first,
+    (T, N, ...) with targets of (N, ...), or, for a model whose sequence modules are time first
+    (``time_first``), one target per token flattened to (T·N, ...).
+    """
+    several_x, several_y = _several_tensors(x), _several_tensors(y)
+    if several_x:
+        raise UserModelError(
+            f"{where}: {x_name} is {several_x}; Glassbox feeds the model one input tensor: join them into one "
+            "(torch.cat along the features) and split it again in forward"
+        )
+    if several_y:
+        raise UserModelError(
+            f"{where}: {y_name} is {several_y}; Glassbox hands loss_fn one target tensor: join them into one "
+            "(torch.cat along the features) and split it again in loss_fn"
+        )
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise UserModelError(
             f"{where}: {x_name} and {y_name} must be torch tensors; "
@@ -187,12 +213,21 @@ def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str) -> Non
             f"{where}: {x_name} and {y_name} need a first dimension of examples; "
             f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if x.shape[0] != y.shape[0]:
+    dim = 0 if time_first is None else input_batch_dim(x, y, time_first)
+    if dim == 0 and x.shape[0] != y.shape[0]:
+        shapes = f"shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        if time_first is None:
+            raise UserModelError(
+                f"{where}: {x_name} has {x.shape[0]} examples but {y_name} has {y.shape[0]} ({shapes}); "
+                "examples are stacked along the first dimension of both"
+            )
+        flattened = " or one target per token flattened to (T·N, ...)" if time_first else ""
         raise UserModelError(
-            f"{where}: {x_name} has {x.shape[0]} examples but {y_name} has {y.shape[0]} "
-            f"(shapes {tuple(x.shape)} and {tuple(y.shape)})"
+            f"{where}: {x_name} has {x.shape[0]} examples along its first dimension but {y_name} has {y.shape[0]} "
+            f"({shapes}); stack the examples along x's first dimension, or time first: x of (T, N, ...) with "
+            f"y of (N, ...){flattened}"
         )
-    if x.shape[0] == 0:
+    if x.shape[dim] == 0:
         raise UserModelError(f"{where}: {x_name} and {y_name} hold no examples")
     for name, tensor in ((x_name, x), (y_name, y)):
         if not (tensor.is_floating_point() or tensor.is_complex()):
@@ -204,6 +239,11 @@ def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str) -> Non
                 f"{where}: {name} contains non-finite values: {n_nan} NaN, {n_inf} Inf "
                 f"(of {tensor.numel()})"
             )
+
+
+def _time_first(model: Any) -> bool:
+    """Whether ``model`` is a module whose recurrent or attention layers take sequences time first."""
+    return isinstance(model, nn.Module) and sequences_time_first(model)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -298,7 +338,7 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
     if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
         raise UserModelError(f"{where}: {function}() returned {_describe(result)}; {_EXPECTED}")
     model, data, loss_fn = result[:3]
-    val = _validation_data(where, function, result[3]) if len(result) == 4 else None
+    val = _validation_data(where, function, result[3], _time_first(model)) if len(result) == 4 else None
     if not isinstance(model, nn.Module):
         raise UserModelError(
             f"{where}: {function}() returned {_describe(model)} as the model; expected a torch.nn.Module"
@@ -312,9 +352,7 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
             f"{where}: {function}() returned {_describe(loss_fn)} as loss_fn; expected a callable "
             "(output, target) -> scalar tensor"
         )
-    pair = isinstance(data, (tuple, list)) and len(data) == 2
-    # A pair of batches, each itself (x, y), is a (tiny) loader, not (X, y).
-    if pair and not any(isinstance(part, (tuple, list, dict)) for part in data):
+    if _tensor_form(data):
         x, y = data
         _check_examples(where, x, y, "X", "y")
         if val is not None and (val[0].shape[1:] != x.shape[1:] or val[1].shape[1:] != y.shape[1:]):
@@ -330,10 +368,26 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
     return UserModel(ref=ref, model=model, loss_fn=loss_fn, loader=data, val=val)
 
 
-def _validation_data(where: str, function: str, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensor_form(data: Any) -> bool:
+    """Whether ``data`` is the tensor form (X, y), not an iterable of batches.
+
+    A pair of batches, each itself (x, y) (or a dict), is a (tiny) loader; a pair of which one
+    part is a tensor and the other a tuple, list or dict is (X, y) with several inputs or targets,
+    which ``_check_examples`` turns down."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        return False
+    grouped = [isinstance(part, (tuple, list, dict)) for part in data]
+    return not all(grouped)
+
+
+def _validation_data(where: str, function: str, data: Any,
+                     time_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The fourth item a model function returned: (X_val, y_val) tensors, or an iterable of
-    (x, y) batches of which the first ``VAL_MAX_EXAMPLES`` examples are read (joined once, here)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    (x, y) batches of which the first ``VAL_MAX_EXAMPLES`` examples are read (joined once, here).
+
+    The batches are joined along their first dimension, as the trainer reads the validation set:
+    a loader's time-first batches (x of (T, N, ...), see ``_check_examples``) are turned down."""
+    if _tensor_form(data):
         _check_examples(where, data[0], data[1], "X_val", "y_val")
         return data[0], data[1]
     if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
@@ -346,10 +400,16 @@ def _validation_data(where: str, function: str, data: Any) -> tuple[torch.Tensor
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise UserModelError(f"{where}: the validation loader yielded {_describe(batch)}; "
                                      "expected (x, y) batches")
-            _check_examples(where, batch[0], batch[1], "the validation batch's x", "the validation batch's y")
-            xs.append(batch[0])
-            ys.append(batch[1])
-            count += len(batch[0])
+            x, y = batch
+            _check_examples(where, x, y, "the validation batch's x", "the validation batch's y", time_first)
+            if input_batch_dim(x, y, time_first) != 0:
+                raise UserModelError(
+                    f"{where}: the validation loader's batches are time first (x of shape {tuple(x.shape)}, "
+                    f"y of shape {tuple(y.shape)}), and Glassbox joins validation batches along x's first "
+                    "dimension: collate them batch first, or leave the validation data out")
+            xs.append(x)
+            ys.append(y)
+            count += len(x)
             if count >= VAL_MAX_EXAMPLES:
                 break
     except UserModelError:
@@ -383,7 +443,7 @@ def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -
         raise UserModelError(f"{at}: the data loader raised {_error_text(exc)}") from exc
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise UserModelError(f"{where}: the data loader yielded {_describe(batch)}; expected (x, y) batches")
-    _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y")
+    _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y", _time_first(um.model))
     return batch[0], batch[1]
 
 
@@ -420,10 +480,12 @@ def validate_user_model(um: UserModel, batch_size: int = 64) -> tuple[str, ...]:
 
 
 def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds = Thresholds()) -> FirstBatchCheck:
-    """Run one batch forward and through the loss under ``torch.no_grad()``, and check the loss.
+    """Run one batch forward and through the loss, and check the loss.
 
     The model runs in eval mode (so batch-norm statistics are left alone) and gets its
-    training flags back afterwards.
+    training flags back afterwards. Gradients are on, as in a training step (no backward runs and
+    no parameter gets a gradient), so the graph tells whether the loss depends on the parameters;
+    it is let go once that is known.
 
     Returns:
         the distinct warnings (``UserWarning`` and ``RuntimeWarning``, one line each) that the
@@ -433,8 +495,9 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
         ``probabilities_to_logit_loss`` and ``input_scale``.
 
     Raises:
-        UserModelError: a shape mismatch, an exception in the forward or loss, a loss that is not
-            a scalar, or a loss that is NaN or Inf.
+        UserModelError: a shape mismatch, an exception in the forward or loss, a batch norm that
+            would meet a batch of one example in training mode, a loss that is not a scalar, a
+            loss that is NaN or Inf, or one that doesn't depend on the model's parameters.
     """
     path = _ref_path(um.ref)
     where = path or um.ref
@@ -448,14 +511,18 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
         forward_at = None  # (a forward of torch's own, e.g. nn.Sequential's: its class name says enough)
     forward = f"{model_name}.forward" + (f" at {forward_at}" if forward_at else "")
     consumer = _InputConsumer(um.model, x)
-    with eval_mode(um.model), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+    norms = _BatchOfOne(um.model)
+    # With gradients on (the graph says whether the loss reaches the parameters), in eval mode.
+    with eval_mode(um.model), torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with consumer:
+            with consumer, norms:
                 output = um.model(x)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # (user code may raise any kind)
+            if norms.found is not None:  # (one without running statistics says so in eval mode too)
+                raise norms.error(where) from exc
             at = _user_location(exc.__traceback__, path) or where
             first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
             if isinstance(exc, (RuntimeError, ValueError, TypeError)) and _DTYPE_WORDS.search(first):
@@ -469,6 +536,8 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
                     f"(in {forward}; input batch of shape {tuple(x.shape)})"
                 ) from exc
             raise UserModelError(f"{at}: exception in {forward}: {_error_text(exc)}") from exc
+        if norms.found is not None:
+            raise norms.error(where)
         loss_at = _definition(um.loss_fn)
         try:
             loss = um.loss_fn(output, y)
@@ -478,8 +547,13 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
             at = _user_location(exc.__traceback__, path) or where
             shapes = f"output {_describe(output)}, target of shape {tuple(y.shape)}"
             raise UserModelError(f"{at}: loss_fn raised {_error_text(exc)} ({shapes})") from exc
+        connected = isinstance(loss, torch.Tensor) and loss.requires_grad
+        outputs = _tensors(output)
+        output_connected = any(t.requires_grad for t in outputs) if outputs else None
+        output, loss = _detached(output), _detached(loss)  # (the graph is let go)
         # (still in eval mode: the check may run the model again)
-        probabilities = _probabilities_finding(um.model, um.loss_fn, x, y, output, loss, thresholds)
+        with torch.no_grad():
+            probabilities = _probabilities_finding(um.model, um.loss_fn, x, y, output, loss, thresholds)
     said = tuple(dict.fromkeys(_one_line(w.message) for w in caught
                                if issubclass(w.category, (UserWarning, RuntimeWarning))))
     at = loss_at if loss_at and path and _same_file(loss_at.rsplit(":", 1)[0], path) else where
@@ -498,10 +572,83 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
             if bad:
                 cause = f"the model's output holds {bad} NaN/Inf values of {output.numel()}"
         raise UserModelError(f"{at}: the loss is {kind} on the first batch ({cause})")
+    if not connected:  # (backward would fail: "element 0 of tensors does not require grad")
+        steps = "a step no gradient passes (argmax, a comparison, rounding, .item(), .detach() or torch.no_grad())"
+        if output_connected is False:
+            raise UserModelError(f"{forward_at or where}: the model's output doesn't depend on its parameters: "
+                                 f"{forward} computes it through {steps}, so training has no gradient to follow")
+        who = "loss_fn computes it" if output_connected else "it is computed"
+        raise UserModelError(f"{at}: the loss doesn't depend on the model's parameters: {who} through {steps}, "
+                             "so training has no gradient to follow")
     if um.val is not None:
         _check_validation_batch(um, where, batch_size, device)
-    scale = input_scale_finding(um.x if um.x is not None else x, thresholds, consumer.feature_axis())
+    inputs, axis = (um.x, consumer.feature_axis()) if um.x is not None else _batch_first(
+        x, input_batch_dim(x, y, _time_first(um.model)), consumer.feature_axis())
+    scale = input_scale_finding(inputs, thresholds, axis)
     return FirstBatchCheck(warnings=said, findings=tuple(d for d in (probabilities, scale) if d is not None))
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output: itself, or those of its tuple, list or dict, one level deep."""
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else [value]
+    return [part for part in parts if isinstance(part, torch.Tensor)]
+
+
+def _detached(value: Any) -> Any:
+    """``value`` with its tensors (itself, or those of its tuple, list or dict) detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if type(value) is dict:
+        return {key: _detached(part) for key, part in value.items()}
+    if type(value) in (tuple, list):
+        return type(value)(_detached(part) for part in value)
+    return value
+
+
+def _batch_first(x: torch.Tensor, dim: int, axis: int | None) -> tuple[torch.Tensor, int | None]:
+    """``x`` with its examples' dimension ``dim`` moved first, and where feature ``axis`` then is."""
+    if dim == 0:
+        return x, axis
+    return x.movedim(dim, 0), None if axis is None else 0 if axis == dim else axis + 1 if axis < dim else axis
+
+
+class _BatchOfOne:
+    """While entered, notes the first batch norm that normalises in training mode as the model
+    trains (or always: one without running statistics) and meets a batch of one example, which
+    torch turns down at the first training step; its hooks are removed on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        trains = {id(module): training for module, training in training_modes(model)}
+        self.norms = {id(module): f"{name} ({type(module).__name__})" if name else type(module).__name__
+                      for name, module in model.named_modules()
+                      if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                      and (trains[id(module)] or module.running_mean is None)}
+        self.model = model
+        self.found: tuple[str, tuple[int, ...]] | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_BatchOfOne":
+        self._handles = [module.register_forward_pre_hook(self._seen) for module in self.model.modules()
+                         if id(module) in self.norms]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _seen(self, module: nn.Module, args: tuple) -> None:
+        if self.found is not None or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() < 2:
+            return
+        shape = tuple(args[0].shape)
+        if math.prod(shape[2:], start=shape[0]) == 1:  # (torch's own test, F._verify_batch_size)
+            self.found = (self.norms[id(module)], shape)
+
+    def error(self, where: str) -> UserModelError:
+        assert self.found is not None
+        name, shape = self.found
+        return UserModelError(f"{where}: {name} gets an input of shape {shape} on the first batch, one value per "
+                              f"channel: {BATCH_OF_ONE_HINT}")
 
 
 def _check_validation_batch(um: UserModel, where: str, batch_size: int, device: torch.device | None) -> None:

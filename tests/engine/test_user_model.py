@@ -316,7 +316,9 @@ def test_x_y_not_tensors_or_mismatched(tmp_path):
     path = returning(
         tmp_path, "nn.Linear(2, 1), (torch.zeros(100, 2), torch.zeros(90)), nn.MSELoss()", "n.py"
     )
-    assert load_error(f"{path}:build") == f"{path}: X has 100 examples but y has 90 (shapes (100, 2) and (90,))"
+    assert load_error(f"{path}:build") == (
+        f"{path}: X has 100 examples but y has 90 (shapes (100, 2) and (90,)); "
+        "examples are stacked along the first dimension of both")
 
 
 def test_nan_and_inf_in_data(tmp_path):
@@ -956,3 +958,319 @@ def test_no_built_in_data_set_is_called_badly_scaled():
     for spec in specs:
         x = make_dataset(spec).x_train
         assert input_scale_finding(x) is None and input_scale_finding(x[:64]) is None, spec
+
+
+# ------------------------------------------------------------------------------------- several inputs or targets
+
+SEVERAL = """
+from torch.utils.data import DataLoader, TensorDataset
+
+g = torch.Generator().manual_seed(0)
+X1, X2 = torch.randn(64, 4, generator=g), torch.randn(64, 6, generator=g)
+Y = (X1[:, 0] > 0).long()
+
+
+class Towers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 8), nn.Linear(6, 8), nn.Linear(16, 2)
+
+    def forward(self, x1, x2=None):
+        if x2 is None:
+            x1, x2 = x1
+        return self.head(torch.cat([self.a(x1), self.b(x2)], 1))
+
+
+def tuple_inputs():
+    return Towers(), ((X1, X2), Y), nn.functional.cross_entropy
+
+
+def list_inputs():
+    return Towers(), ([X1, X2], Y), nn.functional.cross_entropy
+
+
+def dict_inputs():
+    return Towers(), ({"a": X1, "b": X2}, Y), nn.functional.cross_entropy
+
+
+def two_targets():
+    return nn.Linear(4, 2), (X1, (Y, X2)), nn.functional.cross_entropy
+
+
+def loader_of_tuple_inputs():
+    batches = [((X1[i:i + 16], X2[i:i + 16]), Y[i:i + 16]) for i in range(0, 64, 16)]
+    return Towers(), batches, nn.functional.cross_entropy
+
+
+def validation_of_tuple_inputs():
+    return nn.Linear(4, 2), (X1, Y), nn.functional.cross_entropy, ((X1, X2), Y)
+
+
+def two_batches():
+    return nn.Linear(4, 2), [(X1[:32], Y[:32]), (X1[32:], Y[32:])], nn.functional.cross_entropy
+"""
+
+_ONE_INPUT = ("Glassbox feeds the model one input tensor: join them into one (torch.cat along the features) and "
+              "split it again in forward")
+
+
+@pytest.mark.parametrize("function, message", [
+    ("tuple_inputs", f"X is a tuple of 2 tensors; {_ONE_INPUT}"),
+    ("list_inputs", f"X is a list of 2 tensors; {_ONE_INPUT}"),
+    ("dict_inputs", f"X is a dict of 2 tensors; {_ONE_INPUT}"),
+    ("two_targets", "y is a tuple of 2 tensors; Glassbox hands loss_fn one target tensor: join them into one "
+                    "(torch.cat along the features) and split it again in loss_fn"),
+    ("validation_of_tuple_inputs", f"X_val is a tuple of 2 tensors; {_ONE_INPUT}"),
+])
+def test_several_inputs_or_targets_in_the_tensor_form_are_one_line_not_a_loader_of_two_batches(
+        tmp_path, function, message):
+    """(X, y) with X a tuple of tensors was taken for a loader of two batches: the model got x1 and
+    x2 was the targets, and it failed in the user's forward."""
+    path = write(tmp_path, SEVERAL)
+    assert load_error(f"{path}:{function}") == f"{path}: {message}"
+
+
+def test_a_loader_of_several_inputs_says_so_as_the_tensor_form_does_and_two_batches_stay_a_loader(tmp_path):
+    path = write(tmp_path, SEVERAL)
+    assert validate_error(f"{path}:loader_of_tuple_inputs") == (
+        f"{path}: the batch's x is a tuple of 2 tensors; {_ONE_INPUT}")
+    um = load_user_model(f"{path}:two_batches")  # a list of two (x, y) batches is a (tiny) loader
+    assert um.x is None and len(um.loader) == 2
+    x, y = um.loader[1]
+    assert x.shape == (32, 4) and torch.equal(y, (x[:, 0] > 0).long())
+    validate_user_model(um)
+
+
+# ------------------------------------------------------------------------------------- time-first batches
+
+TIME_FIRST = """
+g = torch.Generator().manual_seed(0)
+
+
+class Classifier(nn.Module):  # x of (T, N, 5): one class per sequence
+    def __init__(self, batch_first=False):
+        super().__init__()
+        self.rnn = nn.GRU(5, 8, batch_first=batch_first)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[-1])
+
+
+class Tagger(nn.Module):  # x of (T, N, 5): one class per token, flattened (T*N, 2)
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(5, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0]).reshape(-1, 2)
+
+
+def batches(T=20, N=7, scale=1.0):
+    out = []
+    for _ in range(3):
+        x = torch.randn(T, N, 5, generator=g) * scale
+        out.append((x, (x[0, :, 0] > 0).long()))
+    return out
+
+
+def sequences():
+    return Classifier(), batches(), nn.functional.cross_entropy
+
+
+def wide_sequences():
+    return Classifier(), batches(scale=1000.0), nn.functional.cross_entropy
+
+
+def tokens():
+    data = [(x, (x[..., 0] > 0).long().reshape(-1)) for x, _ in batches()]
+    return Tagger(), data, nn.functional.cross_entropy
+
+
+def tokens_for_a_batch_first_model():
+    data = [(x, (x[..., 0] > 0).long().reshape(-1)) for x, _ in batches()]
+    return nn.Linear(5, 2), data, nn.functional.cross_entropy
+
+
+def counts_differ():
+    return Classifier(), [(x, torch.zeros(32, dtype=torch.long)) for x, _ in batches()], nn.functional.cross_entropy
+
+
+def tensor_form():
+    x, y = batches()[0]
+    return Classifier(), (x, y), nn.functional.cross_entropy
+"""
+
+
+def test_a_loaders_time_first_batches_pass_the_check_and_train_on_the_right_numbers(tmp_path):
+    """x of (T, N, ...) with targets of (N,), or one per token flattened to (T*N,) for a time-first
+    model, were turned down: 'x has 20 examples but y has 7'."""
+    from engine.scenarios import build_user_run
+
+    path = write(tmp_path, TIME_FIRST)
+    for function in ("sequences", "tokens"):
+        ref = f"{path}:{function}"
+        validate_user_model(load_user_model(ref))
+        um = load_user_model(ref, seed=0)  # (the weights build_user_run trains, its seed 0)
+        x, y = um.loader[0]
+        with torch.no_grad():
+            out = um.model(x)
+        expected = float(nn.functional.cross_entropy(out, y))
+        run = build_user_run(ref, device="cpu")
+        try:
+            run.trainer.step(capture=False)
+            loss, accuracy = run.trainer.flush_scalars()[0]
+        finally:
+            run.trainer.close()
+        assert loss == pytest.approx(expected, rel=1e-6), function
+        assert accuracy == pytest.approx(float((out.argmax(-1) == y).float().mean())), function
+
+
+def test_batches_whose_examples_dont_line_up_say_how_to_stack_them(tmp_path):
+    path = write(tmp_path, TIME_FIRST)
+    assert validate_error(f"{path}:counts_differ") == (
+        f"{path}: the batch's x has 20 examples along its first dimension but the batch's y has 32 "
+        "(shapes (20, 7, 5) and (32,)); stack the examples along x's first dimension, or time first: "
+        "x of (T, N, ...) with y of (N, ...) or one target per token flattened to (T·N, ...)")
+    # (one target per token flattened is time first only for a model whose sequence layers are)
+    assert validate_error(f"{path}:tokens_for_a_batch_first_model") == (
+        f"{path}: the batch's x has 20 examples along its first dimension but the batch's y has 140 "
+        "(shapes (20, 7, 5) and (140,)); stack the examples along x's first dimension, or time first: "
+        "x of (T, N, ...) with y of (N, ...)")
+    assert load_error(f"{path}:tensor_form") == (  # (the tensor form is sliced along its first dimension)
+        f"{path}: X has 20 examples but y has 7 (shapes (20, 7, 5) and (7,)); "
+        "examples are stacked along the first dimension of both")
+
+
+def test_the_input_scale_of_time_first_batches_counts_their_examples(tmp_path):
+    path = write(tmp_path, TIME_FIRST)
+    d = first_batch_findings(path, "wide_sequences")["input_scale"]
+    x = load_user_model(f"{path}:wide_sequences").loader[0][0].double().numpy()
+    std = x.reshape(-1, 5).std(axis=0)
+    assert d.evidence["examples"] == 7  # (N, not T = 20)
+    assert d.evidence["feature"] == int(np.argmax(std)) and d.evidence["std"] == pytest.approx(std.max(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------- batch norm meets one example
+
+BATCH_NORM = """
+from torch.utils.data import DataLoader, TensorDataset
+
+g = torch.Generator().manual_seed(0)
+
+
+def model():
+    return nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def last_batch_of_one():
+    x = torch.randn(65, 4, generator=g)
+    return model(), DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=64), nn.functional.cross_entropy
+
+
+def one_example():
+    return model(), (torch.randn(1, 4, generator=g), torch.tensor([1])), nn.functional.cross_entropy
+
+
+def one_example_without_running_statistics():  # (normalised with the batch's own statistics even in eval mode)
+    m = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.Linear(16, 2))
+    return m, (torch.randn(1, 4, generator=g), torch.tensor([1])), nn.functional.cross_entropy
+
+
+def one_example_fine_tuning():  # the batch norm kept in eval mode, on its running statistics
+    m = model()
+    m[1].eval()
+    return m, (torch.randn(1, 4, generator=g), torch.tensor([1])), nn.functional.cross_entropy
+"""
+
+_BATCH_OF_ONE = ("a batch of one example can't be normalised in training mode: use batches of two or more (pass "
+                 "drop_last=True to a DataLoader whose last batch holds one, or a batch size that divides the data)")
+
+
+def test_a_batch_norm_meeting_a_last_batch_of_one_is_named_with_its_type_and_the_cure(tmp_path):
+    from engine.scenarios import build_user_run
+    from engine.trainer import StepError
+
+    path = write(tmp_path, BATCH_NORM)
+    run = build_user_run(f"{path}:last_batch_of_one", device="cpu")
+    try:
+        run.trainer.step()
+        with pytest.raises(StepError) as info:
+            run.trainer.step()
+    finally:
+        run.trainer.close()
+    assert info.value.module == "1" and info.value.step == 2
+    assert info.value.message == (
+        "ValueError during forward in 1 (BatchNorm1d) at step 2: Expected more than 1 value per channel when "
+        f"training, got input size torch.Size([1, 16]): {_BATCH_OF_ONE}")
+
+
+def test_one_example_for_a_training_batch_norm_is_found_by_the_check(tmp_path):
+    from engine.scenarios import build_user_run
+
+    path = write(tmp_path, BATCH_NORM)
+    assert validate_error(f"{path}:one_example") == (
+        f"{path}: 1 (BatchNorm1d) gets an input of shape (1, 16) on the first batch, one value per channel: "
+        f"{_BATCH_OF_ONE}")
+    assert validate_error(f"{path}:one_example_without_running_statistics") == (
+        f"{path}: 1 (BatchNorm1d) gets an input of shape (1, 16) on the first batch, one value per channel: "
+        f"{_BATCH_OF_ONE}")
+    run = build_user_run(f"{path}:one_example_fine_tuning", device="cpu")  # (eval mode normalises one)
+    try:
+        run.trainer.step()
+        assert run.trainer.step_count == 1 and not run.trainer.model[1].training
+    finally:
+        run.trainer.close()
+
+
+# ------------------------------------------------------------------------------------- a loss without a gradient
+
+NO_GRADIENT = """
+def error_rate(out, y):
+    return (out.argmax(1) != y).float().mean()
+
+
+class Frozen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.layer(x).detach()
+
+
+def data():
+    x = torch.randn(32, 4)
+    return x, (x[:, 0] > 0).long()
+
+
+def argmax_loss():
+    return nn.Linear(4, 2), data(), error_rate
+
+
+def detached_output():
+    return Frozen(), data(), nn.functional.cross_entropy
+
+
+def fine():
+    return nn.Linear(4, 2), data(), nn.functional.cross_entropy
+"""
+
+
+def test_a_loss_that_doesnt_reach_the_parameters_is_found_by_the_check(tmp_path):
+    """It passed the check (run under no_grad) and failed at step 1 with torch's 'element 0 of
+    tensors does not require grad'."""
+    path = write(tmp_path, NO_GRADIENT)
+    steps = "a step no gradient passes (argmax, a comparison, rounding, .item(), .detach() or torch.no_grad())"
+    assert validate_error(f"{path}:argmax_loss") == (
+        f"{path}:{line_of(path, 'def error_rate')}: the loss doesn't depend on the model's parameters: loss_fn "
+        f"computes it through {steps}, so training has no gradient to follow")
+    assert validate_error(f"{path}:detached_output") == (
+        f"{path}:{line_of(path, 'def forward')}: the model's output doesn't depend on its parameters: "
+        f"Frozen.forward at {path}:{line_of(path, 'def forward')} computes it through {steps}, so training "
+        "has no gradient to follow")
+    um = load_user_model(f"{path}:fine")
+    validate_user_model(um)  # (the check's graph leaves no gradient behind)
+    assert all(p.grad is None for p in um.model.parameters())

@@ -142,3 +142,47 @@ def test_validation_runs_the_model_a_chunk_at_a_time_and_takes_the_loss_on_the_w
         run.trainer.close()
     assert sizes[:2] == [VAL_CHUNK, 300 - VAL_CHUNK] == [256, 44]
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+TIME_FIRST = """
+import torch
+from torch import nn
+
+g = torch.Generator().manual_seed(0)
+
+
+class Classifier(nn.Module):  # x of (T, N, 5)
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(5, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][-1])
+
+
+def batches(n):
+    out = []
+    for _ in range(n):
+        x = torch.randn(20, 7, 5, generator=g)
+        out.append((x, (x[0, :, 0] > 0).long()))
+    return out
+
+
+def time_first_validation():
+    return Classifier(), batches(3), nn.functional.cross_entropy, batches(2)
+"""
+
+
+def test_a_time_first_validation_loader_is_named_in_one_line(tmp_path: Path) -> None:
+    """The trainer reads the validation set along its first dimension (a slice of the first 2,048
+    examples, chunks of 256): joined along dimension 0, time-first batches would be validated time
+    step by time step, so they are turned down, the training loader's alike batches accepted."""
+    file = tmp_path / "time_first.py"
+    file.write_text(textwrap.dedent(TIME_FIRST))
+    with pytest.raises(UserModelError) as info:
+        load_user_model(f"{file}:time_first_validation")
+    assert str(info.value) == (
+        f"{file}: the validation loader's batches are time first (x of shape (20, 7, 5), y of shape (7,)), and "
+        "Glassbox joins validation batches along x's first dimension: collate them batch first, or leave the "
+        "validation data out")
