@@ -103,10 +103,16 @@ def unobserved_layers(layers: tuple[LayerInfo, ...]) -> dict[str, str | None]:
     return found
 
 
-#: The dead/saturated plot's note when no layer is an activation module (its tooltip).
-_NO_ACTIVATION_MODULES = ("No activation modules: an activation applied as a function in forward (F.relu, "
-                          "torch.tanh) isn't seen, so dead and saturated units can't be counted. Modules "
-                          "(nn.ReLU, nn.Tanh…) can be.")
+#: The dead/saturated plot's note (and its tooltip) when no layer has either figure, by whether the
+#: model has activation modules at all.
+_NO_FRACTIONS = {
+    False: ("no activation modules",
+            "No activation modules: an activation applied as a function in forward (F.relu, torch.tanh) isn't "
+            "seen, so dead and saturated units can't be counted. Modules (nn.ReLU, nn.Tanh…) can be."),
+    True: ("none of ReLU, sigmoid or tanh kind",
+           "Dead units are counted for the ReLU family and saturated ones for sigmoid and tanh; this model's "
+           "activation modules (GELU, Softmax…) are of neither kind."),
+}
 
 
 def unobserved_note(layer: str, parent: str | None, short: bool = False) -> str:
@@ -192,9 +198,9 @@ class ActivationView(View):
         self.fraction_plot.addItem(self.saturated_bars)
         # Said where the bars would be when no layer has them: the model's activations are applied
         # as functions in its forward (F.relu), which no hook sees.
-        self.fraction_note = pg.TextItem("no activation modules", color="#d6d9e0", anchor=(0.5, 0.5))
-        self.fraction_note.setToolTip(_NO_ACTIVATION_MODULES)
+        self.fraction_note = pg.TextItem("", color="#d6d9e0", anchor=(0.5, 0.5))
         self.fraction_note.setVisible(False)
+        self._activation_modules = False
         self.fraction_plot.addItem(self.fraction_note, ignoreBounds=True)
 
         self.time_plot = layout.addPlot(row=1, col=0, colspan=2, axisItems={
@@ -291,6 +297,7 @@ class ActivationView(View):
                 self.selected_layer = data.selected_layer
         self.viewed.show(data.viewed_step)
         self._unobserved = unobserved_layers(data.snapshot.layers)
+        self._activation_modules = any(layer.role == "activation" for layer in data.snapshot.layers)
         if frame is not self._frame:
             self._draw_frame(frame)
         focus = self.selected_layer if self.selected_layer in self._names else self._names[-1]
@@ -333,7 +340,10 @@ class ActivationView(View):
         )
         none = not (np.isfinite(dead).any() or shown.any())
         self.fraction_note.setVisible(none)
-        if none:
+        if none:  # (why no layer has a bar: no activation module, or none of a kind these apply to)
+            short, why = _NO_FRACTIONS[self._activation_modules]
+            self.fraction_note.setText(short)
+            self.fraction_note.setToolTip(why)
             self.fraction_note.setPos(0.5, n_layers / 2)
             self.fraction_note.setTextWidth(max(60.0, 0.95 * self.fraction_plot.getViewBox().width()))
 

@@ -120,16 +120,24 @@ def test_dead_and_saturated_bars_skip_nan(view, frames):
 
 
 def test_no_activation_modules_is_said_where_the_bars_would_be(view, frames):
-    """A model whose activations are functions in forward (F.relu) has no dead or saturated figure
-    for any layer: the plot says why instead of standing empty."""
+    """No layer with a dead or saturated figure: the plot says why instead of standing empty. A
+    model whose activations are functions in forward (F.relu) has no activation module; one with
+    GELU modules has modules of neither kind."""
     view.render(make_data(frames))
     assert not view.fraction_note.isVisible()  # (bars drawn: no note)
     rng = np.random.default_rng(1)
     linear_only = tuple(make_frame(step, rng, names=("fc1", "fc2")) for step in range(0, 50, 10))
-    view.render(make_data(linear_only))
+    plain = (LAYERS[0], LAYERS[2])
+    snapshot = Snapshot(1, 100, "running", "test", "cpu", plain, Metrics(1.0), Hyper())
+    view.render(ViewData(snapshot, linear_only, {}))
     assert len(view.dead_bars.opts["width"]) == 0 and view.fraction_note.isVisible()
     assert view.fraction_note.toPlainText() == "no activation modules"
     assert "applied as a function" in view.fraction_note.toolTip()
+    gelu = (LAYERS[0], LayerInfo(1, "gelu", "GELU", "activation", 0, None, "gelu"), LAYERS[2])
+    rng = np.random.default_rng(2)
+    snapshot = Snapshot(1, 100, "running", "test", "cpu", gelu, Metrics(1.0), Hyper())
+    view.render(ViewData(snapshot, tuple(make_frame(s, rng, names=("fc1", "gelu", "fc2")) for s in (60, 70)), {}))
+    assert view.fraction_note.isVisible() and view.fraction_note.toPlainText() == "none of ReLU, sigmoid or tanh kind"
     view.render(make_data(frames))
     assert not view.fraction_note.isVisible()
 
