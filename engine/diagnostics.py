@@ -392,6 +392,8 @@ class Diagnostics:
         self._train_sum = 0.0
         self._train_count = 0
         self._train_last = math.nan
+        # no_gradient: per layer, the frames in a row it had no gradient and the step they began.
+        self._gradless: dict[str, tuple[int, int]] = {}
 
     # --- public ------------------------------------------------------------------------
     @property
@@ -774,18 +776,22 @@ class Diagnostics:
                         _FIXES["overfitting"])
 
     def _check_no_gradient(self, frame: StatsFrame) -> None:
+        """Per layer: the frames in a row (and the step they began) it ran without any gradient."""
         t = self.thresholds
         rows = self._param_rows(frame)
         grad = _col(frame, "grad_norm")
         bad = _col(frame, "nan_grads") + _col(frame, "inf_grads")  # (a NaN gradient is nan_inf's)
         reached = [i for i in rows if np.isfinite(grad[i])]
-        missing = [i for i in rows if np.isnan(grad[i]) and not bad[i] > 0]
-        streak = self._streak("no_gradient")
-        found = bool(missing and reached and math.isfinite(frame.loss))
-        if streak.see(found, frame.step) >= t.window:
-            names = [frame.layer_names[i] for i in missing]
+        if not reached or not math.isfinite(frame.loss):  # (no backward to judge by)
+            return
+        missing = {frame.layer_names[i] for i in rows if np.isnan(grad[i]) and not bad[i] > 0}
+        self._gradless = {name: (self._gradless[name][0] + 1, self._gradless[name][1])
+                          if name in self._gradless else (1, frame.step) for name in missing}
+        names = [name for name in frame.layer_names if self._gradless.get(name, (0, 0))[0] >= t.window]
+        if names:
             one = len(names) == 1
-            self._raise("no_gradient", "no_gradient", "warning", names, streak.start, frame.step,
+            start = min(self._gradless[name][1] for name in names)
+            self._raise("no_gradient", "no_gradient", "warning", names, start, frame.step,
                         f"{', '.join(names)} {'gets' if one else 'get'} no gradient at all, step after step: "
                         f"{'its output never reaches' if one else 'their outputs never reach'} the loss (a head "
                         "left out of it, a branch whose result is unused or detached), so "

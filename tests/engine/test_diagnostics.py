@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from engine.batches import TensorBatches
 from engine.diagnostics import CODES, Diagnosis, Diagnostics, Thresholds, diagnose_frames
 from engine.report import main
 from engine.scenarios import build_run
-from engine.snapshot import Hyper
+from engine.snapshot import STAT_INDEX, Hyper
 from engine.trainer import Trainer, TrainerConfig
 
 EARLY = 50  # broken networks must be diagnosed within this many steps
@@ -492,3 +493,37 @@ def test_a_head_left_out_of_the_loss_gets_a_no_gradient_finding() -> None:
     for healthy in (frozen, xor_mlp()):
         frames, layers = captured_frames(healthy, 12)
         assert "no_gradient" not in [d.code for d in diagnose_frames(layers, frames)]
+
+
+def test_heads_the_loss_uses_in_turn_get_no_no_gradient_finding() -> None:
+    """Each head gets a gradient every other step: neither runs 10 frames without one, so neither is
+    named (a streak kept for the model as a whole named whichever lacked one at the 10th frame)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 4))
+    heads = nn.ModuleDict({"a": nn.Linear(4, 2), "b": nn.Linear(4, 2)})
+    whole = nn.ModuleDict({"body": model, "heads": heads})
+    turn = {"step": 0}
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts = whole
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            h = self.parts["body"](x)
+            return self.parts["heads"]["a"](h), self.parts["heads"]["b"](h)
+
+    def in_turn(out: tuple, y: torch.Tensor) -> torch.Tensor:
+        turn["step"] += 1
+        return nn.functional.cross_entropy(out[turn["step"] % 2], y)
+
+    x = torch.randn(64, 2)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    trainer = Trainer(TwoHeads(), in_turn, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    try:
+        frames = [trainer.step(capture=True).capture.get().frame for _ in range(24)]
+    finally:
+        trainer.close()
+    assert np.isnan(frames[-1].values[frames[-1].layer_names.index("parts.heads.a"), STAT_INDEX["grad_norm"]]) \
+        != np.isnan(frames[-2].values[frames[-2].layer_names.index("parts.heads.a"), STAT_INDEX["grad_norm"]])
+    assert "no_gradient" not in [d.code for d in diagnose_frames(trainer.probe.layers, frames)]
