@@ -111,7 +111,7 @@ from engine.stats import (
 from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX, StepGraphs, graph_input_max
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs",
-           "known_batch_dim", "batch_dim_by_size", "input_batch_dim", "sequences_time_first", "module_kind",
+           "known_batch_dim", "batch_dim_by_size", "input_batch_dim", "module_kind",
            "parametrized_tensors", "effective_tensor", "settled_parametrizations"]
 
 log = logging.getLogger(__name__)
@@ -529,30 +529,23 @@ def batch_dim_by_size(shape: tuple[int, ...], batch: int | None, preferred: Sequ
     return next((dim for dim in preferred if dim in candidates), candidates[0] if candidates else 0)
 
 
-def sequences_time_first(model: nn.Module) -> bool:
-    """Whether the model's recurrent or attention layers take their sequences time first."""
-    return any(_sequence_first(m) for m in model.modules())
-
-
-def input_batch_dim(x: Any, y: Any, time_first: bool) -> int:
-    """Which dimension of a batch's input ``x`` holds its examples, given its targets ``y`` and
-    whether the model's sequence modules take their sequences time first (``time_first``).
+def input_batch_dim(x: Any, y: Any) -> int:
+    """Which dimension of a batch's input ``x`` holds its examples, as its targets ``y`` tell.
 
     Dimension 0, as Glassbox's own batches and a DataLoader's default collation stack them, unless
     the targets say otherwise: a loader that collates sequences time first (``pad_sequence``) gives
-    ``x`` of (T, N, ...) with targets of (N, ...), whose one dimension as long as the targets' first
-    is the batch's; or targets of every position flattened (T·N, ...), for a model whose sequence
-    modules are time first: dimension 1. Targets as long as ``x``'s first dimension leave it 0 (a
-    (T, N) batch with (T, N) targets can't be told from (N, T) by shapes alone)."""
+    ``x`` of (T, N, ...) (token ids, or features) with targets of (N, ...), whose one dimension as
+    long as the targets' first is the batch's. Shapes alone can't tell the rest, which stays 0:
+    targets as long as ``x``'s first dimension ((T, N) with (T, N) targets looks like (N, T)),
+    targets of every token flattened (T·N, ...), and a 2-D float ``x`` (a length mismatch between
+    features and targets is far likelier than a (T, N) batch of single numbers)."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2 or not isinstance(y, torch.Tensor) or y.dim() == 0:
         return 0
     examples = int(y.shape[0])
-    if examples == x.shape[0]:
+    if examples == x.shape[0] or (x.dim() == 2 and x.is_floating_point()):
         return 0
     matching = [dim for dim in range(1, x.dim()) if x.shape[dim] == examples]
-    if len(matching) == 1:
-        return matching[0]
-    return 1 if time_first and examples == x.shape[0] * x.shape[1] else 0
+    return matching[0] if len(matching) == 1 else 0
 
 
 def _layout_context(model: nn.Module) -> dict[str, int]:
@@ -605,7 +598,6 @@ class Probe:
         self._walk_only = [(name, m) for name, m in model.named_modules()
                            if not list(m.children()) and id(m) not in measured and name and id(m) not in self._parts]
         self._layout_context = _layout_context(model)
-        self._time_first = sequences_time_first(model)  # (see input_batch_dim)
         self._by_module = {id(layer.module): layer for layer in self._layers}
         self._order_fixed = False
         self._order_version = 0
@@ -989,7 +981,7 @@ class Probe:
 
     def batch_dim_of(self, x: Any, y: Any) -> int:
         """The dimension of a batch's input ``x`` that holds its examples (``input_batch_dim``)."""
-        return input_batch_dim(x, y, self._time_first)
+        return input_batch_dim(x, y)
 
     def _note_batch(self, module: nn.Module, args: tuple) -> None:
         """(The model's forward pre-hook, on steps with views or phases.) The batch's size: the

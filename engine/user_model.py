@@ -34,7 +34,7 @@ from torch import nn
 
 from engine.diagnostics import Diagnosis, Thresholds, before_training
 from engine.modes import eval_mode, training_modes
-from engine.probe import CHANNELS_FIRST_1D, input_batch_dim, sequences_time_first
+from engine.probe import CHANNELS_FIRST_1D, input_batch_dim
 from engine.trainer import BATCH_OF_ONE_HINT, TrainerConfig
 
 __all__ = ["UserModel", "UserModelError", "FirstBatchCheck", "load_user_model", "validate_user_model",
@@ -183,14 +183,12 @@ def _several_tensors(value: Any) -> str | None:
     return f"a {type(value).__name__} of {len(parts)} tensor{'s' if len(parts) != 1 else ''}"
 
 
-def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str, time_first: bool | None = None) -> None:
+def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str, loader: bool = False) -> None:
     """X and y are tensors with one example per row each, all finite.
 
-    ``time_first`` None: the tensor form, whose examples are stacked along the first dimension
-    of both (it is sliced there). A bool: a loader's batch, whose ``x`` may hold its examples
-    along another dimension the targets name (``engine.probe.input_batch_dim``): time first,
-    (T, N, ...) with targets of (N, ...), or, for a model whose sequence modules are time first
-    (``time_first``), one target per token flattened to (T·N, ...).
+    The tensor form's examples are stacked along the first dimension of both (it is sliced
+    there). A ``loader``'s batch may hold them along another dimension of ``x`` that the targets
+    name (``engine.probe.input_batch_dim``): time first, (T, N, ...) with targets of (N, ...).
     """
     several_x, several_y = _several_tensors(x), _several_tensors(y)
     if several_x:
@@ -213,19 +211,18 @@ def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str, time_f
             f"{where}: {x_name} and {y_name} need a first dimension of examples; "
             f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    dim = 0 if time_first is None else input_batch_dim(x, y, time_first)
+    dim = input_batch_dim(x, y) if loader else 0
     if dim == 0 and x.shape[0] != y.shape[0]:
         shapes = f"shapes {tuple(x.shape)} and {tuple(y.shape)}"
-        if time_first is None:
+        if not loader:
             raise UserModelError(
                 f"{where}: {x_name} has {x.shape[0]} examples but {y_name} has {y.shape[0]} ({shapes}); "
                 "examples are stacked along the first dimension of both"
             )
-        flattened = " or one target per token flattened to (T·N, ...)" if time_first else ""
         raise UserModelError(
             f"{where}: {x_name} has {x.shape[0]} examples along its first dimension but {y_name} has {y.shape[0]} "
             f"({shapes}); stack the examples along x's first dimension, or time first: x of (T, N, ...) with "
-            f"y of (N, ...){flattened}"
+            "y of (N, ...)"
         )
     if x.shape[dim] == 0:
         raise UserModelError(f"{where}: {x_name} and {y_name} hold no examples")
@@ -239,11 +236,6 @@ def _check_examples(where: str, x: Any, y: Any, x_name: str, y_name: str, time_f
                 f"{where}: {name} contains non-finite values: {n_nan} NaN, {n_inf} Inf "
                 f"(of {tensor.numel()})"
             )
-
-
-def _time_first(model: Any) -> bool:
-    """Whether ``model`` is a module whose recurrent or attention layers take sequences time first."""
-    return isinstance(model, nn.Module) and sequences_time_first(model)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -338,7 +330,7 @@ def _unpack(ref: str, path: str, function: str, result: Any) -> UserModel:
     if not isinstance(result, (tuple, list)) or len(result) not in (3, 4):
         raise UserModelError(f"{where}: {function}() returned {_describe(result)}; {_EXPECTED}")
     model, data, loss_fn = result[:3]
-    val = _validation_data(where, function, result[3], _time_first(model)) if len(result) == 4 else None
+    val = _validation_data(where, function, result[3]) if len(result) == 4 else None
     if not isinstance(model, nn.Module):
         raise UserModelError(
             f"{where}: {function}() returned {_describe(model)} as the model; expected a torch.nn.Module"
@@ -380,8 +372,7 @@ def _tensor_form(data: Any) -> bool:
     return not all(grouped)
 
 
-def _validation_data(where: str, function: str, data: Any,
-                     time_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _validation_data(where: str, function: str, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The fourth item a model function returned: (X_val, y_val) tensors, or an iterable of
     (x, y) batches of which the first ``VAL_MAX_EXAMPLES`` examples are read (joined once, here).
 
@@ -401,8 +392,8 @@ def _validation_data(where: str, function: str, data: Any,
                 raise UserModelError(f"{where}: the validation loader yielded {_describe(batch)}; "
                                      "expected (x, y) batches")
             x, y = batch
-            _check_examples(where, x, y, "the validation batch's x", "the validation batch's y", time_first)
-            if input_batch_dim(x, y, time_first) != 0:
+            _check_examples(where, x, y, "the validation batch's x", "the validation batch's y", loader=True)
+            if input_batch_dim(x, y) != 0:
                 raise UserModelError(
                     f"{where}: the validation loader's batches are time first (x of shape {tuple(x.shape)}, "
                     f"y of shape {tuple(y.shape)}), and Glassbox joins validation batches along x's first "
@@ -443,7 +434,7 @@ def _first_batch(um: UserModel, where: str, path: str | None, batch_size: int) -
         raise UserModelError(f"{at}: the data loader raised {_error_text(exc)}") from exc
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise UserModelError(f"{where}: the data loader yielded {_describe(batch)}; expected (x, y) batches")
-    _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y", _time_first(um.model))
+    _check_examples(where, batch[0], batch[1], "the batch's x", "the batch's y", loader=True)
     return batch[0], batch[1]
 
 
@@ -583,7 +574,7 @@ def check_user_model(um: UserModel, batch_size: int = 64, thresholds: Thresholds
     if um.val is not None:
         _check_validation_batch(um, where, batch_size, device)
     inputs, axis = (um.x, consumer.feature_axis()) if um.x is not None else _batch_first(
-        x, input_batch_dim(x, y, _time_first(um.model)), consumer.feature_axis())
+        x, input_batch_dim(x, y), consumer.feature_axis())
     scale = input_scale_finding(inputs, thresholds, axis)
     return FirstBatchCheck(warnings=said, findings=tuple(d for d in (probabilities, scale) if d is not None))
 

@@ -125,13 +125,13 @@ def phased_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, 
 
 def test_the_input_batch_dimension_is_the_one_the_targets_name() -> None:
     tokens = torch.zeros(7, 4, dtype=torch.long)  # (T, N) or (N, T)
-    assert input_batch_dim(tokens, torch.zeros(7), time_first=True) == 0  # (as a DataLoader stacks)
-    assert input_batch_dim(tokens, torch.zeros(4), time_first=False) == 1
-    assert input_batch_dim(torch.zeros(7, 4, 3), torch.zeros(4, 2), time_first=False) == 1
-    assert input_batch_dim(tokens, torch.zeros(28), time_first=True) == 1  # a target per token, flattened
-    assert input_batch_dim(tokens, torch.zeros(28), time_first=False) == 0
-    assert input_batch_dim(torch.zeros(4, 4, 3), torch.zeros(4), time_first=True) == 0  # (ambiguous)
-    assert input_batch_dim(torch.zeros(5, 3, 3), torch.zeros(3), time_first=False) == 0  # (two dimensions match)
+    assert input_batch_dim(tokens, torch.zeros(7)) == 0  # (as a DataLoader stacks)
+    assert input_batch_dim(tokens, torch.zeros(4)) == 1
+    assert input_batch_dim(torch.zeros(7, 4, 3), torch.zeros(4, 2)) == 1
+    assert input_batch_dim(tokens, torch.zeros(28)) == 0  # a target per token, flattened: shapes can't tell
+    assert input_batch_dim(torch.zeros(4, 4, 3), torch.zeros(4)) == 0  # (ambiguous)
+    assert input_batch_dim(torch.zeros(5, 3, 3), torch.zeros(3)) == 0  # (two dimensions match)
+    assert input_batch_dim(torch.zeros(64, 10), torch.zeros(10)) == 0  # (2-D floats: a length mismatch)
 
 
 def test_known_batch_dims_follow_the_type_and_batch_first() -> None:
@@ -324,42 +324,40 @@ def test_views_left_to_a_step_graph_take_the_example_along_the_batch_dimension()
 
 
 class TokensLSTM(nn.Module):
-    """Time-first token batches (T, N), as ``pad_sequence`` collates them, into a time-first LSTM:
-    classified from the last layer's h (targets (N,)), or per token (targets (T·N,))."""
+    """Time-first token batches (T, N), as ``pad_sequence`` collates them, into a time-first LSTM
+    classified from the last layer's h."""
 
-    def __init__(self, vocab: int = 11, width: int = 4, hidden: int = 5, classes: int = 3,
-                 per_token: bool = False) -> None:
+    def __init__(self, vocab: int = 11, width: int = 4, hidden: int = 5, classes: int = 3) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.lstm = nn.LSTM(width, hidden)
         self.head = nn.Linear(hidden, classes)
-        self.per_token = per_token
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, (h, _) = self.lstm(self.embed(tokens))
-        return self.head(out).reshape(-1, self.head.out_features) if self.per_token else self.head(h[-1])
+        _, (h, _) = self.lstm(self.embed(tokens))
+        return self.head(h[-1])
 
 
-def time_first_loader(n: int, steps: int, per_token: bool, batches: int = 3) -> list:
-    """Batches of ``n`` token sequences of ``steps`` collated time first: x (T, N), y (N,) or (T·N,)."""
+def time_first_loader(n: int, steps: int, batches: int = 3) -> list:
+    """Batches of ``n`` token sequences of ``steps`` collated time first: x (T, N), y (N,)."""
     torch.manual_seed(7)
     loader = []
     for _ in range(batches):
         x = torch.randint(0, 11, (steps, n))
-        loader.append((x, (x % 3).reshape(-1) if per_token else x[-1] % 3))
+        loader.append((x, x[-1] % 3))
     return loader
 
 
-@pytest.mark.parametrize("per_token, n, steps", [(False, 4, 6), (True, 4, 6), (True, 5, 5)])
-def test_a_time_first_input_batch_shows_the_chosen_example(per_token: bool, n: int, steps: int) -> None:
-    """The targets tell where the input holds its examples: (N,) targets against (T, N) tokens, or
-    (T·N,) per-token targets for a model whose LSTM is time first, also when T == N. Every phase,
-    from the Embedding on, shows example k of the N, not time step k. (With T == N, (N,) targets
-    can't tell a (T, N) batch from an (N, T) one: that stays dimension 0, as a DataLoader stacks.)"""
+@pytest.mark.parametrize("n, steps", [(4, 6), (5, 8)])
+def test_a_time_first_input_batch_shows_the_chosen_example(n: int, steps: int) -> None:
+    """The targets tell where the input holds its examples: (N,) targets against (T, N) tokens.
+    Every phase, from the Embedding on, shows example k of the N, not time step k. (With T == N,
+    or per-token targets flattened to (T·N,), shapes can't tell a (T, N) batch from an (N, T)
+    one: that stays dimension 0, as a DataLoader stacks.)"""
     from engine.batches import LoaderBatches
 
-    model = TokensLSTM(per_token=per_token)
-    trainer = Trainer(model, nn.functional.cross_entropy, LoaderBatches(time_first_loader(n, steps, per_token)),
+    model = TokensLSTM()
+    trainer = Trainer(model, nn.functional.cross_entropy, LoaderBatches(time_first_loader(n, steps)),
                       hyper=Hyper(optimizer="sgd", lr=0.1))
     trainer.step()
     trainer.probe.focus_example = 3
