@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.probe import owned_parameters, parametrization_parts, parametrized_tensors
 from engine.reduce import as_matrix, shrink_2d, to_numpy
 
 __all__ = ["AxisReader", "parameter_owners", "update_fields"]
@@ -24,11 +25,21 @@ _ACTIVATION_TYPES = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU
                      "Tanh", "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus", "Softsign", "Identity", "Dropout")
 
 
+def _owned(module: nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """A layer's parameters by name, as the probe has them (a parametrized one's originals too)."""
+    return owned_parameters(module, parametrized_tensors(module))
+
+
 def parameter_owners(model: nn.Module) -> list[tuple[str, list[torch.nn.Parameter]]]:
-    """(name, parameters it owns directly) of every module owning a trainable parameter."""
+    """(name, its parameters) of every layer owning a trainable parameter: those a module owns
+    directly, and a parametrized one's originals (weight_norm's g and v), whose
+    ``ParametrizationList`` is no owner of its own, as in the probe."""
+    parts = parametrization_parts(model)
     owners = []
     for name, module in model.named_modules():
-        params = list(module.parameters(recurse=False))
+        if id(module) in parts:
+            continue
+        params = [p for _, p in _owned(module)]
         if any(p.requires_grad for p in params):
             owners.append((name or "<model>", params))
     return owners
@@ -46,7 +57,7 @@ def update_fields(model: nn.Module, owners: list[tuple[str, list[torch.nn.Parame
                                     sum(torch.linalg.vector_norm(s.float()) ** 2 for s in starts)]))
         if name == shown:
             module = model if name == "<model>" else model.get_submodule(name)
-            named = [pname for pname, _ in module.named_parameters(recurse=False)]
+            named = [pname for pname, _ in _owned(module)]
             for pname, p, delta in zip(named, params, deltas):
                 tensors[f"\u0394{pname}"] = to_numpy(shrink_2d(as_matrix(delta)))
                 shapes[f"\u0394{pname}"] = tuple(int(n) for n in p.shape)

@@ -112,7 +112,8 @@ from engine.step_graph import GRAPH_HELD_MAX, GRAPH_INPUT_MAX, GRAPH_PARAMS_MAX,
 
 __all__ = ["ProbeConfig", "Probe", "Capture", "PendingCapture", "PhaseRecord", "first_tensor", "grad_outputs",
            "known_batch_dim", "batch_dim_by_size", "input_batch_dim", "module_kind",
-           "parametrized_tensors", "effective_tensor", "settled_parametrizations"]
+           "parametrized_tensors", "effective_tensor", "settled_parametrizations", "owned_parameters",
+           "parametrization_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,7 @@ def parametrized_tensors(module: nn.Module) -> tuple[str, ...]:
                  if next(plist.parameters(), None) is not None)
 
 
-def _owned_parameters(module: nn.Module, parametrized: tuple[str, ...]) -> list[tuple[str, torch.nn.Parameter]]:
+def owned_parameters(module: nn.Module, parametrized: tuple[str, ...]) -> list[tuple[str, torch.nn.Parameter]]:
     """A layer's parameters by name: those the module owns directly, then (a parametrized one's)
     those under its parametrizations of ``parametrized``."""
     owned = list(module.named_parameters(recurse=False))
@@ -477,7 +478,7 @@ def effective_tensor(module: nn.Module, name: str) -> torch.Tensor:
         return getattr(module, name)
 
 
-def _parametrization_parts(model: nn.Module) -> set[int]:
+def parametrization_parts(model: nn.Module) -> set[int]:
     """The ids of every module inside a parametrized module's ``parametrizations``: the lists
     holding its originals, and the parametrizations in them, parts of that module's layer."""
     return {id(part) for module in model.modules() if parametrize.is_parametrized(module)
@@ -583,7 +584,7 @@ class Probe:
         self._change_meter = ChangeMeter()
         self.graphs = StepGraphs()  # used when config.step_graphs (CUDA)
         self._attached = False
-        self._parts = _parametrization_parts(model)
+        self._parts = parametrization_parts(model)
         self._layers = self._discover(model)
         # Parametrized layers (see the module docstring): their weight figures are computed apart.
         self._effective_layers = [layer for layer in self._layers if layer.parametrized and layer.params]
@@ -623,7 +624,7 @@ class Probe:
             if id(module) in self._parts:  # (a parametrized module's layer holds it)
                 continue
             parametrized = parametrized_tensors(module)
-            owned = _owned_parameters(module, parametrized)
+            owned = owned_parameters(module, parametrized)
             params = [p for _, p in owned]
             if isinstance(module, nn.MultiheadAttention):
                 role = "attention"

@@ -147,12 +147,23 @@ def test_a_parametrized_layers_parts_are_no_phases_and_its_originals_come_with_i
     model = normed_model(norm)
     x, y = torch.randn(9, 5), torch.randint(0, 3, (9,))
     trainer = Trainer(model, F.cross_entropy, TensorBatches(x, y), config=TrainerConfig(val_every=0))
+    trainer.probe.focus_layer = "0"
+    computing = model[0].parametrizations.weight
+    originals = [(f"parametrizations.weight.{n}", p.detach().clone()) for n, p in computing.named_parameters()]
     try:
         phases = []
         while not phases or phases[-1].kind != "update":
             phases.append(trainer.next_phase())
     finally:
         trainer.close()
+    # The update: layer "0" is one owner, its originals and bias changed as the optimizer moved them.
+    update = phases[-1]
+    assert [name for name, *_ in update.changes] == ["0", "2"] and update.module == "0"
+    for name, before in originals:
+        after = dict((f"parametrizations.weight.{n}", p) for n, p in computing.named_parameters())[name]
+        np.testing.assert_allclose(update.tensors[f"\u0394{name}"].reshape(-1),
+                                   (after.detach() - before).reshape(-1).numpy(), rtol=1e-5, atol=1e-7)
+    assert "\u0394bias" in update.tensors
     assert [(p.kind, p.module) for p in phases if p.kind in ("forward", "backward")] == [
         ("forward", "0"), ("forward", "1"), ("forward", "2"), ("backward", "2"), ("backward", "1"),
         ("backward", "0")]
