@@ -603,7 +603,30 @@ def _batch_first(x: torch.Tensor, dim: int, axis: int | None) -> tuple[torch.Ten
     return x.movedim(dim, 0), None if axis is None else 0 if axis == dim else axis + 1 if axis < dim else axis
 
 
-class _BatchOfOne:
+class _PreHooks:
+    """While entered, ``_seen`` is a forward pre-hook on the modules ``_watched`` gives (all of
+    ``self.model``'s by default); the hooks are removed on exit, whatever happened."""
+
+    model: nn.Module
+    _handles: list[Any]
+
+    def _watched(self) -> Iterable[nn.Module]:
+        return self.model.modules()
+
+    def _seen(self, module: nn.Module, args: tuple) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._handles = [module.register_forward_pre_hook(self._seen) for module in self._watched()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class _BatchOfOne(_PreHooks):
     """While entered, notes the first batch norm that normalises in training mode as the model
     trains (or always: one without running statistics) and meets a batch of one example, which
     torch turns down at the first training step; its hooks are removed on exit."""
@@ -618,15 +641,8 @@ class _BatchOfOne:
         self.found: tuple[str, tuple[int, ...]] | None = None
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "_BatchOfOne":
-        self._handles = [module.register_forward_pre_hook(self._seen) for module in self.model.modules()
-                         if id(module) in self.norms]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def _watched(self) -> list[nn.Module]:
+        return [module for module in self.model.modules() if id(module) in self.norms]
 
     def _seen(self, module: nn.Module, args: tuple) -> None:
         if self.found is not None or not args or not isinstance(args[0], torch.Tensor) or args[0].dim() < 2:
@@ -665,7 +681,7 @@ def _check_validation_batch(um: UserModel, where: str, batch_size: int, device: 
 # ----------------------------------------------------------------------------------------- first-batch findings
 
 
-class _InputConsumer:
+class _InputConsumer(_PreHooks):
     """While entered, notes the first layer of ``model`` whose kind says where its input's
     features are (a convolution, a Linear, ...; containers are looked through) that takes ``x``
     itself as its first argument (the same tensor, or a view of it with its shape). Its hooks are
@@ -681,16 +697,6 @@ class _InputConsumer:
         self.model, self.x = model, x
         self.module: nn.Module | None = None
         self._handles: list[Any] = []
-
-    def __enter__(self) -> "_InputConsumer":
-        for module in self.model.modules():
-            self._handles.append(module.register_forward_pre_hook(self._seen))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def _seen(self, module: nn.Module, args: tuple) -> None:
         if self.module is not None or not isinstance(module, self.CHANNELS_FIRST + self.FEATURES_LAST) \
