@@ -199,7 +199,7 @@ def _not_linear(module: nn.Module, inp: torch.Tensor, out: torch.Tensor, weight:
 def trace_unit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, layer: str,
                unit: int, example: int = 0, batch_dim: int = 0) -> NeuronTrace:
     """Recompute the batch on a copy of the model and write out one Linear unit of one example
-    (taken along ``x``'s dimension ``batch_dim``: ``Probe.batch_dim_of``).
+    (taken along ``x``'s dimension ``batch_dim``: ``engine.probe.input_batch_dim``).
 
     The copy keeps the training model, its gradients and its random stream untouched. The
     activation shown is the module that takes this Linear's output in the forward pass as it runs

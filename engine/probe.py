@@ -980,10 +980,6 @@ class Probe:
             return x.select(dim, min(focus, x.shape[dim] - 1)) if x.dim() > dim and x.shape[dim] else x
         return example
 
-    def batch_dim_of(self, x: Any, y: Any) -> int:
-        """The dimension of a batch's input ``x`` that holds its examples (``input_batch_dim``)."""
-        return input_batch_dim(x, y)
-
     def _note_batch(self, module: nn.Module, args: tuple) -> None:
         """(The model's forward pre-hook, on steps with views or phases.) The batch's size: the
         model input's dimension that holds its examples, the first unless the targets say otherwise."""
@@ -991,7 +987,7 @@ class Probe:
             return
         x = first_tensor(args)
         if x is not None and x.dim() >= 1:
-            dim = self.batch_dim_of(x, self._targets)
+            dim = input_batch_dim(x, self._targets)
             self._batch = int(x.shape[dim])
             self._produced[id(x)] = (x, dim)
             if self._step_targets.get("attention") and x.dim() == 2 and not x.is_floating_point():

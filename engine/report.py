@@ -391,6 +391,8 @@ def _save(path: str, run: Any, report: dict[str, Any], capture: Any = None) -> N
         if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
             tensors[f"weight/{layer.name}"] = shrink_2d(as_matrix(weight.detach())).cpu().float().numpy()
             shown = shown or layer.name
+    if capture is not None and capture.tensors is not None:  # (the layer its views were measured for)
+        shown = capture.tensors.layer
     # What the app's views draw besides the series: the findings (Health), the metrics and, for 2-D
     # data, the decision boundary at the last step (without them the opened file said "No problems
     # found so far" after a report that found some).

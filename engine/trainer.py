@@ -24,7 +24,7 @@ from torch import nn
 from engine.batches import BatchSource
 from engine.modes import restore, training_modes
 from engine.phase_details import AxisReader, parameter_owners, update_fields
-from engine.probe import PendingCapture, Probe, ProbeConfig
+from engine.probe import PendingCapture, Probe, ProbeConfig, input_batch_dim
 from engine.snapshot import Hyper, PhaseInfo
 
 __all__ = [
@@ -295,7 +295,7 @@ class Trainer:
         items += [("backward", r.module, r.tensors) for r in backward]
         items.append(("update", None, {}))
         names = tuple(f"{kind} {module}" if module else kind for kind, module, _ in items)
-        batch_dim = self.probe.batch_dim_of(x, y)
+        batch_dim = input_batch_dim(x, y)
         batch = int(x.shape[batch_dim]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
         example = min(focus_example, batch - 1) if batch else None
         reader = AxisReader(self.model, x, forward, batch_dim)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.modes import eval_mode
-from engine.probe import MAX_GRAPH_UNITS, Capture, first_tensor
+from engine.probe import MAX_GRAPH_UNITS, Capture, first_tensor, input_batch_dim
 from engine.run import Run
 from engine.snapshot import BoundaryView, LayerInfo, NetworkView
 
@@ -221,7 +221,7 @@ def network_view(run: Run, capture: Capture | None) -> NetworkView:
     names, sizes, acts, grads, weights, connected, links = [], [], [], [], [], [], []
     batch = trainer.last_batch
     if batch is not None:
-        x, along = batch[0], trainer.probe.batch_dim_of(*batch)
+        x, along = batch[0], input_batch_dim(*batch)
         example = x.select(along, min(trainer.probe.focus_example, x.shape[along] - 1))
         keys.append(INPUT)
         names.append("input")

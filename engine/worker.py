@@ -19,7 +19,7 @@ import numpy as np
 from engine.diagnostics import Diagnostics
 from engine.history import History
 from engine.neuron import PendingTrace
-from engine.probe import Capture, PendingCapture
+from engine.probe import Capture, PendingCapture, input_batch_dim
 from engine.run import Run
 from engine.snapshot import STAT_NAMES, ErrorEvent, Metrics, PhaseInfo, Snapshot, StatsFrame
 from engine.trainer import StepError
@@ -505,7 +505,7 @@ class Worker:
         try:
             with trainer.probe.suspended():
                 return trace_unit(trainer.model, trainer.loss_fn, x, y, self._unit.layer, self._unit.unit,
-                                  trainer.probe.focus_example, trainer.probe.batch_dim_of(x, y))
+                                  trainer.probe.focus_example, input_batch_dim(x, y))
         except (ValueError, IndexError, KeyError):
             return None  # not a Linear unit: the inspector says what it can show
 

@@ -151,3 +151,22 @@ def test_a_partly_frozen_layer_reads_back_from_a_run_file_as_it_was_saved(tmp_pa
     layers = {info.name: info for info in saved_view(str(path)).snapshot.layers}
     assert layers["0"].frozen_params == ("weight",) and layers["2"].frozen_params == ()
     assert len({hash(info) for info in layers.values()}) == len(layers)  # (frozen values: tuples, not lists)
+
+
+def test_a_report_run_file_shows_one_layer_in_every_view(tmp_path: Path) -> None:
+    """The layer a report's file names for the Weights view is the one its saved views were
+    measured for, also when the first weight layer (attention's in_proj_weight) has no ``weight``."""
+    model = tmp_path / "attn.py"
+    model.write_text("import torch\nfrom torch import nn\n\nclass M(nn.Module):\n"
+                     "    def __init__(self):\n        super().__init__()\n"
+                     "        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)\n"
+                     "        self.head = nn.Linear(4, 2)\n"
+                     "    def forward(self, x):\n        return self.head(self.attn(x, x, x)[0].mean(1))\n\n"
+                     "def build():\n    torch.manual_seed(0)\n    x = torch.randn(32, 3, 4)\n"
+                     "    return M(), (x, (x[:, 0, 0] > 0).long()), nn.functional.cross_entropy\n")
+    path = tmp_path / "attn.glassbox"
+    assert report_main(["--model", f"{model}:build", "--steps", "2", "--save", str(path)]) == 0
+    view = saved_view(str(path))
+    assert view.selected_layer == view.snapshot.tensors.layer == "attn"
+    assert view.snapshot.tensors.weight.shape == (12, 4)  # (in_proj_weight: query, key and value rows)
+
